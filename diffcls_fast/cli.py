@@ -1,0 +1,189 @@
+"""``diffcls-fast``: classify images, evaluate on a bundled split, export, benchmark.
+
+Every user error (bad path, bad CSV, unknown backend...) is printed as one line on
+stderr with a non-zero exit code; tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default="digits", help="bundled model name (digits), preset:NAME, or a local diffusers folder (default: digits)")
+    g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive"], help="classification policy (default: ttest)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    g.add_argument("--batch-size", type=int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
+    g.add_argument("--max-inflight", type=int, default=64, help="images scored concurrently (default: 64)")
+    g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
+    g.add_argument("--temperature", type=float, default=None, help="posterior softmax temperature (default: the model's)")
+    g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead into padding (pad) or up to a full batch (fill); auto: fill on CUDA, pad on CPU")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--cache-dir", default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    g.add_argument("--noise-path", default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
+    g = p.add_argument_group("policy options")
+    g.add_argument("--n-grid", type=int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
+    g.add_argument("--n-samples", type=int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
+    g.add_argument("--to-keep", type=int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
+    g.add_argument("--min-scores", type=int, default=20, help="ttest: samples before pruning starts (default: 20)")
+    g.add_argument("--max-scores", type=int, default=2000, help="ttest: samples at most (default: 2000)")
+    g.add_argument("--cutoff-pval", type=float, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
+    g.add_argument("--sides", type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
+    g.add_argument("--t-order", default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
+
+
+def _policy_options(a: argparse.Namespace) -> dict:
+    return dict(
+        n_grid=a.n_grid,
+        n_samples=a.n_samples,
+        to_keep=a.to_keep,
+        min_scores=a.min_scores,
+        max_scores=a.max_scores,
+        cutoff_pval=a.cutoff_pval,
+        sides=a.sides,
+        t_order=a.t_order,
+    )
+
+
+def _load_noise(path: str | None):
+    if path is None:
+        return None
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such noise file")
+    try:
+        d = load_file(p)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{p}: not a safetensors file ({e})") from None
+    if "noise" not in d:
+        raise UserError(f"{p}: no tensor named 'noise' (found {', '.join(d) or 'none'})")
+    return d["noise"]
+
+
+def _classifier(a: argparse.Namespace):
+    from .engine import DiffusionClassifier
+    from .models import load_model
+
+    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    return DiffusionClassifier(
+        model,
+        a.policy,
+        batch_size=a.batch_size,
+        max_inflight=a.max_inflight,
+        seed=a.seed,
+        loss=a.loss,
+        temperature=a.temperature,
+        speculate=a.speculate,
+        cache_dir=a.cache_dir,
+        use_cache=not a.no_cache,
+        noise=_load_noise(a.noise_path),
+        **_policy_options(a),
+    )
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing when stderr is a pipe or file.
+    return tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_classify(a: argparse.Namespace) -> int:
+    from .engine import read_prompts_csv
+    from .images import load_image
+
+    if a.classes is not None and a.prompts is not None:
+        raise UserError("give --classes or --prompts, not both")
+    for im in a.images:  # fail fast, before loading the model
+        load_image(im)
+    clf = _classifier(a)
+    if a.prompts:
+        classes = read_prompts_csv(a.prompts)
+    elif a.classes is not None:
+        classes = a.classes
+    else:
+        classes = None
+    spec = clf.class_spec(classes)
+    if clf.model.random_weights:
+        print(f"note: {clf.model.describe()}", file=sys.stderr)
+    results = clf.classify(a.images, spec)
+    st = clf.last_stats
+    for path, r in zip(a.images, results):
+        if a.json:
+            print(json.dumps({"image": str(path), **r.to_dict(), "random_weights": clf.model.random_weights}))
+        else:
+            top = "  ".join(f"{n} {p:.3f}" for n, p in r.top(5))
+            print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations_spent} evals, {r.seconds:.2f} s")
+    if not a.json:
+        print(f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; {st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    summary = run_eval(a, _classifier, _progress)
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split']}), "
+            f"{summary['evals_per_image']:.1f} evals/image, {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
+            f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="diffcls-fast", description="Zero-shot image classification with conditional diffusion models.")
+    ap.add_argument("--version", action="version", version=f"diffcls-fast {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("classify", help="classify image files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--classes", default=None, help='comma-separated class names, e.g. "zero,one,two" (default: the model\'s own list)')
+    p.add_argument("--prompts", default=None, help="CSV with columns classidx,prompt[,classname]; several rows per class form an ensemble")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    _add_engine_args(p)
+    p.set_defaults(fn=cmd_classify)
+
+    p = sub.add_parser("eval", help="accuracy on a bundled data split")
+    p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="digits split (default: heldout)")
+    p.add_argument("--limit", type=int, default=None, help="first N images of the split only")
+    p.add_argument("--out", default=None, help="append one JSON line per image to this file; a rerun resumes from it")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    _add_engine_args(p)
+    p.set_defaults(fn=cmd_eval)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except UserError as e:
+        print(f"diffcls-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffcls-fast: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The Python API: ``DiffusionClassifier(model, policy=...).classify(images, classes)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import kernels
+from ..errors import UserError
+from ..images import load_image
+from ..models.bundle import ModelBundle
+from .cache import EmbeddingCache
+from .noise import NoiseBank, image_key
+from .policies import PolicyConfig, make_policy
+from .prompts import ClassSpec, parse_class_list
+from .results import ClassificationResult, RunStats, posterior
+from .runner import ImageState, Runner
+from .scheduler import Scheduler, power_of_two_buckets
+
+ImageLike = str | Path | Image.Image | torch.Tensor
+_POLICY_FIELDS = {f.name for f in fields(PolicyConfig)} - {"name"}
+
+
+class DiffusionClassifier:
+    """A zero-shot classifier from a conditional diffusion model.
+
+    ``model`` is a :class:`ModelBundle` or anything :func:`load_model` takes.
+    ``policy`` is ``"ttest"`` (default), ``"adaptive"`` or ``"exhaustive"``;
+    policy options (``n_grid``, ``n_samples``, ``to_keep``, ``min_scores``,
+    ``max_scores``, ``cutoff_pval``, ``sides``, ``t_order``) are keyword arguments.
+    """
+
+    def __init__(
+        self,
+        model: ModelBundle | str = "digits",
+        policy: str = "ttest",
+        *,
+        batch_size: int = 256,
+        buckets: Sequence[int] | None = None,
+        max_inflight: int = 64,
+        seed: int = 0,
+        loss: str = "l2",
+        temperature: float | None = None,
+        speculate: str = "auto",
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+        noise: torch.Tensor | None = None,
+        **policy_options: Any,
+    ):
+        if isinstance(model, (str, Path)):
+            from ..models import load_model
+
+            model = load_model(model)
+        self.model = model
+        unknown = set(policy_options) - _POLICY_FIELDS
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        self.policy_cfg = PolicyConfig(name=policy, **policy_options)
+        try:
+            self.policy_cfg.validate(model.num_timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.buckets = sorted(buckets) if buckets else power_of_two_buckets(batch_size)
+        self.max_inflight = max_inflight
+        self.seed = seed
+        self.loss = loss
+        self.temperature = temperature if temperature is not None else model_default_temperature(model)
+        if speculate == "auto":
+            speculate = "fill" if model.device.type == "cuda" else "pad"
+        self.speculate = speculate
+        self.bank = NoiseBank(model.latent_shape, seed, saved=noise)
+        self.cache = EmbeddingCache(cache_dir, model.text_fingerprint) if use_cache and model.cond_kind == "text" else None
+        self.last_stats = RunStats()
+
+    # -- classes ------------------------------------------------------------------------
+    def class_spec(self, classes: ClassSpec | Sequence[str] | str | None) -> ClassSpec:
+        m = self.model
+        if classes is None:
+            if not m.class_names:
+                raise UserError(f"model {m.name} ships no class list; pass classes")
+            if m.default_prompts:
+                return ClassSpec.from_prompts(m.class_names, m.default_prompts)
+            return ClassSpec.from_names(m.class_names, m.prompt_template)
+        if isinstance(classes, ClassSpec):
+            return classes
+        if isinstance(classes, str):
+            return parse_class_list(classes, m.prompt_template)
+        return ClassSpec.from_names(list(classes), m.prompt_template)
+
+    def _conditions(self, spec: ClassSpec) -> torch.Tensor:
+        if self.model.cond_kind == "class":
+            return self.model.encode_prompts(spec.prompts)
+        if self.cache is not None:
+            return self.cache.get(spec.prompts, self.model.encode_prompts).to(self.model.device, self.model.dtype)
+        return self.model.encode_prompts(spec.prompts)
+
+    # -- classification ------------------------------------------------------------------
+    def classify(self, images: Sequence[ImageLike] | ImageLike, classes: ClassSpec | Sequence[str] | str | None = None, progress: Any = None) -> list[ClassificationResult]:
+        """Classify images; results come back in input order."""
+        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
+            images = [images]
+        out: list[ClassificationResult | None] = [None] * len(images)
+        for i, r in self.classify_iter(images, classes, progress=progress):
+            out[i] = r
+        return out  # type: ignore[return-value]
+
+    def classify_iter(
+        self,
+        images: Sequence[ImageLike],
+        classes: ClassSpec | Sequence[str] | str | None = None,
+        progress: Any = None,
+        chunk: int = 32,
+    ) -> Iterator[tuple[int, ClassificationResult]]:
+        """Yield ``(input index, result)`` as images finish (not in input order)."""
+        spec = self.class_spec(classes)
+        n_cls = len(spec)
+        stats = self.last_stats = RunStats(backend=self.model.backend, dtype=str(self.model.dtype).removeprefix("torch."))
+        t_setup = time.perf_counter()
+        if n_cls == 1:
+            # One candidate: the answer is certain, the model is not run.
+            for i in range(len(images)):
+                if isinstance(images[i], (str, Path)):
+                    load_image(images[i])  # still report unreadable files
+                stats.images += 1
+                yield i, self._result(spec, None, 0, 0, 0.0)
+            return
+        cond = self._conditions(spec)
+        runner = Runner(self.model, self.bank, cond, spec.class_prompts, self.loss)
+        stats.setup_seconds = time.perf_counter() - t_setup
+        sched = Scheduler(self.buckets, self.max_inflight, self.speculate)
+        states: dict[int, ImageState] = {}
+        started: dict[int, float] = {}
+        pending = iter(enumerate(images))
+        exhausted = False
+        t0 = time.perf_counter()
+
+        def refill() -> None:
+            nonlocal exhausted
+            # Keep enough images encoded and waiting to fill the in-flight slots.
+            while not exhausted and len(sched.waiting) < max(chunk, self.max_inflight):
+                block = [next(pending, None) for _ in range(chunk)]
+                block = [b for b in block if b is not None]
+                if not block:
+                    exhausted = True
+                    return
+                pix = [load_image(im) if isinstance(im, (str, Path)) else im for _, im in block]
+                x0 = self.model.encode_images(pix).float()
+                for (i, _), x in zip(block, x0):
+                    key = image_key(x)
+                    pol = make_policy(self.policy_cfg, n_cls, self.model.num_timesteps, self.bank, key, runner.cost)
+                    states[i] = ImageState(key, x, pol)
+                    sched.add(i, pol)
+
+        refill()
+        while True:
+            batch = sched.schedule()
+            if batch is None:
+                finished = sched.retire()
+                if not finished:
+                    if sched.has_work:
+                        raise RuntimeError("scheduler stalled: in-flight policies neither done nor asking for work")
+                    break
+            else:
+                now = time.perf_counter()
+                for rid in batch.request_ids:
+                    started.setdefault(rid, now)
+                errors = runner.run(batch, states)
+                finished = sched.update(batch, errors)
+            now = time.perf_counter()
+            for rid in finished:
+                st = states.pop(rid)
+                o = st.policy.outcome()
+                stats.images += 1
+                if progress is not None:
+                    progress.update(1)
+                yield rid, self._result(spec, o, o.evaluations, st.policy.spent, now - started.get(rid, now))
+            refill()
+        stats.seconds = time.perf_counter() - t0
+        s = sched.stats
+        stats.evaluations, stats.padded_rows, stats.batches = s.rows, s.padded, s.batches
+        stats.bucket_counts = dict(s.bucket_counts)
+        stats.kernels = kernels.active_backend()
+
+    def _result(self, spec: ClassSpec, o, evals: int, spent: int, seconds: float) -> ClassificationResult:
+        if o is None:
+            return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
+        probs = posterior(o.mean_errors, self.temperature)
+        return ClassificationResult(
+            label=o.label,
+            label_name=spec.names[o.label],
+            class_names=spec.names,
+            probabilities=probs,
+            mean_errors=o.mean_errors,
+            n_scores=o.n_scores,
+            evaluations=evals,
+            evaluations_spent=spent,
+            seconds=seconds,
+            policy=self.policy_cfg.describe(),
+        )
+
+
+def model_default_temperature(model: ModelBundle) -> float:
+    """Softmax temperature for posteriors: the model's calibrated value if it ships one, else 1e-2."""
+    return float(getattr(model, "temperature", None) or 1e-2)

@@ -1,0 +1,56 @@
+"""The noise bank: the timestep draws and noise of sample i of an image.
+
+Every random number the engine uses is a pure function of ``(seed, image key,
+sample index, stream)``. The image key is a hash of the image's latent, so the
+same image gets the same noise whether it is classified alone or among 10,000
+others, in any order and at any batch size. Noise is drawn on the CPU with
+numpy's counter-seeded generators, so it is also identical across devices.
+
+A saved noise tensor ``[N, C, H, W]`` can replace the generator (the official
+code's ``--noise_path``): sample i then uses row i, for every image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+_NOISE, _UNIFORM = 0, 1  # independent streams
+
+
+def image_key(x0: torch.Tensor) -> int:
+    """A 63-bit key from an image latent's float32 bytes."""
+    data = x0.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+
+
+class NoiseBank:
+    def __init__(self, shape: tuple[int, ...], seed: int = 0, saved: torch.Tensor | None = None):
+        self.shape = tuple(shape)
+        self.seed = int(seed)
+        self.saved = None
+        if saved is not None:
+            saved = torch.as_tensor(saved, dtype=torch.float32)
+            if tuple(saved.shape[1:]) != self.shape:
+                raise UserError(f"saved noise has rows of shape {tuple(saved.shape[1:])}, but the model's latents are {self.shape}")
+            self.saved = saved.contiguous()
+
+    def _rng(self, key: int, i: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, key & 0xFFFFFFFF, key >> 32, int(i), stream])
+
+    def noise(self, key: int, i: int) -> torch.Tensor:
+        """eps of sample ``i`` of image ``key``: float32 [C, H, W] on the CPU."""
+        if self.saved is not None:
+            if i >= self.saved.shape[0]:
+                raise UserError(f"saved noise has {self.saved.shape[0]} rows, but sample {i} was requested; save more rows or lower the sample count")
+            return self.saved[i]
+        arr = self._rng(key, i, _NOISE).standard_normal(self.shape, dtype=np.float32)
+        return torch.from_numpy(arr)
+
+    def uniform(self, key: int, i: int) -> float:
+        """A U[0, 1) draw for sample ``i`` of image ``key`` (random timesteps, rotations)."""
+        return float(self._rng(key, i, _UNIFORM).random())

@@ -1,0 +1,78 @@
+"""Classification policies, chosen by name through :func:`make_policy`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..noise import NoiseBank
+from ..timesteps import RandomTimesteps, StratifiedTimesteps
+from .base import Outcome, Policy
+from .stages import StagedPolicy, exhaustive, stage_evaluations, stage_plan
+from .ttest import TTestPolicy, paired_t_pvalues
+
+POLICIES = ("exhaustive", "adaptive", "ttest")
+TIMESTEP_ORDERS = ("random", "stratified")
+
+
+@dataclass
+class PolicyConfig:
+    """Every policy option, with the papers' defaults. Unused options are ignored by other policies."""
+
+    name: str = "ttest"
+    # exhaustive
+    n_grid: int = 50
+    # adaptive (Li et al.; CIFAR-10 settings)
+    n_samples: list[int] = field(default_factory=lambda: [50, 500])
+    to_keep: list[int] = field(default_factory=lambda: [5, 1])
+    # ttest (Clark & Jaini)
+    min_scores: int = 20
+    max_scores: int = 2000
+    cutoff_pval: float = 2e-3
+    sides: int = 2
+    t_order: str = "stratified"
+
+    def validate(self, T: int, n_classes: int = 2) -> None:
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown policy {self.name!r}; choose one of {', '.join(POLICIES)}")
+        if self.t_order not in TIMESTEP_ORDERS:
+            raise ValueError(f"unknown timestep order {self.t_order!r}; choose one of {', '.join(TIMESTEP_ORDERS)}")
+        if self.name == "exhaustive":
+            stage_plan(T, [self.n_grid], [1], n_classes)
+        elif self.name == "adaptive":
+            stage_plan(T, self.n_samples, self.to_keep, n_classes)
+        else:
+            TTestPolicy(2, lambda i: 0, self.min_scores, self.max_scores, self.cutoff_pval, self.sides)
+
+    def describe(self) -> str:
+        if self.name == "exhaustive":
+            return f"exhaustive(grid={self.n_grid})"
+        if self.name == "adaptive":
+            return f"adaptive(n_samples={self.n_samples}, to_keep={self.to_keep})"
+        return f"ttest(min={self.min_scores}, max={self.max_scores}, p<{self.cutoff_pval:g}, {self.sides}-sided, t={self.t_order})"
+
+
+def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key: int, cost: np.ndarray | None = None) -> Policy:
+    if cfg.name == "exhaustive":
+        return exhaustive(n_classes, T, cfg.n_grid, cost)
+    if cfg.name == "adaptive":
+        return StagedPolicy(n_classes, T, cfg.n_samples, cfg.to_keep, cost)
+    if cfg.name == "ttest":
+        order = RandomTimesteps if cfg.t_order == "random" else StratifiedTimesteps
+        return TTestPolicy(n_classes, order(T, bank, key), cfg.min_scores, cfg.max_scores, cfg.cutoff_pval, cfg.sides, cost)
+    raise ValueError(f"unknown policy {cfg.name!r}; choose one of {', '.join(POLICIES)}")
+
+
+__all__ = [
+    "POLICIES",
+    "Outcome",
+    "Policy",
+    "PolicyConfig",
+    "StagedPolicy",
+    "TTestPolicy",
+    "make_policy",
+    "paired_t_pvalues",
+    "stage_evaluations",
+    "stage_plan",
+]

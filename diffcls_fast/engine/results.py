@@ -1,0 +1,94 @@
+"""Result types: one per image, one per run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def posterior(mean_errors: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(-mean_error / temperature) over the scored classes (0 for unscored ones)."""
+    p = np.zeros(len(mean_errors))
+    ok = ~np.isnan(mean_errors)
+    if ok.sum() == 0:
+        return p
+    z = -mean_errors[ok] / temperature
+    z = np.exp(z - z.max())
+    p[ok] = z / z.sum()
+    return p
+
+
+@dataclass
+class ClassificationResult:
+    label: int
+    label_name: str
+    class_names: list[str]
+    probabilities: np.ndarray  # [C], posterior over scored classes
+    mean_errors: np.ndarray  # [C], NaN where a class was never scored
+    n_scores: np.ndarray  # [C], samples in each class's mean
+    evaluations: int  # denoiser evaluations the policy's rule needed
+    evaluations_spent: int  # evaluations actually run for this image (speculation included)
+    seconds: float  # admission to completion (latency inside a batched run)
+    policy: str = ""
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+
+    def to_dict(self, top_k: int = 5) -> dict:
+        return {
+            "label": self.label_name,
+            "label_index": self.label,
+            "top": [{"class": n, "p": round(p, 6)} for n, p in self.top(top_k)],
+            "mean_errors": {n: (None if np.isnan(e) else float(e)) for n, e in zip(self.class_names, self.mean_errors)},
+            "n_scores": {n: int(c) for n, c in zip(self.class_names, self.n_scores)},
+            "evaluations": self.evaluations,
+            "evaluations_spent": self.evaluations_spent,
+            "seconds": round(self.seconds, 4),
+            "policy": self.policy,
+        }
+
+
+@dataclass
+class RunStats:
+    images: int = 0
+    evaluations: int = 0  # denoiser rows actually run
+    padded_rows: int = 0
+    batches: int = 0
+    seconds: float = 0.0  # wall time of the scoring loop
+    setup_seconds: float = 0.0  # prompt encoding and cache
+    backend: str = ""
+    kernels: str = ""
+    dtype: str = ""
+    bucket_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def batch_fill(self) -> float:
+        tot = self.evaluations + self.padded_rows
+        return self.evaluations / tot if tot else 1.0
+
+    @property
+    def evals_per_second(self) -> float:
+        return self.evaluations / self.seconds if self.seconds else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "evaluations": self.evaluations,
+            "padded_rows": self.padded_rows,
+            "batches": self.batches,
+            "batch_fill": round(self.batch_fill, 4),
+            "seconds": round(self.seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
+            "evals_per_second": round(self.evals_per_second, 1),
+            "images_per_second": round(self.images_per_second, 3),
+            "backend": self.backend,
+            "kernels": self.kernels,
+            "dtype": self.dtype,
+            "bucket_counts": {str(k): v for k, v in sorted(self.bucket_counts.items())},
+        }

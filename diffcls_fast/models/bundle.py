@@ -1,0 +1,52 @@
+"""The model bundle: everything the engine needs from a diffusion model, behind a few callables.
+
+The engine never imports diffusers or transformers; it sees a :class:`ModelBundle`
+with ``encode_images``, ``encode_prompts``, ``denoise`` and the noise schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+# denoise(x_t [B,C,H,W], t [B] int64, cond [B,...]) -> eps_hat [B,C,H,W]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ModelBundle:
+    name: str
+    # "text": the condition is a text embedding [L, D] per prompt; "class": a class id.
+    cond_kind: str
+    latent_shape: tuple[int, int, int]  # (C, H, W) of x0
+    image_resolution: int  # pixels fed to encode_images (before the VAE, if any)
+    image_channels: int
+    alphas_cumprod: torch.Tensor  # float64 [T], on the CPU
+    prediction_type: str  # what the network predicts; denoise() always returns eps
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str  # identifies the weights (export and cache keys)
+    text_fingerprint: str  # identifies tokenizer + text encoder (embedding cache key)
+    encode_images: Callable[[Sequence[Image.Image | torch.Tensor]], torch.Tensor]
+    encode_prompts: Callable[[Sequence[str]], torch.Tensor]
+    denoise: Denoiser
+    network: torch.nn.Module | None = None  # the raw denoiser network, for export/compile
+    random_weights: bool = False  # presets: timing only, never accuracy
+    class_names: list[str] = field(default_factory=list)  # defaults shipped with the model
+    prompt_template: str = "{}"  # how a bare class name becomes a prompt
+    default_prompts: list[str] = field(default_factory=list)
+    path: str = ""
+    backend: str = "torch"  # which denoiser implementation actually runs
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.numel())
+
+    def describe(self) -> str:
+        s = f"{self.name} [{self.backend}, {str(self.dtype).removeprefix('torch.')}, {self.device}]"
+        if self.random_weights:
+            s += " (random weights: timing only)"
+        return s

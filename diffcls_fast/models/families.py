@@ -1,0 +1,19 @@
+"""Which loader serves a folder, decided from its layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+
+
+def detect_family(folder: Path) -> Callable:
+    from . import loader
+
+    if (folder / "unet").is_dir() and (folder / "text_encoder").is_dir():
+        return loader.load_text_to_image
+    if (folder / "unet").is_dir():
+        missing = [s for s in ("text_encoder", "tokenizer") if not (folder / s).is_dir()]
+        raise UserError(f"{folder}: missing {', '.join(s + '/' for s in missing)} (a text-to-image folder needs unet/, scheduler/, text_encoder/ and tokenizer/)")
+    raise UserError(f"{folder}: not a diffusion model folder (no unet/ found; expected unet/, scheduler/, text_encoder/, tokenizer/ and optionally vae/)")

@@ -1,0 +1,251 @@
+"""Load a model bundle from a local folder, the bundled model, or (later) a preset.
+
+Supported layouts (all local; the network is never touched):
+
+* Stable Diffusion 1.x/2.x diffusers folders: ``unet/ scheduler/ text_encoder/
+  tokenizer/ vae/``. Images go through the VAE (mean latent times its scaling
+  factor).
+* Pixel-space text-to-image folders: the same without ``vae/`` (the bundled
+  ``digits`` model). Pixels are the "latents".
+
+Weights are read from safetensors only: a folder that holds only pickled
+``.bin`` weights is refused, since unpickling an untrusted file runs code.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..images import preprocess
+from .bundle import ModelBundle
+from .fingerprint import fingerprint_paths
+
+BUNDLED = {"digits": Path(__file__).with_name("digits")}
+# Local files only, safetensors only; low_cpu_mem_usage=False avoids needing `accelerate`.
+DIFFUSERS_KW = {"use_safetensors": True, "local_files_only": True, "low_cpu_mem_usage": False}
+
+
+@contextmanager
+def quiet_loading():
+    """Silence the libraries' per-load progress bars and advice while loading; restore afterwards."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was_t, was_d = tlog.is_progress_bar_enabled(), dlog.is_progress_bar_enabled()
+    tv, dv = tlog.get_verbosity(), dlog.get_verbosity()
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(tv)
+        dlog.set_verbosity(dv)
+        if was_t:
+            tlog.enable_progress_bar()
+        if was_d:
+            dlog.enable_progress_bar()
+
+
+def _need(folder: Path, sub: str, what: str) -> Path:
+    p = folder / sub
+    if not p.is_dir():
+        raise UserError(f"{folder}: missing {sub}/ ({what}); expected a diffusers folder with unet/, scheduler/, text_encoder/, tokenizer/ and optionally vae/")
+    if sub != "tokenizer" and sub != "scheduler":
+        if not (p / "config.json").is_file():
+            raise UserError(f"{p}: missing config.json")
+        if not any(p.glob("*.safetensors")):
+            if any(p.glob("*.bin")) or any(p.glob("*.ckpt")):
+                raise UserError(f"{p}: only pickled weights (.bin/.ckpt) found; diffcls-fast loads safetensors only (convert with save_pretrained(safe_serialization=True))")
+            raise UserError(f"{p}: no .safetensors weights found")
+    return p
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{p}: cannot read JSON ({e})") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of fp32, fp16, bf16, auto")
+    return table[dtype]
+
+
+def load_model(name_or_path: str | Path = "digits", *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> ModelBundle:
+    """Load a model bundle by bundled name (``digits``), preset (``preset:NAME``) or local folder path."""
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _resolve_dtype(dtype, dev)
+    name = str(name_or_path)
+    if name.startswith("preset:"):
+        from .presets import load_preset
+
+        return load_preset(name.removeprefix("preset:"), device=dev, dtype=dt)
+    folder = BUNDLED.get(name, Path(name).expanduser())
+    if not folder.exists():
+        known = ", ".join(sorted(BUNDLED))
+        raise UserError(f"model {name!r}: no such folder (bundled models: {known}; presets: preset:NAME)")
+    if not folder.is_dir():
+        raise UserError(f"model {name!r}: not a folder")
+    from .families import detect_family
+
+    return detect_family(folder)(folder, name=name if name in BUNDLED else folder.name, device=dev, dtype=dt)
+
+
+def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    """Stable Diffusion layout (with or without a VAE)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet_dir = _need(folder, "unet", "the denoiser")
+    te_dir = _need(folder, "text_encoder", "the text encoder")
+    tok_dir = _need(folder, "tokenizer", "the tokenizer")
+    sched_cfg = _scheduler_config(folder)
+    has_vae = (folder / "vae").is_dir()
+    vae_dir = _need(folder, "vae", "the autoencoder") if has_vae else None
+
+    with quiet_loading():
+        try:
+            unet = UNet2DConditionModel.from_pretrained(unet_dir, **DIFFUSERS_KW, torch_dtype=dtype)
+            text_encoder = CLIPTextModel.from_pretrained(te_dir, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"{folder}: cannot load model ({str(e).splitlines()[0]})") from None
+    unet.to(device).eval().requires_grad_(False)
+    text_encoder.to(device).eval().requires_grad_(False)
+    meta = _read_json(folder / "diffcls.json") if (folder / "diffcls.json").is_file() else {}
+
+    vae = None
+    if has_vae:
+        from diffusers import AutoencoderKL
+
+        with quiet_loading():
+            vae = AutoencoderKL.from_pretrained(vae_dir, **DIFFUSERS_KW, torch_dtype=dtype)
+        vae.to(device).eval().requires_grad_(False)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        resolution = int(unet.config.sample_size) * scale
+        channels = int(vae.config.in_channels)
+        if int(vae.config.latent_channels) != int(unet.config.in_channels):
+            raise UserError(f"{folder}: vae has {vae.config.latent_channels} latent channels but unet expects {unet.config.in_channels}")
+    else:
+        resolution = int(meta.get("resolution", unet.config.sample_size))
+        channels = int(meta.get("channels", unet.config.in_channels))
+        if channels != int(unet.config.in_channels):
+            raise UserError(f"{folder}: no vae/, so images must have the unet's {unet.config.in_channels} channels, but diffcls.json says {channels}")
+    latent_hw = int(unet.config.sample_size)
+
+    acp = alphas_cumprod_from_config(sched_cfg)
+    pred_type = sched_cfg.get("prediction_type", "epsilon")
+    max_len = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+
+    @torch.no_grad()
+    def encode_images(images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
+        if vae is None:
+            return px.to(device=device, dtype=torch.float32)
+        out = []
+        for chunk in px.split(16):
+            lat = vae.encode(chunk.to(device=device, dtype=dtype)).latent_dist.mean
+            out.append(lat.float() * float(vae.config.scaling_factor))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
+        ids = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+        out = [text_encoder(chunk.to(device))[0] for chunk in ids.split(64)]
+        return torch.cat(out).to(dtype)
+
+    denoise = make_unet_denoiser(unet, acp, pred_type, device)
+    te_fp = fingerprint_paths(te_dir, tok_dir)
+    return ModelBundle(
+        name=name,
+        cond_kind="text",
+        latent_shape=(int(unet.config.in_channels), latent_hw, latent_hw),
+        image_resolution=resolution,
+        image_channels=channels,
+        alphas_cumprod=acp,
+        prediction_type=pred_type,
+        device=device,
+        dtype=dtype,
+        fingerprint=fingerprint_paths(unet_dir, te_dir, tok_dir, folder / "scheduler", *( [vae_dir] if vae_dir else [])),
+        text_fingerprint=te_fp,
+        encode_images=encode_images,
+        encode_prompts=encode_prompts,
+        denoise=denoise,
+        network=unet,
+        class_names=list(meta.get("class_names", [])),
+        prompt_template=meta.get("prompt_template", "a photo of a {}."),
+        default_prompts=list(meta.get("prompts", [])),
+        path=str(folder),
+    )
+
+
+def _scheduler_config(folder: Path) -> dict:
+    d = folder / "scheduler"
+    if not d.is_dir():
+        raise UserError(f"{folder}: missing scheduler/ (the noise schedule)")
+    p = d / "scheduler_config.json"
+    if not p.is_file():
+        raise UserError(f"{d}: missing scheduler_config.json")
+    return _read_json(p)
+
+
+def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
+    """The cumulative alpha product of a diffusers scheduler config, in float64 on the CPU."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+    try:
+        sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg and cfg[k] is not None})
+    except (ValueError, NotImplementedError) as e:
+        raise UserError(f"unsupported noise schedule in scheduler config ({e})") from None
+    return sched.alphas_cumprod.double()
+
+
+def make_unet_denoiser(net: torch.nn.Module, acp: torch.Tensor, pred_type: str, device: torch.device, *, class_cond: bool = False):
+    """Wrap a diffusers UNet as ``denoise(x_t, t, cond) -> eps_hat`` (always eps)."""
+    if pred_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"prediction_type {pred_type!r} is not supported (epsilon or v_prediction)")
+    acp_dev = acp.to(device=device, dtype=torch.float32)
+    out_ch = None
+
+    @torch.no_grad()
+    def denoise(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        nonlocal out_ch
+        if class_cond:
+            out = net(x_t, t, class_labels=cond).sample
+        else:
+            out = net(x_t, t, encoder_hidden_states=cond).sample
+        if out.shape[1] != x_t.shape[1]:  # learned sigma: the first half of the channels is eps
+            out = out[:, : x_t.shape[1]]
+        if pred_type == "v_prediction":
+            return v_to_eps(out, x_t, acp_dev[t])
+        return out
+
+    return denoise
+
+
+def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(abar) * v + sqrt(1 - abar) * x_t, for v = sqrt(abar) * eps - sqrt(1 - abar) * x0."""
+    a = abar_t.sqrt().view(-1, 1, 1, 1).to(v.dtype)
+    b = (1 - abar_t).sqrt().view(-1, 1, 1, 1).to(v.dtype)
+    return a * v + b * x_t

@@ -1,0 +1,249 @@
+"""Train the bundled ``digits`` model: a pixel-space text-to-image diffusion model.
+
+    python scripts/train_digits.py --out diffcls_fast/models/digits --steps 6000
+
+It trains a small diffusers ``UNet2DConditionModel`` and a small ``CLIPTextModel``
+(with a word-level tokenizer) jointly, from scratch, on the 1,400 training images
+of scikit-learn's UCI digits (8x8, at their native resolution, through the
+same preprocessing ``classify`` uses), with captions drawn from several templates.
+The output folder has the Stable Diffusion layout without a VAE, so the same
+loader serves it and real SD folders. Weights are saved as safetensors, with the
+EMA weights as the released ones.
+
+Everything is seeded; on a 2-core CPU, one step (batch 128) takes about 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffcls_fast.data import digits
+from diffcls_fast.images import preprocess
+
+# The digits are 8x8. We train at that native resolution: upsampling adds no
+# information, and 16x16 costs 4x the compute in training and in classification.
+RESOLUTION = 8
+MAX_TOKENS = 16
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = set()
+    for tpl in digits.TEMPLATES:
+        for i, name in enumerate(digits.CLASS_NAMES):
+            words.update(tpl.format(name=name, digit=i).lower().split())
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=MAX_TOKENS,
+    )
+
+
+def build_models(vocab_size: int, tokenizer):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 96),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+    return text_encoder, unet, scheduler
+
+
+def random_shift(x0: torch.Tensor, rng: np.random.Generator, prob: float) -> torch.Tensor:
+    """Shift each image by up to one pixel (with probability ``prob``), filling with background.
+
+    1,400 training images are few; one-pixel shifts are label-preserving and make the
+    model generalise to the held-out writers.
+    """
+    b, _, h, w = x0.shape
+    padded = F.pad(x0, (1, 1, 1, 1), value=-1.0)
+    off = np.where(rng.random((b, 2)) < prob, rng.integers(0, 3, (b, 2)), 1)
+    rows = torch.from_numpy(off[:, 0, None] + np.arange(h))
+    cols = torch.from_numpy(off[:, 1, None] + np.arange(w))
+    return padded[torch.arange(b)[:, None, None], 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "_diffusers_version": __import__("diffusers").__version__,
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": [None, None],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "diffcls.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="diffcls_fast/models/digits")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shift-prob", type=float, default=0.5)
+    ap.add_argument("--save-every", type=int, default=0, help="also save EMA snapshots to OUT-stepN")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    pil, labels, _ = digits.load_split("train")
+    x = torch.stack([preprocess(im, RESOLUTION, 1) for im in pil])  # [N, 1, 16, 16]
+    labels = torch.as_tensor(labels)
+
+    tokenizer = build_tokenizer()
+    text_encoder, unet, scheduler = build_models(len(tokenizer), tokenizer)
+    n_params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text_encoder.parameters())
+    print(f"parameters: unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M, total {n_params/1e6:.2f}M")
+
+    # All (class, template) caption ids, tokenized once.
+    captions = [[tpl.format(name=n, digit=c) for tpl in digits.TEMPLATES] for c, n in enumerate(digits.CLASS_NAMES)]
+    flat = [cap for per_class in captions for cap in per_class]
+    ids = tokenizer(flat, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    ids = ids.view(len(digits.CLASS_NAMES), len(digits.TEMPLATES), MAX_TOKENS)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    warmup = min(200, args.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return args.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+    ema = [p.detach().clone() for p in params]
+
+    def swap_in_ema() -> None:
+        # Exchange live and EMA weights (calling it twice restores the live ones).
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    def meta(steps: int, wall: float) -> dict:
+        return {
+            "name": "digits",
+            "resolution": RESOLUTION,
+            "channels": 1,
+            "class_names": digits.CLASS_NAMES,
+            "prompts": digits.default_prompts(),
+            "training": {
+                "command": f"python scripts/train_digits.py --out {args.out} --steps {args.steps}",
+                "steps": steps,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "ema": args.ema,
+                "shift_prob": args.shift_prob,
+                "seed": args.seed,
+                "wall_seconds": round(wall, 1),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
+        }
+
+    acp = scheduler.alphas_cumprod.float()
+    t0 = time.perf_counter()
+    running = 0.0
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        bi = torch.from_numpy(rng.integers(0, len(x), args.batch_size))
+        x0 = x[bi]
+        x0 = random_shift(x0, rng, args.shift_prob)
+        tpl = torch.from_numpy(rng.integers(0, len(digits.TEMPLATES), args.batch_size))
+        input_ids = ids[labels[bi], tpl]
+        t = torch.from_numpy(rng.integers(0, 1000, args.batch_size))
+        eps = torch.randn_like(x0)
+        a = acp[t].sqrt().view(-1, 1, 1, 1)
+        b = (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+        cond = text_encoder(input_ids).last_hidden_state
+        pred = unet(a * x0 + b * eps, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 200 == 0 or step == args.steps - 1:
+            el = time.perf_counter() - t0
+            print(f"step {step:6d}  loss {running:.4f}  lr {lr_at(step):.2e}  {el:7.1f}s", flush=True)
+        if args.save_every and step and step % args.save_every == 0:
+            swap_in_ema()
+            save(Path(f"{args.out}-step{step}"), unet, text_encoder, tokenizer, scheduler, meta(step, time.perf_counter() - t0))
+            swap_in_ema()
+
+    wall = time.perf_counter() - t0
+    swap_in_ema()
+    save(Path(args.out), unet, text_encoder, tokenizer, scheduler, meta(args.steps, wall))
+    print(f"saved to {args.out} in {wall:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

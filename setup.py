@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="diffcls-fast",
+    version="0.1.0",
+    description="A fast engine that turns pretrained conditional diffusion models into zero-shot image classifiers",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffcls_fast", "diffcls_fast.*"]),
+    package_data={
+        "diffcls_fast": ["data/*.json", "models/digits/*.json", "models/digits/*/*"],
+    },
+    install_requires=[
+        "torch>=2.4",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "scikit-learn>=1.3",
+        "pillow>=10",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+        "trt": ["tensorrt>=10.0", "onnx>=1.16"],
+        "xformers": ["xformers>=0.0.26"],
+        "triton": ["triton>=3.0"],
+        "bench": ["matplotlib>=3.7", "pytest-benchmark>=4.0"],
+        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
+)
