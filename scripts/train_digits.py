@@ -107,10 +107,13 @@ def random_shift(x0: torch.Tensor, rng: np.random.Generator, prob: float) -> tor
     return padded[torch.arange(b)[:, None, None], 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
-def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict) -> None:
+def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict, dtype: torch.dtype = torch.float16) -> None:
+    """Save the SD-layout folder. Weights are stored in fp16 (half the size; the loader upcasts)."""
+    import copy
+
     out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    copy.deepcopy(unet).to(dtype).save_pretrained(out / "unet", safe_serialization=True)
+    copy.deepcopy(text_encoder).to(dtype).save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
     scheduler.save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(

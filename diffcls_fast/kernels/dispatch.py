@@ -51,7 +51,7 @@ def _triton_available() -> bool:
 
 def make_noisy(x0, eps, img_idx, noise_idx, a, b, out=None):
     if _use_triton(x0):
-        from .make_noisy import make_noisy as fn
+        from .fused_noise import make_noisy as fn
 
         _last["make_noisy"] = "triton"
     else:
@@ -62,7 +62,7 @@ def make_noisy(x0, eps, img_idx, noise_idx, a, b, out=None):
 
 def query_errors(eps_hat, eps, noise_idx, kind="l2", weight=None):
     if _use_triton(eps_hat):
-        from .query_errors import query_errors as fn
+        from .fused_errors import query_errors as fn
 
         _last["query_errors"] = "triton"
     else:

@@ -25,3 +25,17 @@ def check_index(name: str, idx: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} must be int32 or int64, got {idx.dtype}")
     if idx.device != device:
         raise ValueError(f"{name} is on {idx.device}, expected {device}")
+
+
+def rows_contiguous(t: torch.Tensor, writable: bool = False) -> torch.Tensor:
+    """``t`` if each row ``t[i]`` is one contiguous run of memory (any row stride), else a contiguous copy.
+
+    Kernels take the row stride as an argument, so slices of larger buffers need
+    no copy. A write target cannot be copied, so it must already qualify.
+    """
+    inner_ok = t[0].is_contiguous() if t.shape[0] else True
+    if inner_ok and t.stride(0) >= (t[0].numel() if t.shape[0] else 0):
+        return t
+    if writable:
+        raise ValueError("out must have contiguous rows")
+    return t.contiguous()

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .reference import ERROR_KINDS, HUBER_DELTA
-from .utils import block_settings, check_index
+from .utils import block_settings, check_index, rows_contiguous
 
 _KIND = {k: i for i, k in enumerate(ERROR_KINDS)}
 TARGET_PROGRAMS = 1024  # enough programs to fill any current GPU several times over
@@ -21,7 +21,7 @@ TARGET_PROGRAMS = 1024  # enough programs to fill any current GPU several times 
 
 @triton.jit
 def _query_errors_kernel(
-    hat_ptr, eps_ptr, noise_ptr, part_ptr, n_elements, chunk, n_splits,
+    hat_ptr, eps_ptr, noise_ptr, part_ptr, n_elements, hat_stride, eps_stride, chunk, n_splits,
     KIND: tl.constexpr, DELTA: tl.constexpr, BLOCK: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)
@@ -32,8 +32,8 @@ def _query_errors_kernel(
     for off in range(0, chunk, BLOCK):
         offs = start + off + tl.arange(0, BLOCK)
         mask = (offs < n_elements) & (offs < start + chunk)
-        h = tl.load(hat_ptr + q * n_elements + offs, mask=mask, other=0.0).to(tl.float32)
-        e = tl.load(eps_ptr + nz * n_elements + offs, mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(hat_ptr + q * hat_stride + offs, mask=mask, other=0.0).to(tl.float32)
+        e = tl.load(eps_ptr + nz * eps_stride + offs, mask=mask, other=0.0).to(tl.float32)
         d = h - e
         # KIND is a constexpr: the two branches not taken compile away.
         if KIND == 0:
@@ -72,8 +72,9 @@ def query_errors(
     chunk = triton.cdiv(triton.cdiv(n, splits), block) * block
     splits = triton.cdiv(n, chunk)
     part = torch.empty((q, splits), dtype=torch.float32, device=eps_hat.device)
+    eps_hat, eps = rows_contiguous(eps_hat), rows_contiguous(eps)
     _query_errors_kernel[(q, splits)](
-        eps_hat.contiguous(), eps.contiguous(), noise_idx.contiguous(), part, n, chunk, splits,
+        eps_hat, eps, noise_idx.contiguous(), part, n, eps_hat.stride(0), eps.stride(0), chunk, splits,
         KIND=_KIND[kind], DELTA=HUBER_DELTA, BLOCK=block, num_warps=warps,
     )
     err = part.sum(dim=1) / n
