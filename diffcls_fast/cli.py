@@ -26,6 +26,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
     g.add_argument("--temperature", type=float, default=None, help="posterior softmax temperature (default: the model's)")
     g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead into padding (pad) or up to a full batch (fill); auto: fill on CUDA, pad on CPU")
+    g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt"], help="denoiser runtime (default: torch, eager)")
+    g.add_argument("--xformers", action="store_true", help="xformers memory-efficient attention (torch/compile backends, CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
     g.add_argument("--cache-dir", default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
@@ -74,9 +76,12 @@ def _load_noise(path: str | None):
 
 def _classifier(a: argparse.Namespace):
     from .engine import DiffusionClassifier
+    from .engine.scheduler import power_of_two_buckets
+    from .export import apply_backend
     from .models import load_model
 
     model = load_model(a.model, device=a.device, dtype=a.dtype)
+    model = apply_backend(model, a.backend, batch_sizes=power_of_two_buckets(a.batch_size), cache_dir=a.cache_dir, xformers=a.xformers)
     return DiffusionClassifier(
         model,
         a.policy,
@@ -127,7 +132,11 @@ def cmd_classify(a: argparse.Namespace) -> int:
             top = "  ".join(f"{n} {p:.3f}" for n, p in r.top(5))
             print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations_spent} evals, {r.seconds:.2f} s")
     if not a.json:
-        print(f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; {st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}", file=sys.stderr)
+        print(
+            f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; "
+            f"{st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -143,6 +152,34 @@ def cmd_eval(a: argparse.Namespace) -> int:
             f"{summary['evals_per_image']:.1f} evals/image, {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
             f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
         )
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export.onnx_export import export_onnx
+    from .models import load_model
+
+    try:
+        sizes = sorted({int(x) for x in a.batch_sizes.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--batch-sizes must be comma-separated integers, got {a.batch_sizes!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise UserError("--batch-sizes needs at least one positive size")
+    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    art = export_onnx(model, a.out, force=a.force)
+    status = "cached (valid, not re-exported)" if art.cached else f"exported in {art.seconds:.1f} s"
+    err = "n/a" if art.max_abs_error is None else f"{art.max_abs_error:.2e}"
+    print(f"onnx: {art.path} [{status}], onnx.checker OK, max |onnxruntime - torch| = {err}")
+    if a.format == "tensorrt":
+        from .export.tensorrt_backend import build_engine, engine_paths, require_tensorrt
+
+        trt = require_tensorrt()
+        plan, timing = engine_paths(Path(a.out), model, art.spec, sizes, trt.__version__)
+        if plan.is_file() and not a.force:
+            print(f"tensorrt: {plan} [cached]")
+        else:
+            build_engine(art.path, art.spec, sizes, plan, timing)
+            print(f"tensorrt: {plan} [built; profiles for batch sizes {sizes}; timing cache {timing}]")
     return 0
 
 
@@ -166,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     _add_engine_args(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine)")
+    p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
+    p.add_argument("--batch-sizes", default="8,32,128", help="TensorRT profile batch sizes (default: 8,32,128)")
+    p.add_argument("--out", default="exported", help="output folder (default: ./exported)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--force", action="store_true", help="re-export even if a valid cached artifact exists")
+    p.set_defaults(fn=cmd_export)
     return ap
 
 

@@ -193,6 +193,7 @@ def main() -> None:
             "channels": 1,
             "class_names": digits.CLASS_NAMES,
             "prompts": digits.default_prompts(),
+            "prompt_template": digits.TEMPLATES[0].replace("{name}", "{}"),
             "training": {
                 "command": f"python scripts/train_digits.py --out {args.out} --steps {args.steps}",
                 "steps": steps,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -42,7 +43,7 @@ class EmbeddingCache:
             if p.is_file():
                 try:
                     entry = load_file(p)
-                except (OSError, ValueError, RuntimeError):
+                except (OSError, SafetensorError):
                     continue  # unreadable entry: recompute and overwrite it below
                 sha = entry.get("prompt_sha")
                 if sha is not None and bytes(sha.tolist()) == hashlib.sha256(pr.encode("utf-8")).digest():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,14 +22,14 @@ class ClassSpec:
         return len(self.names)
 
     @classmethod
-    def from_names(cls, names: Sequence[str], template: str = "{}") -> "ClassSpec":
+    def from_names(cls, names: Sequence[str], template: str = "{}") -> ClassSpec:
         names = [n.strip() for n in names]
         _check_names(names)
         prompts = [template.format(n) for n in names]
         return cls(list(names), prompts, [np.array([i]) for i in range(len(names))])
 
     @classmethod
-    def from_prompts(cls, names: Sequence[str], prompts: Sequence[str]) -> "ClassSpec":
+    def from_prompts(cls, names: Sequence[str], prompts: Sequence[str]) -> ClassSpec:
         """One prompt per class, given explicitly."""
         _check_names(list(names))
         if len(names) != len(prompts):

@@ -6,8 +6,8 @@ with ``encode_images``, ``encode_prompts``, ``denoise`` and the noise schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -34,6 +34,8 @@ class ModelBundle:
     encode_prompts: Callable[[Sequence[str]], torch.Tensor]
     denoise: Denoiser
     network: torch.nn.Module | None = None  # the raw denoiser network, for export/compile
+    cond_shape: tuple[int, ...] = ()  # shape of one condition row ([L, D] text embedding, () class id)
+    family: str = "sd"  # export spec key: "sd" (UNet2DCondition), "dit", "class-unet"
     random_weights: bool = False  # presets: timing only, never accuracy
     class_names: list[str] = field(default_factory=list)  # defaults shipped with the model
     prompt_template: str = "{}"  # how a bare class name becomes a prompt

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 
@@ -16,4 +16,4 @@ def detect_family(folder: Path) -> Callable:
     if (folder / "unet").is_dir():
         missing = [s for s in ("text_encoder", "tokenizer") if not (folder / s).is_dir()]
         raise UserError(f"{folder}: missing {', '.join(s + '/' for s in missing)} (a text-to-image folder needs unet/, scheduler/, text_encoder/ and tokenizer/)")
-    raise UserError(f"{folder}: not a diffusion model folder (no unet/ found; expected unet/, scheduler/, text_encoder/, tokenizer/ and optionally vae/)")
+    raise UserError(f"{folder}: missing unet/ (not a diffusion model folder; expected unet/, scheduler/, text_encoder/, tokenizer/ and optionally vae/)")

@@ -15,9 +15,9 @@ Weights are read from safetensors only: a folder that holds only pickled
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -174,7 +174,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         out = [text_encoder(chunk.to(device))[0] for chunk in ids.split(64)]
         return torch.cat(out).to(dtype)
 
-    denoise = make_unet_denoiser(unet, acp, pred_type, device)
+    denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
     return ModelBundle(
         name=name,
@@ -192,6 +192,8 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         encode_prompts=encode_prompts,
         denoise=denoise,
         network=unet,
+        cond_shape=(max_len, int(text_encoder.config.hidden_size)),
+        family="sd",
         class_names=list(meta.get("class_names", [])),
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
@@ -221,20 +223,26 @@ def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
     return sched.alphas_cumprod.double()
 
 
-def make_unet_denoiser(net: torch.nn.Module, acp: torch.Tensor, pred_type: str, device: torch.device, *, class_cond: bool = False):
-    """Wrap a diffusers UNet as ``denoise(x_t, t, cond) -> eps_hat`` (always eps)."""
+def raw_network_call(net: torch.nn.Module, class_cond: bool = False):
+    """``raw(x_t, t, cond) -> network output`` of a diffusers UNet/transformer (what export traces)."""
+    if class_cond:
+        return lambda x_t, t, cond: net(x_t, t, class_labels=cond).sample
+    return lambda x_t, t, cond: net(x_t, t, encoder_hidden_states=cond).sample
+
+
+def make_unet_denoiser(raw, acp: torch.Tensor, pred_type: str, device: torch.device):
+    """Wrap a raw network call as ``denoise(x_t, t, cond) -> eps_hat`` (always eps).
+
+    ``raw`` is the network itself, whichever backend runs it (eager, compiled,
+    ONNX Runtime, TensorRT): the eps extraction below is shared by all of them.
+    """
     if pred_type not in ("epsilon", "v_prediction"):
         raise UserError(f"prediction_type {pred_type!r} is not supported (epsilon or v_prediction)")
     acp_dev = acp.to(device=device, dtype=torch.float32)
-    out_ch = None
 
     @torch.no_grad()
     def denoise(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        nonlocal out_ch
-        if class_cond:
-            out = net(x_t, t, class_labels=cond).sample
-        else:
-            out = net(x_t, t, encoder_hidden_states=cond).sample
+        out = raw(x_t, t, cond)
         if out.shape[1] != x_t.shape[1]:  # learned sigma: the first half of the channels is eps
             out = out[:, : x_t.shape[1]]
         if pred_type == "v_prediction":

@@ -102,7 +102,15 @@ def test_single_class_needs_no_evaluations():
         assert p.done and p.demand() == 0 and p.outcome().label == 0
 
 
-@pytest.mark.parametrize("bad", [dict(n_samples=[50, 500], to_keep=[5]), dict(n_samples=[500, 50], to_keep=[5, 1]), dict(n_samples=[50, 500], to_keep=[5, 2]), dict(n_samples=[50, 5000], to_keep=[5, 1])])
+BAD_STAGES = [
+    dict(n_samples=[50, 500], to_keep=[5]),
+    dict(n_samples=[500, 50], to_keep=[5, 1]),
+    dict(n_samples=[50, 500], to_keep=[5, 2]),
+    dict(n_samples=[50, 5000], to_keep=[5, 1]),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_STAGES)
 def test_bad_adaptive_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         PolicyConfig(name="adaptive", **bad).validate(1000)

@@ -19,7 +19,7 @@ the evaluation count are those of the sequential algorithm.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import stdtr

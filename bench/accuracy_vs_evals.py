@@ -1,0 +1,115 @@
+"""Held-out accuracy against mean evaluations per image, for every policy family.
+
+    python -m bench.accuracy_vs_evals                      # full held-out split (about 15 CPU minutes)
+    python -m bench.accuracy_vs_evals --limit 40 --quick   # smoke run
+
+Writes bench/results/accuracy_vs_evals_<device>_<date>.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import RESULTS, device_tag, environment, write_json
+from diffcls_fast import DiffusionClassifier, load_model
+from diffcls_fast.data.digits import CLASS_NAMES, load_split
+
+CONFIGS = [
+    ("exhaustive-5", "exhaustive", dict(n_grid=5)),
+    ("exhaustive-10", "exhaustive", dict(n_grid=10)),
+    ("exhaustive-20", "exhaustive", dict(n_grid=20)),
+    ("exhaustive-50", "exhaustive", dict(n_grid=50)),
+    ("adaptive 10 50 / 3 1", "adaptive", dict(n_samples=[10, 50], to_keep=[3, 1])),
+    ("adaptive 20 100 / 5 1", "adaptive", dict(n_samples=[20, 100], to_keep=[5, 1])),
+    ("adaptive 5 50 / 2 1", "adaptive", dict(n_samples=[5, 50], to_keep=[2, 1])),
+    ("ttest p<1e-2 stratified", "ttest", dict(cutoff_pval=1e-2, t_order="stratified")),
+    ("ttest p<2e-3 stratified", "ttest", dict(cutoff_pval=2e-3, t_order="stratified")),
+    ("ttest p<1e-4 stratified", "ttest", dict(cutoff_pval=1e-4, t_order="stratified")),
+    ("ttest p<1e-2 random", "ttest", dict(cutoff_pval=1e-2, t_order="random")),
+    ("ttest p<2e-3 random", "ttest", dict(cutoff_pval=2e-3, t_order="random")),
+    ("ttest p<1e-4 random", "ttest", dict(cutoff_pval=1e-4, t_order="random")),
+    ("ttest p<2e-3 stratified 1-sided", "ttest", dict(cutoff_pval=2e-3, sides=1)),
+    ("ttest p<2e-3 min 10", "ttest", dict(cutoff_pval=2e-3, min_scores=10)),
+]
+QUICK = {"exhaustive-10", "exhaustive-50", "adaptive 10 50 / 3 1", "ttest p<2e-3 stratified", "ttest p<2e-3 random"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="a few configurations only")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--no-plot", action="store_true")
+    a = ap.parse_args()
+
+    model = load_model("digits")
+    pil, y, _ = load_split("heldout")
+    if a.limit:
+        pil, y = pil[: a.limit], y[: a.limit]
+    rows = []
+    for name, policy, opts in CONFIGS:
+        if a.quick and name not in QUICK:
+            continue
+        clf = DiffusionClassifier(model, policy, batch_size=a.batch_size, use_cache=False, **opts)
+        t0 = time.perf_counter()
+        res = clf.classify(pil, CLASS_NAMES)
+        wall = time.perf_counter() - t0
+        acc = float(np.mean([r.label == t for r, t in zip(res, y)]))
+        row = {
+            "name": name,
+            "policy": clf.policy_cfg.describe(),
+            "accuracy": acc,
+            "evals_per_image": float(np.mean([r.evaluations for r in res])),
+            "evals_spent_per_image": float(np.mean([r.evaluations_spent for r in res])),
+            "seconds": round(wall, 2),
+            "batch_fill": round(clf.last_stats.batch_fill, 4),
+            "evals_per_second": round(clf.last_stats.evals_per_second, 1),
+        }
+        rows.append(row)
+        print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)
+
+    env = environment()
+    tag = f"accuracy_vs_evals_{device_tag()}_{env['date']}"
+    payload = {"benchmark": "accuracy_vs_evals", "model": "digits", "split": "heldout", "images": len(y), **env, "results": rows}
+    p = write_json(tag + ".json", payload)
+    print(f"wrote {p}")
+    if not a.no_plot:
+        plot(rows, RESULTS / (tag + ".png"), env, len(y))
+
+
+def plot(rows: list[dict], path: Path, env: dict, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"exhaustive": ("o-", "tab:gray"), "adaptive": ("s", "tab:blue"), "ttest p": ("^", "tab:red")}
+    for key, (marker, color) in styles.items():
+        pts = [(r["evals_per_image"], r["accuracy"], r["name"]) for r in rows if r["name"].startswith(key)]
+        if not pts:
+            continue
+        if key == "exhaustive":
+            pts.sort()
+        xs, ys, names = zip(*pts)
+        ax.plot(xs, ys, marker, color=color, label=key.replace(" p", ""))
+        for x, yv, nm in pts:
+            if key != "exhaustive":
+                ax.annotate(nm.replace("ttest ", "").replace("adaptive ", ""), (x, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("denoiser evaluations per image (log)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"digits, {n} held-out images — {env['device']}, {env['date']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

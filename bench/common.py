@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmarks: environment capture and result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
+
+
+def device_tag(device: str | torch.device | None = None) -> str:
+    name = device_name(device).lower()
+    if "h100" in name:
+        return "h100"
+    if "h200" in name:
+        return "h200"
+    if "cuda" in str(device) or (device is None and torch.cuda.is_available()):
+        return "gpu"
+    return "cpu"
+
+
+def environment(device: str | torch.device | None = None) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    import diffusers
+    import transformers
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "commit": commit or "unknown",
+    }
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    p = RESULTS / name
+    p.write_text(json.dumps(payload, indent=2) + "\n")
+    return p
