@@ -92,9 +92,17 @@ def main() -> None:
                     gbs_f = nbytes / (t_f * 1e-3) / 1e9
                     gbs_e = nbytes / (t_e * 1e-3) / 1e9
                     row = {
-                        "op": op, "latent": lname, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "Q": q,
-                        "fused_ms": round(t_f, 5), "eager_ms": round(t_e, 5), "fused_GBps": round(gbs_f, 1), "eager_GBps": round(gbs_e, 1),
-                        "speedup": round(t_e / t_f, 2), "fraction_of_copy_bw": round(gbs_f / copy_gbs, 3),
+                        "op": op,
+                        "latent": lname,
+                        "shape": list(shape),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "Q": q,
+                        "fused_ms": round(t_f, 5),
+                        "eager_ms": round(t_e, 5),
+                        "fused_GBps": round(gbs_f, 1),
+                        "eager_GBps": round(gbs_e, 1),
+                        "speedup": round(t_e / t_f, 2),
+                        "fraction_of_copy_bw": round(gbs_f / copy_gbs, 3),
                     }
                     rows.append(row)
                     print(f"{op:13s} {lname:4s} {row['dtype']:8s} Q={q:5d}  fused {gbs_f:8.1f} GB/s  eager {gbs_e:8.1f} GB/s  x{row['speedup']:.2f}  {100 * row['fraction_of_copy_bw']:.0f}% of copy")

@@ -47,9 +47,7 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
-    )
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="[BOS]",
@@ -159,7 +157,7 @@ def main() -> None:
     tokenizer = build_tokenizer()
     text_encoder, unet, scheduler = build_models(len(tokenizer), tokenizer)
     n_params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text_encoder.parameters())
-    print(f"parameters: unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M, total {n_params/1e6:.2f}M")
+    print(f"parameters: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, total {n_params / 1e6:.2f}M")
 
     # All (class, template) caption ids, tokenized once.
     captions = [[tpl.format(name=n, digit=c) for tpl in digits.TEMPLATES] for c, n in enumerate(digits.CLASS_NAMES)]

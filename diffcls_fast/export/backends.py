@@ -106,7 +106,6 @@ def onnxruntime_raw(bundle: ModelBundle, art_dir: Path):
         raise BackendUnavailable(f"the onnx backend runs fp32 or fp16, not {bundle.dtype}")
 
     if bundle.device.type == "cuda":
-
         out_ch = int(bundle.network.config.out_channels)
 
         def raw(x_t, t, cond):

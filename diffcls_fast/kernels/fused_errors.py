@@ -21,8 +21,18 @@ TARGET_PROGRAMS = 1024  # enough programs to fill any current GPU several times 
 
 @triton.jit
 def _query_errors_kernel(
-    hat_ptr, eps_ptr, noise_ptr, part_ptr, n_elements, hat_stride, eps_stride, chunk, n_splits,
-    KIND: tl.constexpr, DELTA: tl.constexpr, BLOCK: tl.constexpr,
+    hat_ptr,
+    eps_ptr,
+    noise_ptr,
+    part_ptr,
+    n_elements,
+    hat_stride,
+    eps_stride,
+    chunk,
+    n_splits,
+    KIND: tl.constexpr,
+    DELTA: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1).to(tl.int64)
@@ -74,8 +84,19 @@ def query_errors(
     part = torch.empty((q, splits), dtype=torch.float32, device=eps_hat.device)
     eps_hat, eps = rows_contiguous(eps_hat), rows_contiguous(eps)
     _query_errors_kernel[(q, splits)](
-        eps_hat, eps, noise_idx.contiguous(), part, n, eps_hat.stride(0), eps.stride(0), chunk, splits,
-        KIND=_KIND[kind], DELTA=HUBER_DELTA, BLOCK=block, num_warps=warps,
+        eps_hat,
+        eps,
+        noise_idx.contiguous(),
+        part,
+        n,
+        eps_hat.stride(0),
+        eps.stride(0),
+        chunk,
+        splits,
+        KIND=_KIND[kind],
+        DELTA=HUBER_DELTA,
+        BLOCK=block,
+        num_warps=warps,
     )
     err = part.sum(dim=1) / n
     if weight is not None:

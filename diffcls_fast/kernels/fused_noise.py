@@ -17,8 +17,18 @@ from .utils import block_settings, check_index, rows_contiguous
 
 @triton.jit
 def _make_noisy_kernel(
-    x0_ptr, eps_ptr, img_ptr, noise_ptr, a_ptr, b_ptr, out_ptr,
-    n_elements, x0_stride, eps_stride, out_stride, BLOCK: tl.constexpr,
+    x0_ptr,
+    eps_ptr,
+    img_ptr,
+    noise_ptr,
+    a_ptr,
+    b_ptr,
+    out_ptr,
+    n_elements,
+    x0_stride,
+    eps_stride,
+    out_stride,
+    BLOCK: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)  # int64: row * stride can exceed 2^31 for large batches
     blk = tl.program_id(1).to(tl.int64)
@@ -62,7 +72,18 @@ def make_noisy(
     block, warps = block_settings(n)
     grid = (q, triton.cdiv(n, block))
     _make_noisy_kernel[grid](
-        x0, eps, img_idx.contiguous(), noise_idx.contiguous(), a.contiguous().float(), b.contiguous().float(), out_rows,
-        n, x0.stride(0), eps.stride(0), out_rows.stride(0), BLOCK=block, num_warps=warps,
+        x0,
+        eps,
+        img_idx.contiguous(),
+        noise_idx.contiguous(),
+        a.contiguous().float(),
+        b.contiguous().float(),
+        out_rows,
+        n,
+        x0.stride(0),
+        eps.stride(0),
+        out_rows.stride(0),
+        BLOCK=block,
+        num_warps=warps,
     )
     return out

@@ -186,7 +186,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         prediction_type=pred_type,
         device=device,
         dtype=dtype,
-        fingerprint=fingerprint_paths(unet_dir, te_dir, tok_dir, folder / "scheduler", *( [vae_dir] if vae_dir else [])),
+        fingerprint=fingerprint_paths(unet_dir, te_dir, tok_dir, folder / "scheduler", *([vae_dir] if vae_dir else [])),
         text_fingerprint=te_fp,
         encode_images=encode_images,
         encode_prompts=encode_prompts,

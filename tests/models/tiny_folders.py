@@ -1,0 +1,68 @@
+"""Small random-weight model folders with the exact published layouts, built on the fly.
+
+No weights are downloaded: each component is instantiated from a tiny config
+and written with ``save_pretrained`` (safetensors), exactly as a real folder is.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+
+def _clip_tokenizer(dst: Path, max_len: int = 16):
+    from transformers import CLIPTokenizer
+
+    chars = list(string.ascii_lowercase + string.digits + ".,'-")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "vocab.json").write_text(json.dumps(vocab))
+    (dst / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(dst / "vocab.json"), str(dst / "merges.txt"), model_max_length=max_len, pad_token="<|endoftext|>")
+    tok.save_pretrained(dst)
+    return tok
+
+
+def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """A Stable-Diffusion-layout folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    root = Path(root)
+    tok = _clip_tokenizer(root / "tokenizer")
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16))
+    te.save_pretrained(root / "text_encoder", safe_serialization=True)
+    in_ch = 4 if vae else 3
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_ch,
+        out_channels=in_ch,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    unet.save_pretrained(root / "unet", safe_serialization=True)
+    if vae:
+        AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(8, 16),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        ).save_pretrained(root / "vae", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type).save_pretrained(root / "scheduler")
+    return root
