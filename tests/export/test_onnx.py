@@ -38,7 +38,7 @@ def test_onnx_backend_denoise_matches_torch_per_sample_t(digits, tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 1, 8, 8, generator=g)
     t = torch.tensor([0, 3, 100, 250, 500, 750, 999])  # every row its own t
-    cond = digits.encode_prompts(["a handwritten digit %s" % n for n in ["one", "two", "three", "four", "five", "six", "seven"]])
+    cond = digits.encode_prompts([f"a handwritten digit {n}" for n in ["one", "two", "three", "four", "five", "six", "seven"]])
     torch.testing.assert_close(ort_bundle.denoise(x, t, cond), digits.denoise(x, t, cond), atol=1e-4, rtol=1e-4)
 
 
