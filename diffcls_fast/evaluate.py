@@ -15,18 +15,41 @@ import numpy as np
 from .errors import UserError
 
 
-def load_eval_split(model_name: str, split: str):
-    """(images, labels, class names, ids) of a labelled split shipped with the package."""
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def load_image_folder(root: str | Path):
+    """An ImageFolder layout: ``root/<class name>/<image>``; classes in sorted order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such data folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    paths, labels = [], []
+    for k, c in enumerate(classes):
+        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [k] * len(files)
+    if not paths:
+        raise UserError(f"{root}: no images found")
+    return paths, np.array(labels), classes, [str(p.relative_to(root)) for p in paths]
+
+
+def load_eval_split(model_name: str, split: str, data: str | None = None):
+    """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
+    if data:
+        return load_image_folder(data)
     from .data import digits
 
-    if model_name != "digits" and not Path(model_name).joinpath("diffcls.json").is_file():
-        raise UserError(f"eval: no labelled split ships for model {model_name!r}; the bundled split is for --model digits")
+    if model_name != "digits":
+        raise UserError(f"eval: no labelled split ships for model {model_name!r}; pass --data DIR (DIR/<class>/<image>)")
     images, labels, idx = digits.load_split(split)
     return images, labels, digits.CLASS_NAMES, [f"digits/{split}/{i}" for i in idx]
 
 
 def _config_key(a: Any) -> str:
-    keys = ("model", "policy", "seed", "loss", "n_grid", "n_samples", "to_keep", "min_scores", "max_scores", "cutoff_pval", "sides", "t_order", "noise_path")
+    keys = ("model", "data", "policy", "seed", "loss", "n_grid", "n_samples", "to_keep", "min_scores", "max_scores", "cutoff_pval", "sides", "t_order", "noise_path")
     blob = json.dumps({k: getattr(a, k, None) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -60,7 +83,9 @@ def append_line(fd: int, row: dict) -> None:
 
 
 def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
-    images, labels, class_names, ids = load_eval_split(a.model, a.split)
+    if str(a.model).startswith("preset:"):
+        raise UserError(f"{a.model} has random weights (timing only); eval refuses to report accuracy on it")
+    images, labels, class_names, ids = load_eval_split(a.model, a.split, getattr(a, "data", None))
     if a.limit is not None:
         if a.limit < 1:
             raise UserError("--limit must be >= 1")

@@ -66,3 +66,67 @@ def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsi
         ).save_pretrained(root / "vae", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type).save_pretrained(root / "scheduler")
     return root
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+
+
+def make_dit_folder(root: Path, n_classes: int = 5, seed: int = 0) -> Path:
+    """The DiT pipeline layout: transformer/ (learned sigma: 8 output channels) vae/ scheduler/ + classes.txt."""
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    root = Path(root)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=n_classes).save_pretrained(
+        root / "transformer", safe_serialization=True
+    )
+    _tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    (root / "classes.txt").write_text("\n".join(f"class{i}" for i in range(n_classes)) + "\n")
+    return root
+
+
+def make_class_unet_folder(root: Path, n_classes: int = 4, seed: int = 0) -> Path:
+    """A pixel-space UNet2DModel with class embeddings: unet/ scheduler/ (ids as class names)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    root = Path(root)
+    UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        num_class_embeds=n_classes,
+    ).save_pretrained(root / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    return root
+
+
+def make_image_folder(root: Path, classes: list[str], per_class: int = 2, size: int = 20) -> Path:
+    """root/<class>/<i>.png with random RGB images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (Path(root) / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size + 3, 3), dtype=np.uint8)).save(Path(root) / c / f"{i}.png")
+    return Path(root)
