@@ -14,7 +14,6 @@ import numpy as np
 
 from .errors import UserError
 
-
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 

@@ -9,8 +9,8 @@ A prompt for such a model is a class name or an id.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image

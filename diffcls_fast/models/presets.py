@@ -12,7 +12,7 @@ with a preset says "random weights: timing only", and ``eval`` refuses them.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
