@@ -183,6 +183,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    try:
+        from bench.throughput import main as bench_main
+    except ImportError:
+        raise UserError("the benchmarks live in the source checkout's bench/; run diffcls-fast bench from the repository root") from None
+    bench_main(a.args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="diffcls-fast", description="Zero-shot image classification with conditional diffusion models.")
     ap.add_argument("--version", action="version", version=f"diffcls-fast {__version__}")
@@ -214,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--force", action="store_true", help="re-export even if a valid cached artifact exists")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("bench", help="engine vs the papers' reference loop (runs bench/throughput.py; from the repo root)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/throughput.py (--limit N, --quick, ...)")
+    p.set_defaults(fn=cmd_bench)
     return ap
 
 
