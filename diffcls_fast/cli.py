@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy on a bundled data split")
     p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="digits split (default: heldout)")
     p.add_argument("--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split")
+    p.add_argument("--prompts", default=None, help="CSV classidx,prompt,classname whose class names match the data's classes")
     p.add_argument("--limit", type=int, default=None, help="first N images of the split only")
     p.add_argument("--out", default=None, help="append one JSON line per image to this file; a rerun resumes from it")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")

@@ -48,7 +48,7 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
 
 
 def _config_key(a: Any) -> str:
-    keys = ("model", "data", "policy", "seed", "loss", "n_grid", "n_samples", "to_keep", "min_scores", "max_scores", "cutoff_pval", "sides", "t_order", "noise_path")
+    keys = ("model", "data", "prompts", "policy", "seed", "loss", "n_grid", "n_samples", "to_keep", "min_scores", "max_scores", "cutoff_pval", "sides", "t_order", "noise_path")
     blob = json.dumps({k: getattr(a, k, None) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -89,6 +89,16 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
         if a.limit < 1:
             raise UserError("--limit must be >= 1")
         images, labels, ids = images[: a.limit], labels[: a.limit], ids[: a.limit]
+    classes = class_names
+    if getattr(a, "prompts", None):
+        from .engine import read_prompts_csv
+
+        spec = read_prompts_csv(a.prompts)
+        if sorted(spec.names) != sorted(class_names):
+            raise UserError(f"{a.prompts}: its class names {spec.names[:5]}... do not match the data's classes {class_names[:5]}...")
+        order = {n: i for i, n in enumerate(spec.names)}
+        labels = np.array([order[class_names[k]] for k in labels])
+        classes = spec
     clf = make_classifier(a)
     if clf.model.random_weights:
         raise UserError(f"{clf.model.describe()}: refusing to report accuracy for random weights")
@@ -102,7 +112,7 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
     t0 = time.perf_counter()
     bar = progress(len(todo), f"eval {a.split}")
     try:
-        for j, r in clf.classify_iter([images[i] for i in todo], class_names, progress=bar):
+        for j, r in clf.classify_iter([images[i] for i in todo], classes, progress=bar):
             i = todo[j]
             ok = int(r.label == int(labels[i]))
             correct.append(ok)
