@@ -13,13 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..errors import UserError
-from ..images import preprocess
 from .bundle import ModelBundle
 from .fingerprint import fingerprint_paths
-from .loader import DIFFUSERS_KW, _need, _scheduler_config, alphas_cumprod_from_config, make_unet_denoiser, quiet_loading, raw_network_call
+from .loader import DIFFUSERS_KW, _need, _scheduler_config, alphas_cumprod_from_config, make_image_encoder, make_unet_denoiser, quiet_loading, raw_network_call
 
 
 def class_names_of(folder: Path, n_classes: int) -> list[str]:
@@ -96,13 +94,7 @@ def load_class_conditional(folder: Path, *, name: str, device: torch.device, dty
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
 
-    @torch.no_grad()
-    def encode_images(images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
-        px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
-        if vae is None:
-            return px.to(device=device, dtype=torch.float32)
-        out = [vae.encode(c.to(device, dtype)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
-        return torch.cat(out)
+    encode_images = make_image_encoder(vae, resolution, channels, device, dtype)
 
     comps = [net_dir, folder / "scheduler"] + ([folder / "vae"] if has_vae else [])
     fp = fingerprint_paths(*comps)

@@ -157,16 +157,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     pred_type = sched_cfg.get("prediction_type", "epsilon")
     max_len = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
 
-    @torch.no_grad()
-    def encode_images(images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
-        px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
-        if vae is None:
-            return px.to(device=device, dtype=torch.float32)
-        out = []
-        for chunk in px.split(16):
-            lat = vae.encode(chunk.to(device=device, dtype=dtype)).latent_dist.mean
-            out.append(lat.float() * float(vae.config.scaling_factor))
-        return torch.cat(out)
+    encode_images = make_image_encoder(vae, resolution, channels, device, dtype)
 
     @torch.no_grad()
     def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
@@ -199,6 +190,23 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
     )
+
+
+def make_image_encoder(vae, resolution: int, channels: int, device: torch.device, dtype: torch.dtype):
+    """``encode_images(images) -> x0`` (float32): preprocess, then the VAE's mean latent times its scaling factor.
+
+    Without a VAE, the preprocessed pixels are the latents.
+    """
+
+    @torch.no_grad()
+    def encode_images(images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
+        if vae is None:
+            return px.to(device=device, dtype=torch.float32)
+        out = [vae.encode(c.to(device, dtype)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
+        return torch.cat(out)
+
+    return encode_images
 
 
 def _scheduler_config(folder: Path) -> dict:

@@ -31,7 +31,7 @@ def _clip_tokenizer(dst: Path, max_len: int = 16):
 
 def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """A Stable-Diffusion-layout folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -54,16 +54,7 @@ def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsi
     )
     unet.save_pretrained(root / "unet", safe_serialization=True)
     if vae:
-        AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(8, 16),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=16,
-        ).save_pretrained(root / "vae", safe_serialization=True)
+        _tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type).save_pretrained(root / "scheduler")
     return root
 
