@@ -73,7 +73,10 @@ class DiffusionClassifier:
         self.loss = loss
         self.temperature = temperature if temperature is not None else model_default_temperature(model)
         if speculate == "auto":
-            speculate = "fill" if model.device.type == "cuda" else "pad"
+            # Rows of a batch cost little next to the call itself until the batch is large (GPU, and
+            # small models on CPU): with too few images in flight, scoring ahead beats tiny batches.
+            # Measured on digits (50 images, CPU): fill 9.3 s vs pad 17.0 s, for 2.6% more evaluations.
+            speculate = "fill"
         self.speculate = speculate
         self.bank = NoiseBank(model.latent_shape, seed, saved=noise)
         self.cache = EmbeddingCache(cache_dir, model.text_fingerprint) if use_cache and model.cond_kind == "text" else None

@@ -139,3 +139,23 @@ def test_dispatch_reports_backend(monkeypatch):
     monkeypatch.setenv("DIFFCLS_KERNELS", "bogus")
     with pytest.raises(kernels.dispatch.BackendUnavailable):
         kernels.make_noisy(x0, eps, img_idx, noise_idx, a, b)
+
+
+def test_engine_results_identical_with_triton_kernels(monkeypatch):
+    """The runner through the Triton kernels (interpreter on CPU) gives the reference's results."""
+    import numpy as np
+
+    from diffcls_fast import DiffusionClassifier, load_model
+    from diffcls_fast.data.digits import load_split
+
+    model = load_model("digits", device=DEVICE)
+    pil, _, _ = load_split("heldout")
+    runs = {}
+    for mode in ("reference", "triton"):
+        monkeypatch.setenv("DIFFCLS_KERNELS", mode)
+        clf = DiffusionClassifier(model, "exhaustive", n_grid=5, batch_size=64, use_cache=False)
+        runs[mode] = clf.classify(pil[:3])
+        assert clf.last_stats.kernels == mode
+    for a, b in zip(runs["reference"], runs["triton"]):
+        assert a.label == b.label
+        np.testing.assert_allclose(a.mean_errors, b.mean_errors, rtol=1e-5, atol=1e-7)

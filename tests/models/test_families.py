@@ -31,6 +31,11 @@ def test_sd_layout_with_vae_and_clip(tmp_path, capsys):
     m = load_model(str(folder), device="cpu")
     assert m.latent_shape == (4, 8, 8) and m.image_resolution == 16 and m.cond_shape == (16, 32)
     _classify_and_eval(folder, ["cat", "dog", "car"], tmp_path, capsys)
+    # eval with a prompt ensemble whose class names match the data folders
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("classidx,prompt,classname\n0,a photo of a dog,dog\n0,a dog,dog\n1,a photo of a cat,cat\n2,a car,car\n")
+    assert main(["eval", "--model", str(folder), "--data", str(tmp_path / "data"), "--prompts", str(csv), "--json", *FAST]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["images"] == 6
 
 
 def test_v_prediction_converted_consistently_with_diffusers(tmp_path, capsys):
