@@ -14,19 +14,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffcls_fast.engine.noise import NoiseBank, image_key
+from diffcls_fast.engine.noise import NoiseBank
 from diffcls_fast.engine.policies import stage_plan
 from diffcls_fast.engine.timesteps import li_grid
 from diffcls_fast.models.bundle import ModelBundle
 
 
 @torch.no_grad()
-def reference_classify(model: ModelBundle, x0: torch.Tensor, cond: torch.Tensor, n_samples: list[int], to_keep: list[int], seed: int = 0, batch_size: int = 32) -> tuple[int, int]:
-    """(label, evaluations) for one image latent ``x0`` [C, H, W] and a condition table [K, ...]."""
+def reference_classify(model: ModelBundle, x0: torch.Tensor, cond: torch.Tensor, n_samples: list[int], to_keep: list[int], key: int, seed: int = 0, batch_size: int = 32) -> tuple[int, int]:
+    """(label, evaluations) for one image latent ``x0`` [C, H, W] and a condition table [K, ...].
+
+    ``key`` is the engine's noise key of the image (``image_key`` of its input pixels).
+    """
     T = model.num_timesteps
     n_classes = cond.shape[0]
     bank = NoiseBank(model.latent_shape, seed)
-    key = image_key(x0)
     grid = li_grid(T, max(n_samples))
     acp = model.alphas_cumprod.to(model.device, torch.float32)
     errors: dict[int, list[float]] = {c: [] for c in range(n_classes)}

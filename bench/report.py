@@ -1,6 +1,6 @@
 """Regenerate the README's "Performance" tables from the committed results in bench/results/.
 
-    python -m bench.report      # rewrites the block between the perf markers in README.md
+python -m bench.report      # rewrites the block between the perf markers in README.md
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def render() -> str:
         ]
         out += [f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |" for r in ave["results"]]
         out.append("")
-    thr = _latest("throughput")
+    thr = _latest("throughput_digits")
     if thr:
         s = thr["summary"]
         out += [
@@ -41,15 +41,13 @@ def render() -> str:
             "|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['system']} | {r['policy']} | {r['accuracy']:.3f} | {r['images_per_s']:.2f} | {r['evals_per_s']:.0f} | {r['evals_per_image']:.0f} | {r['batch_fill']:.3f} |"
-            for r in thr["results"]
+            f"| {r['system']} | {r['policy']} | {r['accuracy']:.3f} | {r['images_per_s']:.2f} | {r['evals_per_s']:.0f} | {r['evals_per_image']:.0f} | {r['batch_fill']:.3f} |" for r in thr["results"]
         ]
         out += [
             "",
             f"- Same policy (Li et al.'s 50 500 / 5 1): engine / reference images/s = **{s['speedup_same_policy_images_per_s']}x**.",
             f"- At equal accuracy ({s['equal_accuracy_policy']}): **{s['speedup_equal_accuracy_images_per_s']}x** the reference loop's images/s.",
-            f"- Engine overhead over bare denoiser calls at batch {thr['batch_size']}: {100 * s['engine_overhead_vs_bare_denoiser']:.1f}% "
-            f"(bare call {s['bare_denoiser_ms_per_batch']:.1f} ms).",
+            f"- Engine overhead over bare denoiser calls at batch {thr['batch_size']}: {100 * s['engine_overhead_vs_bare_denoiser']:.1f}% (bare call {s['bare_denoiser_ms_per_batch']:.1f} ms).",
             f"- Single-image `ttest` latency: p50 {s['latency_ttest_single_image_p50_s']:.3f} s, p95 {s['latency_ttest_single_image_p95_s']:.3f} s.",
             "",
         ]
@@ -57,7 +55,11 @@ def render() -> str:
     if kern:
         out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]
     else:
-        out += ["**Kernels and GPU backends**: no GPU was available to this project's sessions so far; `bench/kernels.py` and the preset comparisons have only run in smoke mode on the CPU. No GPU numbers are claimed.", ""]
+        out += [
+            "**Kernels and GPU backends**: no GPU was available to this project's sessions so far; "
+            "`bench/kernels.py` and the preset comparisons have only run in smoke mode on the CPU. No GPU numbers are claimed.",
+            "",
+        ]
     return "\n".join(out)
 
 

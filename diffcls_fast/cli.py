@@ -25,7 +25,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-inflight", type=int, default=64, help="images scored concurrently (default: 64)")
     g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
     g.add_argument("--temperature", type=float, default=None, help="posterior softmax temperature (default: the model's)")
-    g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="when in-flight images cannot fill a batch, score ahead: into padding only (pad), up to a full batch (fill), or not at all (none); auto = fill")
+    g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
     g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt"], help="denoiser runtime (default: torch, eager)")
     g.add_argument("--xformers", action="store_true", help="xformers memory-efficient attention (torch/compile backends, CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .. import kernels
 from ..errors import UserError
-from ..images import load_image
+from ..images import load_image, preprocess
 from ..models.bundle import ModelBundle
 from .cache import EmbeddingCache
 from .noise import NoiseBank, image_key
@@ -153,10 +153,12 @@ class DiffusionClassifier:
                 if not block:
                     exhausted = True
                     return
-                pix = [load_image(im) if isinstance(im, (str, Path)) else im for _, im in block]
+                pix = [self._pixels(im) for _, im in block]
                 x0 = self.model.encode_images(pix).float()
-                for (i, _), x in zip(block, x0):
-                    key = image_key(x)
+                for (i, _), px, x in zip(block, pix, x0):
+                    # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
+                    # last bits) on how images are batched, and the noise must not.
+                    key = image_key(px)
                     pol = make_policy(self.policy_cfg, n_cls, self.model.num_timesteps, self.bank, key, runner.cost)
                     states[i] = ImageState(key, x, pol)
                     sched.add(i, pol)
@@ -190,6 +192,14 @@ class DiffusionClassifier:
         stats.evaluations, stats.padded_rows, stats.batches = s.rows, s.padded, s.batches
         stats.bucket_counts = dict(s.bucket_counts)
         stats.kernels = kernels.active_backend()
+
+    def _pixels(self, im: ImageLike) -> torch.Tensor:
+        """Any accepted image form -> the model's preprocessed pixel tensor [C, H, W] in [-1, 1]."""
+        if isinstance(im, torch.Tensor):
+            return im.float()
+        if isinstance(im, (str, Path)):
+            im = load_image(im)
+        return preprocess(im, self.model.image_resolution, self.model.image_channels)
 
     def _result(self, spec: ClassSpec, o, evals: int, spent: int, seconds: float) -> ClassificationResult:
         if o is None:

@@ -31,6 +31,13 @@ def test_sd_layout_with_vae_and_clip(tmp_path, capsys):
     m = load_model(str(folder), device="cpu")
     assert m.latent_shape == (4, 8, 8) and m.image_resolution == 16 and m.cond_shape == (16, 32)
     _classify_and_eval(folder, ["cat", "dog", "car"], tmp_path, capsys)
+    # With a VAE too, an image gets the same noise alone or in a batch (the key hashes pixels, not latents).
+    imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(5)]
+    opts = dict(policy="exhaustive", n_grid=4, use_cache=False)
+    alone = DiffusionClassifier(m, **opts).classify([imgs[3]], ["cat", "dog"])[0]
+    among = DiffusionClassifier(m, batch_size=8, **opts).classify(imgs, ["cat", "dog"])[3]
+    assert alone.label == among.label
+    torch.testing.assert_close(torch.tensor(alone.mean_errors), torch.tensor(among.mean_errors), rtol=1e-4, atol=1e-6)
     # eval with a prompt ensemble whose class names match the data folders
     csv = tmp_path / "prompts.csv"
     csv.write_text("classidx,prompt,classname\n0,a photo of a dog,dog\n0,a dog,dog\n1,a photo of a cat,cat\n2,a car,car\n")
