@@ -1,7 +1,7 @@
 """The noise bank: the timestep draws and noise of sample i of an image.
 
 Every random number the engine uses is a pure function of ``(seed, image key,
-sample index, stream)``. The image key is a hash of the image's latent, so the
+sample index, stream)``. The image key is a hash of the image's input pixels, so the
 same image gets the same noise whether it is classified alone or among 10,000
 others, in any order and at any batch size. Noise is drawn on the CPU with
 numpy's counter-seeded generators, so it is also identical across devices.
@@ -23,7 +23,7 @@ _NOISE, _UNIFORM = 0, 1  # independent streams
 
 
 def image_key(x0: torch.Tensor) -> int:
-    """A 63-bit key from an image latent's float32 bytes."""
+    """A 63-bit key from a tensor's float32 bytes (the engine passes the preprocessed input pixels)."""
     data = x0.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
 
