@@ -98,9 +98,7 @@ class DiffusionClassifier:
         return ClassSpec.from_names(list(classes), m.prompt_template)
 
     def _conditions(self, spec: ClassSpec) -> torch.Tensor:
-        if self.model.cond_kind == "class":
-            return self.model.encode_prompts(spec.prompts)
-        if self.cache is not None:
+        if self.cache is not None:  # text models only (class ids need no cache)
             return self.cache.get(spec.prompts, self.model.encode_prompts).to(self.model.device, self.model.dtype)
         return self.model.encode_prompts(spec.prompts)
 
@@ -132,7 +130,7 @@ class DiffusionClassifier:
                 if isinstance(images[i], (str, Path)):
                     load_image(images[i])  # still report unreadable files
                 stats.images += 1
-                yield i, self._result(spec, None, 0, 0, 0.0)
+                yield i, self._result(spec, None, 0, 0.0)
             return
         cond = self._conditions(spec)
         runner = Runner(self.model, self.bank, cond, spec.class_prompts, self.loss)
@@ -185,7 +183,7 @@ class DiffusionClassifier:
                 stats.images += 1
                 if progress is not None:
                     progress.update(1)
-                yield rid, self._result(spec, o, o.evaluations, st.policy.spent, now - started.get(rid, now))
+                yield rid, self._result(spec, o, st.policy.spent, now - started.get(rid, now))
             refill()
         stats.seconds = time.perf_counter() - t0
         s = sched.stats
@@ -201,7 +199,7 @@ class DiffusionClassifier:
             im = load_image(im)
         return preprocess(im, self.model.image_resolution, self.model.image_channels)
 
-    def _result(self, spec: ClassSpec, o, evals: int, spent: int, seconds: float) -> ClassificationResult:
+    def _result(self, spec: ClassSpec, o, spent: int, seconds: float) -> ClassificationResult:
         if o is None:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
         probs = posterior(o.mean_errors, self.temperature)
@@ -212,7 +210,7 @@ class DiffusionClassifier:
             probabilities=probs,
             mean_errors=o.mean_errors,
             n_scores=o.n_scores,
-            evaluations=evals,
+            evaluations=o.evaluations,
             evaluations_spent=spent,
             seconds=seconds,
             policy=self.policy_cfg.describe(),

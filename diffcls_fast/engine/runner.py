@@ -51,7 +51,6 @@ class Runner:
         self.w_tab = (torch.exp(-7.0 * t01) * (1 - acp) / acp).float().to(self.device)
         # Prompt ensembles: class c is scored with prompts class_prompts[c] (mean over them).
         self.cost = np.array([len(p) for p in class_prompts], dtype=np.int64)
-        self.uniform_single = bool((self.cost == 1).all())
         self.prompt_ptr = np.concatenate([[0], np.cumsum(self.cost)])
         self.prompt_ids = np.concatenate(class_prompts).astype(np.int64)
         self._buffers: dict[int, torch.Tensor] = {}
@@ -63,11 +62,18 @@ class Runner:
             buf = self._buffers[size] = torch.empty((size, *self.model.latent_shape), dtype=self.model.dtype, device=self.device)
         return buf
 
-    def _eps(self, st: ImageState, sample: int) -> torch.Tensor:
-        e = st.noise.get(sample)
-        if e is None:
-            e = st.noise[sample] = self.bank.noise(st.key, sample).to(self.device)
-        return e
+    def _eps(self, pairs: list[tuple[ImageState, int]]) -> torch.Tensor:
+        """Noise rows of (image, sample) pairs, [P, C, H, W] on the device.
+
+        New rows are drawn on the CPU (device-independent), stacked, and moved in one
+        copy; each image caches its rows for the other classes and later batches.
+        """
+        missing = [(st, s) for st, s in pairs if s not in st.noise]
+        if missing:
+            fresh = torch.stack([self.bank.noise(st.key, s) for st, s in missing]).to(self.device)
+            for (st, s), row in zip(missing, fresh):
+                st.noise[s] = row
+        return torch.stack([st.noise[s] for st, s in pairs])
 
     @torch.no_grad()
     def run(self, batch: Batch, states: dict) -> np.ndarray:
@@ -78,19 +84,16 @@ class Runner:
         pair_key, noise_of_query = np.unique(req * n_smp + smp, return_inverse=True)
         pair_req, pair_smp = pair_key // n_smp, pair_key % n_smp
         st_of = [states[rid] for rid in batch.request_ids]
-        eps = torch.stack([self._eps(st_of[r], int(s)) for r, s in zip(pair_req, pair_smp)])
-        t_pair = np.array([st_of[r].policy.timestep(int(s)) for r, s in zip(pair_req, pair_smp)], dtype=np.int64)
+        pairs = [(st_of[r], int(s)) for r, s in zip(pair_req, pair_smp)]
+        eps = self._eps(pairs)
+        t_pair = np.array([st.policy.timestep(s) for st, s in pairs], dtype=np.int64)
         x0 = torch.stack([st.x0 for st in st_of])
 
         # Expand queries to denoiser rows (one per prompt of the query's class).
-        if self.uniform_single:
-            row_query = np.arange(len(cls))
-            cond_idx = self.prompt_ids[cls]
-        else:
-            counts = self.cost[cls]
-            row_query = np.repeat(np.arange(len(cls)), counts)
-            offs = np.arange(len(row_query)) - np.repeat(np.cumsum(counts) - counts, counts)
-            cond_idx = self.prompt_ids[self.prompt_ptr[cls[row_query]] + offs]
+        counts = self.cost[cls]
+        row_query = np.repeat(np.arange(len(cls)), counts)
+        offs = np.arange(len(row_query)) - np.repeat(np.cumsum(counts) - counts, counts)
+        cond_idx = self.prompt_ids[self.prompt_ptr[cls[row_query]] + offs]
         rows = len(row_query)
         pad = batch.size - rows
         img_idx = np.concatenate([req[row_query], np.zeros(pad, np.int64)])
@@ -99,19 +102,17 @@ class Runner:
         t_rows = t_pair[noise_idx]
 
         dev = self.device
-        img_idx_t = torch.from_numpy(img_idx).to(dev, non_blocking=True)
-        noise_idx_t = torch.from_numpy(noise_idx).to(dev, non_blocking=True)
-        t_t = torch.from_numpy(t_rows).to(dev, non_blocking=True)
-        cond_t = torch.from_numpy(cond_idx).to(dev, non_blocking=True)
+        # All per-row indices travel to the device in one copy.
+        img_idx_t, noise_idx_t, t_t, cond_t = torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx])).to(dev).unbind(0)
 
         x_t = kernels.make_noisy(x0, eps, img_idx_t, noise_idx_t, self.a_tab[t_t], self.b_tab[t_t], out=self._buffer(batch.size))
         eps_hat = self.model.denoise(x_t, t_t, self.cond_table[cond_t])
         weight = self.w_tab[t_t[:rows]] if self.x0_weight else None
         err_rows = kernels.query_errors(eps_hat[:rows], eps, noise_idx_t[:rows], kind=self.kind, weight=weight)
-        if self.uniform_single:
+        if rows == len(cls):  # one prompt per class: rows are queries
             err = err_rows
         else:  # mean over each query's prompts
             err = torch.zeros(len(cls), dtype=torch.float32, device=dev)
             err.index_add_(0, torch.from_numpy(row_query).to(dev), err_rows)
-            err /= torch.from_numpy(self.cost[cls]).to(dev, torch.float32)
+            err /= torch.from_numpy(counts).to(dev, torch.float32)
         return err.double().cpu().numpy()

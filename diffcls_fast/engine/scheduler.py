@@ -105,44 +105,41 @@ class Scheduler:
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> Batch | None:
         """The next batch, or None when no in-flight image has anything to score."""
-        budget = self.max_batch
-        parts: list[tuple[Any, np.ndarray, np.ndarray, Policy]] = []
+        used = 0  # denoiser rows taken so far
+        parts: list[tuple[Any, np.ndarray, np.ndarray]] = []
 
-        def take_from(rid: Any, pol: Policy, speculate: bool) -> None:
-            nonlocal budget
-            c, s = pol.take(budget, speculate=speculate)
+        def take_from(rid: Any, pol: Policy, speculate: bool, limit: int) -> None:
+            nonlocal used
+            c, s = pol.take(limit - used, speculate=speculate)
             if len(c):
-                parts.append((rid, c, s, pol))
-                budget -= int(pol.cost[c].sum())
+                parts.append((rid, c, s))
+                used += int(pol.cost[c].sum())
 
         for rid, pol in self.running.items():
-            if budget <= 0:
+            if used >= self.max_batch:
                 break
-            take_from(rid, pol, False)
-        while budget > 0 and self.waiting and len(self.running) < self.max_inflight:
+            take_from(rid, pol, False, self.max_batch)
+        while used < self.max_batch and self.waiting and len(self.running) < self.max_inflight:
             rid, pol = self.waiting.popleft()
             self.running[rid] = pol
-            take_from(rid, pol, False)
-        used = self.max_batch - budget
-        if self.speculate != "none" and budget > 0:
+            take_from(rid, pol, False, self.max_batch)
+        if self.speculate != "none" and used < self.max_batch:
             target = self.max_batch if self.speculate == "fill" else (self.bucket_for(used) if used else 0)
-            budget = target - used
             before = used
             for rid, pol in self.running.items():
-                if budget <= 0:
+                if used >= target:
                     break
-                take_from(rid, pol, True)
-            used = target - budget if target else used
+                take_from(rid, pol, True, target)
             self.stats.speculative_rows += used - before
         if not parts:
             return None
-        rows = sum(int(p[3].cost[p[1]].sum()) for p in parts)
+        rows = used
         size = self.bucket_for(rows)
         batch = Batch(
-            request_ids=[rid for rid, _, _, _ in parts],
-            request=np.concatenate([np.full(len(c), i, dtype=np.int64) for i, (_, c, _, _) in enumerate(parts)]),
-            classes=np.concatenate([c for _, c, _, _ in parts]),
-            samples=np.concatenate([s for _, _, s, _ in parts]),
+            request_ids=[rid for rid, _, _ in parts],
+            request=np.concatenate([np.full(len(c), i, dtype=np.int64) for i, (_, c, _) in enumerate(parts)]),
+            classes=np.concatenate([c for _, c, _ in parts]),
+            samples=np.concatenate([s for _, _, s in parts]),
             rows=rows,
             size=size,
         )
