@@ -64,7 +64,7 @@ def workload(model, limit: int, n_classes: int):
         pil, y, _ = load_split("heldout")
         return pil[:limit], y[:limit], ClassSpec.from_prompts(model.class_names, model.default_prompts)
     g = torch.Generator().manual_seed(0)
-    images = [torch.rand(model.image_channels, model.image_resolution, model.image_resolution, generator=g) * 2 - 1 for _ in range(limit)]
+    images = [torch.rand(model.image_channels, *model.image_hw, generator=g) * 2 - 1 for _ in range(limit)]
     names = model.class_names[:n_classes] if len(model.class_names) >= n_classes else [f"class {i}" for i in range(n_classes)]
     return images, None, ClassSpec.from_names(names, model.prompt_template if model.cond_kind == "text" else "{}")
 

@@ -6,6 +6,7 @@ One function turns a PIL image into the model's input tensor, so that training,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +33,35 @@ def load_image(path: str | Path) -> Image.Image:
         raise UserError(f"{p}: cannot decode image ({e})") from None
 
 
-def preprocess(img: Image.Image, resolution: int, channels: int) -> torch.Tensor:
-    """PIL image -> float32 tensor [channels, resolution, resolution] in [-1, 1].
+def as_hw(resolution: int | Sequence[int]) -> tuple[int, int]:
+    """A model resolution as (height, width): an int means a square."""
+    if isinstance(resolution, int):
+        return resolution, resolution
+    h, w = (int(v) for v in resolution)
+    return h, w
 
-    Resize the shorter side to ``resolution`` with bicubic filtering, then center
-    crop (the Stable Diffusion preprocessing of Li et al.). Grayscale for 1-channel
-    models, RGB for 3-channel ones.
+
+def preprocess(img: Image.Image, resolution: int | Sequence[int], channels: int) -> torch.Tensor:
+    """PIL image -> float32 tensor [channels, H, W] in [-1, 1].
+
+    ``resolution`` is an int (square, H = W) or (H, W). Resize with bicubic
+    filtering so the image covers H x W at its own aspect ratio, then center crop:
+    for a square target that is the Stable Diffusion preprocessing of Li et al.
+    (shorter side to the resolution). Grayscale for 1-channel models, RGB for
+    3-channel ones.
     """
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise UserError(f"models with {channels} image channels are not supported")
+    th, tw = as_hw(resolution)
     img = img.convert(mode)
     w, h = img.size
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    scale = max(th / h, tw / w)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    img = img.crop((left, top, left + resolution, top + resolution))
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    img = img.crop((left, top, left + tw, top + th))
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     if arr.ndim == 2:
         arr = arr[None]

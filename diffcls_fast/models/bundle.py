@@ -22,7 +22,7 @@ class ModelBundle:
     # "text": the condition is a text embedding [L, D] per prompt; "class": a class id.
     cond_kind: str
     latent_shape: tuple[int, int, int]  # (C, H, W) of x0
-    image_resolution: int  # pixels fed to encode_images (before the VAE, if any)
+    image_resolution: int | tuple[int, int]  # pixels fed to encode_images (before the VAE, if any): square or (H, W)
     image_channels: int
     alphas_cumprod: torch.Tensor  # float64 [T], on the CPU
     prediction_type: str  # what the network predicts; denoise() always returns eps
@@ -42,6 +42,11 @@ class ModelBundle:
     default_prompts: list[str] = field(default_factory=list)
     path: str = ""
     backend: str = "torch"  # which denoiser implementation actually runs
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        r = self.image_resolution
+        return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
 
     @property
     def num_timesteps(self) -> int:

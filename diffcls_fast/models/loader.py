@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..images import preprocess
+from ..images import as_hw, preprocess
 from .bundle import ModelBundle
 from .fingerprint import fingerprint_paths
 
-BUNDLED = {"digits": Path(__file__).with_name("digits")}
+BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers")}
 # Local files only, safetensors only; low_cpu_mem_usage=False avoids needing `accelerate`.
 DIFFUSERS_KW = {"use_safetensors": True, "local_files_only": True, "low_cpu_mem_usage": False}
 
@@ -67,6 +67,17 @@ def _need(folder: Path, sub: str, what: str) -> Path:
                 raise UserError(f"{p}: only pickled weights (.bin/.ckpt) found; diffcls-fast loads safetensors only (convert with save_pretrained(safe_serialization=True))")
             raise UserError(f"{p}: no .safetensors weights found")
     return p
+
+
+def _resolution(value) -> int | tuple[int, int]:
+    """A resolution from a config: an int (square) or a [H, W] pair."""
+    try:
+        if isinstance(value, int):
+            return value
+        h, w = (int(v) for v in value)
+        return (h, w) if h != w else h
+    except (TypeError, ValueError):
+        raise UserError(f"bad resolution {value!r} in the model's config; expected an int or [height, width]") from None
 
 
 def _read_json(p: Path) -> dict:
@@ -142,16 +153,17 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
             vae = AutoencoderKL.from_pretrained(vae_dir, **DIFFUSERS_KW, torch_dtype=dtype)
         vae.to(device).eval().requires_grad_(False)
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = int(unet.config.sample_size) * scale
+        resolution = int(unet.config.sample_size) * scale  # SD folders are square
         channels = int(vae.config.in_channels)
         if int(vae.config.latent_channels) != int(unet.config.in_channels):
             raise UserError(f"{folder}: vae has {vae.config.latent_channels} latent channels but unet expects {unet.config.in_channels}")
     else:
-        resolution = int(meta.get("resolution", unet.config.sample_size))
+        # Pixel space: the image is the latent, square (an int) or (H, W) (the bundled numbers model).
+        resolution = _resolution(meta.get("resolution", unet.config.sample_size))
         channels = int(meta.get("channels", unet.config.in_channels))
         if channels != int(unet.config.in_channels):
             raise UserError(f"{folder}: no vae/, so images must have the unet's {unet.config.in_channels} channels, but diffcls.json says {channels}")
-    latent_hw = int(unet.config.sample_size)
+    latent_hw = as_hw(resolution) if vae is None else as_hw(int(unet.config.sample_size))
 
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
@@ -170,7 +182,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     return ModelBundle(
         name=name,
         cond_kind="text",
-        latent_shape=(int(unet.config.in_channels), latent_hw, latent_hw),
+        latent_shape=(int(unet.config.in_channels), *latent_hw),
         image_resolution=resolution,
         image_channels=channels,
         alphas_cumprod=acp,
