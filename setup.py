@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["diffcls_fast", "diffcls_fast.*"]),
     package_data={
-        "diffcls_fast": ["data/*.json", "models/digits/*.json", "models/digits/*/*"],
+        "diffcls_fast": ["data/*.json", "models/digits/*.json", "models/digits/*/*", "models/numbers/*.json", "models/numbers/*/*"],
     },
     install_requires=[
         "torch>=2.4",

@@ -18,7 +18,7 @@ from .errors import UserError
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--model", default="digits", help="bundled model name (digits), preset:NAME, or a local diffusers folder (default: digits)")
+    g.add_argument("--model", default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
     g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive"], help="classification policy (default: ttest)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     g.add_argument("--batch-size", type=int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_classify)
 
     p = sub.add_parser("eval", help="accuracy on a bundled data split")
-    p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="digits split (default: heldout)")
+    p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="bundled split of digits or numbers (default: heldout)")
     p.add_argument("--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split")
     p.add_argument("--prompts", default=None, help="CSV classidx,prompt,classname whose class names match the data's classes")
     p.add_argument("--limit", type=int, default=None, help="first N images of the split only")

@@ -39,12 +39,15 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
     """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
     if data:
         return load_image_folder(data)
-    from .data import digits
+    from .data import digits, numbers
 
-    if model_name != "digits":
-        raise UserError(f"eval: no labelled split ships for model {model_name!r}; pass --data DIR (DIR/<class>/<image>)")
-    images, labels, idx = digits.load_split(split)
-    return images, labels, digits.CLASS_NAMES, [f"digits/{split}/{i}" for i in idx]
+    if model_name == "digits":
+        images, labels, idx = digits.load_split(split)
+        return images, labels, digits.CLASS_NAMES, [f"digits/{split}/{i}" for i in idx]
+    if model_name == "numbers":
+        images, labels, pair_ids = numbers.load_split(split)
+        return images, labels, numbers.CLASS_NAMES, [f"numbers/{split}/{i}" for i in pair_ids]
+    raise UserError(f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers); pass --data DIR (DIR/<class>/<image>)")
 
 
 def _config_key(a: Any) -> str:
