@@ -9,7 +9,8 @@ The evaluation sets are saved as index pairs into ``load_digits`` in
 ``numbers_split.json`` beside this file, so they never depend on a library's RNG;
 ``make_split`` documents how they were drawn:
 
-* ``heldout``: 1,000 pairs, 10 per class, class-balanced, held-out digits only.
+* ``heldout``: 1,000 pairs, 10 per class, held-out digits only, ordered round-robin over
+  the classes so that every multiple-of-100 prefix (``eval --limit 200``) is balanced too.
 * ``train``: 1,000 pairs drawn the same way from the training digits (for fitting
   anything, e.g. a policy's timestep weighting, without touching ``heldout``).
 * ``swap``: Winoground-style groups ``(x, y)`` with labels a != b: image 0 is
@@ -56,18 +57,22 @@ def default_prompts() -> list[str]:
 
 
 def _balanced_pairs(pool: list[int], labels: np.ndarray, per_class: int, rng: np.random.Generator) -> list[list[int]]:
-    """``per_class`` distinct (i, j) pairs for each class 10a+b, i of label a and j of label b, from ``pool``."""
+    """``per_class`` distinct (i, j) pairs for each class 10a+b, i of label a and j of label b, from ``pool``.
+
+    Ordered round-robin over the classes (pair k of every class, then pair k+1), so the
+    first 100 * k pairs (``eval --limit``) are k per class: every prefix stays balanced.
+    """
     by_label = {d: [i for i in pool if labels[i] == d] for d in range(10)}
-    out: list[list[int]] = []
+    per: list[list[list[int]]] = []
     for c in range(100):
         a, b = divmod(c, 10)
-        seen: set[tuple[int, int]] = set()
+        seen: list[tuple[int, int]] = []
         while len(seen) < per_class:
             pair = (int(rng.choice(by_label[a])), int(rng.choice(by_label[b])))
             if pair[0] != pair[1] and pair not in seen:
-                seen.add(pair)
-                out.append(list(pair))
-    return out
+                seen.append(pair)
+        per.append([list(q) for q in seen])
+    return [per[c][k] for k in range(per_class) for c in range(100)]
 
 
 def make_split(seed: int = SPLIT_SEED) -> dict:
