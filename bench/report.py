@@ -19,17 +19,35 @@ def _latest(prefix: str) -> dict | None:
 
 def render() -> str:
     out = []
-    ave = _latest("accuracy_vs_evals")
-    if ave:
+    for model in ("digits", "numbers"):
+        ave = _latest(f"accuracy_vs_evals_{model}")
+        if not ave:
+            continue
         out += [
-            f"**Accuracy vs evaluations** — digits, {ave['images']} held-out images, {ave['device']}, {ave['date']} "
+            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {ave['device']}, {ave['date']} "
             f"([json](bench/results/{ave['_file']}), [plot](bench/results/{ave['_file'].replace('.json', '.png')})):",
             "",
-            "| policy | accuracy | evals / image | seconds | batch fill |",
-            "|---|---|---|---|---|",
+            "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
+            "|---|---|---|---|---|---|",
         ]
-        out += [f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |" for r in ave["results"]]
+        out += [
+            f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |"
+            for r in ave["results"]
+        ]
         out.append("")
+    floors = _latest("numbers_floors")
+    if floors:
+        d, b = floors["diffusion"], floors["svc_baseline"]
+        out += [
+            f"**numbers floors** — {d['images']} held-out pairs, {floors['device']}, {floors['date']} ([json](bench/results/{floors['_file']})):",
+            "",
+            "| classifier | pairs | pair accuracy | first digit | second digit | evals / image |",
+            "|---|---|---|---|---|---|",
+            f"| diffusion, {d['policy']} | {d['images']} | {d['pair']:.4f} | {d['first']:.4f} | {d['second']:.4f} | {d['evals_per_image']:.0f} |",
+            f"| RBF SVC on each half (same pairs) | {b['same_pairs']['images']} | {b['same_pairs']['pair']:.4f} | {b['same_pairs']['first']:.4f} | {b['same_pairs']['second']:.4f} | — |",
+            f"| RBF SVC on each half (all pairs) | {b['all_1000']['images']} | {b['all_1000']['pair']:.4f} | {b['all_1000']['first']:.4f} | {b['all_1000']['second']:.4f} | — |",
+            "",
+        ]
     thr = _latest("throughput_digits")
     if thr:
         s = thr["summary"]
