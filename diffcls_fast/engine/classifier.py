@@ -202,7 +202,7 @@ class DiffusionClassifier:
     def _result(self, spec: ClassSpec, o, spent: int, seconds: float) -> ClassificationResult:
         if o is None:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
-        probs = posterior(o.mean_errors, self.temperature)
+        probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature)
         return ClassificationResult(
             label=o.label,
             label_name=spec.names[o.label],
