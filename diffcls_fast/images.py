@@ -2,31 +2,75 @@
 
 One function turns a PIL image into the model's input tensor, so that training,
 ``classify`` on a PNG and ``eval`` on the bundled split see identical pixels.
+
+What an image means is settled here, where it enters, so that every caller sees
+the same pixels a viewer would show:
+
+* EXIF orientation is applied (a phone photo is classified upright).
+* Every PIL mode is accepted. 8-bit modes go through PIL's own conversions;
+  16-bit grayscale (``I;16``, ``I;16B``, ``I``, ...) keeps its full depth
+  (0..65535 maps to [-1, 1]); ``F`` (float) images hold values in [0, 1].
+* Transparency is composited onto a solid background (see :func:`flatten_alpha`).
+* A file with more than :func:`pixel_limit` pixels is refused before it is decoded.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
+# Modes holding grayscale deeper than 8 bits, taken as 16-bit: PIL decodes 16-bit PNG/TIFF files to
+# the I;16 family, and to "I" (32-bit int) in older versions and after some conversions.
+_DEEP_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_U16_MAX = 65535.0
+# Modes with transparency, converted to RGBA and then composited (La has no direct RGBA conversion).
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def pixel_limit() -> int | None:
+    """The largest image file, in pixels, that :func:`load_image` decodes: PIL's ``Image.MAX_IMAGE_PIXELS``.
+
+    That is about 89.5 megapixels by default (PIL's decompression-bomb guard).
+    Set ``PIL.Image.MAX_IMAGE_PIXELS`` to change it; ``None`` removes the limit.
+    """
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_pixel_limit(p: Path, size: tuple[int, int]) -> None:
+    limit = pixel_limit()
+    w, h = size
+    if limit is not None and w * h > limit:
+        raise UserError(f"{p}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first")
+
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file, turning every failure into a one-line UserError."""
+    """Open and fully decode an image file, upright (EXIF orientation applied).
+
+    Every failure is a one-line UserError: a missing file, a directory, an
+    unreadable or truncated file, a file over :func:`pixel_limit` pixels.
+    """
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file")
     if p.is_dir():
         raise UserError(f"{p}: is a directory, expected an image file")
     try:
-        with Image.open(p) as im:
-            im.load()  # decode now: a truncated file fails here, not later in the engine
-            return im.copy()
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; the size is checked below, before decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                _check_pixel_limit(p, im.size)
+                im.load()  # decode now: a truncated file fails here, not later in the engine
+                return ImageOps.exif_transpose(im)  # a decoded copy, upright
+    except Image.DecompressionBombError:  # PIL refuses over 2x its limit while opening
+        raise UserError(f"{p}: image has more than twice the limit of {pixel_limit():,} pixels (PIL.Image.MAX_IMAGE_PIXELS); downscale it first") from None
     except UnidentifiedImageError:
         raise UserError(f"{p}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data raises these
@@ -41,30 +85,170 @@ def as_hw(resolution: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def preprocess(img: Image.Image, resolution: int | Sequence[int], channels: int) -> torch.Tensor:
-    """PIL image -> float32 tensor [channels, H, W] in [-1, 1].
+def flatten_alpha(img: Image.Image) -> Image.Image:
+    """An image with transparency -> RGB, composited over black or white.
 
-    ``resolution`` is an int (square, H = W) or (H, W). Resize with bicubic
-    filtering so the image covers H x W at its own aspect ratio, then center crop:
-    for a square target that is the Stable Diffusion preprocessing of Li et al.
-    (shorter side to the resolution). Grayscale for 1-channel models, RGB for
-    3-channel ones.
+    The background is the one that contrasts with what is drawn: black when the
+    visible content is light (its alpha-weighted mean luma is at least mid-grey),
+    white when it is dark. A white glyph whose shape lives in the alpha channel
+    (white ink on transparent) thus becomes white on black, and black ink on
+    transparent becomes black on white: what the image's author meant it to be
+    seen on. A fully opaque image keeps its pixels exactly; a fully transparent
+    one is white.
     """
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
+    if img.mode == "La":
+        img = img.convert("LA")
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+    rgb, alpha = rgba[..., :3], rgba[..., 3] / 255.0
+    if (alpha == 1.0).all():
+        return img.convert("RGB")
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L"
+    weight = float(alpha.sum())
+    content_luma = float((luma * alpha).sum()) / weight if weight > 0 else 0.0
+    background = 0.0 if content_luma >= 127.5 else 255.0
+    out = rgb * alpha[..., None] + background * (1.0 - alpha[..., None])
+    return Image.fromarray(np.round(out).astype(np.uint8), "RGB")
+
+
+def _deep_gray_unit(img: Image.Image) -> Image.Image:
+    """A 16-bit ("I;16*", "I") or float ("F") grayscale image -> mode "F" holding [0, 1]."""
+    arr = np.asarray(img).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not np.isfinite(arr).all() or lo < 0.0 or hi > 1.0:
+            raise UserError(f"a float (mode F) image must hold values in [0, 1]; this one spans [{lo:g}, {hi:g}]")
+        unit = arr
+    else:
+        if lo < 0 or hi > _U16_MAX:
+            raise UserError(f"a mode {img.mode} image is read as 16-bit grayscale (0..65535); this one spans [{lo:g}, {hi:g}]")
+        unit = arr / _U16_MAX
+    return Image.fromarray(unit.astype(np.float32), "F")
+
+
+def to_standard_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Any PIL image -> "L" (channels 1) or "RGB" (channels 3), or "F" in [0, 1] for deep grayscale.
+
+    8-bit data keeps PIL's conversions (so "L" and "RGB" inputs are untouched);
+    transparency is flattened by :func:`flatten_alpha`; deeper grayscale keeps
+    its bit depth as a float image (replicated to RGB after resizing).
+    """
+    target = {1: "L", 3: "RGB"}.get(channels)
+    if target is None:
         raise UserError(f"models with {channels} image channels are not supported")
-    th, tw = as_hw(resolution)
-    img = img.convert(mode)
+    if img.mode in _DEEP_GRAY or img.mode == "F":
+        return _deep_gray_unit(img)
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        img = flatten_alpha(img)
+    try:
+        if img.mode not in ("1", "L", "P", "RGB"):
+            img = img.convert("RGB")  # colour spaces (CMYK, YCbCr, LAB, HSV, ...): PIL converts some only to RGB
+        return img.convert(target)
+    except ValueError:  # a mode PIL cannot convert
+        raise UserError(f"images of mode {img.mode} are not supported; convert it to RGB or L first") from None
+
+
+def _cover_and_crop(img: Image.Image, th: int, tw: int) -> Image.Image:
+    """Resize (bicubic) to cover th x tw at the image's own aspect ratio, then center crop."""
     w, h = img.size
     scale = max(th / h, tw / w)
     nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - tw) // 2, (nh - th) // 2
-    img = img.crop((left, top, left + tw, top + th))
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    if arr.ndim == 2:
-        arr = arr[None]
+    return img.crop((left, top, left + tw, top + th))
+
+
+def preprocess(img: Image.Image, resolution: int | Sequence[int], channels: int) -> torch.Tensor:
+    """PIL image (any mode) -> float32 tensor [channels, H, W] in [-1, 1].
+
+    ``resolution`` is an int (square, H = W) or (H, W). The image is turned
+    upright (EXIF), brought to grayscale for 1-channel models or RGB for
+    3-channel ones (:func:`to_standard_mode`), resized with bicubic filtering so
+    it covers H x W at its own aspect ratio, then center cropped: for a square
+    target that is the Stable Diffusion preprocessing of Li et al. (shorter side
+    to the resolution).
+    """
+    th, tw = as_hw(resolution)
+    img = to_standard_mode(ImageOps.exif_transpose(img), channels)
+    img = _cover_and_crop(img, th, tw)
+    if img.mode == "F":
+        # Bicubic filtering overshoots; 8-bit resizing clips to the range, so clip here as well.
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0) * 2.0 - 1.0
+        arr = np.repeat(arr[None], channels, axis=0)
     else:
-        arr = arr.transpose(2, 0, 1)
+        arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+# Float tensors may overshoot [-1, 1] by this much (rounding in a user's own preprocessing); they are clamped.
+RANGE_TOLERANCE = 1e-3
+
+
+def array_to_image(arr: np.ndarray, name: str = "image") -> Image.Image:
+    """An integer or boolean numpy image -> a PIL image, read like an image file.
+
+    uint8 is 0..255 (HW, HWC or CHW with 1, 3 or 4 channels; 4 is RGBA),
+    uint16 is 16-bit grayscale (HW), bool is black and white.
+    """
+    if arr.ndim == 3:
+        if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        if arr.shape[-1] not in (1, 3, 4):
+            raise UserError(f"{name}: array of shape {list(arr.shape)}; expected HW, HWC or CHW with 1, 3 or 4 channels")
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    if arr.ndim != 2 and not (arr.ndim == 3 and arr.dtype == np.uint8):
+        raise UserError(f"{name}: {arr.dtype} array of shape {list(arr.shape)}; expected HW (or HWC/CHW for uint8)")
+    if arr.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(arr))
+    if arr.dtype == np.uint16:
+        return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16))  # mode I;16
+    if arr.dtype == np.bool_:
+        return Image.fromarray(np.ascontiguousarray(arr))
+    raise UserError(f"{name}: array of dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535), bool, or floats in [-1, 1]")
+
+
+def check_pixel_tensor(x: torch.Tensor, resolution: int | Sequence[int], channels: int, name: str = "image") -> torch.Tensor:
+    """A preprocessed image tensor -> float32 [C, H, W] in [-1, 1] on the CPU, or a UserError.
+
+    The shape must be the model's exactly (tensors are not resized). uint8
+    tensors are 0..255 pixels; floating-point tensors must be finite and in
+    [-1, 1] (within :data:`RANGE_TOLERANCE`, then clamped): a [0, 1] or 0..255
+    float image would be read as the wrong pixels, so it is refused.
+    """
+    expected = [channels, *as_hw(resolution)]
+    if list(x.shape) != expected:
+        raise UserError(f"{name}: tensor of shape {list(x.shape)}, expected [C, H, W] = {expected} for this model (pass a PIL image or a path to have it resized)")
+    if x.dtype == torch.uint8:
+        return x.detach().to("cpu", torch.float32) / 127.5 - 1.0
+    if not x.is_floating_point():
+        raise UserError(f"{name}: tensor of dtype {str(x.dtype).removeprefix('torch.')}; expected uint8 (0..255) or floating point in [-1, 1]")
+    x = x.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all():
+        raise UserError(f"{name}: tensor holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        raise UserError(f"{name}: float tensor values span [{lo:.4g}, {hi:.4g}], expected [-1, 1]; map [0, 1] images with x * 2 - 1, or pass uint8 0..255")
+    return x.clamp(-1.0, 1.0)
+
+
+def to_pixels(image: object, resolution: int | Sequence[int], channels: int, name: str = "image") -> torch.Tensor:
+    """Any accepted image form -> the model's preprocessed pixels, float32 [C, H, W] in [-1, 1].
+
+    Paths and PIL images (any mode) go through :func:`preprocess`; integer numpy
+    arrays are images (:func:`array_to_image`); tensors and float numpy arrays
+    are preprocessed pixels (:func:`check_pixel_tensor`).
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype.kind == "f":
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        else:
+            image = array_to_image(image, name)
+    if isinstance(image, torch.Tensor):
+        return check_pixel_tensor(image, resolution, channels, name)
+    if isinstance(image, Image.Image):
+        return preprocess(image, resolution, channels)
+    raise UserError(f"{name}: expected a path, a PIL image, a numpy array or a tensor, got {type(image).__name__}")

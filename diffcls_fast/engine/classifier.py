@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,17 @@ from PIL import Image
 
 from .. import kernels
 from ..errors import UserError
-from ..images import load_image, preprocess
+from ..images import to_pixels
 from ..models.bundle import ModelBundle
 from .cache import EmbeddingCache
-from .noise import NoiseBank, image_key
+from .noise import NoiseBank, check_seed, image_key
 from .policies import PolicyConfig, make_policy
 from .prompts import ClassSpec, parse_class_list
 from .results import ClassificationResult, RunStats, posterior
 from .runner import ImageState, Runner
 from .scheduler import Scheduler, power_of_two_buckets
 
-ImageLike = str | Path | Image.Image | torch.Tensor
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 _POLICY_FIELDS = {f.name for f in fields(PolicyConfig)} - {"name"}
 
 
@@ -69,16 +71,16 @@ class DiffusionClassifier:
             raise UserError(str(e)) from None
         self.buckets = sorted(buckets) if buckets else power_of_two_buckets(batch_size)
         self.max_inflight = max_inflight
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.loss = loss
-        self.temperature = temperature if temperature is not None else model_default_temperature(model)
+        self.temperature = check_temperature(temperature if temperature is not None else model_default_temperature(model))
         if speculate == "auto":
             # Rows of a batch cost little next to the call itself until the batch is large (GPU, and
             # small models on CPU): with too few images in flight, scoring ahead beats tiny batches.
             # Measured on digits (50 images, CPU): fill 9.3 s vs pad 17.0 s, for 2.6% more evaluations.
             speculate = "fill"
         self.speculate = speculate
-        self.bank = NoiseBank(model.latent_shape, seed, saved=noise)
+        self.bank = NoiseBank(model.latent_shape, self.seed, saved=noise)
         self.cache = EmbeddingCache(cache_dir, model.text_fingerprint) if use_cache and model.cond_kind == "text" else None
         self.last_stats = RunStats()
 
@@ -95,7 +97,7 @@ class DiffusionClassifier:
             return classes
         if isinstance(classes, str):
             return parse_class_list(classes, m.prompt_template)
-        return ClassSpec.from_names(list(classes), m.prompt_template)
+        return ClassSpec.from_names(_class_names(classes), m.prompt_template)
 
     def _conditions(self, spec: ClassSpec) -> torch.Tensor:
         if self.cache is not None:  # text models only (class ids need no cache)
@@ -103,32 +105,36 @@ class DiffusionClassifier:
         return self.model.encode_prompts(spec.prompts)
 
     # -- classification ------------------------------------------------------------------
-    def classify(self, images: Sequence[ImageLike] | ImageLike, classes: ClassSpec | Sequence[str] | str | None = None, progress: Any = None) -> list[ClassificationResult]:
-        """Classify images; results come back in input order."""
-        if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
-            images = [images]
-        out: list[ClassificationResult | None] = [None] * len(images)
-        for i, r in self.classify_iter(images, classes, progress=progress):
-            out[i] = r
-        return out  # type: ignore[return-value]
+    def classify(self, images: Iterable[ImageLike] | ImageLike, classes: ClassSpec | Sequence[str] | str | None = None, progress: Any = None) -> list[ClassificationResult]:
+        """Classify images; results come back in input order.
+
+        ``images`` is one image or any iterable of them (a list, a generator, a
+        batch tensor ``[N, C, H, W]``); see :func:`diffcls_fast.images.to_pixels`
+        for the accepted forms of one image.
+        """
+        done = dict(self.classify_iter(images, classes, progress=progress))
+        return [done[i] for i in range(len(done))]
 
     def classify_iter(
         self,
-        images: Sequence[ImageLike],
+        images: Iterable[ImageLike] | ImageLike,
         classes: ClassSpec | Sequence[str] | str | None = None,
         progress: Any = None,
         chunk: int = 32,
     ) -> Iterator[tuple[int, ClassificationResult]]:
-        """Yield ``(input index, result)`` as images finish (not in input order)."""
+        """Yield ``(input index, result)`` as images finish (not in input order).
+
+        ``images`` is consumed lazily, a chunk at a time, so a generator streams.
+        """
+        images = _image_stream(images)
         spec = self.class_spec(classes)
         n_cls = len(spec)
         stats = self.last_stats = RunStats(backend=self.model.backend, dtype=str(self.model.dtype).removeprefix("torch."))
         t_setup = time.perf_counter()
         if n_cls == 1:
             # One candidate: the answer is certain, the model is not run.
-            for i in range(len(images)):
-                if isinstance(images[i], (str, Path)):
-                    load_image(images[i])  # still report unreadable files
+            for i, im in enumerate(images):
+                self._pixels(im, i)  # still report unreadable or malformed inputs
                 stats.images += 1
                 yield i, self._result(spec, None, 0, 0.0)
             return
@@ -151,7 +157,7 @@ class DiffusionClassifier:
                 if not block:
                     exhausted = True
                     return
-                pix = [self._pixels(im) for _, im in block]
+                pix = [self._pixels(im, i) for i, im in block]
                 x0 = self.model.encode_images(pix).float()
                 for (i, _), px, x in zip(block, pix, x0):
                     # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
@@ -191,18 +197,14 @@ class DiffusionClassifier:
         stats.bucket_counts = dict(s.bucket_counts)
         stats.kernels = kernels.active_backend()
 
-    def _pixels(self, im: ImageLike) -> torch.Tensor:
-        """Any accepted image form -> the model's preprocessed pixel tensor [C, H, W] in [-1, 1]."""
-        if isinstance(im, torch.Tensor):
-            return im.float()
-        if isinstance(im, (str, Path)):
-            im = load_image(im)
-        return preprocess(im, self.model.image_resolution, self.model.image_channels)
+    def _pixels(self, im: ImageLike, index: int) -> torch.Tensor:
+        """Input ``index`` (any accepted image form) -> the model's preprocessed pixels [C, H, W] in [-1, 1]."""
+        return to_pixels(im, self.model.image_hw, self.model.image_channels, name=f"images[{index}]")
 
     def _result(self, spec: ClassSpec, o, spent: int, seconds: float) -> ClassificationResult:
         if o is None:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
-        probs = posterior(o.mean_errors, self.temperature)
+        probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature)
         return ClassificationResult(
             label=o.label,
             label_name=spec.names[o.label],
@@ -215,6 +217,39 @@ class DiffusionClassifier:
             seconds=seconds,
             policy=self.policy_cfg.describe(),
         )
+
+
+def _image_stream(images: object) -> Iterable[ImageLike]:
+    """The ``images`` argument as an iterable of single images (one image, a batch tensor, or any iterable)."""
+    if images is None:
+        raise UserError("images is None; pass an image (path, PIL image, array or tensor) or an iterable of them")
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return list(images) if images.ndim == 4 else [images]  # [N, C, H, W] (or N HWC arrays) is N images
+    if isinstance(images, (bytes, bytearray)):
+        raise UserError("images: got bytes; pass a path or a PIL image (PIL.Image.open(io.BytesIO(data)))")
+    if not isinstance(images, Iterable):
+        raise UserError(f"images: expected an image (path, PIL image, array or tensor) or an iterable of them, got {type(images).__name__}")
+    return images
+
+
+def _class_names(classes: object) -> list[str]:
+    """A sequence of class names, checked: every name is a string (an int is refused, not guessed at)."""
+    if not isinstance(classes, Iterable):
+        raise UserError(f"classes: expected a list of names, a comma-separated string or a ClassSpec, got {type(classes).__name__}")
+    names = list(classes)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise UserError(f"classes[{i}] is {name!r} ({type(name).__name__}); class names must be strings, e.g. [str(c) for c in classes]")
+    return names
+
+
+def check_temperature(temperature: object) -> float:
+    """The posterior's softmax temperature: a finite number > 0 (0 gives NaNs, a negative one inverts the ranking)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature <= 0:
+        raise UserError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
 
 
 def model_default_temperature(model: ModelBundle) -> float:

@@ -13,6 +13,7 @@ code's ``--noise_path``): sample i then uses row i, for every image.
 from __future__ import annotations
 
 import hashlib
+import numbers
 
 import numpy as np
 import torch
@@ -28,10 +29,19 @@ def image_key(x0: torch.Tensor) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
 
 
+def check_seed(seed: object) -> int:
+    """The seed as a Python int: any non-negative integer (all of its bits are used), else a UserError."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
 class NoiseBank:
     def __init__(self, shape: tuple[int, ...], seed: int = 0, saved: torch.Tensor | None = None):
         self.shape = tuple(shape)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.saved = None
         if saved is not None:
             saved = torch.as_tensor(saved, dtype=torch.float32)
@@ -40,7 +50,11 @@ class NoiseBank:
             self.saved = saved.contiguous()
 
     def _rng(self, key: int, i: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed & 0xFFFFFFFF, key & 0xFFFFFFFF, key >> 32, int(i), stream])
+        # SeedSequence splits each int into 32-bit words, so a seed below 2**32 is one word (the
+        # streams of those seeds are unchanged from when the seed was truncated to 32 bits) and a
+        # larger seed adds words. The other four entries are always one word each, so the word
+        # count tells the seed's length and no two (seed, key, i, stream) share an entropy list.
+        return np.random.default_rng([self.seed, key & 0xFFFFFFFF, key >> 32, int(i), stream])
 
     def noise(self, key: int, i: int) -> torch.Tensor:
         """eps of sample ``i`` of image ``key``: float32 [C, H, W] on the CPU."""

@@ -7,11 +7,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def posterior(mean_errors: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(-mean_error / temperature) over the scored classes (0 for unscored ones)."""
+def finalists(n_scores: np.ndarray, label: int) -> np.ndarray:
+    """The classes of the policy's last comparison: those scored as often as the label (bool [C]).
+
+    Every policy scores surviving classes on a growing prefix of the same samples
+    and prunes a class for good, so these are exactly the classes still
+    competing when the label was decided, all scored on the same samples as it.
+    A class pruned earlier has fewer scores, and a mean over other (fewer)
+    samples is not comparable with the label's.
+    """
+    n_scores = np.asarray(n_scores)
+    return (n_scores == n_scores[label]) & (n_scores > 0)
+
+
+def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, temperature: float) -> np.ndarray:
+    """softmax(-mean_error / temperature) over the :func:`finalists`; 0 for every class pruned before.
+
+    The policy picked ``label`` as the lowest mean error among the finalists, so
+    the label is the posterior's top class by construction, and the
+    probabilities sum to 1. Finalists' means are over the same samples, so
+    their posterior compares like with like. (An exhaustive policy has every
+    class among its finalists.)
+    """
     p = np.zeros(len(mean_errors))
-    ok = ~np.isnan(mean_errors)
-    if ok.sum() == 0:
+    ok = finalists(n_scores, label) & ~np.isnan(mean_errors)
+    if not ok.any():
+        p[label] = 1.0
         return p
     z = -mean_errors[ok] / temperature
     z = np.exp(z - z.max())
@@ -24,7 +45,7 @@ class ClassificationResult:
     label: int
     label_name: str
     class_names: list[str]
-    probabilities: np.ndarray  # [C], posterior over scored classes
+    probabilities: np.ndarray  # [C], posterior over the finalists (0 for classes pruned earlier)
     mean_errors: np.ndarray  # [C], NaN where a class was never scored
     n_scores: np.ndarray  # [C], samples in each class's mean
     evaluations: int  # denoiser evaluations the policy's rule needed
@@ -33,7 +54,9 @@ class ClassificationResult:
     policy: str = ""
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
+        mean = np.nan_to_num(self.mean_errors, nan=np.inf)
+        order = np.lexsort((mean, -self.n_scores, -self.probabilities))[:k]
         return [(self.class_names[i], float(self.probabilities[i])) for i in order]
 
     def to_dict(self, top_k: int = 5) -> dict:
