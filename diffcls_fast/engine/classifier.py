@@ -79,7 +79,7 @@ class DiffusionClassifier:
             speculate = "fill"
         self.speculate = speculate
         self.bank = NoiseBank(model.latent_shape, seed, saved=noise)
-        self.cache = EmbeddingCache(cache_dir, model.text_fingerprint) if use_cache and model.cond_kind == "text" else None
+        self.cache = EmbeddingCache(cache_dir, embedding_key(model), shape=model.cond_shape) if use_cache and model.cond_kind == "text" else None
         self.last_stats = RunStats()
 
     # -- classes ------------------------------------------------------------------------
@@ -215,6 +215,11 @@ class DiffusionClassifier:
             seconds=seconds,
             policy=self.policy_cfg.describe(),
         )
+
+
+def embedding_key(model: ModelBundle) -> str:
+    """What besides the prompt decides an embedding: the text encoder's files, its dtype and the device type."""
+    return f"{model.text_fingerprint}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
 
 
 def model_default_temperature(model: ModelBundle) -> float:
