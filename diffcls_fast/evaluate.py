@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,8 @@ class OutFile:
         p = self.path
         if p.is_dir():
             raise UserError(f"--out {p}: is a folder; give a file path, e.g. {p / 'results.jsonl'}")
+        if p.exists() and not p.is_file():  # a pipe or device: it cannot be read back (and opening a FIFO blocks)
+            raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
         parent = p.parent
         if not parent.exists():
             raise UserError(f"--out {p}: no such folder {parent}")
@@ -124,6 +127,8 @@ class OutFile:
         except OSError as e:
             raise UserError(f"--out {p}: cannot write ({e.strerror or e})") from None
         try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a pipe or device cannot be read back to resume
+                raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
             self._lock()
             self._read()
         except BaseException:

@@ -39,8 +39,12 @@ def test_folder_missing_parent_and_parent_file(tmp_path):
     assert "is not a folder" in _err(lambda: OutFile(tmp_path / "f" / "out.jsonl"))
 
 
-def test_unwritable_place(tmp_path):
+def test_unwritable_place_and_not_a_file(tmp_path):
     assert "cannot write" in _err(lambda: OutFile("/proc/diffcls-out.jsonl"))  # not writable, even for root
+    assert "not a regular file" in _err(lambda: OutFile("/dev/null"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _err(lambda: OutFile(fifo))  # without a reader, opening it would block
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
