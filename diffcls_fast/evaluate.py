@@ -73,7 +73,7 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
 
     saved = getattr(getattr(clf, "bank", None), "saved", None)
     noise = None if saved is None else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
-    sizes = [os.stat(p).st_size if isinstance(p, (str, Path)) else None for p in images]
+    sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
     return {
         "format": ROW_FORMAT,
         "model": clf.model.fingerprint,
@@ -86,6 +86,13 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
         "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
         "data": _digest([list(ids), [int(x) for x in labels], sizes]),
     }
+
+
+def _file_size(path: str | Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone or unreadable: reported when the image is decoded
+        return None
 
 
 def _config_key(settings: dict) -> str:
