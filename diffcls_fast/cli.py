@@ -1,7 +1,9 @@
 """``diffcls-fast``: classify images, evaluate on a bundled split, export, benchmark.
 
-Every user error (bad path, bad CSV, unknown backend...) is printed as one line on
-stderr with a non-zero exit code; tracebacks are reserved for bugs.
+Every user error (bad path, bad CSV, unknown backend, bad option value...) is printed
+as one line on stderr with exit code 2, and every argument and input file is checked
+before a model is loaded. A bug prints one line (exception type and message) and a
+hint to re-run with ``--debug`` (or ``DIFFCLS_DEBUG=1``) for the traceback; exit code 1.
 """
 
 from __future__ import annotations
