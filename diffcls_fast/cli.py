@@ -1,7 +1,9 @@
 """``diffcls-fast``: classify images, evaluate on a bundled split, export, benchmark.
 
-Every user error (bad path, bad CSV, unknown backend...) is printed as one line on
-stderr with a non-zero exit code; tracebacks are reserved for bugs.
+Every user error (bad path, bad CSV, unknown backend, bad option value...) is printed
+as one line on stderr with exit code 2, and every argument and input file is checked
+before a model is loaded. A bug prints one line (exception type and message) and a
+hint to re-run with ``--debug`` (or ``DIFFCLS_DEBUG=1``) for the traceback; exit code 1.
 """
 
 from __future__ import annotations
@@ -16,30 +18,70 @@ from . import __version__
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (``diffcls-fast: error: ...``, exit 2) like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"diffcls-fast: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def probability(text: str) -> float:
+    """An argparse type: a p-value cutoff in (0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return v
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
     g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive"], help="classification policy (default: ttest)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    g.add_argument("--batch-size", type=int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
-    g.add_argument("--max-inflight", type=int, default=64, help="images scored concurrently (default: 64)")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
+    g.add_argument("--max-inflight", type=positive_int, default=64, help="images scored concurrently (default: 64)")
     g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
-    g.add_argument("--temperature", type=float, default=None, help="posterior softmax temperature (default: the model's)")
+    g.add_argument("--temperature", type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
     g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
     g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt"], help="denoiser runtime (default: torch, eager)")
     g.add_argument("--xformers", action="store_true", help="xformers memory-efficient attention (torch/compile backends, CUDA)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     g.add_argument("--dtype", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
     g.add_argument("--cache-dir", default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     g.add_argument("--noise-path", default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
     g = p.add_argument_group("policy options")
-    g.add_argument("--n-grid", type=int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
-    g.add_argument("--n-samples", type=int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
-    g.add_argument("--to-keep", type=int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
-    g.add_argument("--min-scores", type=int, default=20, help="ttest: samples before pruning starts (default: 20)")
-    g.add_argument("--max-scores", type=int, default=2000, help="ttest: samples at most (default: 2000)")
-    g.add_argument("--cutoff-pval", type=float, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
+    g.add_argument("--n-grid", type=positive_int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
+    g.add_argument("--n-samples", type=positive_int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
+    g.add_argument("--to-keep", type=positive_int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
+    g.add_argument("--min-scores", type=positive_int, default=20, help="ttest: samples before pruning starts (default: 20)")
+    g.add_argument("--max-scores", type=positive_int, default=2000, help="ttest: samples at most (default: 2000)")
+    g.add_argument("--cutoff-pval", type=probability, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
     g.add_argument("--sides", type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
     g.add_argument("--t-order", default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
 
@@ -57,24 +99,48 @@ def _policy_options(a: argparse.Namespace) -> dict:
     )
 
 
-def _load_noise(path: str | None):
-    if path is None:
+def _check_engine_args(a: argparse.Namespace):
+    """Everything about the engine options that can be checked without the model; returns the saved noise (or None).
+
+    Runs before any model is loaded (a load takes seconds), so a bad --device, --dtype,
+    --backend or --noise-path costs nothing.
+    """
+    from .models.loader import _resolve_dtype, resolve_device
+
+    dev = resolve_device(a.device)
+    _resolve_dtype(a.dtype, dev)
+    _check_backend(a.backend, a.xformers, dev)
+    if a.noise_path is None:
         return None
-    from safetensors.torch import load_file
+    from .engine.noise import load_noise_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such noise file")
-    try:
-        d = load_file(p)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{p}: not a safetensors file ({e})") from None
-    if "noise" not in d:
-        raise UserError(f"{p}: no tensor named 'noise' (found {', '.join(d) or 'none'})")
-    return d["noise"]
+    return load_noise_file(a.noise_path)[0]
 
 
-def _classifier(a: argparse.Namespace):
+def _check_backend(backend: str, xformers: bool, dev) -> None:
+    from .errors import BackendUnavailable
+
+    if backend == "onnx":
+        from .export.onnx_export import require_onnx, require_onnxruntime
+
+        require_onnx()
+        require_onnxruntime()
+    elif backend == "tensorrt":
+        from .export.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
+        if dev.type != "cuda":
+            raise BackendUnavailable("the tensorrt backend needs a CUDA device")
+    if xformers:
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable("xformers is not installed; pip install 'diffcls-fast[xformers]'") from None
+        if dev.type != "cuda":
+            raise BackendUnavailable("xformers attention needs a CUDA device")
+
+
+def _classifier(a: argparse.Namespace, noise=None):
     from .engine import DiffusionClassifier
     from .engine.scheduler import power_of_two_buckets
     from .export import apply_backend
@@ -93,7 +159,7 @@ def _classifier(a: argparse.Namespace):
         speculate=a.speculate,
         cache_dir=a.cache_dir,
         use_cache=not a.no_cache,
-        noise=_load_noise(a.noise_path),
+        noise=noise,
         **_policy_options(a),
     )
 
@@ -106,20 +172,23 @@ def _progress(total: int, desc: str):
 
 
 def cmd_classify(a: argparse.Namespace) -> int:
-    from .engine import read_prompts_csv
+    from .engine import parse_class_list, read_prompts_csv
     from .images import load_image
 
+    # Fail fast: every argument and input file is checked before the model loads.
     if a.classes is not None and a.prompts is not None:
         raise UserError("give --classes or --prompts, not both")
-    for im in a.images:  # fail fast, before loading the model
-        load_image(im)
-    clf = _classifier(a)
+    noise = _check_engine_args(a)
     if a.prompts:
         classes = read_prompts_csv(a.prompts)
     elif a.classes is not None:
+        parse_class_list(a.classes)  # the names' checks; the model's prompt template is applied later
         classes = a.classes
     else:
         classes = None
+    for im in a.images:
+        load_image(im)
+    clf = _classifier(a, noise)
     spec = clf.class_spec(classes)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
@@ -143,7 +212,8 @@ def cmd_classify(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
-    summary = run_eval(a, _classifier, _progress)
+    noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
+    summary = run_eval(a, lambda args: _classifier(args, noise), _progress)
     if a.json:
         print(json.dumps(summary))
     else:
@@ -193,8 +263,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="diffcls-fast", description="Zero-shot image classification with conditional diffusion models.")
+    ap = _Parser(prog="diffcls-fast", description="Zero-shot image classification with conditional diffusion models.")
     ap.add_argument("--version", action="version", version=f"diffcls-fast {__version__}")
+    ap.add_argument("--debug", action="store_true", help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("classify", help="classify image files")
@@ -209,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="bundled split of digits or numbers (default: heldout)")
     p.add_argument("--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split")
     p.add_argument("--prompts", default=None, help="CSV classidx,prompt,classname whose class names match the data's classes")
-    p.add_argument("--limit", type=int, default=None, help="first N images of the split only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images of the split only")
     p.add_argument("--out", default=None, help="append one JSON line per image to this file; a rerun resumes from it")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     _add_engine_args(p)
@@ -228,7 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="engine vs the papers' reference loop (runs bench/throughput.py; from the repo root)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/throughput.py (--limit N, --quick, ...)")
     p.set_defaults(fn=cmd_bench)
+    for name, p in sub.choices.items():
+        if name == "bench":
+            continue  # its REMAINDER belongs to bench/throughput.py
+        # also after the subcommand; SUPPRESS keeps a top-level --debug from being reset
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)")
     return ap
+
+
+def _debug_wanted(a: argparse.Namespace) -> bool:
+    return bool(getattr(a, "debug", False)) or os.environ.get("DIFFCLS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:  # a bug: one line and a hint, or the whole traceback with --debug
+        if _debug_wanted(a):
+            import traceback
+
+            traceback.print_exc()
+        else:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
+            print(f"diffcls-fast: internal error: {type(e).__name__}: {msg}", file=sys.stderr)
+            print("diffcls-fast: this is a bug; re-run with --debug (or DIFFCLS_DEBUG=1) for the full traceback", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,33 +51,174 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
     raise UserError(f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers); pass --data DIR (DIR/<class>/<image>)")
 
 
-def _config_key(a: Any) -> str:
-    keys = ("model", "data", "prompts", "policy", "seed", "loss", "n_grid", "n_samples", "to_keep", "min_scores", "max_scores", "cutoff_pval", "sides", "t_order", "noise_path")
-    blob = json.dumps({k: getattr(a, k, None) for k in keys}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+ROW_FORMAT = 2  # bump when a row's meaning changes: older files then refuse to mix
 
 
-def read_done(path: Path, config: str) -> dict[str, dict]:
-    """Rows already written by earlier runs with the same settings. A torn last line is cut off."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    good_end = data.rfind(b"\n") + 1
-    if good_end < len(data):  # a killed writer left a partial line: drop it
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    done = {}
-    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, images: list) -> dict:
+    """Everything that can change a number in an ``--out`` row, as a small JSON-able dict.
+
+    Model weights (the bundle's fingerprint), dtype, loss, the policy with all its options,
+    seed, the saved noise (a hash of its values), the temperature, the classes and their
+    prompts (content, not the CSV's path), and the data: every image id of the split
+    (before --limit, so a longer run resumes a shorter one), its label and, for files, its
+    size. Not in it, since they change no result: batch size, max in-flight, speculation
+    (they change ``evaluations_spent`` and ``seconds`` only). Backend, device and kernels
+    are recorded in each row but are not in it: they agree within floating-point tolerance.
+    """
+    from dataclasses import asdict
+
+    saved = getattr(getattr(clf, "bank", None), "saved", None)
+    noise = None if saved is None else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
+    sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
+    return {
+        "format": ROW_FORMAT,
+        "model": clf.model.fingerprint,
+        "dtype": str(clf.model.dtype).removeprefix("torch."),
+        "loss": clf.loss,
+        "policy": asdict(clf.policy_cfg),
+        "seed": int(clf.seed),
+        "noise": noise,
+        "temperature": float(clf.temperature),
+        "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
+        "data": _digest([list(ids), [int(x) for x in labels], sizes]),
+    }
+
+
+def _file_size(path: str | Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone or unreadable: reported when the image is decoded
+        return None
+
+
+def _config_key(settings: dict) -> str:
+    return _digest(settings)
+
+
+def _settings_diff(old: Any, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "written by an older diffcls-fast"
+    keys = [k for k in new if old.get(k) != new[k]]
+    return ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" if k not in ("classes", "data", "noise", "model") else f"{k} changed" for k in keys) or "unknown"
+
+
+class OutFile:
+    """An ``eval --out`` JSONL file, opened, locked and parsed before any model is loaded.
+
+    The file is held under an advisory lock (``flock``, non-blocking) from opening to
+    :meth:`close`: a second eval on the same file stops with one line instead of
+    computing every image twice. A torn last line (a killed writer) is cut off under the
+    lock; any other malformed line is a :class:`UserError` naming ``file:line``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.rows: dict[str, tuple[int, dict]] = {}
+        p = self.path
+        if p.is_dir():
+            raise UserError(f"--out {p}: is a folder; give a file path, e.g. {p / 'results.jsonl'}")
+        if p.exists() and not p.is_file():  # a pipe or device: it cannot be read back (and opening a FIFO blocks)
+            raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
+        parent = p.parent
+        if not parent.exists():
+            raise UserError(f"--out {p}: no such folder {parent}")
+        if not parent.is_dir():
+            raise UserError(f"--out {p}: {parent} is not a folder")
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{lineno}: not a JSON line; refusing to append to it") from None
-        if row.get("config") != config:
-            raise UserError(f"{path}: written with different settings (config {row.get('config')} != {config}); use another --out")
-        done[row["id"]] = row
-    return done
+            self.fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"--out {p}: cannot write ({e.strerror or e})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a pipe or device cannot be read back to resume
+                raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
+            self._lock()
+            self._read()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): concurrent writers are not detected
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _flock_holder(self.fd)
+            who = f" (pid {pid})" if pid else ""
+            raise UserError(f"--out {self.path}: is being written by another eval{who}; wait for it to finish, or use another --out") from None
+        except OSError as e:  # a filesystem without flock (some network mounts): go on, unprotected
+            import sys
+
+            print(f"diffcls-fast: warning: --out {self.path}: cannot lock ({e.strerror or e}); a concurrent eval on it would not be detected", file=sys.stderr)
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"--out {self.path}: cannot read ({e.strerror or e})") from None
+        good_end = data.rfind(b"\n") + 1
+        if good_end < len(data):  # a killed writer left a partial line: drop it (we hold the lock)
+            os.ftruncate(self.fd, good_end)
+        where = f"{self.path}"
+        for lineno, raw in enumerate(data[:good_end].split(b"\n")[:-1], start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{where}:{lineno}: not UTF-8 text; refusing to append to it (use another --out)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to append to it")
+            for key, kind in (("id", str), ("config", str), ("correct", int), ("evaluations_spent", int)):
+                if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
+                    got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"[:60]
+                    raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; refusing to append to it")
+            self.rows[row["id"]] = (lineno, row)
+
+    def done(self, config: str, settings: dict) -> dict[str, dict]:
+        """The rows already written, after checking each was computed with these settings."""
+        for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
+            if row["config"] != config:
+                why = _settings_diff(row.get("settings"), settings)
+                raise UserError(f"{self.path}:{lineno}: written with different settings ({why}); use another --out, or rerun with the same settings")
+        return {k: row for k, (_, row) in self.rows.items()}
+
+    def append(self, row: dict) -> None:
+        append_line(self.fd, row)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a flock on ``fd``'s file, from /proc/locks (Linux); None when unknown."""
+    try:
+        ino = os.fstat(fd).st_ino
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+                    continue
+                pid, dev_ino = parts[4], parts[5]
+                if dev_ino.rsplit(":", 1)[-1] == str(ino) and pid.isdigit() and int(pid) != os.getpid():
+                    return int(pid)
+    except OSError:
+        return None
+    return None
 
 
 def append_line(fd: int, row: dict) -> None:
@@ -85,13 +227,13 @@ def append_line(fd: int, row: dict) -> None:
 
 
 def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
+    """Every input (split, --limit, --prompts, --out) is checked before ``make_classifier`` loads the model."""
     if str(a.model).startswith("preset:"):
         raise UserError(f"{a.model} has random weights (timing only); eval refuses to report accuracy on it")
+    if a.limit is not None and a.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {a.limit}")
     images, labels, class_names, ids = load_eval_split(a.model, a.split, getattr(a, "data", None))
-    if a.limit is not None:
-        if a.limit < 1:
-            raise UserError("--limit must be >= 1")
-        images, labels, ids = images[: a.limit], labels[: a.limit], ids[: a.limit]
+    all_images, all_ids = images, ids
     classes = class_names
     if getattr(a, "prompts", None):
         from .engine import read_prompts_csv
@@ -102,16 +244,32 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
         order = {n: i for i, n in enumerate(spec.names)}
         labels = np.array([order[class_names[k]] for k in labels])
         classes = spec
+    all_labels = labels
+    if a.limit is not None:
+        images, labels, ids = images[: a.limit], labels[: a.limit], ids[: a.limit]
+    out = OutFile(a.out) if a.out else None  # opened and locked until the end of the run
+    try:
+        return _run_eval(a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids))
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, images, labels, ids, classes, full) -> dict:
+    from . import kernels
+
     clf = make_classifier(a)
     if clf.model.random_weights:
         raise UserError(f"{clf.model.describe()}: refusing to report accuracy for random weights")
-    config = _config_key(a)
-    out_path = Path(a.out) if a.out else None
-    done = read_done(out_path, config) if out_path else {}
+    all_images, all_labels, all_ids = full
+    settings = eval_settings(clf, clf.class_spec(classes), all_ids, all_labels, all_images)
+    config = _config_key(settings)
+    done = out.done(config, settings) if out else {}
     todo = [i for i in range(len(images)) if ids[i] not in done]
-    fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if out_path else None
     correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]
     evals = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
+    resumed = len(correct)
+    ran_on = {"backend": clf.model.backend, "device": str(clf.model.device), "dtype": settings["dtype"]}  # informational
     t0 = time.perf_counter()
     bar = progress(len(todo), f"eval {a.split}")
     try:
@@ -120,18 +278,17 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
             ok = int(r.label == int(labels[i]))
             correct.append(ok)
             evals.append(r.evaluations_spent)
-            if fd is not None:
-                append_line(fd, {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, **r.to_dict(top_k=3)})
+            if out is not None:
+                row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, **r.to_dict(top_k=3)}
+                out.append({**row, **ran_on, "kernels": kernels.active_backend(), "settings": settings})
     finally:
         bar.close()
-        if fd is not None:
-            os.close(fd)
     st = clf.last_stats
     n = len(correct)
     return {
         "accuracy": float(np.mean(correct)) if n else 0.0,
         "images": n,
-        "resumed": len(done),
+        "resumed": resumed,
         "split": a.split,
         "evals_per_image": float(np.mean(evals)) if evals else 0.0,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -81,7 +81,7 @@ class DiffusionClassifier:
             speculate = "fill"
         self.speculate = speculate
         self.bank = NoiseBank(model.latent_shape, self.seed, saved=noise)
-        self.cache = EmbeddingCache(cache_dir, model.text_fingerprint) if use_cache and model.cond_kind == "text" else None
+        self.cache = EmbeddingCache(cache_dir, embedding_key(model), shape=model.cond_shape) if use_cache and model.cond_kind == "text" else None
         self.last_stats = RunStats()
 
     # -- classes ------------------------------------------------------------------------
@@ -250,6 +250,11 @@ def check_temperature(temperature: object) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature <= 0:
         raise UserError(f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
+
+
+def embedding_key(model: ModelBundle) -> str:
+    """What besides the prompt decides an embedding: the text encoder's files, its dtype and the device type."""
+    return f"{model.text_fingerprint}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
 
 
 def model_default_temperature(model: ModelBundle) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,3 +69,39 @@ class NoiseBank:
     def uniform(self, key: int, i: int) -> float:
         """A U[0, 1) draw for sample ``i`` of image ``key`` (random timesteps, rotations)."""
         return float(self._rng(key, i, _UNIFORM).random())
+
+
+def load_noise_file(path: str | Path) -> tuple[torch.Tensor, str]:
+    """``(noise [N, C, H, W] float32, sha256 of the file)`` from a safetensors file with a tensor ``noise``.
+
+    Every way the file can be wrong is one :class:`UserError`; the row shape is checked
+    against the model later (:class:`NoiseBank`), since it needs the model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such noise file")
+    if not p.is_file():
+        raise UserError(f"{p}: not a file (expected a safetensors file with a tensor 'noise' [N, C, H, W])")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read noise file ({e.strerror or e})") from None
+    try:
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{p}: not a safetensors file ({first})") from None
+    if "noise" not in tensors:
+        raise UserError(f"{p}: no tensor named 'noise' (found {', '.join(sorted(tensors)) or 'none'})")
+    noise = tensors["noise"]
+    if noise.dim() != 4 or noise.shape[0] < 1:
+        raise UserError(f"{p}: 'noise' has shape {tuple(noise.shape)}; expected [N, C, H, W] with N >= 1")
+    if not noise.is_floating_point():
+        raise UserError(f"{p}: 'noise' has dtype {str(noise.dtype).removeprefix('torch.')}; expected a float tensor")
+    noise = noise.to(torch.float32)
+    if not bool(torch.isfinite(noise).all()):
+        raise UserError(f"{p}: 'noise' holds NaN or infinite values")
+    return noise, hashlib.sha256(data).hexdigest()

@@ -91,6 +91,46 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_DEVICE_KINDS = "cpu, cuda, cuda:N, mps"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a :class:`torch.device` that this machine can use, or one :class:`UserError` saying why not.
+
+    ``None`` (or ``"auto"``) picks CUDA when available, else the CPU. Checked before anything
+    is loaded: torch itself answers a bad device with an assertion deep inside ``.to()``.
+    """
+    if device is None or device == "auto":
+        return default_device()
+    if isinstance(device, torch.device):
+        dev, text = device, str(device)
+    else:
+        text = str(device).strip().lower()
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None:
+            raise UserError(f"device {str(device)!r}: not a device (expected {_DEVICE_KINDS})")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"device {text!r}: MPS is not available on this machine (torch {torch.__version__})")
+        return dev
+    if dev.type != "cuda":
+        raise UserError(f"device {text!r}: not supported (expected {_DEVICE_KINDS})")
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        raise UserError(f"device {text!r}: this torch build has no CUDA (torch {torch.__version__}); use cpu, or install a CUDA build of torch")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {text!r}: no CUDA device is usable here (torch {torch.__version__} built for CUDA {torch.version.cuda}, but torch.cuda.is_available() is False)")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise UserError(f"device {text!r}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    return dev
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -104,7 +144,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
 
 def load_model(name_or_path: str | Path = "digits", *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> ModelBundle:
     """Load a model bundle by bundled name (``digits``), preset (``preset:NAME``) or local folder path."""
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     name = str(name_or_path)
     if name.startswith("preset:"):

@@ -1,0 +1,174 @@
+"""Every argument and input file is checked before the model loads; bugs get one line and a --debug hint.
+
+The validation-order tests pass ``--model /no/such/model``: loading it would fail, so an
+error about anything else proves that thing was checked first.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from diffcls_fast import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG = str(ROOT / "examples" / "digit-0.png")
+NO_MODEL = ["--model", "/no/such/model"]
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """cli.main in this process (fast); the one-line contract is the same as the console script's."""
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            rc = cli.main(list(args))
+        except SystemExit as e:  # argparse
+            rc = e.code
+        cap = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=cap.out, stderr=cap.err)
+
+    return run
+
+
+def run_subprocess(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+
+
+def one_line(proc, fragment, rc=2):
+    err = proc.stderr.strip()
+    assert proc.returncode == rc, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("diffcls-fast: error: ") and fragment in err, err
+    assert "no such folder" not in err or "/no/such/model" not in err, "the model was loaded first"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    for c in ("zero", "seven"):
+        (d / c).mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "digit-0.png", d / "zero" / "a.png")
+    shutil.copy(ROOT / "examples" / "digit-7.png", d / "seven" / "b.png")
+    return d
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+        (["--max-inflight", "-3"], "argument --max-inflight: must be >= 1"),
+        (["--batch-size", "many"], "expected a positive integer, got 'many'"),
+        (["--n-grid", "0"], "argument --n-grid"),
+        (["--n-samples", "10", "0"], "argument --n-samples"),
+        (["--min-scores", "0"], "argument --min-scores"),
+        (["--cutoff-pval", "2"], "argument --cutoff-pval: must be in (0, 1)"),
+        (["--temperature", "0"], "argument --temperature"),
+        (["--temperature", "inf"], "argument --temperature"),
+        (["--policy", "greedy"], "argument --policy: invalid choice"),
+    ],
+)
+def test_bad_numeric_options_are_one_line(run_cli, args, fragment):
+    one_line(run_cli("classify", IMG, *NO_MODEL, *args), fragment)
+
+
+def test_limit_must_be_positive():
+    one_line(run_subprocess("eval", "--limit", "0"), "argument --limit: must be >= 1")  # the console entry point
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--classes", "a,b,a"], "duplicate class name 'a'"),
+        (["--classes", ""], "class list is empty"),
+        (["--classes", "a", "--prompts", "p.csv"], "not both"),
+        (["--device", "bogus"], "not a device"),
+        (["--dtype", "fp8"], "unknown dtype"),
+    ],
+)
+def test_classify_checks_before_loading(run_cli, args, fragment):
+    one_line(run_cli("classify", IMG, *NO_MODEL, *args), fragment)
+
+
+def test_classify_prompts_and_images_before_loading(run_cli, tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("classidx,prompt\n0,a zero\nx,a one\n")
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--prompts", str(csv)), "classidx 'x' is not an integer")
+    one_line(run_cli("classify", IMG, str(tmp_path / "nope.png"), *NO_MODEL), "no such file")
+
+
+def test_eval_checks_out_prompts_and_data_before_loading(run_cli, tmp_path, data_dir):
+    base = ["eval", "--data", str(data_dir), *NO_MODEL]
+    one_line(run_cli(*base, "--out", str(tmp_path)), "is a folder")
+    one_line(run_cli(*base, "--out", str(tmp_path / "missing" / "out.jsonl")), "no such folder")
+    one_line(run_cli(*base, "--out", "/proc/diffcls.jsonl"), "cannot write")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "zero/a.png", "config": "x", "correct": 1, "evaluations_spent": 3}\n[1, 2]\n')
+    one_line(run_cli(*base, "--out", str(bad)), f"{bad}:2: a JSON list")
+    csv = tmp_path / "p.csv"
+    csv.write_text("classidx,prompt,classname\n0,a zero,zero\n1,a one,one\n")
+    one_line(run_cli(*base, "--prompts", str(csv)), "do not match the data's classes")
+    one_line(run_cli("eval", "--data", str(tmp_path / "nodata"), *NO_MODEL), "no such data folder")
+    one_line(run_cli(*base, "--noise-path", str(csv)), "not a safetensors file")
+
+
+def test_eval_refuses_an_out_file_held_by_another_eval(tmp_path, data_dir):
+    out = tmp_path / "out.jsonl"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running eval holds it
+    try:
+        proc = run_subprocess("eval", "--data", str(data_dir), *NO_MODEL, "--out", str(out))
+    finally:
+        os.close(fd)
+    one_line(proc, "is being written by another eval")
+    if os.path.exists("/proc/locks"):
+        assert f"(pid {os.getpid()})" in proc.stderr
+
+
+def _boom(a):
+    raise RuntimeError("something inside broke\nsecond line")
+
+
+def test_a_bug_is_one_line_and_a_debug_hint(monkeypatch, capsys):
+    monkeypatch.delenv("DIFFCLS_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_classify", _boom)
+    assert cli.main(["classify", IMG]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "diffcls-fast: internal error: RuntimeError: something inside broke",
+        "diffcls-fast: this is a bug; re-run with --debug (or DIFFCLS_DEBUG=1) for the full traceback",
+    ]
+
+
+@pytest.mark.parametrize("how", [["--debug", "classify", IMG], ["classify", IMG, "--debug"], "env"])
+def test_debug_shows_the_traceback(monkeypatch, capsys, how):
+    monkeypatch.setattr(cli, "cmd_classify", _boom)
+    if how == "env":
+        monkeypatch.setenv("DIFFCLS_DEBUG", "1")
+        how = ["classify", IMG]
+    else:
+        monkeypatch.delenv("DIFFCLS_DEBUG", raising=False)
+    assert cli.main(how) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: something inside broke" in err
+
+
+def test_user_errors_stay_one_line_with_debug(capsys):
+    assert cli.main(["--debug", "classify", IMG, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a device" in err[0]
+
+
+def test_json_summary_is_unchanged_by_the_checks():
+    # the parser still accepts the documented commands
+    a = cli.build_parser().parse_args(["eval", "--limit", "3", "--out", "x.jsonl", "--json"])
+    assert a.limit == 3 and a.out == "x.jsonl" and not a.debug
+    assert json.dumps(vars(a), default=str)

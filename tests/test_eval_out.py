@@ -1,0 +1,181 @@
+"""eval --out: the file is checked, locked and parsed before any work; the settings key covers every number in a row."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffcls_fast import UserError
+from diffcls_fast.engine import ClassSpec
+from diffcls_fast.engine.policies import PolicyConfig
+from diffcls_fast.evaluate import OutFile, _config_key, eval_settings
+
+
+def _row(i, config="k1", **extra):
+    return {"id": f"digits/heldout/{i}", "config": config, "true_label": 1, "correct": 1, "evaluations_spent": 50, **extra}
+
+
+def _write_rows(path, rows, tail=b""):
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + tail)
+
+
+def _err(fn):
+    with pytest.raises(UserError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_folder_missing_parent_and_parent_file(tmp_path):
+    assert "is a folder" in _err(lambda: OutFile(tmp_path))
+    assert f"no such folder {tmp_path / 'nope'}" in _err(lambda: OutFile(tmp_path / "nope" / "out.jsonl"))
+    (tmp_path / "f").write_text("x")
+    assert "is not a folder" in _err(lambda: OutFile(tmp_path / "f" / "out.jsonl"))
+
+
+def test_unwritable_place_and_not_a_file(tmp_path):
+    assert "cannot write" in _err(lambda: OutFile("/proc/diffcls-out.jsonl"))  # not writable, even for root
+    assert "not a regular file" in _err(lambda: OutFile("/dev/null"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _err(lambda: OutFile(fifo))  # without a reader, opening it would block
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_folder_real_chmod(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        assert "cannot write (Permission denied)" in _err(lambda: OutFile(d / "out.jsonl"))
+    finally:
+        d.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (b'{"config": "k1", "correct": 1, "evaluations_spent": 5}', "'id' is missing"),
+        (b"[1, 2, 3]", "a JSON list, not an eval row"),
+        (b'"just a string"', "a JSON str, not an eval row"),
+        (b'{"id": 7, "config": "k1", "correct": 1, "evaluations_spent": 5}', "'id' is int 7"),
+        (b'{"id": "a", "config": "k1", "correct": true, "evaluations_spent": 5}', "'correct' is bool"),
+        (b'{"id": "a", "config": "k1", "correct": 1}', "'evaluations_spent' is missing"),
+        (b"\xff\xfe\x00not utf-8", "not UTF-8"),
+        (b"{not json", "not a JSON line"),
+    ],
+)
+def test_malformed_row_is_one_line_with_file_and_line(tmp_path, line, fragment):
+    p = tmp_path / "out.jsonl"
+    p.write_bytes(json.dumps(_row(0)).encode() + b"\n\n" + line + b"\n" + json.dumps(_row(1)).encode() + b"\n")
+    msg = _err(lambda: OutFile(p))
+    assert msg.startswith(f"{p}:3: ") and fragment in msg, msg
+    with pytest.raises(UserError, match=":3: "):
+        OutFile(p)  # the same answer again: the failed open released its lock
+
+
+def test_torn_last_line_is_cut_and_rows_kept(tmp_path):
+    p = tmp_path / "out.jsonl"
+    _write_rows(p, [_row(0), _row(1)], tail=b'{"id": "digits/heldout/2", "conf')
+    out = OutFile(p)
+    try:
+        assert sorted(out.rows) == ["digits/heldout/0", "digits/heldout/1"]
+        assert p.read_bytes().endswith(b"}\n")
+        out.append(_row(2))
+    finally:
+        out.close()
+    assert [json.loads(x)["id"] for x in p.read_text().splitlines()] == [f"digits/heldout/{i}" for i in range(3)]
+
+
+def test_rows_with_other_settings_are_refused_with_the_difference(tmp_path):
+    p = tmp_path / "out.jsonl"
+    old = {"format": 2, "dtype": "float32", "temperature": 0.01, "model": "m1"}
+    new = {**old, "dtype": "bfloat16", "temperature": 0.5}
+    _write_rows(p, [_row(0, config=_config_key(old), settings=old)])
+    out = OutFile(p)
+    try:
+        msg = _err(lambda: out.done(_config_key(new), new))
+        assert f"{p}:1: written with different settings" in msg and "dtype 'float32' -> 'bfloat16'" in msg and "temperature 0.01 -> 0.5" in msg, msg
+        assert list(out.done(_config_key(old), old)) == ["digits/heldout/0"]
+    finally:
+        out.close()
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
+    p = tmp_path / "out.jsonl"
+    first = OutFile(p)
+    try:
+        assert "is being written by another eval" in _err(lambda: OutFile(p))
+    finally:
+        first.close()
+    OutFile(p).close()  # released on close
+
+
+def test_second_writer_names_the_holders_pid(tmp_path):
+    p = tmp_path / "out.jsonl"
+    code = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        msg = _err(lambda: OutFile(p))
+        assert "being written by another eval" in msg
+        if os.path.exists("/proc/locks"):
+            assert f"(pid {holder.pid})" in msg, msg
+    finally:
+        holder.kill()
+        holder.wait()
+    OutFile(p).close()  # a killed holder's lock is gone
+
+
+def _fake_clf(**over):
+    base = dict(
+        model=SimpleNamespace(fingerprint="w1", dtype=torch.float32),
+        loss="l2",
+        policy_cfg=PolicyConfig(name="exhaustive", n_grid=5),
+        seed=0,
+        temperature=0.01,
+        bank=SimpleNamespace(saved=None),
+    )
+    base.update(over)
+    return SimpleNamespace(**base)
+
+
+def test_settings_key_covers_every_number_in_a_row(tmp_path):
+    spec = ClassSpec.from_names(["zero", "one"], "digit {}")
+    ids, labels, images = ["a", "b", "c"], np.array([0, 1, 0]), [None, None, None]
+
+    def key(clf=None, spec=spec, ids=ids, labels=labels, images=images):
+        return _config_key(eval_settings(clf or _fake_clf(), spec, ids, labels, images))
+
+    k0 = key()
+    assert key() == k0  # deterministic
+    noise = torch.randn(3, 1, 8, 8)
+    variants = {
+        "weights": key(_fake_clf(model=SimpleNamespace(fingerprint="w2", dtype=torch.float32))),
+        "dtype": key(_fake_clf(model=SimpleNamespace(fingerprint="w1", dtype=torch.bfloat16))),
+        "loss": key(_fake_clf(loss="x0")),
+        "policy": key(_fake_clf(policy_cfg=PolicyConfig(name="ttest"))),
+        "policy option": key(_fake_clf(policy_cfg=PolicyConfig(name="exhaustive", n_grid=6))),
+        "seed": key(_fake_clf(seed=1)),
+        "noise": key(_fake_clf(bank=SimpleNamespace(saved=noise))),
+        "noise content": key(_fake_clf(bank=SimpleNamespace(saved=noise + 1))),
+        "temperature": key(_fake_clf(temperature=0.02)),
+        "class names": key(spec=ClassSpec.from_names(["zero", "uno"], "digit {}")),
+        "prompts": key(spec=ClassSpec.from_names(["zero", "one"], "the number {}")),
+        "ids": key(ids=["a", "b", "d"]),
+        "labels": key(labels=np.array([0, 1, 1])),
+    }
+    for what, k in variants.items():
+        assert k != k0, what
+    assert len(set(variants.values())) == len(variants)
+    f = tmp_path / "img.png"
+    f.write_bytes(b"123")
+    k_file = key(images=[f, None, None])
+    f.write_bytes(b"1234")  # same path, other content (size)
+    assert key(images=[f, None, None]) != k_file
