@@ -74,7 +74,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     pred = np.array([r.label for r in results])
     diffusion = position_accuracy(pred, y)
-    diffusion.update(policy=clf.policy_cfg.describe(), evals_per_image=float(np.mean([r.evaluations for r in results])), seconds=round(wall, 1), **clf.last_stats.to_dict())
+    diffusion.update(policy=clf.policy_cfg.describe(), evals_per_image=float(np.mean([r.evaluations for r in results])), seconds=round(wall, 1), run=clf.last_stats.to_dict())
+    diffusion["predictions"] = pred.tolist()
 
     env = environment(a.device)
     payload = {"benchmark": "numbers_floors", "model": a.model, "training": getattr(model, "path", ""), **env, "diffusion": diffusion, "svc_baseline": baseline}
