@@ -111,13 +111,18 @@ def flatten_alpha(img: Image.Image) -> Image.Image:
 
 
 def _deep_gray_unit(img: Image.Image) -> Image.Image:
-    """A 16-bit ("I;16*", "I") or float ("F") grayscale image -> mode "F" holding [0, 1]."""
+    """A 16-bit ("I;16*", "I") or float ("F") grayscale image -> mode "F" holding [0, 1].
+
+    Float images carry no bit depth, so their range decides: [0, 1] is taken as is, and
+    anything above 1 up to 255 is read as 8-bit values (what ``convert("F")`` of an 8-bit
+    image and many float TIFFs hold); other ranges are refused rather than guessed at.
+    """
     arr = np.asarray(img).astype(np.float64)
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F":
-        if not np.isfinite(arr).all() or lo < 0.0 or hi > 1.0:
-            raise UserError(f"a float (mode F) image must hold values in [0, 1]; this one spans [{lo:g}, {hi:g}]")
-        unit = arr
+        if not np.isfinite(arr).all() or lo < 0.0 or hi > 255.0:
+            raise UserError(f"a float (mode F) image must hold values in [0, 1] or [0, 255]; this one spans [{lo:g}, {hi:g}]")
+        unit = arr if hi <= 1.0 else arr / 255.0
     else:
         if lo < 0 or hi > _U16_MAX:
             raise UserError(f"a mode {img.mode} image is read as 16-bit grayscale (0..65535); this one spans [{lo:g}, {hi:g}]")
@@ -169,6 +174,8 @@ def preprocess(img: Image.Image, resolution: int | Sequence[int], channels: int)
     to the resolution).
     """
     th, tw = as_hw(resolution)
+    if min(img.size) < 1:  # PIL allows 0-pixel images; there is nothing to classify
+        raise UserError(f"image has no pixels ({img.size[0]}x{img.size[1]})")
     img = to_standard_mode(ImageOps.exif_transpose(img), channels)
     img = _cover_and_crop(img, th, tw)
     if img.mode == "F":

@@ -76,16 +76,18 @@ def test_other_16_bit_layouts_read_the_same(mode):
     torch.testing.assert_close(px(img), px(Image.fromarray(ramp)), rtol=0, atol=1e-6)
 
 
-def test_mode_I_outside_16_bits_and_F_outside_unit_range_are_user_errors():
+def test_mode_I_outside_16_bits_and_F_outside_known_ranges_are_user_errors():
     with pytest.raises(UserError, match="16-bit"):
         px(Image.fromarray(np.full((8, 8), 70000, np.int32), "I"))
-    with pytest.raises(UserError, match=r"\[0, 1\]"):
-        px(Image.fromarray(np.full((8, 8), 3.0, np.float32), "F"))
+    for bad in (300.0, -0.5, float("nan")):
+        with pytest.raises(UserError, match=r"\[0, 1\] or \[0, 255\]"):
+            px(Image.fromarray(np.full((8, 8), bad, np.float32), "F"))
 
 
-def test_float_image_in_unit_range(digit):
+def test_float_image_in_unit_range_or_8_bit_range(digit):
     unit = np.asarray(digit, np.float32) / 255.0
     torch.testing.assert_close(px(Image.fromarray(unit, "F")), px(digit), rtol=0, atol=1e-6)
+    torch.testing.assert_close(px(digit.convert("F")), px(digit), rtol=0, atol=1e-6)  # 0..255 floats
 
 
 def test_ink_in_the_alpha_channel_is_composited_over_the_contrasting_background(digit):
