@@ -151,7 +151,7 @@ def _check_n_grid(n_grid: int, T: int) -> int:
     try:
         PolicyConfig(name="exhaustive", n_grid=int(n_grid)).validate(T)
     except ValueError as e:
-        raise UserError(f"--n-grid: {e}") from None
+        raise UserError(f"n_grid: {e}") from None
     return int(n_grid)
 
 
