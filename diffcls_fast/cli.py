@@ -213,6 +213,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import run_eval
 
     noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
+    if getattr(a, "task", "classify") == "swap":
+        return cmd_eval_swap(a, noise)
     summary = run_eval(a, lambda args: _classifier(args, noise), _progress)
     if a.json:
         print(json.dumps(summary))
@@ -223,6 +225,47 @@ def cmd_eval(a: argparse.Namespace) -> int:
             f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
         )
     return 0
+
+
+def cmd_match(a: argparse.Namespace) -> int:
+    from .engine.match import check_captions, format_matrix
+    from .images import load_image
+
+    if a.captions is None:
+        raise UserError('match needs --captions, e.g. --captions "the digits one two" "the digits two one"')
+    captions = check_captions(a.captions)
+    if a.policy != "exhaustive":
+        raise UserError("match scores every caption at every grid point (no pruning); set the grid with --n-grid, not --policy")
+    for im in a.images:  # fail fast, before loading the model
+        load_image(im)
+    noise = _check_engine_args(a)
+    clf = _classifier(a, noise)
+    if clf.model.random_weights:
+        print(f"note: {clf.model.describe()}", file=sys.stderr)
+    res = clf.match(a.images, captions, n_grid=a.n_grid, shared_noise=a.shared_noise)
+    if a.json:
+        print(json.dumps({"images": [str(p) for p in a.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}))
+    else:
+        print("\n".join(format_matrix(res, [str(p) for p in a.images])))
+        if res.errors.shape == (2, 2):
+            w = res.winoground()
+            print(f"winoground: text score {int(w.text)}, image score {int(w.image)}, group score {int(w.group)}  (caption j describes image j; s = -mean error)")
+        st = clf.last_stats
+        noise = "shared across images" if res.shared_noise else "per image"
+        print(f"# {clf.model.describe()}, {res.policy}, noise {noise}; {st.evaluations} evals in {res.seconds:.2f} s, batch fill {st.batch_fill:.3f}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_swap(a: argparse.Namespace, noise=None) -> int:
+    from .swap_eval import format_summary, run_swap_eval
+
+    summary = run_swap_eval(a, lambda args: _classifier(args, noise), _progress)
+    print(json.dumps(summary) if a.json else format_summary(summary))
+    return 0
+
+
+def _add_match_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shared-noise", action="store_true", help="share the (t, eps) samples across images too (default: per image, as classify)")
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -283,8 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="first N images of the split only")
     p.add_argument("--out", default=None, help="append one JSON line per image to this file; a rerun resumes from it")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--task", default="classify", choices=["classify", "swap"], help="classify: accuracy; swap: Winoground text/image/group scores on the model's swap set (default: classify)")
+    _add_match_args(p)
     _add_engine_args(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--captions", nargs="*", default=None, help='captions (full prompts), e.g. --captions "the digits one two" "the digits two one"')
+    p.add_argument("--json", action="store_true", help="print one JSON object (the matrix and, for 2x2, the Winoground scores)")
+    _add_match_args(p)
+    _add_engine_args(p)
+    p.set_defaults(fn=cmd_match, policy="exhaustive")
 
     p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine)")
     p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")

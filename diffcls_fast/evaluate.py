@@ -71,8 +71,6 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
     """
     from dataclasses import asdict
 
-    saved = getattr(getattr(clf, "bank", None), "saved", None)
-    noise = None if saved is None else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
     sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
     return {
         "format": ROW_FORMAT,
@@ -81,11 +79,17 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
         "loss": clf.loss,
         "policy": asdict(clf.policy_cfg),
         "seed": int(clf.seed),
-        "noise": noise,
+        "noise": noise_digest(clf),
         "temperature": float(clf.temperature),
         "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
         "data": _digest([list(ids), [int(x) for x in labels], sizes]),
     }
+
+
+def noise_digest(clf: Any) -> str | None:
+    """A hash of the saved noise tensor's values (None: the seeded generator)."""
+    saved = getattr(getattr(clf, "bank", None), "saved", None)
+    return None if saved is None else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
 
 
 def _file_size(path: str | Path) -> int | None:
@@ -115,8 +119,11 @@ class OutFile:
     lock; any other malformed line is a :class:`UserError` naming ``file:line``.
     """
 
-    def __init__(self, path: str | Path):
+    CLASSIFY_ROW = (("id", str), ("config", str), ("correct", int), ("evaluations_spent", int))
+
+    def __init__(self, path: str | Path, required: tuple[tuple[str, type], ...] = CLASSIFY_ROW):
         self.path = Path(path)
+        self.required = required
         self.fd: int | None = None
         self.rows: dict[str, tuple[int, dict]] = {}
         p = self.path
@@ -181,7 +188,7 @@ class OutFile:
                 raise UserError(f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)") from None
             if not isinstance(row, dict):
                 raise UserError(f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to append to it")
-            for key, kind in (("id", str), ("config", str), ("correct", int), ("evaluations_spent", int)):
+            for key, kind in self.required:
                 if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
                     got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"[:60]
                     raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; refusing to append to it")

@@ -163,7 +163,7 @@ class DiffusionClassifier:
                     # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
                     # last bits) on how images are batched, and the noise must not.
                     key = image_key(px)
-                    pol = make_policy(self.policy_cfg, n_cls, self.model.num_timesteps, self.bank, key, runner.cost)
+                    pol = self._new_policy(i, n_cls, key, runner.cost)
                     states[i] = ImageState(key, x, pol)
                     sched.add(i, pol)
 
@@ -196,6 +196,26 @@ class DiffusionClassifier:
         stats.evaluations, stats.padded_rows, stats.batches = s.rows, s.padded, s.batches
         stats.bucket_counts = dict(s.bucket_counts)
         stats.kernels = kernels.active_backend()
+
+    def _new_policy(self, index: int, n_classes: int, key: int, cost: np.ndarray):
+        """The policy of input ``index`` (``match`` overrides it: each image scores only its own captions)."""
+        return make_policy(self.policy_cfg, n_classes, self.model.num_timesteps, self.bank, key, cost)
+
+    # -- image-text matching -------------------------------------------------------------
+    def match(self, images: Sequence[ImageLike] | ImageLike, captions: Sequence[str], *, n_grid: int | None = None, shared_noise: bool = False, progress: Any = None):
+        """Image-text matching: the mean error of every (image, caption) pair, as a :class:`MatchResult`.
+
+        ``result.errors[i, j]`` is the mean denoising error of image i under caption j
+        (lower = better match; ``result.scores`` is its negative). Every caption of
+        an image is scored on the same (t, eps) samples, exhaustively on Li et al.'s
+        ``n_grid``-point timestep grid (default: this classifier's ``n_grid``, 50),
+        with the noise ``classify`` would use for that image and seed.
+        ``shared_noise=True`` also shares the samples across images. Captions are
+        full prompts (no template). See :mod:`diffcls_fast.engine.match`.
+        """
+        from .match import match
+
+        return match(self, images, captions, n_grid=n_grid, shared_noise=shared_noise, progress=progress)
 
     def _pixels(self, im: ImageLike, index: int) -> torch.Tensor:
         """Input ``index`` (any accepted image form) -> the model's preprocessed pixels [C, H, W] in [-1, 1]."""
