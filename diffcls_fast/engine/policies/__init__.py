@@ -8,7 +8,7 @@ import numpy as np
 
 from ..noise import NoiseBank
 from ..timesteps import RandomTimesteps, StratifiedTimesteps
-from .base import Outcome, Policy
+from .base import Failure, Outcome, Policy
 from .stages import StagedPolicy, exhaustive, stage_evaluations, stage_plan
 from .ttest import TTestPolicy, paired_t_pvalues
 
@@ -66,6 +66,7 @@ def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key:
 
 __all__ = [
     "POLICIES",
+    "Failure",
     "Outcome",
     "Policy",
     "PolicyConfig",

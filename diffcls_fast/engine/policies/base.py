@@ -18,6 +18,15 @@ Queries come in two kinds:
 Each class has a *cost*: the number of denoiser rows one query takes (the
 number of prompts in its ensemble). ``take`` never returns more than
 ``budget`` rows.
+
+Termination: every policy reaches ``done``. A non-finite score (NaN or inf: a
+broken model, a non-finite input) *fails* the image instead of entering the
+rule: when the rule consumes it (the t-test sample by sample, a stage at its
+close), the policy records a :class:`Failure` naming the first such score in
+the rule's order (sample, then class) and stops. Non-finite scores the rule
+never consumes (a speculative sample of a class pruned before it) are ignored,
+as every other unconsumed score is. So whether, and where, an image fails does
+not depend on batching or speculation.
 """
 
 from __future__ import annotations
@@ -29,6 +38,23 @@ import numpy as np
 
 
 @dataclass
+class Failure:
+    """Why a policy gave up on an image: a non-finite score, or an internal error."""
+
+    reason: str  # "non-finite" or "internal"
+    detail: str = ""
+    sample: int | None = None
+    cls: int | None = None
+    value: float | None = None
+
+    def message(self, class_names: list[str] | None = None) -> str:
+        if self.reason == "non-finite":
+            name = class_names[self.cls] if class_names is not None and self.cls is not None else self.cls
+            return f"non-finite denoiser error ({self.value}) at sample {self.sample}, class {name!r}: the model output or its input (image, noise, condition) holds NaN or inf"
+        return f"internal error: {self.detail}"
+
+
+@dataclass
 class Outcome:
     """What a finished policy reports (the classifier turns it into a result)."""
 
@@ -36,10 +62,12 @@ class Outcome:
     mean_errors: np.ndarray  # float64 [C]; NaN for classes never scored
     n_scores: np.ndarray  # int64 [C]: scores that entered each class's mean
     evaluations: int  # denoiser rows the decision rule needed (deterministic)
+    failure: Failure | None = None  # set when the image failed; label is then meaningless
 
 
 class ScoreTable:
-    """Errors of (class, sample) pairs: ``err[c, s]``, NaN until scored.
+    """Errors of (class, sample) pairs: ``err[c, s]``, NaN until scored; ``scored[c, s]`` marks
+    the written ones (a score may itself be NaN: a broken model).
 
     Sample ids are small consecutive integers (every policy numbers its samples
     0, 1, 2, ...), so the sample id is the column and writes are one vectorised
@@ -48,16 +76,32 @@ class ScoreTable:
 
     def __init__(self, n_classes: int, init_cols: int = 64):
         self.err = np.full((n_classes, init_cols), np.nan)
+        self.scored = np.zeros((n_classes, init_cols), dtype=bool)
         self.n_cols = 0  # 1 + the largest sample id written
 
     def put(self, classes: np.ndarray, samples: np.ndarray, errors: np.ndarray) -> None:
         need = int(samples.max()) + 1 if len(samples) else 0
         if need > self.err.shape[1]:
-            grown = np.full((self.err.shape[0], max(need, 2 * self.err.shape[1])), np.nan)
+            cols = max(need, 2 * self.err.shape[1])
+            grown = np.full((self.err.shape[0], cols), np.nan)
             grown[:, : self.err.shape[1]] = self.err
             self.err = grown
+            grown_scored = np.zeros((self.err.shape[0], cols), dtype=bool)
+            grown_scored[:, : self.scored.shape[1]] = self.scored
+            self.scored = grown_scored
         self.n_cols = max(self.n_cols, need)
         self.err[classes, samples] = errors
+        self.scored[classes, samples] = True
+
+    def first_non_finite(self, classes: np.ndarray, start: int, stop: int) -> Failure | None:
+        """The first non-finite score among ``classes`` x samples [start, stop), sample-major; None if all are finite."""
+        block = self.err[np.asarray(classes)[:, None], np.arange(start, stop)[None, :]]
+        bad = np.argwhere(~np.isfinite(block.T))  # rows (sample offset, class position), sample-major
+        if not len(bad):
+            return None
+        s, k = (int(v) for v in bad[0])
+        c = int(np.asarray(classes)[k])
+        return Failure("non-finite", sample=start + s, cls=c, value=float(self.err[c, start + s]))
 
 
 class Policy(ABC):
@@ -70,6 +114,8 @@ class Policy(ABC):
         self.cost = np.ones(n_classes, dtype=np.int64) if cost is None else np.asarray(cost, dtype=np.int64)
         self.table = ScoreTable(n_classes)
         self.spent = 0  # denoiser rows actually scored, speculation included
+        self._done = False
+        self.failure: Failure | None = None
 
     # -- the interface the scheduler uses -------------------------------------------
     @abstractmethod
@@ -90,8 +136,15 @@ class Policy(ABC):
         self._advance()
 
     @property
-    @abstractmethod
-    def done(self) -> bool: ...
+    def done(self) -> bool:
+        """True once the rule has decided, or the image failed; ``take`` then returns nothing."""
+        return self._done
+
+    def fail(self, failure: Failure) -> None:
+        """Give up on this image (a non-finite score, or a scheduler safety net): done, with a failure."""
+        if self.failure is None:
+            self.failure = failure
+        self._done = True
 
     @abstractmethod
     def outcome(self) -> Outcome: ...

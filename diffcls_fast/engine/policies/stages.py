@@ -117,6 +117,11 @@ class StagedPolicy(Policy):
 
     def _close_stage(self) -> None:
         idx, keep = self.plan[self.stage]
+        # The stage's scores enter the rule now: a non-finite one fails the image (first in sample, class order).
+        bad = self.table.first_non_finite(self.alive, self._stage_start, self._stage_start + len(idx)) if len(idx) else None
+        if bad is not None:
+            self.fail(bad)
+            return
         self._stage_start += len(idx)
         means = self._means(self.alive)
         order = np.argsort(means, kind="stable")  # ties go to the lower class id
@@ -125,19 +130,15 @@ class StagedPolicy(Policy):
         if len(self.alive) == 1 or self.stage >= len(self.plan):
             self._done = True
 
-    @property
-    def done(self) -> bool:
-        return self._done
-
     def outcome(self) -> Outcome:
         if self.n_classes == 1:
             return Outcome(0, np.array([np.nan]), np.zeros(1, np.int64), 0)
         err = self.table.err[:, : self.table.n_cols]
-        n = np.sum(~np.isnan(err), axis=1)
+        n = np.sum(self.table.scored[:, : self.table.n_cols], axis=1)
         with np.errstate(invalid="ignore"):
-            means = np.where(n > 0, np.nansum(err, axis=1) / np.maximum(n, 1), np.nan)
+            means = np.where(n > 0, np.sum(np.where(self.table.scored[:, : self.table.n_cols], err, 0.0), axis=1) / np.maximum(n, 1), np.nan)
         label = int(self.alive[np.argmin(means[self.alive])])
-        return Outcome(label, means, n.astype(np.int64), self.spent)
+        return Outcome(label, means, n.astype(np.int64), self.spent, self.failure)
 
 
 def exhaustive(n_classes: int, T: int, n_samples: int, cost: np.ndarray | None = None) -> StagedPolicy:

@@ -30,26 +30,45 @@ from .base import Outcome, Policy
 def paired_t_pvalues(diffs: np.ndarray, sides: int = 2) -> np.ndarray:
     """p-values of the paired t-test of H0: mean(diff) = 0, one row of differences per class.
 
-    ``diffs`` is [K, n] (scores[c] - scores[best]). Two-sided matches
+    ``diffs`` is [K, n] (scores[c] - scores[best]), finite. Two-sided matches
     ``scipy.stats.ttest_rel(a, b).pvalue``; one-sided is the alternative
-    ``mean(a - b) > 0``. Zero-variance rows: p = 0 if the mean differs from 0, else 1.
+    ``mean(a - b) > 0``.
+
+    Rows of zero variance, where scipy returns NaN or a rounding-dependent value,
+    are decided exactly (a row is constant when all its differences are equal):
+
+    * all differences exactly 0 (the two classes scored identically): no
+      evidence either way, p = 1;
+    * all differences the same non-zero constant d: the limit of the t statistic
+      is +inf or -inf, so p = 0 (two-sided, or one-sided with d > 0) and p = 1
+      (one-sided with d < 0).
+
+    With n < 2 there is no test: p = 1. The result never holds NaN.
     """
     diffs = np.asarray(diffs, dtype=np.float64)
+    if sides not in (1, 2):
+        raise ValueError("sides must be 1 or 2")
+    if not np.isfinite(diffs).all():
+        raise ValueError("paired_t_pvalues needs finite differences (policies fail images with non-finite scores first)")
     n = diffs.shape[1]
     if n < 2:
         return np.ones(diffs.shape[0])
-    mean = diffs.mean(axis=1)
-    sd = diffs.std(axis=1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = mean / (sd / np.sqrt(n))
-    t = np.where(sd > 0, t, np.where(mean > 0, np.inf, np.where(mean < 0, -np.inf, 0.0)))
+    with np.errstate(over="ignore"):  # |diffs| near the float64 limit: sd = inf, so t = 0 below
+        mean = diffs.mean(axis=1)
+        sd = diffs.std(axis=1, ddof=1)
+    se = sd / np.sqrt(n)
+    constant = (diffs == diffs[:, :1]).all(axis=1)
+    varying = ~constant & (se > 0)  # se > 0 always holds for varying finite rows, barring underflow
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = np.where(varying, mean / np.where(varying, se, 1.0), 0.0)
+    # Constant rows (and, defensively, rows whose spread underflows): the sign of the mean decides.
+    sign = np.sign(np.where(constant, diffs[:, 0], mean))
+    t = np.where(varying, t, np.copysign(np.inf, sign))  # sign 0 is settled below (p = 1)
     if sides == 2:
         p = 2.0 * stdtr(n - 1, -np.abs(t))
-    elif sides == 1:
-        p = stdtr(n - 1, -t)  # P(T >= t)
     else:
-        raise ValueError("sides must be 1 or 2")
-    p = np.where((sd == 0) & (mean == 0), 1.0, p)
+        p = stdtr(n - 1, -t)  # P(T >= t)
+    p = np.where(~varying & (sign == 0), 1.0, p)
     return np.minimum(p, 1.0)
 
 
@@ -135,10 +154,13 @@ class TTestPolicy(Policy):
         return out
 
     def _advance(self) -> None:
-        err = self.table.err
         while not self._done:
-            if self.n >= self.table.n_cols or np.isnan(err[self.alive, self.n]).any():
+            if self.n >= self.table.n_cols or not self.table.scored[self.alive, self.n].all():
                 return  # the next sample is not complete for every remaining class
+            bad = self.table.first_non_finite(np.flatnonzero(self.alive), self.n, self.n + 1)
+            if bad is not None:
+                self.fail(bad)  # the rule would consume a NaN/inf score: the image fails here
+                return
             self.n += 1
             self.n_used[self.alive] = self.n
             if self.n >= self.min_scores:
@@ -154,10 +176,6 @@ class TTestPolicy(Policy):
         p[best] = 1.0
         self.alive[alive[p < self.cutoff]] = False
 
-    @property
-    def done(self) -> bool:
-        return self._done
-
     def outcome(self) -> Outcome:
         means = np.full(self.n_classes, np.nan)
         for c in np.flatnonzero(self.n_used):
@@ -165,4 +183,4 @@ class TTestPolicy(Policy):
         alive = np.flatnonzero(self.alive)
         label = int(alive[np.nanargmin(means[alive])]) if self.n else int(alive[0])
         evaluations = int((self.n_used * self.cost).sum())
-        return Outcome(label, means, self.n_used.copy(), evaluations)
+        return Outcome(label, means, self.n_used.copy(), evaluations, self.failure)
