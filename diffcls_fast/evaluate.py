@@ -189,7 +189,8 @@ class OutFile:
             if not isinstance(row, dict):
                 raise UserError(f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to append to it")
             for key, kind in self.required:
-                if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
+                value = row.get(key)
+                if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                     got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"[:60]
                     raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; refusing to append to it")
             self.rows[row["id"]] = (lineno, row)

@@ -69,6 +69,9 @@ class DiffusionClassifier:
             self.policy_cfg.validate(model.num_timesteps)
         except ValueError as e:
             raise UserError(str(e)) from None
+        for name, value in (("batch_size", batch_size), ("max_inflight", max_inflight), *((f"buckets[{i}]", b) for i, b in enumerate(buckets or []))):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
         self.buckets = sorted(buckets) if buckets else power_of_two_buckets(batch_size)
         self.max_inflight = max_inflight
         self.seed = check_seed(seed)
