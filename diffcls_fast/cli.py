@@ -198,15 +198,19 @@ def cmd_classify(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps({"image": str(path), **r.to_dict(), "random_weights": clf.model.random_weights}))
         else:
+            if r.error:
+                print(f"{path}: failed: {r.error}")
+                continue
             top = "  ".join(f"{n} {p:.3f}" for n, p in r.top(5))
-            print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations_spent} evals, {r.seconds:.2f} s")
+            spent = f" ({r.evaluations_spent} spent)" if r.evaluations_spent != r.evaluations else ""
+            print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations} evals{spent}, {r.seconds:.2f} s")
     if not a.json:
         print(
             f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; "
             f"{st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}",
             file=sys.stderr,
         )
-    return 0
+    return 1 if any(r.error for r in results) else 0  # a failed image (NaN/inf) is not a user error
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

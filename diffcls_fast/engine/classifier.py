@@ -227,6 +227,21 @@ class DiffusionClassifier:
     def _result(self, spec: ClassSpec, o, spent: int, seconds: float) -> ClassificationResult:
         if o is None:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
+        if o.failure is not None:
+            # This image failed (a NaN/inf score, or a policy bug); the run goes on. No label, no posterior.
+            return ClassificationResult(
+                label=-1,
+                label_name="",
+                class_names=spec.names,
+                probabilities=np.zeros(len(spec.names)),
+                mean_errors=o.mean_errors,
+                n_scores=o.n_scores,
+                evaluations=o.evaluations,
+                evaluations_spent=spent,
+                seconds=seconds,
+                policy=self.policy_cfg.describe(),
+                error=o.failure.message(spec.names),
+            )
         probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature)
         return ClassificationResult(
             label=o.label,

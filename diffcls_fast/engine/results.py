@@ -52,6 +52,7 @@ class ClassificationResult:
     evaluations_spent: int  # evaluations actually run for this image (speculation included)
     seconds: float  # admission to completion (latency inside a batched run)
     policy: str = ""
+    error: str | None = None  # set when this image failed (e.g. a non-finite denoiser error); label is then -1
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
@@ -70,6 +71,7 @@ class ClassificationResult:
             "evaluations_spent": self.evaluations_spent,
             "seconds": round(self.seconds, 4),
             "policy": self.policy,
+            **({"error": self.error} if self.error else {}),
         }
 
 

@@ -265,3 +265,20 @@ def test_identical_scores_are_never_dropped_and_constant_gaps_are():
 def test_failure_messages():
     assert Failure("internal", "x").message() == "internal error: x"
     assert "class 'b'" in Failure("non-finite", sample=3, cls=1, value=float("nan")).message(["a", "b"])
+
+
+def test_nan_weights_fail_each_image_with_a_message_not_a_wrong_label():
+    from pathlib import Path
+
+    import torch
+
+    from diffcls_fast import DiffusionClassifier, load_model
+
+    model = load_model("digits")
+    with torch.no_grad():
+        next(model.network.parameters()).view(-1)[0] = float("nan")
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    res = DiffusionClassifier(model, "ttest", use_cache=False).classify([examples / "digit-7.png", examples / "digit-3.png"])
+    for r in res:
+        assert r.label == -1 and r.label_name == "" and "non-finite" in r.error
+        assert r.to_dict()["error"] == r.error and not r.probabilities.any()
