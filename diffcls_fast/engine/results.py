@@ -56,6 +56,8 @@ class ClassificationResult:
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
+        if self.error is not None:  # a failed image has no ranking
+            return []
         mean = np.nan_to_num(self.mean_errors, nan=np.inf)
         order = np.lexsort((mean, -self.n_scores, -self.probabilities))[:k]
         return [(self.class_names[i], float(self.probabilities[i])) for i in order]

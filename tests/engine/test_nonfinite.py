@@ -281,4 +281,4 @@ def test_nan_weights_fail_each_image_with_a_message_not_a_wrong_label():
     res = DiffusionClassifier(model, "ttest", use_cache=False).classify([examples / "digit-7.png", examples / "digit-3.png"])
     for r in res:
         assert r.label == -1 and r.label_name == "" and "non-finite" in r.error
-        assert r.to_dict()["error"] == r.error and not r.probabilities.any()
+        assert r.to_dict()["error"] == r.error and not r.probabilities.any() and r.top() == []
