@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .engine import ClassificationResult, ClassSpec, DiffusionClassifier  # noqa: E402
-from .errors import UserError  # noqa: E402
+from .errors import DiffclsWarning, UserError  # noqa: E402
 from .models import ModelBundle, load_model  # noqa: E402
 
-__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "ModelBundle", "UserError", "__version__", "load_model"]
+__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "DiffclsWarning", "ModelBundle", "UserError", "__version__", "load_model"]

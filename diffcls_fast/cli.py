@@ -4,6 +4,9 @@ Every user error (bad path, bad CSV, unknown backend, bad option value...) is pr
 as one line on stderr with exit code 2, and every argument and input file is checked
 before a model is loaded. A bug prints one line (exception type and message) and a
 hint to re-run with ``--debug`` (or ``DIFFCLS_DEBUG=1``) for the traceback; exit code 1.
+Warnings (e.g. words the tokenizer does not know) are one line each on stderr.
+``classify`` and ``eval`` exit with 1 when some image failed (a non-finite score):
+every other image is still reported.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import DiffclsWarning, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +113,7 @@ def _check_engine_args(a: argparse.Namespace):
 
     dev = resolve_device(a.device)
     _resolve_dtype(a.dtype, dev)
-    _check_backend(a.backend, a.xformers, dev)
+    _check_backend(a.backend, a.xformers, dev, a.cache_dir)
     if a.noise_path is None:
         return None
     from .engine.noise import load_noise_file
@@ -117,7 +121,7 @@ def _check_engine_args(a: argparse.Namespace):
     return load_noise_file(a.noise_path)[0]
 
 
-def _check_backend(backend: str, xformers: bool, dev) -> None:
+def _check_backend(backend: str, xformers: bool, dev, cache_dir: str | None = None) -> None:
     from .errors import BackendUnavailable
 
     if backend == "onnx":
@@ -131,6 +135,11 @@ def _check_backend(backend: str, xformers: bool, dev) -> None:
         require_tensorrt()
         if dev.type != "cuda":
             raise BackendUnavailable("the tensorrt backend needs a CUDA device")
+    if backend in ("onnx", "tensorrt"):  # both write their artifacts under the cache folder
+        from .export.backends import artifact_dir
+        from .export.onnx_export import writable_dir
+
+        writable_dir(artifact_dir(cache_dir))
     if xformers:
         try:
             import xformers  # noqa: F401
@@ -142,12 +151,13 @@ def _check_backend(backend: str, xformers: bool, dev) -> None:
 
 def _classifier(a: argparse.Namespace, noise=None):
     from .engine import DiffusionClassifier
-    from .engine.scheduler import power_of_two_buckets
+    from .engine.classifier import check_scheduler_args
     from .export import apply_backend
     from .models import load_model
 
+    buckets = check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)  # before the model loads
     model = load_model(a.model, device=a.device, dtype=a.dtype)
-    model = apply_backend(model, a.backend, batch_sizes=power_of_two_buckets(a.batch_size), cache_dir=a.cache_dir, xformers=a.xformers)
+    model = apply_backend(model, a.backend, batch_sizes=buckets, cache_dir=a.cache_dir, xformers=a.xformers)
     return DiffusionClassifier(
         model,
         a.policy,
@@ -210,7 +220,10 @@ def cmd_classify(a: argparse.Namespace) -> int:
             f"{st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}",
             file=sys.stderr,
         )
-    return 1 if any(r.error for r in results) else 0  # a failed image (NaN/inf) is not a user error
+    failed = sum(r.error is not None for r in results)
+    if failed:  # a failed image (NaN/inf) is not a user error
+        print(f"diffcls-fast: {failed} of {len(results)} images failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -228,7 +241,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
             f"{summary['evals_per_image']:.1f} evals/image, {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
             f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
         )
-    return 0
+    if summary["failed"]:
+        print(f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g. {summary['first_error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def cmd_match(a: argparse.Namespace) -> int:
@@ -251,13 +266,15 @@ def cmd_match(a: argparse.Namespace) -> int:
         print(json.dumps({"images": [str(p) for p in a.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}))
     else:
         print("\n".join(format_matrix(res, [str(p) for p in a.images])))
-        if res.errors.shape == (2, 2):
+        if res.errors.shape == (2, 2) and not res.failed:
             w = res.winoground()
             print(f"winoground: text score {int(w.text)}, image score {int(w.image)}, group score {int(w.group)}  (caption j describes image j; s = -mean error)")
         st = clf.last_stats
         noise = "shared across images" if res.shared_noise else "per image"
         print(f"# {clf.model.describe()}, {res.policy}, noise {noise}; {st.evaluations} evals in {res.seconds:.2f} s, batch fill {st.batch_fill:.3f}", file=sys.stderr)
-    return 0
+    if res.failed:  # a failed image (NaN/inf) is not a user error
+        print(f"diffcls-fast: {res.failed} of {len(res.failures)} images failed", file=sys.stderr)
+    return 1 if res.failed else 0
 
 
 def cmd_eval_swap(a: argparse.Namespace, noise=None) -> int:
@@ -273,7 +290,7 @@ def _add_match_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export.onnx_export import export_onnx
+    from .export.onnx_export import export_onnx, writable_dir
     from .models import load_model
 
     try:
@@ -282,6 +299,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise UserError(f"--batch-sizes must be comma-separated integers, got {a.batch_sizes!r}") from None
     if not sizes or sizes[0] < 1:
         raise UserError("--batch-sizes needs at least one positive size")
+    writable_dir(a.out)  # before the model loads
     model = load_model(a.model, device=a.device, dtype=a.dtype)
     art = export_onnx(model, a.out, force=a.force)
     status = "cached (valid, not re-exported)" if art.cached else f"exported in {art.seconds:.1f} s"
@@ -368,11 +386,27 @@ def _debug_wanted(a: argparse.Namespace) -> bool:
     return bool(getattr(a, "debug", False)) or os.environ.get("DIFFCLS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _one_line_warnings():
+    """Show the engine's warnings as ``diffcls-fast: warning: ...`` (one line); others as Python does."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DiffclsWarning):
+            print(f"diffcls-fast: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     try:
-        return a.fn(a)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings()
+            warnings.simplefilter("always", DiffclsWarning)
+            return a.fn(a)
     except UserError as e:
         print(f"diffcls-fast: error: {e}", file=sys.stderr)
         return 2

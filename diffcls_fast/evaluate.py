@@ -278,14 +278,18 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     evals = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
     resumed = len(correct)
     ran_on = {"backend": clf.model.backend, "device": str(clf.model.device), "dtype": settings["dtype"]}  # informational
+    errors = [done[ids[i]]["error"] for i in range(len(images)) if ids[i] in done and done[ids[i]].get("error")]
     t0 = time.perf_counter()
     bar = progress(len(todo), f"eval {a.split}")
     try:
         for j, r in clf.classify_iter([images[i] for i in todo], classes, progress=bar):
             i = todo[j]
-            ok = int(r.label == int(labels[i]))
+            # A failed image (a non-finite score) is recorded with its error and counted wrong; the run goes on.
+            ok = int(r.error is None and r.label == int(labels[i]))
             correct.append(ok)
             evals.append(r.evaluations_spent)
+            if r.error is not None:
+                errors.append(r.error)
             if out is not None:
                 row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, **r.to_dict(top_k=3)}
                 out.append({**row, **ran_on, "kernels": kernels.active_backend(), "settings": settings})
@@ -296,6 +300,8 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     return {
         "accuracy": float(np.mean(correct)) if n else 0.0,
         "images": n,
+        "failed": len(errors),
+        "first_error": errors[0] if errors else None,
         "resumed": resumed,
         "split": a.split,
         "evals_per_image": float(np.mean(evals)) if evals else 0.0,

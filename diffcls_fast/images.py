@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UserError
+from .errors import NonFiniteInput, UserError
 
 # Modes holding grayscale deeper than 8 bits, taken as 16-bit: PIL decodes 16-bit PNG/TIFF files to
 # the I;16 family, and to "I" (32-bit int) in older versions and after some conversions.
@@ -233,7 +233,7 @@ def check_pixel_tensor(x: torch.Tensor, resolution: int | Sequence[int], channel
         raise UserError(f"{name}: tensor of dtype {str(x.dtype).removeprefix('torch.')}; expected uint8 (0..255) or floating point in [-1, 1]")
     x = x.detach().to("cpu", torch.float32)
     if not torch.isfinite(x).all():
-        raise UserError(f"{name}: tensor holds NaN or infinite values")
+        raise NonFiniteInput(f"{name}: tensor holds NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
         raise UserError(f"{name}: float tensor values span [{lo:.4g}, {hi:.4g}], expected [-1, 1]; map [0, 1] images with x * 2 - 1, or pass uint8 0..255")

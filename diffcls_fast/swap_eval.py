@@ -87,7 +87,7 @@ def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
             scores.append(w)
             evals.append(res.evaluations)
             if out is not None:
-                row = {"id": todo[k]["id"], "config": config, "captions": res.captions, "errors": res.to_dict()["errors"], **w.to_dict()}
+                row = {"id": todo[k]["id"], "config": config, "captions": res.captions, "errors": res.to_dict()["errors"], **w.to_dict(), **({"failures": res.failures} if res.failed else {})}
                 out.append({**row, "evaluations": res.evaluations, "seconds": round(res.seconds, 4), "settings": settings})
     finally:
         bar.close()

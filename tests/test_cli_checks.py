@@ -172,3 +172,13 @@ def test_json_summary_is_unchanged_by_the_checks():
     a = cli.build_parser().parse_args(["eval", "--limit", "3", "--out", "x.jsonl", "--json"])
     assert a.limit == 3 and a.out == "x.jsonl" and not a.debug
     assert json.dumps(vars(a), default=str)
+
+
+def test_export_folders_are_checked_before_loading(run_cli, tmp_path):
+    pytest.importorskip("onnx")
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    one_line(run_cli("export", *NO_MODEL, "--out", str(a_file)), "exists and is not a folder")
+    one_line(run_cli("export", *NO_MODEL, "--out", str(a_file / "sub")), "cannot create the export folder")
+    pytest.importorskip("onnxruntime")
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--backend", "onnx", "--cache-dir", str(a_file)), "cannot create the export folder")

@@ -300,14 +300,18 @@ def test_api_bad_images_raise_clean_errors(clf):
         "3 channels": torch.zeros(3, 8, 8),
         "wrong size": torch.zeros(1, 9, 8),
         "out of range": torch.full((1, 8, 8), 40.0),
-        "nan tensor": torch.full((1, 8, 8), float("nan")),
-        "inf array": np.full((8, 8, 1), np.inf, dtype=np.float32),
         "complex": torch.zeros(1, 8, 8, dtype=torch.complex64),
         "random float64 array": rng.normal(0, 100, (8, 8)),
         "empty array": np.zeros((0, 0), dtype=np.uint8),
     }
     for name, images in bad.items():
         assert api_case(clf, images) == "error", name
+    # NaN/inf pixels fail that image (result.error), never the call: the other images are answered.
+    for name, x in {"nan tensor": torch.full((1, 8, 8), float("nan")), "inf array": np.full((1, 8, 8), np.inf, dtype=np.float32)}.items():
+        with time_limit(CASE_SECONDS):
+            res = clf.classify([x, Image.open(DIGIT)])
+        assert "NaN or infinite" in res[0].error and res[0].label == -1, name
+        assert res[1].ok, name
 
 
 def test_api_natural_inputs_are_answered(clf):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -15,19 +17,46 @@ import torch
 from PIL import Image
 
 from .. import kernels
-from ..errors import UserError
+from ..errors import DiffclsWarning, NonFiniteInput, UserError
 from ..images import to_pixels
 from ..models.bundle import ModelBundle
 from .cache import EmbeddingCache
 from .noise import NoiseBank, check_seed, image_key
-from .policies import PolicyConfig, make_policy
+from .policies import Outcome, PolicyConfig, make_policy
 from .prompts import ClassSpec, parse_class_list
 from .results import ClassificationResult, RunStats, posterior
 from .runner import ImageState, Runner
-from .scheduler import Scheduler, power_of_two_buckets
+from .scheduler import SPECULATION, Scheduler, power_of_two_buckets
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 _POLICY_FIELDS = {f.name for f in fields(PolicyConfig)} - {"name"}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise UserError(f"{name} must be a positive integer, got {value!r}") from None
+    if v < 1:
+        raise UserError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def check_scheduler_args(batch_size: Any = 256, buckets: Sequence[int] | None = None, max_inflight: Any = 64, speculate: str = "auto") -> list[int]:
+    """Validate the scheduler's arguments (a :class:`UserError` naming the bad one); returns the buckets.
+
+    The CLI calls it before loading the model, so a bad ``--batch-size`` fails fast.
+    """
+    _positive_int("max_inflight", max_inflight)
+    if speculate != "auto" and speculate not in SPECULATION:
+        raise UserError(f"speculate must be one of auto, {', '.join(SPECULATION)}; got {speculate!r}")
+    if buckets is not None:
+        if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets:
+            raise UserError(f"buckets must be a non-empty list of positive integers, got {buckets!r}")
+        return sorted({_positive_int("buckets", b) for b in buckets})
+    return power_of_two_buckets(_positive_int("batch_size", batch_size))
 
 
 class DiffusionClassifier:
@@ -69,11 +98,8 @@ class DiffusionClassifier:
             self.policy_cfg.validate(model.num_timesteps)
         except ValueError as e:
             raise UserError(str(e)) from None
-        for name, value in (("batch_size", batch_size), ("max_inflight", max_inflight), *((f"buckets[{i}]", b) for i, b in enumerate(buckets or []))):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        self.buckets = sorted(buckets) if buckets else power_of_two_buckets(batch_size)
-        self.max_inflight = max_inflight
+        self.buckets = check_scheduler_args(batch_size, buckets, max_inflight, speculate)
+        self.max_inflight = int(max_inflight)
         self.seed = check_seed(seed)
         self.loss = loss
         self.temperature = check_temperature(temperature if temperature is not None else model_default_temperature(model))
@@ -103,9 +129,58 @@ class DiffusionClassifier:
         return ClassSpec.from_names(_class_names(classes), m.prompt_template)
 
     def _conditions(self, spec: ClassSpec) -> torch.Tensor:
+        """The condition table (one row per prompt); refuses non-finite rows.
+
+        The cache re-encodes an entry that holds NaN/inf itself (see :mod:`.cache`), so a
+        non-finite row here comes from the encoder: its weights are broken.
+        """
         if self.cache is not None:  # text models only (class ids need no cache)
-            return self.cache.get(spec.prompts, self.model.encode_prompts).to(self.model.device, self.model.dtype)
-        return self.model.encode_prompts(spec.prompts)
+            cond = self.cache.get(spec.prompts, self.model.encode_prompts).to(self.model.device, self.model.dtype)
+        else:
+            cond = self.model.encode_prompts(spec.prompts)
+        bad = _non_finite_rows(cond)
+        if bad:
+            raise UserError(f"the model's condition encoder returns non-finite values (NaN/inf) for {_quote_some([spec.prompts[i] for i in bad])}; its weights are broken")
+        return cond
+
+    def _unknown_words(self, spec: ClassSpec) -> tuple[str, set[int]] | None:
+        """A sentence naming the words of the prompts the tokenizer does not know, and the classes
+        whose prompts hold them (None if there are none)."""
+        finder = getattr(self.model, "unknown_words", None)
+        if finder is None or self.model.cond_kind != "text":
+            return None
+        found = finder(spec.prompts)  # [(prompt index, word)]
+        if not found:
+            return None
+        words = list(dict.fromkeys(w for _, w in found))
+        bad_prompts = {i for i, _ in found}
+        classes = [c for c, ids in enumerate(spec.class_prompts) if bad_prompts & {int(i) for i in ids}]
+        unk = getattr(self.model, "unk_token", None) or "the unknown token"
+        them = "it" if len(words) == 1 else "them"
+        names = _quote_some([spec.names[c] for c in classes], "class", "classes")
+        return f"the {self.model.name} tokenizer does not know {_quote_some(words)} ({names}) and encodes {them} as {unk}", set(classes)
+
+    def _check_distinct(self, spec: ClassSpec, cond: torch.Tensor, unknown: tuple[str, set[int]] | None = None) -> None:
+        """Refuse classes whose conditions are identical (the same set of embedding rows): no image can
+        tell them apart, and the t-test could never drop one for the other (each would run to max_scores)."""
+        row_id: dict[bytes, int] = {}
+        prompt_group = []
+        for chunk in cond.detach().reshape(len(cond), -1).split(64):  # bounded host memory for large tables
+            chunk = chunk.to("cpu")
+            data = (chunk.float() if chunk.dtype.is_floating_point else chunk).contiguous().numpy()
+            prompt_group += [row_id.setdefault(r.tobytes(), len(row_id)) for r in data]
+        by_key: dict[tuple[int, ...], list[int]] = {}
+        for c, ids in enumerate(spec.class_prompts):
+            by_key.setdefault(tuple(sorted({prompt_group[int(i)] for i in ids})), []).append(c)
+        same = [cs for cs in by_key.values() if len(cs) > 1]
+        if same:
+            groups = "; ".join(_quote_some([spec.names[c] for c in cs], "", "", limit=6) for cs in same[:5])
+            more = f" (and {len(same) - 5} more groups)" if len(same) > 5 else ""
+            if unknown is not None and any(set(cs) & unknown[1] for cs in same):
+                why = unknown[0]
+            else:
+                why = "their prompts encode to the same tokens (a tokenizer may ignore case, spacing and punctuation)"
+            raise UserError(f"classes with identical prompt embeddings cannot be told apart: {groups}{more}; {why}. Rename them, or drop all but one of each group")
 
     # -- classification ------------------------------------------------------------------
     def classify(self, images: Iterable[ImageLike] | ImageLike, classes: ClassSpec | Sequence[str] | str | None = None, progress: Any = None) -> list[ClassificationResult]:
@@ -137,11 +212,19 @@ class DiffusionClassifier:
         if n_cls == 1:
             # One candidate: the answer is certain, the model is not run.
             for i, im in enumerate(images):
-                self._pixels(im, i)  # still report unreadable or malformed inputs
                 stats.images += 1
+                try:
+                    self._pixels(im, i)  # still report unreadable or malformed inputs
+                except NonFiniteInput as e:
+                    yield i, self._failed_result(spec, f"{e}; it was not scored", None, 0, 0.0)
+                    continue
                 yield i, self._result(spec, None, 0, 0.0)
             return
+        unknown = self._unknown_words(spec)
         cond = self._conditions(spec)
+        self._check_distinct(spec, cond, unknown)
+        if unknown is not None:
+            warnings.warn(DiffclsWarning(unknown[0]), stacklevel=2)
         runner = Runner(self.model, self.bank, cond, spec.class_prompts, self.loss)
         stats.setup_seconds = time.perf_counter() - t_setup
         sched = Scheduler(self.buckets, self.max_inflight, self.speculate)
@@ -149,6 +232,7 @@ class DiffusionClassifier:
         started: dict[int, float] = {}
         pending = iter(enumerate(images))
         exhausted = False
+        failed_inputs: list[tuple[int, str]] = []  # images that fail before scoring (a non-finite latent)
         t0 = time.perf_counter()
 
         def refill() -> None:
@@ -160,9 +244,20 @@ class DiffusionClassifier:
                 if not block:
                     exhausted = True
                     return
-                pix = [self._pixels(im, i) for i, im in block]
+                pix = []
+                for i, im in block:
+                    try:
+                        pix.append(self._pixels(im, i))
+                    except NonFiniteInput as e:  # NaN/inf pixels: that image fails, the others go on
+                        failed_inputs.append((i, f"{e}; it was not scored"))
+                block = [b for b in block if b[0] not in {f for f, _ in failed_inputs}]
+                if not block:
+                    continue
                 x0 = self.model.encode_images(pix).float()
                 for (i, _), px, x in zip(block, pix, x0):
+                    if not bool(torch.isfinite(x).all()):
+                        failed_inputs.append((i, "the input image (its encoded latent) holds NaN or inf; it was not scored"))
+                        continue
                     # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
                     # last bits) on how images are batched, and the noise must not.
                     key = image_key(px)
@@ -172,13 +267,22 @@ class DiffusionClassifier:
 
         refill()
         while True:
+            for i, msg in failed_inputs:
+                stats.images += 1
+                if progress is not None:
+                    progress.update(1)
+                yield i, self._failed_result(spec, msg, None, 0, 0.0)
+            failed_inputs.clear()
             batch = sched.schedule()
             if batch is None:
                 finished = sched.retire()
                 if not finished:
-                    if sched.has_work:
-                        raise RuntimeError("scheduler stalled: in-flight policies neither done nor asking for work")
-                    break
+                    if not sched.has_work:
+                        break
+                    # A policy bug (no policy should get here): fail those images, not the whole run.
+                    finished = sched.fail_stalled()
+                    if not finished:
+                        raise RuntimeError("scheduler stalled with no in-flight image to fail")
             else:
                 now = time.perf_counter()
                 for rid in batch.request_ids:
@@ -224,24 +328,28 @@ class DiffusionClassifier:
         """Input ``index`` (any accepted image form) -> the model's preprocessed pixels [C, H, W] in [-1, 1]."""
         return to_pixels(im, self.model.image_hw, self.model.image_channels, name=f"images[{index}]")
 
+    def _failed_result(self, spec: ClassSpec, message: str, o: Outcome | None, spent: int, seconds: float) -> ClassificationResult:
+        """A failed image: no label, no posterior; the means and counts the rule had consumed, the evaluations spent."""
+        n = len(spec)
+        return ClassificationResult(
+            label=-1,
+            label_name="",
+            class_names=spec.names,
+            probabilities=np.zeros(n),
+            mean_errors=o.mean_errors if o is not None else np.full(n, np.nan),
+            n_scores=o.n_scores if o is not None else np.zeros(n, np.int64),
+            evaluations=o.evaluations if o is not None else 0,
+            evaluations_spent=spent,
+            seconds=seconds,
+            policy=self.policy_cfg.describe(),
+            error=message,
+        )
+
     def _result(self, spec: ClassSpec, o, spent: int, seconds: float) -> ClassificationResult:
         if o is None:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
-        if o.failure is not None:
-            # This image failed (a NaN/inf score, or a policy bug); the run goes on. No label, no posterior.
-            return ClassificationResult(
-                label=-1,
-                label_name="",
-                class_names=spec.names,
-                probabilities=np.zeros(len(spec.names)),
-                mean_errors=o.mean_errors,
-                n_scores=o.n_scores,
-                evaluations=o.evaluations,
-                evaluations_spent=spent,
-                seconds=seconds,
-                policy=self.policy_cfg.describe(),
-                error=o.failure.message(spec.names),
-            )
+        if o.failure is not None:  # this image failed (a NaN/inf score, or a policy bug); the run goes on
+            return self._failed_result(spec, o.failure.message(spec.names), o, spent, seconds)
         probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature)
         return ClassificationResult(
             label=o.label,
@@ -293,6 +401,20 @@ def check_temperature(temperature: object) -> float:
 def embedding_key(model: ModelBundle) -> str:
     """What besides the prompt decides an embedding: the text encoder's files, its dtype and the device type."""
     return f"{model.text_fingerprint}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
+
+
+def _non_finite_rows(t: torch.Tensor) -> list[int]:
+    if not t.dtype.is_floating_point:
+        return []
+    return torch.nonzero(~torch.isfinite(t.detach().reshape(len(t), -1)).all(dim=1)).flatten().tolist()
+
+
+def _quote_some(items: Sequence[str], one: str = "", many: str = "", limit: int = 8) -> str:
+    """'a', 'b' and 3 more (with an optional noun: "class 'a'", "classes 'a', 'b'")."""
+    items = list(items)
+    shown = ", ".join(repr(x) for x in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    noun = one if len(items) == 1 else many
+    return f"{noun} {shown}" if noun else shown
 
 
 def model_default_temperature(model: ModelBundle) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class MatchResult:
     seconds: float  # wall time of match(); for a group, the latency of its slowest image
     shared_noise: bool = False  # True: one set of (t, eps) samples for every image, not one per image
     policy: str = ""
+    failures: list[str | None] = field(default_factory=list)  # per image: why it failed (a NaN/inf score; its row is NaN), or None
+
+    @property
+    def failed(self) -> int:
+        return sum(f is not None for f in self.failures)
 
     @property
     def scores(self) -> np.ndarray:
@@ -73,13 +78,15 @@ class MatchResult:
     def to_dict(self) -> dict:
         d = {
             "captions": list(self.captions),
-            "errors": [[float(e) for e in row] for row in self.errors],
+            "errors": [[float(e) if np.isfinite(e) else None for e in row] for row in self.errors],  # strict JSON
             "n_grid": self.n_grid,
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 4),
             "shared_noise": self.shared_noise,
             "policy": self.policy,
         }
+        if self.failed:
+            d["failures"] = list(self.failures)
         if self.errors.shape == (2, 2):
             d["winoground"] = self.winoground().to_dict()
         return d
@@ -125,6 +132,10 @@ class _Matcher(DiffusionClassifier):
         if shared_noise:
             self.bank = SharedNoiseBank(base.bank)
         self._subsets = subsets
+
+    def _check_distinct(self, spec: ClassSpec, cond: torch.Tensor, unknown=None) -> None:
+        """Captions that encode alike are allowed here: no pruning, they just score alike (the
+        unknown-word warning still names them)."""
 
     def _new_policy(self, index: int, n_classes: int, key: int, cost: np.ndarray):
         return CaptionSubsetPolicy(n_classes, self.model.num_timesteps, self.policy_cfg.n_grid, self._subsets[index], cost)
@@ -214,6 +225,7 @@ def iter_match_groups(
             if remaining[g] == 0:
                 res = rows[g]
                 errors = np.stack([rr.mean_errors[cols[g]] for rr in res]).astype(np.float64)
+                errors[[rr.error is not None for rr in res]] = np.nan  # a failed image has no scores
                 yield (
                     g,
                     MatchResult(
@@ -224,6 +236,7 @@ def iter_match_groups(
                         seconds=float(max(rr.seconds for rr in res)),
                         shared_noise=shared_noise,
                         policy=policy,
+                        failures=[rr.error for rr in res],
                     ),
                 )
                 rows[g] = []
@@ -261,7 +274,11 @@ def format_matrix(result: MatchResult, image_names: Sequence[str]) -> list[str]:
     head = "".join(f"{f'c{j}':>12}" for j in range(n_cap))
     lines.append(f"{'image':<{width}}{head}   best")
     best = result.best_caption() if len(result.errors) else []
-    for name, row, b in zip(image_names, result.errors, best):
+    failures = result.failures or [None] * len(result.errors)
+    for name, row, b, fail in zip(image_names, result.errors, best, failures):
+        if fail is not None:
+            lines.append(f"{str(name):<{width}}  failed: {fail}")
+            continue
         cells = "".join(f"{e:12.6f}" for e in row)
         lines.append(f"{str(name):<{width}}{cells}   c{b}")
     return lines

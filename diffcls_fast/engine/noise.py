@@ -39,6 +39,15 @@ def check_seed(seed: object) -> int:
     return int(seed)
 
 
+def _non_finite_rows(t: torch.Tensor) -> str:
+    """'row(s) 3, 17 of 60' for the rows of ``t`` holding NaN or inf; '' if there are none."""
+    bad = torch.nonzero(~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)).flatten().tolist()
+    if not bad:
+        return ""
+    shown = ", ".join(map(str, bad[:8])) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+    return f"row(s) {shown} of {len(t)}"
+
+
 class NoiseBank:
     def __init__(self, shape: tuple[int, ...], seed: int = 0, saved: torch.Tensor | None = None):
         self.shape = tuple(shape)
@@ -48,6 +57,10 @@ class NoiseBank:
             saved = torch.as_tensor(saved, dtype=torch.float32)
             if tuple(saved.shape[1:]) != self.shape:
                 raise UserError(f"saved noise has rows of shape {tuple(saved.shape[1:])}, but the model's latents are {self.shape}")
+            bad = _non_finite_rows(saved)
+            if bad:
+                # Row i is sample i of every image: a NaN/inf row would fail every image that reaches it.
+                raise UserError(f"saved noise holds NaN or inf in {bad}")
             self.saved = saved.contiguous()
 
     def _rng(self, key: int, i: int, stream: int) -> np.random.Generator:
@@ -102,6 +115,7 @@ def load_noise_file(path: str | Path) -> tuple[torch.Tensor, str]:
     if not noise.is_floating_point():
         raise UserError(f"{p}: 'noise' has dtype {str(noise.dtype).removeprefix('torch.')}; expected a float tensor")
     noise = noise.to(torch.float32)
-    if not bool(torch.isfinite(noise).all()):
-        raise UserError(f"{p}: 'noise' holds NaN or infinite values")
+    bad = _non_finite_rows(noise)
+    if bad:
+        raise UserError(f"{p}: 'noise' holds NaN or infinite values in {bad}")
     return noise, hashlib.sha256(data).hexdigest()

@@ -42,8 +42,12 @@ def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, tempera
 
 @dataclass
 class ClassificationResult:
+    """One image's answer. A failed image (``error`` set: a non-finite score, an internal error)
+    has ``label`` -1, ``label_name`` "", all-zero probabilities and an empty ``top()``; its means,
+    counts and evaluations are those of the samples the rule consumed before it failed."""
+
     label: int
-    label_name: str
+    label_name: str  # "" for a failed image
     class_names: list[str]
     probabilities: np.ndarray  # [C], posterior over the finalists (0 for classes pruned earlier)
     mean_errors: np.ndarray  # [C], NaN where a class was never scored
@@ -52,7 +56,11 @@ class ClassificationResult:
     evaluations_spent: int  # evaluations actually run for this image (speculation included)
     seconds: float  # admission to completion (latency inside a batched run)
     policy: str = ""
-    error: str | None = None  # set when this image failed (e.g. a non-finite denoiser error); label is then -1
+    error: str | None = None  # why this image failed (a non-finite score, a policy bug); None: it did not
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
@@ -67,13 +75,13 @@ class ClassificationResult:
             "label": self.label_name,
             "label_index": self.label,
             "top": [{"class": n, "p": round(p, 6)} for n, p in self.top(top_k)],
-            "mean_errors": {n: (None if np.isnan(e) else float(e)) for n, e in zip(self.class_names, self.mean_errors)},
+            "mean_errors": {n: (float(e) if np.isfinite(e) else None) for n, e in zip(self.class_names, self.mean_errors)},  # strict JSON
             "n_scores": {n: int(c) for n, c in zip(self.class_names, self.n_scores)},
             "evaluations": self.evaluations,
             "evaluations_spent": self.evaluations_spent,
             "seconds": round(self.seconds, 4),
             "policy": self.policy,
-            **({"error": self.error} if self.error else {}),
+            "error": self.error,  # always present (null when the image did not fail): one schema for every row
         }
 
 

@@ -22,7 +22,7 @@ from ..models.loader import make_unet_denoiser
 BACKENDS = ("torch", "compile", "onnx", "tensorrt")
 
 
-def _artifact_dir(cache_dir: str | Path | None) -> Path:
+def artifact_dir(cache_dir: str | Path | None) -> Path:
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / "export"
 
 
@@ -46,11 +46,11 @@ def apply_backend(
     if name == "compile":
         raw, label = compiled_raw(bundle, class_cond)
     elif name == "onnx":
-        raw, label = onnxruntime_raw(bundle, _artifact_dir(cache_dir))
+        raw, label = onnxruntime_raw(bundle, artifact_dir(cache_dir))
     else:
         from .tensorrt_backend import tensorrt_raw
 
-        raw, label = tensorrt_raw(bundle, _artifact_dir(cache_dir), batch_sizes or [8, 16, 32, 64, 128, 256])
+        raw, label = tensorrt_raw(bundle, artifact_dir(cache_dir), batch_sizes or [8, 16, 32, 64, 128, 256])
     denoise = make_unet_denoiser(raw, bundle.alphas_cumprod, bundle.prediction_type, bundle.device)
     return dataclasses.replace(bundle, denoise=denoise, backend=label + ("+xformers" if xformers else ""))
 

@@ -42,6 +42,10 @@ class ModelBundle:
     default_prompts: list[str] = field(default_factory=list)
     path: str = ""
     backend: str = "torch"  # which denoiser implementation actually runs
+    # Text models whose tokenizer has an unknown token (word-level vocabularies): the (prompt index, word)
+    # pairs it would encode as ``unk_token``. None where every string has an encoding (CLIP's byte-level BPE).
+    unknown_words: Callable[[Sequence[str]], list[tuple[int, str]]] | None = None
+    unk_token: str | None = None
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -15,7 +15,7 @@ Weights are read from safetensors only: a folder that holds only pickled
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -219,6 +219,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
+    unknown_words = make_unknown_word_finder(tokenizer)
     return ModelBundle(
         name=name,
         cond_kind="text",
@@ -241,7 +242,33 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
+        unknown_words=unknown_words,
+        unk_token=tokenizer.unk_token if unknown_words is not None else None,
     )
+
+
+def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[int, str]]] | None:
+    """For a tokenizer that can emit its unknown token: a function listing the (prompt index, word)
+    pairs of ``prompts`` it would encode as that token. None when it never does (a byte-level BPE
+    such as CLIP's always has an encoding) or cannot say which words (no offsets)."""
+    unk_id = tokenizer.unk_token_id
+    if unk_id is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if model is not None and type(model).__name__ == "BPE" and getattr(model, "unk_token", None) is None:
+        return None  # byte-level BPE: no unknown token in the model itself
+
+    def unknown_words(prompts: Sequence[str]) -> list[tuple[int, str]]:
+        enc = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            for tid, (a, b) in zip(ids, offsets):
+                word = prompts[i][a:b]
+                if tid == unk_id and word != tokenizer.unk_token:
+                    out.append((i, word))
+        return out
+
+    return unknown_words
 
 
 def make_image_encoder(vae, resolution: int, channels: int, device: torch.device, dtype: torch.dtype):
