@@ -19,6 +19,14 @@ from bench.common import RESULTS, device_tag, environment, write_json
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
 
+# successive halving candidates (rounds, keep, band); the default was chosen on the train split (bench.policy_search)
+HALVING = [
+    ([2, 4, 12], [10, 3, 1], [0.15, 0.6]),  # the default
+    ([2, 4, 12], [10, 3, 1], [0.0, 1.0]),  # the same without the timestep band
+    ([1, 3, 7], [10, 3, 1], [0.15, 0.6]),
+    ([1, 3, 7], [20, 5, 1], [0.15, 0.6]),
+    ([2, 4, 8], [10, 3, 1], [0.15, 0.6]),
+]
 DIGITS_CONFIGS = [
     ("exhaustive-5", "exhaustive", dict(n_grid=5)),
     ("exhaustive-10", "exhaustive", dict(n_grid=10)),
@@ -35,6 +43,9 @@ DIGITS_CONFIGS = [
     ("ttest p<1e-4 random", "ttest", dict(cutoff_pval=1e-4, t_order="random")),
     ("ttest p<2e-3 stratified 1-sided", "ttest", dict(cutoff_pval=2e-3, sides=1)),
     ("ttest p<2e-3 min 10", "ttest", dict(cutoff_pval=2e-3, min_scores=10)),
+    ("halving 2 4 12 / 10 3 1", "halving", dict()),
+    ("halving 2 4 12 / 10 3 1 band 0.0-1.0", "halving", dict(t_band=[0.0, 1.0])),
+    ("halving 4 8 16 / 5 2 1", "halving", dict(rounds=[4, 8, 16], keep=[5, 2, 1])),
 ]
 # 100 classes: every evaluation counts, so the list is shorter; Li et al.'s Food-101 schedule
 # (about 100 classes) is the papers' reference point.
@@ -50,6 +61,7 @@ NUMBERS_CONFIGS = [
     ("ttest p<2e-3 stratified", "ttest", dict(cutoff_pval=2e-3)),
     ("ttest p<1e-4 stratified", "ttest", dict(cutoff_pval=1e-4)),
     ("ttest p<2e-3 min 10", "ttest", dict(cutoff_pval=2e-3, min_scores=10)),
+    *[(f"halving {' '.join(map(str, r))} / {' '.join(map(str, k))}" + ("" if b == [0.15, 0.6] else f" band {b[0]}-{b[1]}"), "halving", dict(rounds=r, keep=k, t_band=b)) for r, k, b in HALVING],
 ]
 CONFIGS = {"digits": DIGITS_CONFIGS, "numbers": NUMBERS_CONFIGS}
 QUICK = {"exhaustive-10", "exhaustive-50", "adaptive 10 50 / 3 1", "adaptive 10 50 / 10 1", "ttest p<2e-3 stratified", "ttest p<2e-3 random"}
@@ -63,15 +75,23 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="configuration names to leave out")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--only", nargs="*", default=[], help="only configurations whose name contains one of these")
+    ap.add_argument("--resume", action="store_true", help="keep the configurations already in today's result file")
     a = ap.parse_args()
 
     model = load_model(a.model)
     pil, y, class_names, _ = load_eval_split(a.model, "heldout")
     if a.limit:
         pil, y = pil[: a.limit], y[: a.limit]
-    rows = []
+    env = environment()
+    tag = f"accuracy_vs_evals_{a.model}_{device_tag()}_{env['date']}"
+    per_image_path = RESULTS / "per_image" / (tag + ".npz")
+    rows, per_image = _resume(RESULTS / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
     for name, policy, opts in CONFIGS[a.model]:
-        if (a.quick and name not in QUICK) or name in a.skip:
+        if (a.quick and name not in QUICK) or name in a.skip or (a.only and not any(o in name for o in a.only)):
+            continue
+        if any(r["name"] == name for r in rows):
+            print(f"{name:34s} (resumed)")
             continue
         clf = DiffusionClassifier(model, policy, batch_size=a.batch_size, use_cache=False, **opts)
         t0 = time.perf_counter()
@@ -89,15 +109,39 @@ def main() -> None:
             "evals_per_second": round(clf.last_stats.evals_per_second, 1),
         }
         rows.append(row)
+        per_image[name] = _per_image(res)
         print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)
-
-    env = environment()
-    tag = f"accuracy_vs_evals_{a.model}_{device_tag()}_{env['date']}"
-    payload = {"benchmark": "accuracy_vs_evals", "model": a.model, "split": "heldout", "images": len(y), **env, "results": rows}
-    p = write_json(tag + ".json", payload)
-    print(f"wrote {p}")
+        # written after every configuration: a long run killed midway keeps what it measured (--resume)
+        payload = {"benchmark": "accuracy_vs_evals", "model": a.model, "split": "heldout", "images": len(y), **env, "labels": [int(t) for t in y], "results": rows}
+        write_json(tag + ".json", payload)
+        per_image_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(per_image_path, names=np.array(list(per_image)), **{f"c{i}_{k}": v for i, d in enumerate(per_image.values()) for k, v in d.items()})
+    print(f"wrote {RESULTS / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
         plot(rows, RESULTS / (tag + ".png"), env, len(y), a.model)
+
+
+def _per_image(res) -> dict[str, np.ndarray]:
+    """What calibration and paired comparisons need, per image: label, evaluations, and the posterior's inputs."""
+    return {
+        "label": np.array([r.label for r in res], np.int64),
+        "evals": np.array([r.evaluations for r in res], np.int64),
+        "mean_errors": np.stack([r.mean_errors for r in res]).astype(np.float32),
+        "n_scores": np.stack([r.n_scores for r in res]).astype(np.int32),
+    }
+
+
+def _resume(json_path: Path, npz_path: Path, n: int) -> tuple[list[dict], dict]:
+    if not (json_path.is_file() and npz_path.is_file()):
+        return [], {}
+    import json
+
+    rows = json.loads(json_path.read_text())["results"]
+    z = np.load(npz_path)
+    names = list(z["names"])
+    per_image = {nm: {k: z[f"c{i}_{k}"] for k in ("label", "evals", "mean_errors", "n_scores")} for i, nm in enumerate(names)}
+    rows = [r for r in rows if r["name"] in per_image and len(per_image[r["name"]]["label"]) == n]
+    return rows, {r["name"]: per_image[r["name"]] for r in rows}
 
 
 def plot(rows: list[dict], path: Path, env: dict, n: int, model: str = "digits") -> None:
@@ -113,7 +157,7 @@ def plot(rows: list[dict], path: Path, env: dict, n: int, model: str = "digits")
     if ex:
         xs, ys, names = zip(*ex)
         ax.plot(xs, ys, "o-", color="tab:gray", label="exhaustive (n_grid " + ", ".join(nm.split("-")[1] for nm in names) + ")")
-    families = {"adaptive": ("s", plt.cm.Blues), "ttest": ("^", plt.cm.Reds)}
+    families = {"adaptive": ("s", plt.cm.Blues), "ttest": ("^", plt.cm.Reds), "halving": ("D", plt.cm.Greens)}
     for fam, (marker, cmap) in families.items():
         pts = [r for r in rows if r["name"].startswith(fam)]
         for k, r in enumerate(pts):

@@ -48,6 +48,23 @@ def render() -> str:
             f"| RBF SVC on each half (all pairs) | {b['all_1000']['images']} | {b['all_1000']['pair']:.4f} | {b['all_1000']['first']:.4f} | {b['all_1000']['second']:.4f} | — |",
             "",
         ]
+    for model in ("digits", "numbers"):
+        cal = _latest(f"calibration_{model}")
+        if not cal:
+            continue
+        out += [
+            f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL on held-out images, "
+            f"{cal['device']}, {cal['date']} ([json](bench/results/{cal['_file']})):",
+            "",
+            "| policy | held-out images | accuracy | T | floor | ECE before | ECE after | NLL before | NLL after |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['heldout']['policy']} | {r['heldout']['images']} | {r['heldout_after']['accuracy']:.4f} | {r['temperature']:.3g} | {r['floor']:.3g} | "
+            f"{r['heldout_before']['ece']:.4f} | **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} | **{r['heldout_after']['nll']:.4f}** |"
+            for r in cal["results"]
+        ]
+        out.append("")
     thr = _latest("throughput_digits")
     if thr:
         s = thr["summary"]

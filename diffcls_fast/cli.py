@@ -65,7 +65,7 @@ def probability(text: str) -> float:
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
-    g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive"], help="classification policy (default: ttest)")
+    g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive", "halving"], help="classification policy (default: ttest)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     g.add_argument("--batch-size", type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
     g.add_argument("--max-inflight", type=positive_int, default=64, help="images scored concurrently (default: 64)")
@@ -88,6 +88,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cutoff-pval", type=probability, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
     g.add_argument("--sides", type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
     g.add_argument("--t-order", default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
+    g.add_argument("--rounds", type=positive_int, nargs="+", default=[2, 4, 12], help="halving: cumulative samples per class after each round (default: 2 4 12)")
+    g.add_argument("--keep", type=positive_int, nargs="+", default=[10, 3, 1], help="halving: classes kept after each round (default: 10 3 1)")
+    g.add_argument("--t-band", type=float, nargs=2, default=[0.15, 0.6], metavar=("LO", "HI"), help="halving: timesteps drawn in [LO T, HI T) (default: 0.15 0.6)")
 
 
 def _policy_options(a: argparse.Namespace) -> dict:
@@ -100,6 +103,9 @@ def _policy_options(a: argparse.Namespace) -> dict:
         cutoff_pval=a.cutoff_pval,
         sides=a.sides,
         t_order=a.t_order,
+        rounds=a.rounds,
+        keep=a.keep,
+        t_band=a.t_band,
     )
 
 
@@ -237,7 +243,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split']}), "
+            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split']}), ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
             f"{summary['evals_per_image']:.1f} evals/image, {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
             f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
         )

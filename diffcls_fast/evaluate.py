@@ -51,7 +51,7 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
     raise UserError(f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers); pass --data DIR (DIR/<class>/<image>)")
 
 
-ROW_FORMAT = 2  # bump when a row's meaning changes: older files then refuse to mix
+ROW_FORMAT = 3  # bump when a row's meaning changes: older files then refuse to mix
 
 
 def _digest(obj: Any) -> str:
@@ -81,6 +81,7 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
         "seed": int(clf.seed),
         "noise": noise_digest(clf),
         "temperature": float(clf.temperature),
+        "posterior_floor": float(clf.posterior_floor),
         "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
         "data": _digest([list(ids), [int(x) for x in labels], sizes]),
     }
@@ -265,6 +266,7 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
 
 def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, images, labels, ids, classes, full) -> dict:
     from . import kernels
+    from .engine.calibration import ece, nll
 
     clf = make_classifier(a)
     if clf.model.random_weights:
@@ -277,6 +279,9 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]
     evals = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
     resumed = len(correct)
+    # (confidence, correct, p(true class)) of every scored image, for ECE and NLL; failed images have none
+    resumed_rows = [done[ids[i]] for i in range(len(images)) if ids[i] in done]
+    calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in resumed_rows if "p_true" in r and not r.get("error")]
     ran_on = {"backend": clf.model.backend, "device": str(clf.model.device), "dtype": settings["dtype"]}  # informational
     errors = [done[ids[i]]["error"] for i in range(len(images)) if ids[i] in done and done[ids[i]].get("error")]
     t0 = time.perf_counter()
@@ -288,18 +293,27 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
             ok = int(r.error is None and r.label == int(labels[i]))
             correct.append(ok)
             evals.append(r.evaluations_spent)
+            p_true = float(r.probabilities[int(labels[i])]) if r.error is None else 0.0
+            confidence = float(r.probabilities.max()) if r.error is None else 0.0
             if r.error is not None:
                 errors.append(r.error)
+            else:
+                calib.append((confidence, ok, p_true))
             if out is not None:
-                row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, **r.to_dict(top_k=3)}
+                row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, "p_true": p_true, "confidence": confidence, **r.to_dict(top_k=3)}
                 out.append({**row, **ran_on, "kernels": kernels.active_backend(), "settings": settings})
     finally:
         bar.close()
     st = clf.last_stats
     n = len(correct)
+    conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
     return {
         "accuracy": float(np.mean(correct)) if n else 0.0,
         "images": n,
+        "ece": round(ece(conf, corr), 5),  # top-1 confidence, 15 bins, over images that did not fail
+        "nll": round(nll(p_true), 5),
+        "temperature": clf.temperature,
+        "posterior_floor": clf.posterior_floor,
         "failed": len(errors),
         "first_error": errors[0] if errors else None,
         "resumed": resumed,

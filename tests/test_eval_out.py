@@ -140,6 +140,7 @@ def _fake_clf(**over):
         policy_cfg=PolicyConfig(name="exhaustive", n_grid=5),
         seed=0,
         temperature=0.01,
+        posterior_floor=0.0,
         bank=SimpleNamespace(saved=None),
     )
     base.update(over)
@@ -166,6 +167,7 @@ def test_settings_key_covers_every_number_in_a_row(tmp_path):
         "noise": key(_fake_clf(bank=SimpleNamespace(saved=noise))),
         "noise content": key(_fake_clf(bank=SimpleNamespace(saved=noise + 1))),
         "temperature": key(_fake_clf(temperature=0.02)),
+        "posterior floor": key(_fake_clf(posterior_floor=0.01)),
         "class names": key(spec=ClassSpec.from_names(["zero", "uno"], "digit {}")),
         "prompts": key(spec=ClassSpec.from_names(["zero", "one"], "the number {}")),
         "ids": key(ids=["a", "b", "d"]),

@@ -79,6 +79,7 @@ class DiffusionClassifier:
         seed: int = 0,
         loss: str = "l2",
         temperature: float | None = None,
+        posterior_floor: float | None = None,
         speculate: str = "auto",
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
@@ -102,7 +103,10 @@ class DiffusionClassifier:
         self.max_inflight = int(max_inflight)
         self.seed = check_seed(seed)
         self.loss = loss
-        self.temperature = check_temperature(temperature if temperature is not None else model_default_temperature(model))
+        cal = model_calibration(model, self.policy_cfg.name)
+        # Explicit values win; else the model's calibration for this policy (fitted on its train split).
+        self.temperature = check_temperature(temperature if temperature is not None else cal["temperature"])
+        self.posterior_floor = check_floor(posterior_floor if posterior_floor is not None else (cal["floor"] if temperature is None else 0.0))
         if speculate == "auto":
             # Rows of a batch cost little next to the call itself until the batch is large (GPU, and
             # small models on CPU): with too few images in flight, scoring ahead beats tiny batches.
@@ -350,7 +354,7 @@ class DiffusionClassifier:
             return ClassificationResult(0, spec.names[0], spec.names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, self.policy_cfg.describe())
         if o.failure is not None:  # this image failed (a NaN/inf score, or a policy bug); the run goes on
             return self._failed_result(spec, o.failure.message(spec.names), o, spent, seconds)
-        probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature)
+        probs = posterior(o.mean_errors, o.n_scores, o.label, self.temperature, self.posterior_floor)
         return ClassificationResult(
             label=o.label,
             label_name=spec.names[o.label],
@@ -417,6 +421,19 @@ def _quote_some(items: Sequence[str], one: str = "", many: str = "", limit: int 
     return f"{noun} {shown}" if noun else shown
 
 
-def model_default_temperature(model: ModelBundle) -> float:
-    """Softmax temperature for posteriors: the model's calibrated value if it ships one, else 1e-2."""
-    return float(getattr(model, "temperature", None) or 1e-2)
+DEFAULT_TEMPERATURE = 1e-2  # for a model that ships no calibration for the policy
+
+
+def model_calibration(model: ModelBundle, policy: str) -> dict:
+    """The posterior's temperature and floor: the model's calibration for ``policy`` if it ships one."""
+    cal = (getattr(model, "calibration", None) or {}).get(policy)
+    if cal:
+        return {"temperature": float(cal["temperature"]), "floor": float(cal.get("floor", 0.0))}
+    return {"temperature": DEFAULT_TEMPERATURE, "floor": 0.0}
+
+
+def check_floor(floor: object) -> float:
+    """The posterior's uniform floor: a number in [0, 1)."""
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0 <= floor < 1:
+        raise UserError(f"posterior_floor must be a number in [0, 1), got {floor!r}")
+    return float(floor)

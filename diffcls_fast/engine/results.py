@@ -20,24 +20,26 @@ def finalists(n_scores: np.ndarray, label: int) -> np.ndarray:
     return (n_scores == n_scores[label]) & (n_scores > 0)
 
 
-def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, temperature: float) -> np.ndarray:
-    """softmax(-mean_error / temperature) over the :func:`finalists`; 0 for every class pruned before.
+def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, temperature: float, floor: float = 0.0) -> np.ndarray:
+    """softmax(-mean_error / temperature) over the :func:`finalists`, mixed with a uniform ``floor``.
 
-    The policy picked ``label`` as the lowest mean error among the finalists, so
-    the label is the posterior's top class by construction, and the
-    probabilities sum to 1. Finalists' means are over the same samples, so
-    their posterior compares like with like. (An exhaustive policy has every
-    class among its finalists.)
+    ``p = (1 - floor) * softmax_finalists + floor / C``: a class pruned before the
+    last comparison gets ``floor / C`` (its mean is over fewer samples, so it is
+    not put in the softmax); with ``floor`` 0 it gets 0. The policy picked
+    ``label`` as the lowest mean error among the finalists, so the label is the
+    posterior's top class by construction, and the probabilities sum to 1.
+    (An exhaustive policy has every class among its finalists.) ``temperature``
+    and ``floor`` are fitted per model and policy, see :mod:`.calibration`.
     """
     p = np.zeros(len(mean_errors))
     ok = finalists(n_scores, label) & ~np.isnan(mean_errors)
     if not ok.any():
         p[label] = 1.0
-        return p
-    z = -mean_errors[ok] / temperature
-    z = np.exp(z - z.max())
-    p[ok] = z / z.sum()
-    return p
+    else:
+        z = -mean_errors[ok] / temperature
+        z = np.exp(z - z.max())
+        p[ok] = z / z.sum()
+    return (1.0 - floor) * p + floor / len(p) if floor else p
 
 
 @dataclass

@@ -62,10 +62,14 @@ class StratifiedTimesteps:
 
     name = "stratified"
 
-    def __init__(self, T: int, bank: NoiseBank, key: int):
-        self.T = T
+    def __init__(self, T: int, bank: NoiseBank, key: int, band: tuple[float, float] = (0.0, 1.0)):
+        lo, hi = band
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"a timestep band is 0 <= lo < hi <= 1 (fractions of T), got {band}")
+        self.T, self.lo, self.width = T, lo, hi - lo
         self.shift = bank.uniform(key, -1 & 0x7FFFFFFF)
 
     def __call__(self, i: int) -> int:
+        """Sample i's timestep; with a ``band`` (lo, hi), the sequence is stratified over [lo T, hi T)."""
         u = (radical_inverse(i) + self.shift) % 1.0
-        return min(self.T - 1, int(u * self.T))
+        return min(self.T - 1, int((self.lo + u * self.width) * self.T))

@@ -46,6 +46,9 @@ class ModelBundle:
     # pairs it would encode as ``unk_token``. None where every string has an encoding (CLIP's byte-level BPE).
     unknown_words: Callable[[Sequence[str]], list[tuple[int, str]]] | None = None
     unk_token: str | None = None
+    # Posterior calibration fitted on the model's train split, per policy name:
+    # {"halving": {"temperature": T, "floor": alpha, ...}} (see engine/calibration.py). Empty: none shipped.
+    calibration: dict = field(default_factory=dict)
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -242,9 +242,21 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
+        calibration=_calibration(meta.get("calibration", {}), folder),
         unknown_words=unknown_words,
         unk_token=tokenizer.unk_token if unknown_words is not None else None,
     )
+
+
+def _calibration(cal: object, folder: Path) -> dict:
+    """diffcls.json's "calibration" ({policy: {"temperature": T > 0, "floor": 0 <= a < 1, ...}}), checked."""
+    if not isinstance(cal, dict):
+        raise UserError(f"{folder}/diffcls.json: 'calibration' must be an object of policy name -> {{temperature, floor}}")
+    for policy, c in cal.items():
+        t, a = (c.get("temperature"), c.get("floor", 0.0)) if isinstance(c, dict) else (None, None)
+        if not (isinstance(t, (int, float)) and t > 0 and isinstance(a, (int, float)) and 0 <= a < 1):
+            raise UserError(f"{folder}/diffcls.json: calibration[{policy!r}] needs a temperature > 0 and a floor in [0, 1), got {c!r}")
+    return cal
 
 
 def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[int, str]]] | None:

@@ -27,3 +27,12 @@ def fake_errors(image: int, classes: np.ndarray, samples: np.ndarray, true_class
     d = np.abs(classes - true_class)
     dist = np.minimum(d, n_classes - d)
     return shared * (1 + gap * dist) + own
+
+
+def run_policy(policy, true_class: int, n_classes: int, image: int = 0, chunk: int = 7):
+    """Drive one policy to its outcome with :func:`fake_errors`, ``chunk`` rows at a time."""
+    while not policy.done:
+        c, s = policy.take(chunk, speculate=False)
+        assert len(c), "policy stalled"
+        policy.observe(c, s, fake_errors(image, c, s, true_class, n_classes))
+    return policy.outcome()

@@ -6,7 +6,7 @@ from diffcls_fast.engine.noise import NoiseBank
 from diffcls_fast.engine.policies import PolicyConfig, StagedPolicy, TTestPolicy, make_policy, paired_t_pvalues, stage_evaluations
 from diffcls_fast.engine.timesteps import StratifiedTimesteps, li_grid, radical_inverse
 
-from .fakes import fake_errors
+from .fakes import run_policy
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -47,17 +47,9 @@ def test_li_grid():
     assert li_grid(1000, 1000).tolist() == list(range(1000))
 
 
-def _run(policy, true_class, n_classes, image=0, chunk=7):
-    while not policy.done:
-        c, s = policy.take(chunk, speculate=False)
-        assert len(c), "policy stalled"
-        policy.observe(c, s, fake_errors(image, c, s, true_class, n_classes))
-    return policy.outcome()
-
-
 def test_adaptive_policy_spends_the_documented_count_and_finds_the_class():
     p = StagedPolicy(10, 1000, [50, 500], [5, 1])
-    o = _run(p, 3, 10, chunk=64)
+    o = run_policy(p, 3, 10, chunk=64)
     assert o.label == 3 and o.evaluations == 2750
     assert int(o.n_scores[3]) == 500
 
@@ -71,7 +63,7 @@ def test_adaptive_timesteps_follow_the_grid_in_first_use_order():
 def test_ttest_prunes_and_stops_early():
     bank = NoiseBank((1,), 0)
     p = TTestPolicy(10, StratifiedTimesteps(1000, bank, 1))
-    o = _run(p, 6, 10)
+    o = run_policy(p, 6, 10)
     assert o.label == 6
     assert o.evaluations < 10 * 200
     assert int(o.n_scores[6]) == p.n

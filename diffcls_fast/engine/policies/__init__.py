@@ -9,10 +9,11 @@ import numpy as np
 from ..noise import NoiseBank
 from ..timesteps import RandomTimesteps, StratifiedTimesteps
 from .base import Failure, Outcome, Policy
+from .halving import HalvingPolicy, check_halving, halving_evaluations
 from .stages import StagedPolicy, exhaustive, stage_evaluations, stage_plan
 from .ttest import TTestPolicy, paired_t_pvalues
 
-POLICIES = ("exhaustive", "adaptive", "ttest")
+POLICIES = ("exhaustive", "adaptive", "ttest", "halving")
 TIMESTEP_ORDERS = ("random", "stratified")
 
 
@@ -32,6 +33,10 @@ class PolicyConfig:
     cutoff_pval: float = 2e-3
     sides: int = 2
     t_order: str = "stratified"
+    # halving (successive halving on shared samples in a timestep band)
+    rounds: list[int] = field(default_factory=lambda: [2, 4, 12])
+    keep: list[int] = field(default_factory=lambda: [10, 3, 1])
+    t_band: list[float] = field(default_factory=lambda: [0.15, 0.6])
 
     def validate(self, T: int, n_classes: int = 2) -> None:
         if self.name not in POLICIES:
@@ -42,6 +47,8 @@ class PolicyConfig:
             stage_plan(T, [self.n_grid], [1], n_classes)
         elif self.name == "adaptive":
             stage_plan(T, self.n_samples, self.to_keep, n_classes)
+        elif self.name == "halving":
+            check_halving(self.rounds, self.keep, self.t_band)
         else:
             TTestPolicy(2, lambda i: 0, self.min_scores, self.max_scores, self.cutoff_pval, self.sides)
 
@@ -50,6 +57,8 @@ class PolicyConfig:
             return f"exhaustive(grid={self.n_grid})"
         if self.name == "adaptive":
             return f"adaptive(n_samples={self.n_samples}, to_keep={self.to_keep})"
+        if self.name == "halving":
+            return f"halving(rounds={self.rounds}, keep={self.keep}, t_band={self.t_band})"
         return f"ttest(min={self.min_scores}, max={self.max_scores}, p<{self.cutoff_pval:g}, {self.sides}-sided, t={self.t_order})"
 
 
@@ -58,6 +67,8 @@ def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key:
         return exhaustive(n_classes, T, cfg.n_grid, cost)
     if cfg.name == "adaptive":
         return StagedPolicy(n_classes, T, cfg.n_samples, cfg.to_keep, cost)
+    if cfg.name == "halving":
+        return HalvingPolicy(n_classes, T, bank, key, cfg.rounds, cfg.keep, cfg.t_band, cost)
     if cfg.name == "ttest":
         order = RandomTimesteps if cfg.t_order == "random" else StratifiedTimesteps
         return TTestPolicy(n_classes, order(T, bank, key), cfg.min_scores, cfg.max_scores, cfg.cutoff_pval, cfg.sides, cost)
@@ -67,11 +78,13 @@ def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key:
 __all__ = [
     "POLICIES",
     "Failure",
+    "HalvingPolicy",
     "Outcome",
     "Policy",
     "PolicyConfig",
     "StagedPolicy",
     "TTestPolicy",
+    "halving_evaluations",
     "make_policy",
     "paired_t_pvalues",
     "stage_evaluations",

@@ -55,10 +55,15 @@ class StagedPolicy(Policy):
     name = "adaptive"
 
     def __init__(self, n_classes: int, T: int, n_samples: Sequence[int], to_keep: Sequence[int], cost: np.ndarray | None = None):
+        grid = li_grid(T, max(n_samples))
+        plan = stage_plan(T, n_samples, to_keep, n_classes)
+        self._start(n_classes, cost, plan, np.concatenate([grid[idx] for idx, _ in plan]))
+
+    def _start(self, n_classes: int, cost: np.ndarray | None, plan: list[tuple[np.ndarray, int]], t_of_sample: np.ndarray) -> None:
+        """Begin with ``plan`` (each stage's new points and the classes it keeps) and sample i's timestep ``t_of_sample[i]``."""
         super().__init__(n_classes, cost)
-        self.grid = li_grid(T, max(n_samples))
-        self.plan = stage_plan(T, n_samples, to_keep, n_classes)
-        self._t_of_sample = np.concatenate([self.grid[idx] for idx, _ in self.plan])
+        self.plan = plan
+        self._t_of_sample = np.asarray(t_of_sample, dtype=np.int64)
         self.alive = np.arange(n_classes)
         self.stage = 0
         self._stage_start = 0  # first sample id of the current stage
