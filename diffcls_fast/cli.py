@@ -120,6 +120,13 @@ def _check_engine_args(a: argparse.Namespace):
     dev = resolve_device(a.device)
     _resolve_dtype(a.dtype, dev)
     _check_backend(a.backend, a.xformers, dev, a.cache_dir)
+    if getattr(a, "policy", None) == "halving":  # its checks need no model (the grid policies' need T)
+        from .engine.policies import check_halving
+
+        try:
+            check_halving(a.rounds, a.keep, a.t_band)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if a.noise_path is None:
         return None
     from .engine.noise import load_noise_file

@@ -182,3 +182,11 @@ def test_export_folders_are_checked_before_loading(run_cli, tmp_path):
     one_line(run_cli("export", *NO_MODEL, "--out", str(a_file / "sub")), "cannot create the export folder")
     pytest.importorskip("onnxruntime")
     one_line(run_cli("classify", IMG, *NO_MODEL, "--backend", "onnx", "--cache-dir", str(a_file)), "cannot create the export folder")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["--t-band", "0.6", "0.1"], "0 <= lo < hi <= 1"), (["--rounds", "3", "2", "5"], "positive and increasing"), (["--keep", "10", "3"], "same, non-zero number")],
+)
+def test_halving_options_are_checked_before_loading(run_cli, args, fragment):
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--policy", "halving", *args), fragment)

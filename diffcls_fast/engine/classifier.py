@@ -63,9 +63,11 @@ class DiffusionClassifier:
     """A zero-shot classifier from a conditional diffusion model.
 
     ``model`` is a :class:`ModelBundle` or anything :func:`load_model` takes.
-    ``policy`` is ``"ttest"`` (default), ``"adaptive"`` or ``"exhaustive"``;
+    ``policy`` is ``"ttest"`` (default), ``"halving"``, ``"adaptive"`` or ``"exhaustive"``;
     policy options (``n_grid``, ``n_samples``, ``to_keep``, ``min_scores``,
-    ``max_scores``, ``cutoff_pval``, ``sides``, ``t_order``) are keyword arguments.
+    ``max_scores``, ``cutoff_pval``, ``sides``, ``t_order``, ``rounds``, ``keep``,
+    ``t_band``) are keyword arguments. ``temperature`` and ``posterior_floor``
+    default to the model's calibration for the policy (see :mod:`.calibration`).
     """
 
     def __init__(

@@ -84,6 +84,7 @@ __all__ = [
     "PolicyConfig",
     "StagedPolicy",
     "TTestPolicy",
+    "check_halving",
     "halving_evaluations",
     "make_policy",
     "paired_t_pvalues",
