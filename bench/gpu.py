@@ -156,7 +156,8 @@ def record_not_run(rec: Recorder) -> None:
         if "CUDAExecutionProvider" in prov:
             rec.not_run("ONNX Runtime CUDA", f"onnxruntime {ort.__version__} has the CUDA provider here, but it is not in this suite's 9-minute plan")
         else:
-            rec.not_run("ONNX Runtime CUDA", f"not installable on the device: onnxruntime {ort.__version__} here has only {prov}; {why.get('onnxruntime-gpu', 'onnxruntime-gpu is too large to carry in 64 MiB')}")
+            size = why.get("onnxruntime-gpu", "onnxruntime-gpu is too large to carry in 64 MiB")
+            rec.not_run("ONNX Runtime CUDA", f"not installable on the device: onnxruntime {ort.__version__} here has only {prov}; {size}")
     except ImportError as e:
         rec.not_run("ONNX Runtime CUDA", f"onnxruntime does not import ({e})")
     if importlib.util.find_spec("tensorrt") is None:
@@ -172,7 +173,8 @@ class Runner:
 
     def __init__(self, out: Path, base: str, quick: bool, budget: float):
         self.out, self.quick, self.budget = out, quick, budget
-        self.paths = {k: out / f"{base}{suffix}" for k, suffix in (("json", ".json"), ("png", ".png"), ("log", ".log"), ("records", "_records.jsonl"), ("xml", "_pytest.xml"), ("profile", "_profile.txt"))}
+        names = {"json": ".json", "png": ".png", "log": ".log", "records": "_records.jsonl", "xml": "_pytest.xml", "profile": "_profile.txt"}
+        self.paths = {k: out / f"{base}{suffix}" for k, suffix in names.items()}
         for k in ("records", "profile", "xml"):
             self.paths[k].unlink(missing_ok=True)
         self.log = open(self.paths["log"], "w")

@@ -182,9 +182,7 @@ def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
             }
         )
 
-    steps = [
-        {**{k: r[k] for k in ("model", "dtype", "batch", "kernels", "step_ms", "denoise_ms")}, "kernel_share": _r((r["step_ms"] - r["denoise_ms"]) / r["step_ms"], 4)} for r in by.get("step", [])
-    ]
+    steps = [{**{k: r[k] for k in ("model", "dtype", "batch", "kernels", "step_ms", "denoise_ms")}, "kernel_share": _r((r["step_ms"] - r["denoise_ms"]) / r["step_ms"], 4)} for r in by.get("step", [])]
 
     engine = _engine_summary(by)
     per_image = _per_image(by, engine)
@@ -244,20 +242,20 @@ def _engine_summary(by: dict) -> dict | None:
 
 def _per_image(by: dict, engine: dict | None) -> list[dict]:
     out = []
-    cifar = LI_SCHEDULES["cifar10"]
+    runs = {r["system"]: r for r in by.get("engine", [])}
     for system in ("engine", "reference"):
         if engine and system in engine:
-            e = engine[system]
+            e, sch = engine[system], LI_SCHEDULES.get(runs[system].get("schedule"))
             out.append(
                 {
-                    "schedule": cifar["name"],
+                    "schedule": sch["name"] if sch else f"CPU smoke schedule ({e['policy']})",
                     "system": system,
                     "model": e["model"],
-                    "classes": cifar["n_classes"],
+                    "classes": sch["n_classes"] if sch else None,
                     "evals_per_image": e["evals"] / e["images"],
                     "seconds_per_image": e["seconds_per_image"],
                     "how": f"measured: {e['images']} whole image(s)",
-                    "li_rtx3090_s": cifar["li_seconds"],
+                    "li_rtx3090_s": sch["li_seconds"] if sch else None,
                 }
             )
     for r in by.get("slice", []):
@@ -304,7 +302,8 @@ def check_targets(p: dict) -> list[dict]:
     worst = min(ks, key=lambda k: k["fraction_of_copy"]) if ks else None
     add("kernel_bandwidth", worst["fraction_of_copy"] if worst else None, f"worst: {worst['op']} {worst['dtype']} Q={worst['Q']} at {worst['fused_GBps']} GB/s" if worst else "not measured")
     ov = e.get("overhead_vs_bare") if (e.get("engine") or {}).get("model") == "preset:sd2-base" else None
-    add("engine_overhead", ov, f"bare call {e.get('bare_ms_per_batch')} ms at batch {(e.get('engine') or {}).get('batch_size')}" if ov is not None else "not measured on preset:sd2-base", higher_is_better=False)
+    detail = f"bare call {e.get('bare_ms_per_batch')} ms at batch {(e.get('engine') or {}).get('batch_size')}" if ov is not None else "not measured on preset:sd2-base"
+    add("engine_overhead", ov, detail, higher_is_better=False)
     return out
 
 
@@ -342,9 +341,8 @@ def summary_lines(p: dict) -> list[str]:
     if p["denoisers"]:
         lines.append(f"{'model':16s} {'variant':22s} {'dtype':8s} {'batch':>5s} {'ms':>9s} {'evals/s':>9s} {'TFLOP/s':>8s} {'MFU(mm)':>8s}")
         for d in p["denoisers"]:
-            lines.append(
-                f"{d['model']:16s} {d['variant']:22s} {d['dtype']:8s} {d['batch']:5d} {d['ms']:9.2f} {_fmt(d['evals_per_s'], '9.1f')} {_fmt(d['achieved_tflops'], '8.1f')} {_fmt(d['mfu_vs_matmul'], '8.3f')}"
-            )
+            nums = f"{d['ms']:9.2f} {_fmt(d['evals_per_s'], '9.1f')} {_fmt(d['achieved_tflops'], '8.1f')} {_fmt(d['mfu_vs_matmul'], '8.3f')}"
+            lines.append(f"{d['model']:16s} {d['variant']:22s} {d['dtype']:8s} {d['batch']:5d} {nums}")
     e = p.get("engine")
     if e:
         for s in ("reference", "engine"):
@@ -352,7 +350,8 @@ def summary_lines(p: dict) -> list[str]:
                 lines.append(f"{s}: {e[s]['model']} {e[s]['policy']} {e[s]['images']} image(s), {_fmt(e[s]['evals_per_s'])} evals/s, {_fmt(e[s]['seconds_per_image'])} s/image")
         lines.append(f"engine/reference evals/s {_fmt(e.get('ratio_evals_per_s'))}, labels agree {e.get('labels_agree', '-')}, overhead vs bare {_fmt(e.get('overhead_vs_bare'))}")
     for r in p["per_image"]:
-        lines.append(f"{r['schedule']} ({r['system']}, {r['model']}): {_fmt(r['seconds_per_image'])} s/image [{r['how']}] vs Li et al. {r['li_rtx3090_s']:.0f} s on an RTX 3090")
+        li = f" vs Li et al. {r['li_rtx3090_s']:.0f} s on an RTX 3090" if r["li_rtx3090_s"] else ""
+        lines.append(f"{r['schedule']} ({r['system']}, {r['model']}): {_fmt(r['seconds_per_image'])} s/image [{r['how']}]{li}")
     for t in p["targets"]:
         mark = {True: "MET", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"target {t['target']}: {mark} (value {_fmt(t['value'])}, threshold {t['threshold']}): {t['detail']}")

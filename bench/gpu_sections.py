@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .gpu_measure import bench_ms, copy_gbps, format_top, matmul_tflops, preset_flops, profile_top, random_inputs, sync, time_fn
+from .gpu_measure import bench_ms, copy_gbps, count_flops, format_top, matmul_tflops, preset_flops, profile_top, random_inputs, sync, time_fn
 from .gpu_schema import LI_SCHEDULES, Recorder
 
 NO_CUDA = "skipped: no CUDA device"
@@ -123,18 +123,17 @@ def section_denoisers(rec: Recorder, ctx: Ctx) -> str:
 
     dev = ctx.device
     if not ctx.cuda:
-        # CPU: FLOP counts of every preset (meta device), timing on the bundled digits model only.
+        # CPU: FLOP counts of every preset (meta device; sd2-base at two batch sizes to show they scale),
+        # timing on the bundled digits model only, at CPU-smoke sizes.
         for name in PRESETS:
-            for b in (1, 2):
+            for b in (1, 2) if name == "sd2-base" else (1,):
                 rec.flops(f"preset:{name}", b, preset_flops(name, b), "meta")
         model = load_model("digits", device=dev)
         for b in (8, 64):
             x, t, c = random_inputs(model, b)
-            from .gpu_measure import count_flops
-
             fl = count_flops(lambda: model.denoise(x, t, c))  # noqa: B023
             rec.flops("digits", b, fl, "cpu")
-            rec.denoiser("digits", "eager-sdpa", _dt(model.dtype), b, time_fn(lambda: model.denoise(x, t, c), dev, target_s=0.3), fl)  # noqa: B023
+            rec.denoiser("digits", "eager-sdpa", _dt(model.dtype), b, time_fn(lambda: model.denoise(x, t, c), dev, warmup=1, target_s=0.2, min_calls=2), fl)  # noqa: B023
         _steps(rec, ctx, model, [64])
         return NO_CUDA + " (preset FLOPs counted on the meta device; timing ran on the bundled digits model)"
 
@@ -166,7 +165,7 @@ def section_denoisers(rec: Recorder, ctx: Ctx) -> str:
                 print(f"{model.name} {variant} {_dt(dtype)} batch {b}: {timing['ms']:.2f} ms", flush=True)
             if name == "sd2-base" and variant == "eager-sdpa" and dtype == torch.float16:
                 _steps(rec, ctx, model, [64] if ctx.quick else [64, 256])
-            del model
+            model = None  # free the weights before the next variant
             torch.cuda.empty_cache()
     return "ok"
 
@@ -197,13 +196,14 @@ def _steps(rec: Recorder, ctx: Ctx, model, batches: list[int]) -> None:
         a, bb = acp[t].sqrt(), (1 - acp[t]).sqrt()
         buf = torch.empty(b, *model.latent_shape, dtype=model.dtype, device=dev)
         xt = impls["reference"][0](x0, eps, img_idx, noise_idx, a, bb, out=buf).clone()
-        bare = time_fn(lambda: model.denoise(xt, t, c), dev, deadline=ctx.deadline)  # noqa: B023
+        kw = {} if ctx.cuda else dict(warmup=1, target_s=0.2, min_calls=2)  # CPU: smoke sizes
+        bare = time_fn(lambda: model.denoise(xt, t, c), dev, deadline=ctx.deadline, **kw)  # noqa: B023
         for kname, (noisy, errors) in impls.items():
 
             def step(noisy=noisy, errors=errors):
                 return errors(model.denoise(noisy(x0, eps, img_idx, noise_idx, a, bb, out=buf), t, c), eps, noise_idx)  # noqa: B023
 
-            rec.step(model.name, _dt(model.dtype), b, kname, time_fn(step, dev, deadline=ctx.deadline)["ms"], bare["ms"])
+            rec.step(model.name, _dt(model.dtype), b, kname, time_fn(step, dev, deadline=ctx.deadline, **kw)["ms"], bare["ms"])
 
 
 # -- 1d + 1e: engine vs reference loop, seconds per image ---------------------------------------------
@@ -219,7 +219,10 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
     name = "preset:sd2-base" if ctx.cuda else "digits"
     model = load_model(name, device=dev)  # fp16 on CUDA (the default), fp32 on the CPU
     li = LI_SCHEDULES["cifar10"]
-    sched = dict(n_samples=li["n_samples"], to_keep=li["to_keep"])
+    if ctx.cuda:
+        schedule, sched, warm_grid = "cifar10", dict(n_samples=li["n_samples"], to_keep=li["to_keep"]), 26
+    else:  # CPU smoke: a 95-evaluation schedule of the same shape (Li's 2,750 take minutes on a shared CPU)
+        schedule, sched, warm_grid = "smoke", dict(n_samples=[5, 20], to_keep=[3, 1]), 2
     n_images = 1 if ctx.quick else 2
     pil, _, spec = workload(model, n_images, li["n_classes"])
     cond = model.encode_prompts(spec.prompts)
@@ -233,7 +236,7 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
     sync(dev)
     ref_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    DiffusionClassifier(model, "exhaustive", n_grid=26, batch_size=batch, use_cache=False, speculate="none").classify(pixels[:1], spec)
+    DiffusionClassifier(model, "exhaustive", n_grid=warm_grid, batch_size=batch, use_cache=False, speculate="none").classify(pixels[:1], spec)
     sync(dev)
     eng_warm = time.perf_counter() - t0
 
@@ -249,7 +252,8 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
         secs += time.perf_counter() - t0
         labels.append(lab)
         evals += ev
-        rec.engine(name, "reference", "adaptive 50 500 / 5 1 (batch 32, eager, per image)", len(labels), evals, secs, labels, ref_warm, 32, dtype=_dt(model.dtype), backend=model.backend, kernels="torch ops")
+        policy = f"adaptive {' '.join(map(str, sched['n_samples']))} / {' '.join(map(str, sched['to_keep']))} (batch 32, eager, per image)"
+        rec.engine(name, "reference", policy, len(labels), evals, secs, labels, ref_warm, 32, schedule=schedule, dtype=_dt(model.dtype), backend=model.backend, kernels="torch ops")
         print(f"reference loop: {len(labels)} image(s), {evals / secs:.0f} evals/s", flush=True)
     done = len(labels)
     # The engine on the same images, same noise, same policy; no speculation, so the work is equal.
@@ -270,6 +274,7 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
         [r.label for r in res],
         eng_warm,
         batch,
+        schedule=schedule,
         dtype=_dt(model.dtype),
         backend=model.backend,
         kernels=st.kernels,
@@ -351,16 +356,17 @@ def section_profile(rec: Recorder, ctx: Ctx) -> str:
     key = "device" if ctx.cuda else "cpu"
     if "mfu" in wanted:
         x, t, c = random_inputs(model, 64)
-        top = profile_top(lambda: model.denoise(x, t, c), dev)
+        top = profile_top(lambda: model.denoise(x, t, c), dev, calls=3 if ctx.cuda else 1)
         rec.profile("mfu", f"{name} denoiser, batch 64, eager SDPA, {_dt(model.dtype)}, 3 calls", top[key], key)
         text.append(format_top(f"== mfu: {name} denoiser batch 64 ({key} time)", top[key]))
     if wanted & {"engine_overhead", "engine_vs_reference"} and ctx.left() > 10:
         pil = [torch.rand(model.image_channels, *model.image_hw) * 2 - 1]
         spec = None if model.class_names else [f"thing {i}" for i in range(10)]
-        clf = DiffusionClassifier(model, "exhaustive", n_grid=26, batch_size=256, use_cache=False, speculate="none")
+        grid = 26 if ctx.cuda else 3
+        clf = DiffusionClassifier(model, "exhaustive", n_grid=grid, batch_size=256, use_cache=False, speculate="none")
         top = profile_top(lambda: clf.classify(pil, spec), dev, calls=1)
         for k in top:
-            rec.profile("engine_overhead", f"{name} engine, 1 image x 10 classes x 26 samples (exhaustive), batch 256", top[k], k)
+            rec.profile("engine_overhead", f"{name} engine, 1 image x 10 classes x {grid} samples (exhaustive), batch 256", top[k], k)
             text.append(format_top(f"== engine_overhead: {name} engine classify ({k} time)", top[k]))
     if "kernel_bandwidth" in wanted and ctx.left() > 5:
         from diffcls_fast.kernels import make_noisy, query_errors
@@ -375,7 +381,7 @@ def section_profile(rec: Recorder, ctx: Ctx) -> str:
         out = torch.empty(q, *shape, dtype=model.dtype, device=dev)
 
         def kern():
-            for _ in range(10):
+            for _ in range(10 if ctx.cuda else 2):
                 query_errors(make_noisy(x0, eps, img_idx, noise_idx, a, b, out=out), eps, noise_idx)
 
         top = profile_top(kern, dev)
