@@ -101,10 +101,10 @@ def render() -> str:
     return "\n".join(out)
 
 
-def _latest_gpu() -> dict | None:
+def _latest_gpu(folder: Path | None = None) -> dict | None:
     """The newest bench.gpu result measured on a CUDA device (CPU smoke runs are never rendered)."""
     runs = []
-    for f in (ROOT / "bench" / "results").glob("gpu_*.json"):
+    for f in (folder or ROOT / "bench" / "results").glob("gpu_*.json"):
         p = json.loads(f.read_text())
         if p.get("benchmark") == "gpu" and p.get("cuda_available"):
             runs.append((p["date"], f.name, p))

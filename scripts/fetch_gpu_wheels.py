@@ -11,7 +11,8 @@ package list of 2026-11-17). So we carry:
 
 * diffusers, the version CI uses here (the image's huggingface_hub 1.33 and
   safetensors 0.8 satisfy its pins);
-* xformers 0.0.35, a 3 MB py39-none wheel that needs torch >= 2.10.
+* xformers 0.0.35 (3 MB), the newest release; it needs torch >= 2.10, but its _C.so was built
+  for torch 2.10.0+cu128 and the image has 2.11.0+cu130, so its kernels may fail to load there.
 
 Not carried, and why (bench.gpu reports these as "not run" with the reason):
 onnxruntime-gpu (its wheel alone is over the budget; the size is looked up) and
@@ -40,7 +41,11 @@ TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:
 
 WHEELS = [
     ("diffusers", "0.42.1", "not on the device image; the version CI runs here"),
-    ("xformers", "0.0.35", "not on the device image; a py39-none wheel needing torch>=2.10 (the image has 2.11.0)"),
+    (
+        "xformers",
+        "0.0.35",
+        "not on the device image; needs torch>=2.10, but its _C.so is built for torch 2.10.0+cu128 and the image has 2.11.0+cu130, so its kernels may not load (bench.gpu records what happens)",
+    ),
 ]
 # Python packages on the device image (KINDS.md, read 2026-11-17), normalised names.
 DEVICE_HAS = set(
