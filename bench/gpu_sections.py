@@ -21,6 +21,24 @@ from .gpu_schema import LI_SCHEDULES, Recorder
 
 NO_CUDA = "skipped: no CUDA device"
 
+# What the CUDA paths measure, full and --quick. Module-level so that the CPU dry run of these
+# paths (tests/test_bench_gpu.py) can shrink them; the GPU run uses them as they are.
+KERNEL_CASES = {  # latent name -> (shape, full Q list, quick Q list)
+    "sd": ((4, 64, 64), [64, 128, 256, 1024], [64, 256]),
+    "digits": ((1, 8, 8), [64, 256], [256]),
+}
+KERNEL_DTYPES = {False: [torch.float16, torch.bfloat16], True: [torch.float16]}
+DENOISER_PRESETS = {False: ["sd2-base", "sd15", "dit-xl-2-256"], True: ["sd2-base"]}
+DENOISER_BATCHES = {False: [8, 32, 64, 128, 256], True: [8, 64, 256]}
+DENOISER_VARIANTS = {False: [("eager-sdpa", torch.float16), ("eager-sdpa", torch.bfloat16), ("eager-xformers", torch.float16)], True: [("eager-sdpa", torch.float16)]}
+STEP_BATCHES = {False: [64, 256], True: [64]}
+ENGINE_MODEL = "preset:sd2-base"
+ENGINE_BATCH = 256
+IMAGENET_SLICE = {False: (1000, 4), True: (1000, 1)}  # (classes, samples per class): 4,000 and 1,000 evaluations
+COMPILE_BATCHES = [64, 256]
+PROFILE_GRID = 26  # exhaustive samples of the profiled engine classify (10 classes: 260 rows, one full batch and a tail)
+PROFILE_KERNEL_CASE = (256, (4, 64, 64))  # (Q, latent) of the profiled fused kernels
+
 
 @dataclass
 class Ctx:
@@ -57,11 +75,10 @@ def section_kernels(rec: Recorder, ctx: Ctx) -> str:
     from diffcls_fast.kernels.fused_errors import query_errors as tri_errors
     from diffcls_fast.kernels.fused_noise import make_noisy as tri_noisy
 
-    latents = {"sd": ((4, 64, 64), [64, 256] if ctx.quick else [64, 128, 256, 1024]), "digits": ((1, 8, 8), [256] if ctx.quick else [64, 256])}
-    dtypes = [torch.float16] if ctx.quick else [torch.float16, torch.bfloat16]
-    for lname, (shape, qs) in latents.items():
+    for lname, (shape, q_full, q_quick) in KERNEL_CASES.items():
+        qs = q_quick if ctx.quick else q_full
         e = shape[0] * shape[1] * shape[2]
-        for dtype in dtypes:
+        for dtype in KERNEL_DTYPES[ctx.quick]:
             for q in qs:
                 if ctx.left() < 2:
                     return f"partial: budget reached before {lname} {_dt(dtype)} Q={q}"
@@ -137,9 +154,7 @@ def section_denoisers(rec: Recorder, ctx: Ctx) -> str:
         _steps(rec, ctx, model, [64])
         return NO_CUDA + " (preset FLOPs counted on the meta device; timing ran on the bundled digits model)"
 
-    presets = ["sd2-base"] if ctx.quick else ["sd2-base", "sd15", "dit-xl-2-256"]
-    batches = [8, 64, 256] if ctx.quick else [8, 32, 64, 128, 256]
-    variants = [("eager-sdpa", torch.float16)] if ctx.quick else [("eager-sdpa", torch.float16), ("eager-sdpa", torch.bfloat16), ("eager-xformers", torch.float16)]
+    presets, batches, variants = DENOISER_PRESETS[ctx.quick], DENOISER_BATCHES[ctx.quick], DENOISER_VARIANTS[ctx.quick]
     no_xf = _has_xformers()
     if no_xf and not ctx.quick:
         rec.not_run("xformers", f"{no_xf}; carry its wheel (scripts/fetch_gpu_wheels.py)")
@@ -171,7 +186,7 @@ def section_denoisers(rec: Recorder, ctx: Ctx) -> str:
             rec.denoiser(model.name, variant, _dt(dtype), b, timing, None)
             print(f"{model.name} {variant} {_dt(dtype)} batch {b}: {timing['ms']:.2f} ms", flush=True)
         if name == "sd2-base" and variant == "eager-sdpa" and dtype == torch.float16:
-            _steps(rec, ctx, model, [64] if ctx.quick else [64, 256])
+            _steps(rec, ctx, model, STEP_BATCHES[ctx.quick])
         model = None  # free the weights before the next variant
         torch.cuda.empty_cache()
     return "ok"
@@ -223,7 +238,7 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
     from diffcls_fast.images import preprocess
 
     dev = ctx.device
-    name = "preset:sd2-base" if ctx.cuda else "digits"
+    name = ENGINE_MODEL if ctx.cuda else "digits"
     model = load_model(name, device=dev)  # fp16 on CUDA (the default), fp32 on the CPU
     li = LI_SCHEDULES["cifar10"]
     if ctx.cuda:
@@ -236,7 +251,7 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
     pixels = [im if isinstance(im, torch.Tensor) else preprocess(im, model.image_resolution, model.image_channels) for im in pil]
     x0 = model.encode_images(pixels)
     keys = [image_key(px) for px in pixels]
-    batch = 256
+    batch = ENGINE_BATCH
     # Warm-ups (cuDNN handles, the fused kernels' JIT, the allocator): reported, never timed in.
     t0 = time.perf_counter()
     reference_classify(model, x0[0], cond, [4], [1], key=keys[0])
@@ -297,9 +312,9 @@ def section_engine(rec: Recorder, ctx: Ctx) -> str:
     if ctx.left() < 10:
         return "partial: budget reached before the ImageNet slice"
     if ctx.cuda:
-        names = [f"class {i}" for i in range(1000)]
+        n_cls, k = IMAGENET_SLICE[ctx.quick]
+        names = model.class_names[:n_cls] if len(model.class_names) >= n_cls else [f"class {i}" for i in range(n_cls)]
         spec_k = ClassSpec.from_names(names, model.prompt_template)
-        k = 1 if ctx.quick else 4
     else:
         spec_k, k = spec, 5  # the digits tokenizer cannot tell 1,000 made-up class names apart: 10 classes
     clf = DiffusionClassifier(model, "adaptive", n_samples=[k], to_keep=[1], batch_size=batch, use_cache=False, speculate="none")
@@ -318,10 +333,11 @@ def section_compile(rec: Recorder, ctx: Ctx) -> str:
     from diffcls_fast.models.loader import make_unet_denoiser, raw_network_call
 
     dev = ctx.device
-    model = load_model("preset:sd2-base", device=dev, dtype=torch.float16)
-    batches = [64, 256]
+    model = load_model(ENGINE_MODEL, device=dev, dtype=torch.float16)
+    batches = COMPILE_BATCHES
     eager_out = {}
     for b in batches:
+        rec.flops(model.name, b, preset_flops(ENGINE_MODEL.removeprefix("preset:"), b), "meta")
         x, t, c = random_inputs(model, b)
         eager_out[b] = (x, t, c, model.denoise(x, t, c).float())
     # The engine's own --backend compile first (mode="reduce-overhead": one CUDA graph per bucket size),
@@ -357,10 +373,10 @@ def section_profile(rec: Recorder, ctx: Ctx) -> str:
     wanted = set(ctx.missed) if ctx.cuda else {"mfu", "engine_overhead", "kernel_bandwidth"}  # CPU: exercise every profile
     if not wanted:
         return "skipped: no target missed"
-    name = "preset:sd2-base" if ctx.cuda else "digits"
+    name = ENGINE_MODEL if ctx.cuda else "digits"
     model = load_model(name, device=dev)
     text = []
-    key = "device" if ctx.cuda else "cpu"
+    key = "device" if dev.type == "cuda" else "cpu"
     if "mfu" in wanted:
         x, t, c = random_inputs(model, 64)
         top = profile_top(lambda: model.denoise(x, t, c), dev, calls=3 if ctx.cuda else 1)
@@ -369,7 +385,7 @@ def section_profile(rec: Recorder, ctx: Ctx) -> str:
     if wanted & {"engine_overhead", "engine_vs_reference"} and ctx.left() > 10:
         pil = [torch.rand(model.image_channels, *model.image_hw) * 2 - 1]
         spec = None if model.class_names else [f"thing {i}" for i in range(10)]
-        grid = 26 if ctx.cuda else 3
+        grid = PROFILE_GRID if ctx.cuda else 3
         clf = DiffusionClassifier(model, "exhaustive", n_grid=grid, batch_size=256, use_cache=False, speculate="none")
         top = profile_top(lambda: clf.classify(pil, spec), dev, calls=1)
         for k in top:
@@ -378,7 +394,7 @@ def section_profile(rec: Recorder, ctx: Ctx) -> str:
     if "kernel_bandwidth" in wanted and ctx.left() > 5:
         from diffcls_fast.kernels import make_noisy, query_errors
 
-        q, shape = 256, (4, 64, 64)
+        q, shape = PROFILE_KERNEL_CASE
         x0 = torch.randn(q // 10, *shape, device=dev)
         eps = torch.randn(q // 4, *shape, device=dev)
         img_idx = torch.randint(0, q // 10, (q,), device=dev)

@@ -192,3 +192,64 @@ def test_gpu_suite_runs_on_the_cpu(tmp_path):
     assert all(t["met"] is None for t in res["targets"])  # GPU targets: not measured on the CPU
     assert "== bench.gpu:" in p.stdout and "target mfu: not measured" in p.stdout
     render_gpu(res, "gpu_cpu.json")  # the renderer accepts the suite's own file as written
+
+
+# -- the CUDA branches, dry-run on CPU tensors ----------------------------------------------------------
+@pytest.mark.slow
+def test_cuda_code_paths_dry_run_on_cpu(tmp_path, monkeypatch):
+    """Every CUDA branch of the sections, run on CPU tensors at toy sizes: Triton under the interpreter,
+    the digits model in place of the presets, ``torch.compile`` replaced by the identity. It catches
+    errors in the glue (arguments, shapes, record fields) that would otherwise first show on the GPU;
+    its timings and FLOPs mean nothing, and the real CUDA calls (events, do_bench, CUDA graphs,
+    compiled kernels) are not exercised."""
+    pytest.importorskip("triton")
+    import torch
+
+    import bench.gpu_measure as gm
+    import bench.gpu_sections as gs
+    import diffcls_fast
+    from bench.gpu_schema import LI_SCHEDULES
+
+    real_load = diffcls_fast.load_model
+    monkeypatch.setattr(diffcls_fast, "load_model", lambda name, device=None, dtype=None: real_load("digits", device="cpu", dtype=dtype))
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+    monkeypatch.setattr(gs, "copy_gbps", lambda dev, n: gm.copy_gbps(dev, 1 << 20))
+    monkeypatch.setattr(gs, "matmul_tflops", lambda dev, n, dtype: gm.matmul_tflops(dev, 64, dtype))
+    monkeypatch.setattr(gs, "preset_flops", lambda name, b: 1e9 * b)
+    small = {
+        "KERNEL_CASES": {"sd": ((4, 8, 8), [64], [64]), "digits": ((1, 8, 8), [8], [8])},
+        "KERNEL_DTYPES": {False: [torch.float16], True: [torch.float16]},
+        "DENOISER_PRESETS": {False: ["sd2-base"], True: ["sd2-base"]},
+        "DENOISER_BATCHES": {False: [8], True: [8]},
+        "DENOISER_VARIANTS": {False: [("eager-sdpa", torch.float16), ("eager-xformers", torch.float16)], True: [("eager-sdpa", torch.float16)]},
+        "STEP_BATCHES": {False: [8], True: [8]},
+        "ENGINE_BATCH": 32,
+        "IMAGENET_SLICE": {False: (10, 2), True: (10, 2)},
+        "COMPILE_BATCHES": [8],
+        "PROFILE_GRID": 2,
+        "PROFILE_KERNEL_CASE": (16, (4, 8, 8)),
+        "LI_SCHEDULES": {**LI_SCHEDULES, "cifar10": {**LI_SCHEDULES["cifar10"], "n_samples": [3, 6], "to_keep": [2, 1]}},
+    }
+    for k, v in small.items():
+        monkeypatch.setattr(gs, k, v)
+
+    class CudaBranches(gs.Ctx):
+        @property
+        def cuda(self) -> bool:
+            return True
+
+    records = tmp_path / "r.jsonl"
+    ctx = CudaBranches(torch.device("cpu"), quick=False, deadline=time.time() + 600, out=tmp_path, profile_path=tmp_path / "p.txt", missed=["mfu", "engine_overhead", "kernel_bandwidth"])
+    status = {name: fn(Recorder(records, name), ctx) for name, fn in gs.SECTIONS.items()}
+    assert status == dict.fromkeys(gs.SECTIONS, "ok"), status
+    p = finalize(read_records(records), {"device": "cpu", "date": "2026-12-01"}, {})
+    assert {(k["op"], k["latent"]) for k in p["kernels"]} == {(op, lat) for op in ("make_noisy", "query_errors") for lat in ("sd", "digits")}
+    assert all(k["fused_ms"] > 0 and k["max_abs_diff"] < 2e-3 for k in p["kernels"])  # fused vs reference, checked by the section itself
+    assert {d["variant"] for d in p["denoisers"]} == {"eager-sdpa", "compile-cudagraphs", "compile-default"}
+    assert all(d["flops_per_call"] for d in p["denoisers"]) and all(d["rel_diff_vs_eager"] < 1e-3 for d in p["denoisers"] if d["compile_s"] is not None)
+    assert {s["kernels"] for s in p["steps"]} == {"fused", "reference"}
+    assert p["engine"]["labels_agree"] == "2/2" and p["engine"]["same_work"] and p["engine"]["overhead_vs_bare"] is not None
+    assert any(r["how"].startswith("extrapolated") for r in p["per_image"])
+    assert {pr["target"] for pr in p["profiles"]} == {"mfu", "engine_overhead", "kernel_bandwidth"}
+    assert [n["what"] for n in p["not_run"]] == ["xformers"]
+    assert "== mfu:" in (tmp_path / "p.txt").read_text()
