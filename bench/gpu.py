@@ -68,7 +68,8 @@ batch), ``<base>.log`` (everything printed), ``<base>_records.jsonl`` (raw recor
 ``<base>`` is ``gpu_<device>_<date>``. ONNX Runtime CUDA and TensorRT are recorded as
 not run, with the reason (they cannot be installed on the device). Without CUDA the
 suite runs its CPU-sized parts (ceilings, FLOP counts, the digits model) and records
-the CUDA-only parts as "skipped: no CUDA device"; ``--quick`` then takes ~1-2 min.
+the CUDA-only parts as "skipped: no CUDA device"; ``--quick`` then takes ~1-2 min
+(``--budget-scale 3`` gives a slow, shared CPU room; tests/test_bench_gpu.py runs it so).
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ class Runner:
         self.say(f"bench.gpu: {self.meta['device']}, torch {self.meta['torch']}, budget {self.budget:.0f} s, {'quick' if self.quick else 'full'}")
         env_rec = Recorder(self.paths["records"], "env")
         record_not_run(env_rec)
+        self.write()  # a result file exists from the first second on
         for name, full, quick in PLAN:
             want = (quick if self.quick else full) * self.scale
             left = self.t_end - time.time() - 3

@@ -94,7 +94,8 @@ def section_kernels(rec: Recorder, ctx: Ctx) -> str:
                 out = torch.empty(q, *shape, dtype=dtype, device=dev)
                 hat = torch.randn(q, *shape, generator=g).to(dev, dtype)
                 size = torch.finfo(dtype).bits // 8
-                diff_n = (tri_noisy(x0, eps, img_idx, noise_idx, a, b).float() - reference.make_noisy(x0, eps, img_idx, noise_idx, a, b, out=torch.empty_like(out)).float()).abs().max().item()
+                fused_out = tri_noisy(x0, eps, img_idx, noise_idx, a, b, out=torch.empty_like(out))
+                diff_n = (fused_out.float() - reference.make_noisy(x0, eps, img_idx, noise_idx, a, b, out=torch.empty_like(out)).float()).abs().max().item()
                 rec.kernel(
                     "make_noisy",
                     lname,
