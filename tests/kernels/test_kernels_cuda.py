@@ -29,7 +29,6 @@ SHAPES = [
     (1, 1, 1, 1, 1, 1),
     (1, 1, 1, 3, 11, 31),
     (5, 2, 3, 3, 7, 9),
-    (17, 4, 2, 5, 8, 8),
     (2, 1, 1, 1, 64, 64),
     (3, 2, 2, 1, 1, 4097),
     (1, 1, 1, 4, 128, 128),
@@ -83,11 +82,13 @@ def _cuda(*ts):
     return [t.to(DEV) for t in ts]
 
 
+# (x_t dtype, atol, rtol, layout): "engine" takes float32 x0 and eps (what the runner passes), "same-dtype" all in the dtype
+LAYOUTS = [(*d, "engine") for d in DTYPES] + [(*d, "same-dtype") for d in DTYPES[1:]]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype, atol, rtol", DTYPES, ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["engine", "same-dtype"])
+@pytest.mark.parametrize("dtype, atol, rtol, layout", LAYOUTS, ids=["fp32", "fp16", "bf16", "fp16-in-fp16", "bf16-in-bf16"])
 def test_make_noisy_compiled(shape, dtype, atol, rtol, layout):
-    # "engine": float32 x0 and eps in, x_t in the model's dtype (what the runner does); "same-dtype": all in dtype.
     in_dtype = torch.float32 if layout == "engine" else dtype
     x0, eps, img_idx, noise_idx, a, b = _noisy_inputs(*shape, in_dtype, seed=sum(shape))
     from diffcls_fast.kernels.fused_noise import make_noisy
