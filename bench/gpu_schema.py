@@ -339,10 +339,11 @@ def summary_lines(p: dict) -> list[str]:
     if sd:
         lines.append("kernels (SD latents): " + "; ".join(f"{k['op']} {k['dtype']} Q={k['Q']} {_fmt(k['fused_GBps'])} GB/s ({_fmt(k['fraction_of_copy'])} of copy)" for k in sd[:8]))
     if p["denoisers"]:
-        lines.append(f"{'model':16s} {'variant':22s} {'dtype':8s} {'batch':>5s} {'ms':>9s} {'evals/s':>9s} {'TFLOP/s':>8s} {'MFU(mm)':>8s}")
+        lines.append(f"{'model':16s} {'variant':22s} {'dtype':8s} {'batch':>5s} {'ms':>9s} {'evals/s':>9s} {'TFLOP/s':>8s} {'MFU(mm)':>8s} {'compile s':>9s} {'vs eager':>8s}")
         for d in p["denoisers"]:
             nums = f"{d['ms']:9.2f} {_fmt(d['evals_per_s'], '9.1f')} {_fmt(d['achieved_tflops'], '8.1f')} {_fmt(d['mfu_vs_matmul'], '8.3f')}"
-            lines.append(f"{d['model']:16s} {d['variant']:22s} {d['dtype']:8s} {d['batch']:5d} {nums}")
+            comp = f"{_fmt(d.get('compile_s'), '9.1f')} {_fmt(d.get('rel_diff_vs_eager'), '8.1e')}"
+            lines.append(f"{d['model']:16s} {d['variant']:22s} {d['dtype']:8s} {d['batch']:5d} {nums} {comp}")
     e = p.get("engine")
     if e:
         for s in ("reference", "engine"):
