@@ -86,16 +86,94 @@ def render() -> str:
             f"- Single-image `ttest` latency: p50 {s['latency_ttest_single_image_p50_s']:.3f} s, p95 {s['latency_ttest_single_image_p95_s']:.3f} s.",
             "",
         ]
+    gpu = _latest_gpu()
+    if gpu:
+        out += render_gpu(gpu, gpu["_file"])
     kern = _latest("kernels")
     if kern:
         out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]
-    else:
+    elif not gpu:
         out += [
             "**Kernels and GPU backends**: no GPU was available to this project's sessions so far; "
             "`bench/kernels.py` and the preset comparisons have only run in smoke mode on the CPU. No GPU numbers are claimed.",
             "",
         ]
     return "\n".join(out)
+
+
+def _latest_gpu(folder: Path | None = None) -> dict | None:
+    """The newest bench.gpu result measured on a CUDA device (CPU smoke runs are never rendered)."""
+    runs = []
+    for f in (folder or ROOT / "bench" / "results").glob("gpu_*.json"):
+        p = json.loads(f.read_text())
+        if p.get("benchmark") == "gpu" and p.get("cuda_available"):
+            runs.append((p["date"], f.name, p))
+    if not runs:
+        return None
+    date, name, p = max(runs, key=lambda r: (r[0], r[1]))
+    return p | {"_file": name}
+
+
+def _f(x, spec="") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render_gpu(p: dict, file: str) -> list[str]:
+    """The README's GPU block from one ``bench.gpu`` result (schema: ``bench/gpu_schema.py``)."""
+    c = p["ceilings"]
+    png = file.replace(".json", ".png")
+    out = [
+        f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit {p['commit']}{' (--quick)' if p.get('quick') else ''} "
+        f"([json](bench/results/{file}), [plot](bench/results/{png})). Ceilings measured in the same run: device-to-device copy "
+        f"{_f(c['copy_GBps'], '.0f')} GB/s, 8192³ bf16 matmul {_f(c['matmul_bf16_tflops'], '.0f')} TFLOP/s (datasheet {_f(c['spec_bf16_tflops'], '.0f')}).",
+        "",
+    ]
+    t = p.get("tests")
+    if t:
+        out += [f"- CUDA tests (`pytest -m {t.get('marker', 'cuda')}`): {t['summary']}" + (f"; failed: {', '.join(t['failures'][:8])}" if t.get("failures") else "") + ".", ""]
+    out += ["| target | value | met | detail |", "|---|---|---|---|"]
+    out += [f"| {g['text']} | {_f(g['value'])} | {({True: '**yes**', False: '**no**', None: 'not measured'})[g['met']]} | {g['detail']} |" for g in p["targets"]]
+    out.append("")
+    rows = [d for d in p["denoisers"] if d["batch"] in (64, 256)]
+    if rows:
+        out += [
+            "Denoiser calls, random weights (timing only), batch 64 and 256 (every batch size is in the json); MFU = achieved FLOP/s "
+            "(FlopCounterMode) over the measured bf16 matmul rate, and over the datasheet peak:",
+            "",
+            "| model | backend | dtype | batch | ms / call | evals / s | TFLOP/s | MFU (measured) | MFU (datasheet) | compile s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {d['model']} | {d['variant']} | {d['dtype']} | {d['batch']} | {d['ms']:.1f} | {_f(d['evals_per_s'], '.0f')} | {_f(d['achieved_tflops'], '.0f')} | "
+            f"{_f(d['mfu_vs_matmul'], '.2f')} | {_f(d['mfu_vs_spec'], '.2f')} | {_f(d['compile_s'], '.0f')} |"
+            for d in rows
+        ]
+        out.append("")
+    ks = [k for k in p["kernels"] if k["latent"] == "sd"]
+    if ks:
+        out += ["Fused kernels, SD latents (4×64×64; logical bytes, L2 flushed between calls):", "", "| op | dtype | Q | fused GB/s | torch GB/s | fused / copy |", "|---|---|---|---|---|---|"]
+        out += [f"| {k['op']} | {k['dtype']} | {k['Q']} | {_f(k['fused_GBps'], '.0f')} | {_f(k['eager_GBps'], '.0f')} | {_f(k['fraction_of_copy'], '.2f')} |" for k in ks]
+        out.append("")
+    e = p.get("engine")
+    if e and "engine" in e:
+        out.append(
+            f"- Engine vs the reference loop ({e['engine']['model']}, {e['engine']['policy']}, same noise): "
+            f"{_f(e.get('reference', {}).get('evals_per_s'), '.0f')} vs {_f(e['engine']['evals_per_s'], '.0f')} evals/s = **{_f(e.get('ratio_evals_per_s'), '.2f')}x**; "
+            f"labels agree {e.get('labels_agree', '—')}; engine overhead over bare batch-{e['engine']['batch_size']} calls {_f(e.get('overhead_vs_bare'), '.1%')}."
+        )
+    if p["per_image"]:
+        out += ["", "| schedule | system | model | evals / image | s / image | how | Li et al., RTX 3090 |", "|---|---|---|---|---|---|---|"]
+        out += [
+            f"| {r['schedule']} | {r['system']} | {r['model']} | {r['evals_per_image']:.0f} | {_f(r['seconds_per_image'], '.2f')} | {r['how']} | {_f(r['li_rtx3090_s'], '.0f')} s |"
+            for r in p["per_image"]
+        ]
+    if p["not_run"]:
+        out += ["", "Not run: " + "; ".join(f"{n['what']} ({n['reason']})" for n in p["not_run"]) + "."]
+    bad = [f"{k}: {v['status']}" for k, v in p["sections"].items() if not v["status"].startswith("ok")]
+    if bad:
+        out += ["", "Sections not complete: " + "; ".join(bad) + "."]
+    out.append("")
+    return out
 
 
 def main() -> None:
