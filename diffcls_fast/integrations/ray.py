@@ -25,9 +25,11 @@ pip install 'diffcls-fast[ray]'``.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -169,6 +171,18 @@ def _decode(x: Any, i: int) -> Any:
     return x
 
 
+def _portable(im: Any) -> Any:
+    """An image of the eval's list as a Ray Data cell: a path as str, an 8-bit gray/RGB PIL image as its uint8 array
+    (an Arrow tensor, read back as the same pixels: tested against a local eval), anything else as it is."""
+    from PIL import Image
+
+    if isinstance(im, Path):
+        return str(im)
+    if isinstance(im, Image.Image) and im.mode in ("L", "RGB") and not im.info.get("transparency"):
+        return np.asarray(im)
+    return im
+
+
 def result_columns(results: Sequence[Any], top_k: int = 5) -> dict[str, np.ndarray]:
     """Column arrays (one entry per result) for a list of :class:`ClassificationResult`."""
 
@@ -209,7 +223,7 @@ def result_from_row(row: dict, class_names: list[str], policy: str):
         evaluations_spent=int(row["evaluations_spent"]),
         seconds=float(row["seconds"]),
         policy=policy,
-        error=None if err is None or (isinstance(err, float) and np.isnan(err)) else str(err),
+        error=None if err is None or (isinstance(err, (float, np.floating)) and np.isnan(err)) else str(err),  # a block where no image failed has a null column: NaN
     )
 
 
@@ -224,17 +238,21 @@ def _map(ds, factory: tuple, classes: Any, *, concurrency: int, num_gpus: float,
     if num_gpus < 0 or (num_cpus is not None and num_cpus <= 0):
         raise UserError(f"classify_dataset: num_gpus must be >= 0 and num_cpus > 0, got {num_gpus!r}, {num_cpus!r}")
     kwargs = {"num_cpus": num_cpus} if num_cpus is not None else {}
-    return ds.map_batches(
-        ClassifyBatch,
-        fn_constructor_kwargs={"factory": factory, "classes": classes, "column": column, "top_k": top_k, "keep_image": keep_image, "driver_columns": driver_columns},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=num_gpus,
-        max_restarts=max_restarts,
-        max_task_retries=max_task_retries,
-        **kwargs,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts / max_task_retries only as **ray_remote_args (its own docstring's way, and
+        # deprecated for Ray 2.64, hence the pin ray<2.64); without them it would retry without bound.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return ds.map_batches(
+            ClassifyBatch,
+            fn_constructor_kwargs={"factory": factory, "classes": classes, "column": column, "top_k": top_k, "keep_image": keep_image, "driver_columns": driver_columns},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_gpus=num_gpus,
+            max_restarts=max_restarts,
+            max_task_retries=max_task_retries,
+            **kwargs,
+        )
 
 
 def classify_dataset(
@@ -304,7 +322,9 @@ class RayClassifier:
         self.factory = (build_from_cli, (a, noise))
         if not ray.is_initialized():
             kw = {"address": a.ray_address} if a.ray_address else {"include_dashboard": False}
-            ray.init(logging_level="WARNING", log_to_driver=True, **kw)
+            ray.init(logging_level="ERROR", log_to_driver=True, **kw)  # the workers' own output still reaches stderr
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the eval's own bar counts images
         ctx.print_on_execution_start = False
@@ -340,7 +360,7 @@ class RayClassifier:
         stats = self.last_stats = RunStats(backend=info["backend"], dtype=info["dtype"], kernels=info["kernels"])
         if not len(images):
             return
-        items = [{"_pos": j, IMAGE_COLUMN: str(im) if isinstance(im, Path) else im} for j, im in enumerate(images)]
+        items = [{"_pos": j, IMAGE_COLUMN: _portable(im)} for j, im in enumerate(images)]
         per_batch = max(1, min(self.a.max_inflight, -(-len(items) // self.a.ray_workers)))  # every worker gets work on a short run
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // per_batch)))
         out = _map(
@@ -369,6 +389,7 @@ class RayClassifier:
                 stats.batches += int(batch["_batches"][k])
                 stats.images += 1
                 stats.seconds = time.perf_counter() - t0
+                stats.kernels = self.kernels_backend = str(batch["_kernels"][k])  # what scored it (the probe has not scored yet)
                 row = {c: batch[c][k] for c in RESULT_COLUMNS}
                 if progress is not None:
                     progress.update(1)
