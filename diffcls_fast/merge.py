@@ -68,7 +68,10 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
         if len(counts) == 1:
             n = counts[0]
             absent = sorted({i % n for i in missing})
-            hint = f"; they belong to shard{'s' if len(absent) > 1 else ''} {', '.join(f'{k}/{n}' for k in absent)}: give {'their parts' if len(absent) > 1 else 'its part'}, or rerun {'them' if len(absent) > 1 else 'it'} (a shard resumes from its part)"
+            names = ", ".join(f"{k}/{n}" for k in absent)
+            hint = f"; they belong to shard {names}: give its part, or rerun it (a shard resumes from its part)"
+            if len(absent) > 1:
+                hint = f"; they belong to shards {names}: give their parts, or rerun them (a shard resumes from its part)"
         raise UserError(f"merge: {len(missing)} of the run's {total} images are in no part (indexes {_ranges(missing)}){hint}")
     return [by_index[i][2] for i in range(total)]
 

@@ -227,7 +227,22 @@ def result_from_row(row: dict, class_names: list[str], policy: str):
     )
 
 
-def _map(ds, factory: tuple, classes: Any, *, concurrency: int, num_gpus: float, num_cpus: float | None, batch_size: int, column: str, top_k: int, keep_image: bool, max_restarts: int, max_task_retries: int, driver_columns: bool = False):
+def _map(
+    ds,
+    factory: tuple,
+    classes: Any,
+    *,
+    concurrency: int,
+    num_gpus: float,
+    num_cpus: float | None,
+    batch_size: int,
+    column: str,
+    top_k: int,
+    keep_image: bool,
+    max_restarts: int,
+    max_task_retries: int,
+    driver_columns: bool = False,
+):
     ray = require_ray()
     for name, v in (("concurrency", concurrency), ("batch_size", batch_size), ("top_k", top_k)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -303,7 +318,18 @@ def classify_dataset(
     check_scheduler_args(engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto"))
     factory = (build_from_options, (str(model), policy, device, dtype, backend, engine))
     return _map(
-        ds, factory, classes, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus, batch_size=batch_size, column=column, top_k=top_k, keep_image=keep_image, max_restarts=max_restarts, max_task_retries=max_task_retries
+        ds,
+        factory,
+        classes,
+        concurrency=concurrency,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        column=column,
+        top_k=top_k,
+        keep_image=keep_image,
+        max_restarts=max_restarts,
+        max_task_retries=max_task_retries,
     )
 
 
