@@ -406,7 +406,7 @@ class RayClassifier:
         )
         names, policy = list(info["spec"].names), info["policy_cfg"].describe()
         t0 = time.perf_counter()
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in _user_errors(out.iter_batches(batch_size=None, batch_format="numpy")):
             for k in range(len(batch["_pos"])):
                 if batch["_settings_key"][k] != want:
                     raise UserError("a Ray worker computed different settings than the probe (other model files or diffcls-fast version on that node?); every node needs the same model and package")
@@ -421,3 +421,22 @@ class RayClassifier:
                     progress.update(1)
                 yield int(batch["_pos"][k]), result_from_row(row, names, policy)
         stats.seconds = time.perf_counter() - t0
+
+
+def _user_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """``batches``, with a :class:`UserError` raised in an actor (an unreadable image file...) raised again as a
+    :class:`UserError`: the CLI prints it as one line with exit code 2, as a local eval does, not as a Ray traceback.
+
+    Ray Data wraps the actor's exception in a ``UserCodeException`` that keeps only its text (the
+    original is not in the chain), so the message is read from the remote traceback.
+    """
+    import re
+
+    ray = require_ray()
+    try:
+        yield from batches
+    except ray.exceptions.RayTaskError as e:
+        found = re.findall(r"^diffcls_fast\.errors\.(?:UserError|BackendUnavailable|NonFiniteInput): (.+)$", str(e), flags=re.M)
+        if found:
+            raise UserError(found[-1].strip()) from None
+        raise
