@@ -349,8 +349,14 @@ class RayClassifier:
         if not ray.is_initialized():
             kw = {"address": a.ray_address} if a.ray_address else {"include_dashboard": False}
             ray.init(logging_level="ERROR", log_to_driver=True, **kw)  # the workers' own output still reaches stderr
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines
+        data_log = logging.getLogger("ray.data")
+        data_log.setLevel(logging.WARNING)  # no "execution finished" lines
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
+        for h in data_log.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                # A failed batch is reported once, by eval (one line, or the traceback with --debug); Ray Data's
+                # own ERROR lines about it still go to its session log file.
+                h.addFilter(_below_error)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the eval's own bar counts images
         ctx.print_on_execution_start = False
@@ -421,6 +427,10 @@ class RayClassifier:
                     progress.update(1)
                 yield int(batch["_pos"][k]), result_from_row(row, names, policy)
         stats.seconds = time.perf_counter() - t0
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
 
 
 def _user_errors(batches: Iterator[dict]) -> Iterator[dict]:
