@@ -59,12 +59,12 @@ def require_ray():
 def build_from_options(model: str, policy: str, device: str | None, dtype: str | None, backend: str, engine: dict):
     """A :class:`DiffusionClassifier` from plain options (the Python API)."""
     from ..engine import DiffusionClassifier
+    from ..engine.classifier import check_scheduler_args
     from ..export import apply_backend
     from ..models import load_model
 
-    m = load_model(model, device=device, dtype=dtype)
-    if backend != "torch":
-        m = apply_backend(m, backend)
+    buckets = check_scheduler_args(engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto"))
+    m = apply_backend(load_model(model, device=device, dtype=dtype), backend, batch_sizes=buckets, cache_dir=engine.get("cache_dir"))
     return DiffusionClassifier(m, policy, **engine)
 
 
