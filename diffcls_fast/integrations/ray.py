@@ -307,13 +307,18 @@ def classify_dataset(
     ``error`` (None unless the image failed).
     """
     require_ray()
+    import inspect
+
+    from ..engine.classifier import _POLICY_FIELDS, DiffusionClassifier, check_scheduler_args
+
     engine = dict(engine_options)
-    if "denoiser_batch_size" in engine:
+    if "denoiser_batch_size" in engine:  # batch_size is Ray's rows per call
         engine["batch_size"] = engine.pop("denoiser_batch_size")
-    elif "batch_size" in engine:  # unreachable (a named parameter), kept for clarity
-        raise TypeError("batch_size is Ray's rows per batch; the engine's is denoiser_batch_size")
-    # Checked here, in the driver, before any actor starts: a bad option fails at once.
-    from ..engine.classifier import check_scheduler_args
+    # Checked here, in the driver, before any actor starts: a bad option fails at once, not in every actor.
+    known = (set(inspect.signature(DiffusionClassifier.__init__).parameters) - {"self", "model", "policy", "policy_options"}) | _POLICY_FIELDS
+    unknown = sorted(set(engine) - known)
+    if unknown:
+        raise TypeError(f"classify_dataset: unknown option(s): {', '.join(unknown)}")
 
     check_scheduler_args(engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto"))
     factory = (build_from_options, (str(model), policy, device, dtype, backend, engine))
@@ -348,7 +353,11 @@ class RayClassifier:
         self.factory = (build_from_cli, (a, noise))
         if not ray.is_initialized():
             kw = {"address": a.ray_address} if a.ray_address else {"include_dashboard": False}
-            ray.init(logging_level="ERROR", log_to_driver=True, **kw)  # the workers' own output still reaches stderr
+            try:
+                ray.init(logging_level="ERROR", log_to_driver=True, **kw)  # the workers' own output still reaches stderr
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"--ray-address {a.ray_address}" if a.ray_address else "a local Ray instance"
+                raise UserError(f"{where}: Ray did not start or connect ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
         data_log = logging.getLogger("ray.data")
         data_log.setLevel(logging.WARNING)  # no "execution finished" lines
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
@@ -362,6 +371,11 @@ class RayClassifier:
         ctx.print_on_execution_start = False
         gpus = a.ray_gpus if a.ray_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
         self.resources = {"num_gpus": gpus, "num_cpus": a.ray_cpus}
+        have = ray.cluster_resources()
+        for what, per in (("GPU", gpus), ("CPU", a.ray_cpus)):
+            # Ray would wait for resources that never come (on a fixed cluster), so say it now
+            if per * a.ray_workers > have.get(what, 0):
+                raise UserError(f"--ray-workers {a.ray_workers} x {per:g} {what}s each needs {per * a.ray_workers:g} {what}s; the Ray cluster has {have.get(what, 0):g}")
         self._classes = None
         self._info = None
         self.last_stats = None

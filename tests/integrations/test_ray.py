@@ -81,6 +81,8 @@ def test_bad_options_fail_in_the_driver(ray_local):
     for kw, want in (({"concurrency": 0}, "concurrency"), ({"max_restarts": -2}, "max_restarts"), ({"num_gpus": -1}, "num_gpus"), ({"denoiser_batch_size": 0}, "batch_size")):
         with pytest.raises(UserError, match=want):
             classify_dataset(ds, "digits", **kw)
+    with pytest.raises(TypeError, match="unknown option\\(s\\): n_grids"):
+        classify_dataset(ds, "digits", n_grids=5)
     # found in the actor: Ray raises its own RayTaskError, holding the one-line message
     with pytest.raises(ray.exceptions.RayTaskError, match="input column\\(s\\) 'label' would be overwritten by the results; rename them first"):
         classify_dataset(ray.data.from_items([{"image": str(EXAMPLES[0]), "label": 3}]), "digits", policy="halving").take_all()
@@ -132,3 +134,11 @@ def test_eval_ray_on_an_image_folder(ray_local, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "broken.jsonl"), "--ray", "--ray-address", address]) == 2
     err = capsys.readouterr().err
     assert err.startswith("diffcls-fast: error: ") and "broken.png: not a readable image" in err and err.count("\n") == 1, err
+
+
+def test_eval_ray_refuses_more_than_the_cluster_has(ray_local, capsys):
+    _, address = ray_local
+    for extra, want in ((["--ray-workers", "3"], "needs 3 CPUs; the Ray cluster has 2"), (["--ray-gpus", "1"], "needs 1 GPUs; the Ray cluster has 0")):
+        assert main(["eval", "--limit", "1", "--ray", "--ray-address", address, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diffcls-fast: error: ") and want in err and err.count("\n") == 1, err
