@@ -99,7 +99,9 @@ def _info(clf, spec) -> dict:
 
 def _probe(factory: tuple, classes: Any) -> dict:
     clf = factory[0](*factory[1])
-    return _info(clf, clf.class_spec(classes))
+    spec = clf.class_spec(classes)
+    unknown = clf._unknown_words(spec) if len(spec) > 1 else None  # the warning classify_iter gives in every actor
+    return {**_info(clf, spec), "warning": unknown[0] if unknown else None}
 
 
 class ClassifyBatch:
@@ -354,7 +356,10 @@ class RayClassifier:
         if not ray.is_initialized():
             kw = {"address": a.ray_address} if a.ray_address else {"include_dashboard": False}
             try:
-                ray.init(logging_level="ERROR", log_to_driver=True, **kw)  # the workers' own output still reaches stderr
+                # log_to_driver=False: the workers' log lines would land on this process's stdout and stderr at any
+                # time, after the --json summary too; an actor's error comes back with its exception, and the
+                # one warning a run gives (unknown words) is reported by the probe.
+                ray.init(logging_level="ERROR", log_to_driver=False, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"--ray-address {a.ray_address}" if a.ray_address else "a local Ray instance"
                 raise UserError(f"{where}: Ray did not start or connect ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
@@ -390,6 +395,10 @@ class RayClassifier:
     # the attributes eval reads
     def class_spec(self, classes: Any):
         info = self._probe(classes)
+        if info["warning"]:
+            from ..errors import DiffclsWarning
+
+            warnings.warn(DiffclsWarning(info["warning"]), stacklevel=2)
         self.remote_settings = info["settings"]
         self.kernels_backend = info["kernels"]
         self.temperature, self.posterior_floor, self.policy_cfg = info["temperature"], info["posterior_floor"], info["policy_cfg"]

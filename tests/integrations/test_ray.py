@@ -101,7 +101,8 @@ def test_eval_ray_writes_a_local_evals_rows_and_resumes(ray_local, tmp_path, cap
     p = subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *ray_args, "--limit", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert main([*ray_args, "--limit", "6"]) == 0
-    runs = [json.loads(p.stdout.splitlines()[-1]), json.loads(capsys.readouterr().out.splitlines()[-1])]
+    assert p.stdout.count("\n") == 1, p.stdout  # --json: the summary is the only (so the last) line, nothing of Ray's
+    runs = [json.loads(p.stdout), json.loads(capsys.readouterr().out.splitlines()[-1])]
     assert runs[0]["images"] == 4 and runs[1]["resumed"] == 4 and runs[1]["images"] == 6
     for k in ("accuracy", "evals_per_image", "failed", "policy", "backend", "kernels", "dtype", "model"):
         assert runs[1][k] == local_summary[k], k
