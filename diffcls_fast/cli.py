@@ -241,11 +241,19 @@ def cmd_classify(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import run_eval
+    from .shard import apply_scale_out
 
+    apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
     noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
     if getattr(a, "task", "classify") == "swap":
         return cmd_eval_swap(a, noise)
-    summary = run_eval(a, lambda args: _classifier(args, noise), _progress)
+    if a.ray:
+        from .integrations.ray import RayClassifier, require_ray
+
+        require_ray()
+        summary = run_eval(a, lambda args: RayClassifier(args, noise), _progress)
+    else:
+        summary = run_eval(a, lambda args: _classifier(args, noise), _progress)
     if a.json:
         print(json.dumps(summary))
     else:
@@ -257,6 +265,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if summary["failed"]:
         print(f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g. {summary['first_error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from .merge import format_summary, merge_parts
+
+    summary = merge_parts(a.out, a.parts)
+    print(json.dumps(summary) if a.json else format_summary(summary))
+    if summary["failed"]:
+        print(f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g. {summary['first_error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (see README, Scaling out)")
+    g.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (0-based, interleaved); --out becomes OUT.shard-I-of-N.jsonl. Under torchrun: RANK/WORLD_SIZE")
+    g.add_argument("--ray", action="store_true", help="score on Ray Data actors (a local Ray instance, or --ray-address)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a new local instance)")
+    g.add_argument("--ray-workers", type=positive_int, default=None, metavar="N", help="actors, each with its own model (default: 1)")
+    g.add_argument("--ray-gpus", type=float, default=None, metavar="G", help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--ray-cpus", type=positive_float, default=None, metavar="C", help="CPUs per actor (default: 1)")
+    g.add_argument("--ray-max-restarts", type=int, default=3, metavar="K", help="restarts of a dead actor, and retries of its batch (default: 3)")
 
 
 def cmd_match(a: argparse.Namespace) -> int:
@@ -363,8 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--task", default="classify", choices=["classify", "swap"], help="classify: accuracy; swap: Winoground text/image/group scores on the model's swap set (default: classify)")
     _add_match_args(p)
+    _add_scale_out_args(p)
     _add_engine_args(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("merge", help="join the --out parts of a sharded eval into one file, checking settings, overlaps and gaps")
+    p.add_argument("out", help="the merged JSONL to write (rows in split order)")
+    p.add_argument("parts", nargs="+", help="the shards' --out files (OUT.shard-I-of-N.jsonl ...)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (the keys of eval --json)")
+    p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

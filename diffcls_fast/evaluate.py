@@ -69,9 +69,16 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
     (they change ``evaluations_spent`` and ``seconds`` only). Backend, device and kernels
     are recorded in each row but are not in it: they agree within floating-point tolerance.
     """
+    return {**classifier_settings(clf, spec), "data": data_digest(ids, labels, images)}
+
+
+def classifier_settings(clf: Any, spec: Any) -> dict:
+    """The part of :func:`eval_settings` that depends on the classifier (all but the data)."""
     from dataclasses import asdict
 
-    sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
+    remote = getattr(clf, "remote_settings", None)  # a classifier whose model lives elsewhere (Ray actors) computed them there
+    if remote is not None:
+        return dict(remote)
     return {
         "format": ROW_FORMAT,
         "model": clf.model.fingerprint,
@@ -83,8 +90,13 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
         "temperature": float(clf.temperature),
         "posterior_floor": float(clf.posterior_floor),
         "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
-        "data": _digest([list(ids), [int(x) for x in labels], sizes]),
     }
+
+
+def data_digest(ids: list[str], labels: np.ndarray, images: list) -> str:
+    """Every image id of the split, its label and, for files, its size."""
+    sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
+    return _digest([list(ids), [int(x) for x in labels], sizes])
 
 
 def noise_digest(clf: Any) -> str | None:
@@ -256,23 +268,32 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
     all_labels = labels
     if a.limit is not None:
         images, labels, ids = images[: a.limit], labels[: a.limit], ids[: a.limit]
+    # Position of each image in the run (the split after --limit); a shard takes its interleaved slice of them.
+    total = len(images)
+    positions = list(range(total))
+    shard = getattr(a, "shard_spec", None)
+    if shard is not None:
+        positions = shard.select(positions)
+        images, labels, ids = [images[i] for i in positions], labels[positions], [ids[i] for i in positions]
     out = OutFile(a.out) if a.out else None  # opened and locked until the end of the run
     try:
-        return _run_eval(a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids))
+        where = {"positions": positions, "total": total, "shard": None if shard is None else str(shard)}
+        return _run_eval(a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids), where)
     finally:
         if out is not None:
             out.close()
 
 
-def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, images, labels, ids, classes, full) -> dict:
+def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, images, labels, ids, classes, full, where: dict) -> dict:
     from . import kernels
     from .engine.calibration import ece, nll
 
     clf = make_classifier(a)
+    spec = clf.class_spec(classes)  # first: a classifier on Ray knows its model only once it has probed it
     if clf.model.random_weights:
         raise UserError(f"{clf.model.describe()}: refusing to report accuracy for random weights")
     all_images, all_labels, all_ids = full
-    settings = eval_settings(clf, clf.class_spec(classes), all_ids, all_labels, all_images)
+    settings = eval_settings(clf, spec, all_ids, all_labels, all_images)
     config = _config_key(settings)
     done = out.done(config, settings) if out else {}
     todo = [i for i in range(len(images)) if ids[i] not in done]
@@ -283,6 +304,7 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     resumed_rows = [done[ids[i]] for i in range(len(images)) if ids[i] in done]
     calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in resumed_rows if "p_true" in r and not r.get("error")]
     ran_on = {"backend": clf.model.backend, "device": str(clf.model.device), "dtype": settings["dtype"]}  # informational
+    positions, total, shard = where["positions"], where["total"], where["shard"]
     errors = [done[ids[i]]["error"] for i in range(len(images)) if ids[i] in done and done[ids[i]].get("error")]
     t0 = time.perf_counter()
     bar = progress(len(todo), f"eval {a.split}")
@@ -301,7 +323,9 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
                 calib.append((confidence, ok, p_true))
             if out is not None:
                 row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, "p_true": p_true, "confidence": confidence, **r.to_dict(top_k=3)}
-                out.append({**row, **ran_on, "kernels": kernels.active_backend(), "settings": settings})
+                # index / total / shard: where the image sits in the run, so `diffcls-fast merge` can find gaps without the model
+                row.update(index=positions[i], total=total, shard=shard)
+                out.append({**row, **ran_on, "kernels": getattr(clf, "kernels_backend", None) or kernels.active_backend(), "settings": settings})
     finally:
         bar.close()
     st = clf.last_stats
@@ -318,6 +342,7 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
         "first_error": errors[0] if errors else None,
         "resumed": resumed,
         "split": a.split,
+        "shard": shard,
         "evals_per_image": float(np.mean(evals)) if evals else 0.0,
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_fill": round(st.batch_fill, 4),

@@ -1,0 +1,1 @@
+"""Adapters to other engines (Ray Data); each imports its engine lazily."""

@@ -1,0 +1,148 @@
+"""``diffcls-fast merge OUT.jsonl PARTS...``: join the ``--out`` parts of a sharded eval.
+
+Every row of an ``eval --out`` file records its settings key (``config``), its place in
+the run (``index`` in the split after ``--limit``, ``total`` images in the run) and its
+``shard``. Merge refuses parts with other settings, an image in two parts (an overlap)
+and a missing image (a gap: a shard not run, not finished, or not given), without the
+model; it writes the rows in split order and reports what ``eval --json`` reports,
+computed from the rows (the timings of a distributed run are not in them: null).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .evaluate import OutFile, _settings_diff, append_line
+
+
+def _ranges(xs: list[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, xs[:limit]))
+    return shown + (f" and {len(xs) - limit} more" if len(xs) > limit else "")
+
+
+def read_parts(parts: list[str | Path]) -> list[tuple[Path, int, dict]]:
+    """(part, line number, row) of every row, each part read under its lock (a shard still writing is refused)."""
+    rows = []
+    for part in map(Path, parts):
+        if not part.is_file():
+            raise UserError(f"{part}: no such file" if not part.exists() else f"{part}: not a regular file")
+        f = OutFile(part)
+        try:
+            rows += [(part, lineno, row) for _, (lineno, row) in sorted(f.rows.items(), key=lambda kv: kv[1][0])]
+        finally:
+            f.close()
+    return rows
+
+
+def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
+    """The rows in split order, after the settings, overlap and gap checks (a :class:`UserError` naming part and line)."""
+    if not rows:
+        raise UserError("merge: the parts hold no rows")
+    part0, line0, ref = rows[0]
+    by_index: dict[int, tuple[Path, int, dict]] = {}
+    by_id: dict[str, tuple[Path, int]] = {}
+    for part, lineno, row in rows:
+        if row["config"] != ref["config"]:
+            why = _settings_diff(ref.get("settings"), row.get("settings")) if isinstance(row.get("settings"), dict) else "written by an older diffcls-fast"
+            raise UserError(f"{part}:{lineno}: written with different settings than {part0}:{line0} ({why}); merge only shards of one run")
+        index, total = row.get("index"), row.get("total")
+        if not (isinstance(index, int) and isinstance(total, int)) or isinstance(index, bool) or not 0 <= index < total:
+            raise UserError(f"{part}:{lineno}: the row has no valid index/total (written by an older diffcls-fast?); rerun that eval into a new --out")
+        if row["id"] in by_id:
+            other, other_line = by_id[row["id"]]
+            raise UserError(f"image {row['id']} is in {other}:{other_line} and {part}:{lineno}: the parts overlap (a part given twice, or shards of different splits?)")
+        if index in by_index:
+            other, other_line, _ = by_index[index]
+            raise UserError(f"{part}:{lineno} and {other}:{other_line} both hold image {index} of the run under different ids: not shards of the same split")
+        by_id[row["id"]] = (part, lineno)
+        by_index[index] = (part, lineno, row)
+    total = max(r["total"] for _, _, r in rows)  # a shard resumed with a larger --limit: the run is the largest
+    missing = [i for i in range(total) if i not in by_index]
+    if missing:
+        counts = sorted({int(r["shard"].split("/")[1]) for _, _, r in rows if isinstance(r.get("shard"), str) and "/" in r["shard"]})
+        hint = ""
+        if len(counts) == 1:
+            n = counts[0]
+            absent = sorted({i % n for i in missing})
+            names = ", ".join(f"{k}/{n}" for k in absent)
+            hint = f"; they belong to shard {names}: give its part, or rerun it (a shard resumes from its part)"
+            if len(absent) > 1:
+                hint = f"; they belong to shards {names}: give their parts, or rerun them (a shard resumes from its part)"
+        raise UserError(f"merge: {len(missing)} of the run's {total} images are in no part (indexes {_ranges(missing)}){hint}")
+    return [by_index[i][2] for i in range(total)]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """``eval --json``'s summary from rows (timings and batch fill are not in rows: null)."""
+    from .engine.calibration import ece, nll
+
+    correct = [int(r["correct"]) for r in rows]
+    evals = [int(r["evaluations_spent"]) for r in rows]
+    errors = [r["error"] for r in rows if r.get("error")]
+    calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in rows if "p_true" in r and not r.get("error")]
+    conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
+    settings = rows[0].get("settings") or {}
+    shards = sorted({r.get("shard") for r in rows}, key=str)
+    head = rows[0]["id"].split("/")
+    bundled = head[:2] if len(head) == 3 and head[0] in ("digits", "numbers") else None  # ids of a bundled split: model/split/n
+    return {
+        "accuracy": float(np.mean(correct)) if rows else 0.0,
+        "images": len(rows),
+        "ece": round(ece(conf, corr), 5),
+        "nll": round(nll(p_true), 5),
+        "temperature": settings.get("temperature"),
+        "posterior_floor": settings.get("posterior_floor"),
+        "failed": len(errors),
+        "first_error": errors[0] if errors else None,
+        "resumed": 0,
+        "split": bundled[1] if bundled else None,
+        "shard": None,
+        "evals_per_image": float(np.mean(evals)) if evals else 0.0,
+        "seconds": None,
+        "batch_fill": None,
+        "evals_per_second": None,
+        "images_per_second": None,
+        "policy": rows[0].get("policy"),
+        "backend": rows[0].get("backend"),
+        "kernels": rows[0].get("kernels"),
+        "dtype": rows[0].get("dtype"),
+        "model": bundled[0] if bundled else None,
+        "parts_shards": [s for s in shards if s is not None],
+    }
+
+
+def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
+    """Check the parts, write ``out`` (rows in split order; replaced atomically) and return the summary."""
+    out = Path(out)
+    for p in map(Path, parts):
+        if p.exists() and out.exists() and os.path.samefile(p, out):
+            raise UserError(f"merge: {out} is also one of the parts; write the merged file elsewhere")
+    if out.is_dir():
+        raise UserError(f"merge: {out} is a folder; give a file path, e.g. {out / 'results.jsonl'}")
+    if not out.parent.is_dir():
+        raise UserError(f"merge: no such folder {out.parent}")
+    rows = check_rows(read_parts(parts))
+    tmp = out.with_name(f".{out.name}.merge-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for r in rows:
+            append_line(fd, r)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, out)
+    return summarize(rows)
+
+
+def format_summary(s: dict) -> str:
+    return (
+        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split']}), ECE {s['ece']:.4f}, NLL {s['nll']:.4f}, "
+        f"{s['evals_per_image']:.1f} evals/image [{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
+    )
