@@ -1,0 +1,86 @@
+"""Cold start of the one-shot CLI: wall and CPU (user + sys) time of fresh processes.
+
+python -m bench.cold_start [--runs 5] [--label after] [--out bench/results/cold_start_cpu_2026-12-01.json]
+
+Each command runs ``--runs`` times in a fresh ``python -m diffcls_fast.cli`` process
+(the package need not be installed; an installed ``diffcls-fast`` entry point costs the
+same imports). Reports the median wall time and the median user + sys CPU time of
+the child (from ``os.wait4``'s rusage, less noisy than wall time on a shared CPU).
+A run with ``--label`` is merged into the JSON file under that label, so "before" and
+"after" sit side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = {
+    "help": ["--help"],
+    "classify_one_digit": ["classify", "examples/digit-7.png"],
+}
+
+
+def run_once(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, user + sys CPU seconds) of one fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} exited {proc.returncode}: {err.strip()[-500:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def measure(runs: int) -> dict:
+    out = {}
+    for name, args in COMMANDS.items():
+        run_once(args)  # warm the OS file cache; not counted
+        walls, cpus = zip(*(run_once(args) for _ in range(runs)))
+        out[name] = {
+            "command": "python -m diffcls_fast.cli " + " ".join(args),
+            "runs": runs,
+            "wall_median_s": round(statistics.median(walls), 3),
+            "cpu_median_s": round(statistics.median(cpus), 3),
+            "wall_s": [round(w, 3) for w in walls],
+            "cpu_s": [round(c, 3) for c in cpus],
+        }
+        print(f"{name}: wall median {out[name]['wall_median_s']:.2f} s, user+sys median {out[name]['cpu_median_s']:.2f} s  ({runs} fresh processes)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--label", default="after", help="key for this run in the JSON file (e.g. before, after)")
+    ap.add_argument("--note", default="", help="free text stored with this run (e.g. the commit, whether the CPU was shared)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cold_start_cpu_2026-12-01.json"))
+    a = ap.parse_args(argv)
+    import platform
+
+    res = measure(a.runs)
+    p = Path(a.out)
+    data = json.loads(p.read_text()) if p.exists() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    data.setdefault("date", "2026-12-01")
+    data["device"] = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    data.setdefault("python", platform.python_version())
+    data.setdefault("runs", {})[a.label] = {"commit": commit, "note": a.note, **res}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()
