@@ -117,6 +117,7 @@ class Request:
     chunk: int
     images: Iterator[tuple[int, Any]]
     rows: ClassRows | None = None  # None for a one-class request (answered without the model)
+    peeked: list = field(default_factory=list)  # the next (index, image), pulled ahead of its chunk
     exhausted: bool = False  # every input image has been pulled from ``images``
     inputs: int = 0  # images pulled so far
     finished: int = 0  # images answered so far
@@ -289,9 +290,10 @@ class Engine:
 
     def _pull(self, req: Request) -> None:
         """Pull, check and encode the next chunk of ``req``'s images."""
-        block = list(itertools.islice(req.images, req.chunk))
-        if len(block) < req.chunk:
-            req.exhausted = True
+        block = req.peeked + list(itertools.islice(req.images, req.chunk - len(req.peeked)))
+        # Look one image ahead, so that a request knows it is complete when its last image finishes.
+        req.peeked = list(itertools.islice(req.images, 1))
+        req.exhausted = not req.peeked
         if not block:
             return
         req.inputs += len(block)
