@@ -2,6 +2,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+SERVE = ["starlette>=0.40", "uvicorn>=0.30", "httpx>=0.27", "python-multipart>=0.0.9"]  # diffcls-fast serve and its client
+
 setup(
     name="diffcls-fast",
     version="0.1.0",
@@ -31,7 +33,8 @@ setup(
         "xformers": ["xformers>=0.0.26"],
         "triton": ["triton>=3.0"],
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7"],
+        "serve": SERVE,
+        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7"] + SERVE,
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
 )
