@@ -47,7 +47,7 @@ def _error(e: HTTPError) -> JSONResponse:
     return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status, headers=e.headers)
 
 
-def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: str | None = None, warmup: bool = True) -> Starlette:
+def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: str | None = None, warmup: bool = True, on_stopped: Callable[[], None] | None = None) -> Starlette:
     """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread)."""
     limits = limits or Limits()
     metrics = Metrics()
@@ -228,6 +228,8 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
         finally:
             # uvicorn calls this after the open connections finished: the accepted requests are answered.
             await run_in_threadpool(loop.stop)
+            if on_stopped is not None:
+                on_stopped()
 
     app = Starlette(
         routes=[
@@ -273,13 +275,15 @@ def serve(
 
     sock = bind(host, port)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(load, limits, api_key, warmup)
+    app = create_app(load, limits, api_key, warmup, on_stopped=lambda: print("diffcls-fast: server stopped (requests in flight answered)", file=sys.stderr, flush=True))
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
     print(f"diffcls-fast: serving on http://{shown}:{p} (loading the model; GET /healthz says when it is ready){'; API key required' if api_key else ''}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_timeout, access_log=False)
+    # On SIGINT/SIGTERM uvicorn stops accepting, waits for the open requests, runs the lifespan
+    # shutdown (the engine loop finishes what it accepted), then re-raises the signal: the exit
+    # status says which signal stopped the server, as process supervisors expect.
     uvicorn.Server(config).run(sockets=[sock])
-    print("diffcls-fast: server stopped", file=sys.stderr, flush=True)
 
 
 class ServerThread:
