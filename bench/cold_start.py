@@ -28,11 +28,13 @@ COMMANDS = {
 }
 
 
-def run_once(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, user + sys CPU seconds) of one fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_once(args: list[str], root: Path = ROOT, threads: int | None = None) -> tuple[float, float]:
+    """(wall seconds, user + sys CPU seconds) of one fresh process running the CLI of the tree at ``root``."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")
@@ -43,40 +45,62 @@ def run_once(args: list[str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def measure(runs: int) -> dict:
-    out = {}
+def _summary(args: list[str], walls, cpus, threads) -> dict:
+    return {
+        "command": "python -m diffcls_fast.cli " + " ".join(args),
+        "torch_threads": threads or "default",
+        "runs": len(walls),
+        "wall_median_s": round(statistics.median(walls), 3),
+        "cpu_median_s": round(statistics.median(cpus), 3),
+        "wall_s": [round(w, 3) for w in walls],
+        "cpu_s": [round(c, 3) for c in cpus],
+    }
+
+
+def measure(runs: int, roots: dict[str, Path], threads: int | None) -> dict[str, dict]:
+    """Each command ``runs`` times per tree, the trees alternating run by run (drift on a shared CPU hits both alike)."""
+    out: dict[str, dict] = {label: {} for label in roots}
     for name, args in COMMANDS.items():
-        run_once(args)  # warm the OS file cache; not counted
-        walls, cpus = zip(*(run_once(args) for _ in range(runs)))
-        out[name] = {
-            "command": "python -m diffcls_fast.cli " + " ".join(args),
-            "runs": runs,
-            "wall_median_s": round(statistics.median(walls), 3),
-            "cpu_median_s": round(statistics.median(cpus), 3),
-            "wall_s": [round(w, 3) for w in walls],
-            "cpu_s": [round(c, 3) for c in cpus],
-        }
-        print(f"{name}: wall median {out[name]['wall_median_s']:.2f} s, user+sys median {out[name]['cpu_median_s']:.2f} s  ({runs} fresh processes)")
+        for root in roots.values():
+            run_once(args, root, threads)  # warm the OS file cache; not counted
+        samples: dict[str, list] = {label: [] for label in roots}
+        for _ in range(runs):
+            for label, root in roots.items():
+                samples[label].append(run_once(args, root, threads))
+        for label in roots:
+            walls, cpus = zip(*samples[label])
+            out[label][name] = _summary(args, walls, cpus, threads)
+            s = out[label][name]
+            print(f"{label} {name}: wall median {s['wall_median_s']:.2f} s, user+sys median {s['cpu_median_s']:.2f} s  ({runs} fresh processes)")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--label", default="after", help="key for this run in the JSON file (e.g. before, after)")
+    ap.add_argument("--label", default="after", help="key for this tree's numbers in the JSON file (e.g. before, after)")
+    ap.add_argument("--compare", nargs=2, metavar=("LABEL", "DIR"), default=None, help="also measure the checkout in DIR (e.g. the commit before a change) under LABEL, alternating")
+    ap.add_argument("--server", default=None, metavar="URL", help="also time 'classify --server URL' of the same digit (a warm diffcls-fast serve at URL)")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the measured processes (default: torch's)")
     ap.add_argument("--note", default="", help="free text stored with this run (e.g. the commit, whether the CPU was shared)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cold_start_cpu_2026-12-01.json"))
     a = ap.parse_args(argv)
     import platform
 
-    res = measure(a.runs)
+    if a.server:
+        COMMANDS["classify_one_digit_via_server"] = ["classify", "examples/digit-7.png", "--server", a.server]
+    roots = {a.label: ROOT} | ({a.compare[0]: Path(a.compare[1]).resolve()} if a.compare else {})
+    res = measure(a.runs, roots, a.threads)
     p = Path(a.out)
     data = json.loads(p.read_text()) if p.exists() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     data.setdefault("date", "2026-12-01")
     data["device"] = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     data.setdefault("python", platform.python_version())
-    data.setdefault("runs", {})[a.label] = {"commit": commit, "note": a.note, **res}
+    data["PYTHONDONTWRITEBYTECODE"] = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
+    key = f"threads={a.threads}" if a.threads else "threads=default"
+    for label, root in roots.items():
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip() or "not a git checkout"
+        data.setdefault("runs", {}).setdefault(label, {})[key] = {"tree": str(root), "commit": commit, "note": a.note, **res[label]}
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {p}")
