@@ -108,3 +108,23 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render_table(data: dict, json_name: str) -> list[str]:
+    """README lines (used by bench/report.py): median wall and user + sys CPU time of fresh processes."""
+    rows = []
+    for label, by_threads in data["runs"].items():
+        for threads, run in by_threads.items():
+            for s in run.values():
+                if isinstance(s, dict) and "wall_median_s" in s:
+                    cmd = s["command"].replace("python -m diffcls_fast.cli", "diffcls-fast")
+                    rows.append(f"| {label} | {threads.removeprefix('threads=')} | `{cmd}` | {s['wall_median_s']:.2f} | {s['cpu_median_s']:.2f} |")
+    return [
+        f"**Cold start** — median of {data['runs'][next(iter(data['runs']))]['threads=default']['help']['runs']} fresh processes "
+        f"(`python -m diffcls_fast.cli`, the package not installed), {data['device']}, {data['date']} ([json](bench/results/{json_name})):",
+        "",
+        "| tree | torch threads | command | wall s | user+sys s |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]

@@ -86,6 +86,12 @@ def render() -> str:
             f"- Single-image `ttest` latency: p50 {s['latency_ttest_single_image_p50_s']:.3f} s, p95 {s['latency_ttest_single_image_p95_s']:.3f} s.",
             "",
         ]
+    for prefix, module in (("cold_start", "bench.cold_start"), ("serve_load_digits", "bench.serve_load")):  # issue 15
+        res = _latest(prefix)
+        if res:
+            import importlib
+
+            out += importlib.import_module(module).render_table(res, res["_file"])
     kern = _latest("kernels")
     if kern:
         out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]

@@ -127,8 +127,14 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
     async def run_job(request: Request, job: Job) -> list:
         fut = asyncio.wrap_future(loop.submit(job))
         try:
-            return await fut
-        except asyncio.CancelledError:  # the client went away: drop its work
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=0.25)
+                if done:
+                    return fut.result()
+                if await request.is_disconnected():  # the client went away: drop its work
+                    loop.cancel(job)
+                    raise HTTPError(499, "client_closed", "the client closed the connection")
+        except asyncio.CancelledError:
             loop.cancel(job)
             raise
 

@@ -135,3 +135,18 @@ def test_parse_params_checks_types_without_a_server():
         with pytest.raises(Exception) as e:
             parse_params({"images": [b64(b"x")], **bad}, [], Limits())
         assert getattr(e.value, "status", None) == 400, bad
+
+
+def test_a_client_that_goes_away_has_its_work_dropped(server, client):
+    pngs, _, _ = digit_pngs(3)
+    before = parse(client.metrics())["diffcls_evaluations_total"]
+    body = {"images": [b64(p) for p in pngs], "policy": "exhaustive", "options": {"n_grid": 60}, "timeout": 120}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/classify", json=body, timeout=httpx.Timeout(60, read=0.5))
+    t0 = time.monotonic()
+    while parse(client.metrics())["diffcls_queue_depth"] > 0 and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    m1 = parse(client.metrics())
+    assert m1["diffcls_queue_depth"] == 0 and m1["diffcls_inflight_images"] == 0
+    time.sleep(0.8)
+    assert parse(client.metrics())["diffcls_evaluations_total"] == m1["diffcls_evaluations_total"] < before + 1800
