@@ -106,6 +106,17 @@ class Client:
             params["options"] = options
         return self._post("/v1/classify", files=files, data={"params": json.dumps(params)})
 
+    def match(
+        self, images: Any, captions: Sequence[str], *, n_grid: int | None = None, shared_noise: bool = False, seed: int | None = None, timeout: float | None = None, names: Sequence[str] | None = None
+    ) -> dict:
+        """The ``match --json`` object: ``errors`` [images x captions] (lower = better match), ``winoground`` for 2 x 2, ..."""
+        files = [("images", (name, data, "application/octet-stream")) for name, data in _encode_images(images, names)]
+        params: dict[str, Any] = {"captions": list(captions), "shared_noise": shared_noise}
+        for k, v in (("n_grid", n_grid), ("seed", seed), ("timeout", timeout)):
+            if v is not None:
+                params[k] = v
+        return self._post("/v1/match", files=files, data={"params": json.dumps(params)})
+
     def models(self) -> dict:
         return self._get("/v1/models").json()
 

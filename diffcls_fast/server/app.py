@@ -5,6 +5,7 @@ Endpoints::
     POST /v1/classify   images (multipart files 'images' + optional JSON field 'params', or a JSON body
                         with base64 'images'), classes | prompts, seed, policy, options, temperature,
                         top_k, timeout -> {"results": [one `classify --json` object per image], ...}
+    POST /v1/match      images + captions (+ n_grid, shared_noise, seed) -> the `match --json` object
     GET  /v1/models     the served model, its classes and engine settings
     GET  /healthz       200 once the model is loaded and warmed up, else 503
     GET  /metrics       Prometheus text format
@@ -172,6 +173,49 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             metrics.observe_request(500, time.perf_counter() - t0, "internal")
             return _error(HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
 
+    async def match(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            authorize(request)
+            check_ready()
+            fields, files = await parse_request(request)
+            from ..engine.match import check_captions
+            from ..errors import UserError
+
+            extra = {k: fields.pop(k) for k in ("captions", "n_grid", "shared_noise") if k in fields}
+            if "captions" not in extra:
+                raise bad("match needs 'captions', a list of full prompts")
+            try:
+                captions = check_captions(extra["captions"])
+            except UserError as e:
+                raise bad(str(e)) from None
+            n_grid = extra.get("n_grid")
+            if n_grid is not None and (isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1):
+                raise bad(f"n_grid must be a positive integer, got {n_grid!r}")
+            shared = extra.get("shared_noise", False)
+            if not isinstance(shared, bool):
+                raise bad(f"shared_noise must be true or false, got {shared!r}")
+            if len(set(captions)) > limits.max_classes:
+                raise too_large(f"{len(set(captions))} distinct captions in one request; the limit is {limits.max_classes}")
+            params = parse_params(fields, files, limits)
+            if params.classes is not None or set(params.options) - {"seed"}:
+                raise bad("match takes captions, n_grid, shared_noise, seed and timeout (no classes, prompts, policy, options or temperature)")
+            clf = loop.clf
+            hw, ch = clf.model.image_hw, clf.model.image_channels
+            pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
+            job = Job(pixels, None, params.options, params.timeout, match=(captions, n_grid, shared))
+            res = await run_job(request, job)
+            body = {"images": [n for n, _ in params.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}
+            metrics.observe_request(200, time.perf_counter() - t0)
+            return JSONResponse(body)
+        except HTTPError as e:
+            metrics.observe_request(e.status, time.perf_counter() - t0, e.kind)
+            return _error(e)
+        except Exception as e:
+            log.exception("match request failed")
+            metrics.observe_request(500, time.perf_counter() - t0, "internal")
+            return _error(HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+
     async def models(request: Request) -> Response:
         try:
             authorize(request)
@@ -240,6 +284,7 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
     app = Starlette(
         routes=[
             Route("/v1/classify", classify, methods=["POST"]),
+            Route("/v1/match", match, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -43,6 +43,8 @@ class Job:
     results: list[Any] = field(default_factory=list)
     warning: str | None = None
     request: Any = None  # the engine's handle, once admitted
+    match: tuple | None = None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
+    _match_cols: Any = None
 
     @property
     def deadline(self) -> float:
@@ -180,7 +182,10 @@ class EngineLoop:
             return
         try:
             view = self.clf.with_options(**job.options)
-            req = self.engine.submit(job.pixels, job.classes, options=view)
+            classes = job.classes
+            if job.match is not None:
+                view, classes, job._match_cols = _match_view(view, job.match, len(job.pixels))
+            req = self.engine.submit(job.pixels, classes, options=view)
         except (UserError, TypeError, ValueError) as e:
             self._finish(job, HTTPError(400, "bad_request", str(e)))
             return
@@ -200,7 +205,7 @@ class EngineLoop:
         if job.future.done():
             return
         if error is None:
-            job.future.set_result(job.results)
+            job.future.set_result(job.results if job.match is None else _match_result(job))
         elif not job.future.cancelled():
             job.future.set_exception(error)
 
@@ -226,3 +231,38 @@ class EngineLoop:
                 c = cond.expand(b, *cond.shape[1:]) if cond is not None else torch.zeros((b,), dtype=torch.long, device=m.device)
                 m.denoise(x, t, c.contiguous())
         self.warmup_seconds = time.perf_counter() - t0
+
+
+def _match_view(clf, match: tuple, n_images: int):
+    """``iter_match_groups`` for one group: the captions as classes, each image scoring all of them
+    exhaustively on the grid (tests/server check the answer equals ``clf.match``)."""
+    import numpy as np
+
+    from ..engine.match import _check_n_grid, _Matcher
+    from ..engine.prompts import ClassSpec
+
+    captions, n_grid, shared = match
+    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps)
+    distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+    names, class_prompts = list(distinct), [np.array([k]) for k in range(len(distinct))]
+    if len(names) == 1:  # a lone class is answered without the model; an unscored second one keeps it running
+        names.append("\x00unscored")
+        class_prompts.append(np.array([0]))
+    cols = np.array([distinct[c] for c in captions], dtype=np.int64)
+    view = _Matcher(clf, n_grid, [np.unique(cols)] * n_images, shared)
+    return view, ClassSpec(names, list(distinct), class_prompts), cols
+
+
+def _match_result(job: Job):
+    import numpy as np
+
+    from ..engine.match import MatchResult
+    from ..engine.policies import PolicyConfig
+
+    captions, _, shared = job.match
+    res, cols = job.results, job._match_cols
+    view = job.request.clf
+    errors = np.stack([r.mean_errors[cols] for r in res]).astype(np.float64)
+    errors[[r.error is not None for r in res]] = np.nan  # a failed image has no scores
+    policy = PolicyConfig(name="exhaustive", n_grid=view.policy_cfg.n_grid).describe()
+    return MatchResult(errors, list(captions), view.policy_cfg.n_grid, int(sum(r.evaluations_spent for r in res)), float(max(r.seconds for r in res)), shared, policy, [r.error for r in res])

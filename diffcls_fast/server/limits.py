@@ -51,7 +51,7 @@ def too_large(message: str) -> HTTPError:
     return HTTPError(413, "too_large", message)
 
 
-_FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss"}
+_FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss"}  # /v1/match adds captions, n_grid, shared_noise
 _POLICY_DEFAULTS = {f.name: getattr(PolicyConfig(), f.name) for f in fields(PolicyConfig) if f.name != "name"}
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from diffcls_fast.cli import main  # noqa: E402
-from diffcls_fast.client import Client  # noqa: E402
+from diffcls_fast.client import Client, ServerError  # noqa: E402
 from diffcls_fast.server.app import ServerThread  # noqa: E402
 from diffcls_fast.server.metrics import parse  # noqa: E402
 
@@ -188,3 +188,17 @@ def test_unknown_paths_are_json_404_and_metrics_count_errors(server, client):
     assert m['diffcls_errors_total{kind="unauthorized"}'] >= 1 and m['diffcls_errors_total{kind="not_found"}'] >= 1
     assert m['diffcls_requests_total{code="200"}'] >= 1 and m["diffcls_evaluations_total"] > 0 and m["diffcls_ready"] == 1
     assert m['diffcls_request_duration_seconds_bucket{le="+Inf"}'] == m["diffcls_request_duration_seconds_count"]
+
+
+def test_match_equals_local_match(server, client, local):
+    pngs, _, pil = digit_pngs(2)
+    caps = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit one"]
+    got = client.match(pngs, caps, n_grid=4, seed=3)
+    exp = local.with_options(seed=3).match(pil, caps, n_grid=4)
+    np.testing.assert_allclose(np.array(got["errors"]), exp.errors, rtol=1e-5, atol=1e-7)
+    assert got["captions"] == caps and got["n_grid"] == 4 and got["evaluations"] == exp.evaluations and got["images"] == ["images[0]", "images[1]"]
+    two = client.match(pngs, caps[:2], n_grid=2, shared_noise=True)
+    assert set(two["winoground"]) == {"text", "image", "group"} and two["shared_noise"] is True
+    with pytest.raises(ServerError) as e:
+        client.match(pngs, [])
+    assert e.value.status == 400 and "empty" in e.value.server_message
