@@ -139,6 +139,8 @@ class Engine:
     caller of ``classify_iter``).
     """
 
+    MEMO_ROWS = 1024  # condition rows of recently seen class lists kept ready (beyond them the disk cache serves)
+
     def __init__(self, clf: DiffusionClassifier):
         self.clf = clf
         self.model = clf.model
@@ -185,9 +187,11 @@ class Engine:
         unknown = clf._unknown_words(spec)
         cond = clf._conditions(spec)
         clf._check_distinct(spec, cond, unknown)
-        self._memo[key] = (cond, unknown)
-        if len(self._memo) > 16:
-            self._memo.popitem(last=False)
+        # Bounded by condition rows, not entries: one 1,000-prompt SD table is 315 MB.
+        if len(cond) <= self.MEMO_ROWS:
+            self._memo[key] = (cond, unknown)
+            while sum(len(c) for c, _ in self._memo.values()) > self.MEMO_ROWS:
+                self._memo.popitem(last=False)
         return cond, unknown
 
     def cancel(self, req: Request) -> None:
