@@ -2,6 +2,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+SERVE = ["starlette>=0.40", "uvicorn>=0.30", "httpx>=0.27", "python-multipart>=0.0.9"]  # diffcls-fast serve and its client
+
 setup(
     name="diffcls-fast",
     version="0.1.0",
@@ -33,7 +35,8 @@ setup(
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4.0"],
         # <2.64: Ray 2.64 drops map_batches' **ray_remote_args, where max_restarts / max_task_retries go (integrations/ray.py)
         "ray": ["ray[data]>=2.40,<2.64"],
-        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "ray[data]>=2.40,<2.64"],
+        "serve": SERVE,
+        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "ray[data]>=2.40,<2.64"] + SERVE,
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
 )

@@ -89,6 +89,12 @@ def render() -> str:
     gpu = _latest_gpu()
     if gpu:
         out += render_gpu(gpu, gpu["_file"])
+    for prefix, module in (("cold_start", "bench.cold_start"), ("serve_load_digits", "bench.serve_load")):  # issue 15
+        res = _latest(prefix)
+        if res:
+            import importlib
+
+            out += importlib.import_module(module).render_table(res, res["_file"])
     kern = _latest("kernels")
     if kern:
         out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]

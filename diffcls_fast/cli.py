@@ -195,6 +195,10 @@ def _progress(total: int, desc: str):
 
 
 def cmd_classify(a: argparse.Namespace) -> int:
+    if a.server is not None:  # a warm server does the work; this process imports no torch
+        from .client import classify_cli
+
+        return classify_cli(a)
     from .engine import parse_class_list, read_prompts_csv
     from .images import load_image
 
@@ -237,6 +241,50 @@ def cmd_classify(a: argparse.Namespace) -> int:
     if failed:  # a failed image (NaN/inf) is not a user error
         print(f"diffcls-fast: {failed} of {len(results)} images failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .server import require_serve
+
+    require_serve()  # a missing extra is one line, before the model loads
+    from .server.app import serve
+    from .server.limits import Limits
+
+    noise = _check_engine_args(a)
+    from .engine.classifier import check_scheduler_args
+
+    check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)
+    if not 0 <= a.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {a.port}")
+    if a.request_timeout > a.max_timeout:
+        raise UserError(f"--request-timeout ({a.request_timeout:g} s) is over --max-timeout ({a.max_timeout:g} s)")
+    limits = Limits(
+        max_body_bytes=a.max_body_bytes,
+        max_image_pixels=a.max_image_pixels,
+        max_images=a.max_images,
+        max_classes=a.max_classes,
+        max_queue=a.max_queue,
+        default_timeout=a.request_timeout,
+        max_timeout=a.max_timeout,
+    )
+    serve(lambda: _classifier(a, noise), host=a.host, port=a.port, limits=limits, api_key=a.api_key, warmup=not a.no_warmup, graceful_timeout=a.graceful_timeout)
+    return 0
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    g.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: $DIFFCLS_API_KEY; none: open)")
+    g.add_argument("--max-queue", type=positive_int, default=256, help="requests accepted and not yet answered; more get 429 (default: 256)")
+    g.add_argument("--max-images", type=positive_int, default=64, help="images per request (default: 64)")
+    g.add_argument("--max-classes", type=positive_int, default=1000, help="classes per request (default: 1000)")
+    g.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, help="width x height of one image (default: 16777216)")
+    g.add_argument("--max-body-bytes", type=positive_int, default=16 << 20, help="request body size (default: 16 MiB)")
+    g.add_argument("--request-timeout", type=positive_float, default=60.0, help="default deadline of a request, seconds (504 after it; default: 60)")
+    g.add_argument("--max-timeout", type=positive_float, default=600.0, help="the largest deadline a request may ask for (default: 600)")
+    g.add_argument("--graceful-timeout", type=positive_float, default=None, help="on SIGTERM, wait at most this long for requests in flight (default: until they finish)")
+    g.add_argument("--no-warmup", action="store_true", help="ready without warming up (the first requests pay for it)")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -380,8 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help='comma-separated class names, e.g. "zero,one,two" (default: the model\'s own list)')
     p.add_argument("--prompts", default=None, help="CSV with columns classidx,prompt[,classname]; several rows per class form an ensemble")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--server", default=None, metavar="URL", help="send the images to a running 'diffcls-fast serve' at URL (same output; the server's model and engine settings)")
+    p.add_argument("--api-key", default=None, help="with --server: the server's API key (default: $DIFFCLS_API_KEY)")
     _add_engine_args(p)
     p.set_defaults(fn=cmd_classify)
+
+    p = sub.add_parser("serve", help="a warm HTTP classification server (needs the serve extra)")
+    _add_serve_args(p)
+    _add_engine_args(p)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="accuracy on a bundled data split")
     p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="bundled split of digits or numbers (default: heldout)")

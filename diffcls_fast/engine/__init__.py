@@ -1,7 +1,33 @@
-"""The engine: noise bank, policies, scheduler, runner, embedding cache and the classifier API."""
+"""The engine: noise bank, policies, scheduler, runner, embedding cache and the classifier API.
 
-from .classifier import DiffusionClassifier
-from .prompts import ClassSpec, parse_class_list, read_prompts_csv
-from .results import ClassificationResult, RunStats
+Names are imported on first use, so importing a light submodule (``engine.prompts``) does not import torch.
+"""
 
-__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "RunStats", "parse_class_list", "read_prompts_csv"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ClassSpec": ".prompts",
+    "parse_class_list": ".prompts",
+    "read_prompts_csv": ".prompts",
+    "ClassificationResult": ".results",
+    "RunStats": ".results",
+    "DiffusionClassifier": ".classifier",
+    "Engine": ".core",
+}
+
+__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "Engine", "RunStats", "parse_class_list", "read_prompts_csv"]
+
+
+def __getattr__(name: str):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'diffcls_fast.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import operator
@@ -17,16 +18,15 @@ import torch
 from PIL import Image
 
 from .. import kernels
-from ..errors import DiffclsWarning, NonFiniteInput, UserError
+from ..errors import DiffclsWarning, UserError
 from ..images import to_pixels
 from ..models.bundle import ModelBundle
 from .cache import EmbeddingCache
-from .noise import NoiseBank, check_seed, image_key
+from .noise import NoiseBank, check_seed
 from .policies import Outcome, PolicyConfig, make_policy
 from .prompts import ClassSpec, parse_class_list
 from .results import ClassificationResult, RunStats, posterior
-from .runner import ImageState, Runner
-from .scheduler import SPECULATION, Scheduler, power_of_two_buckets
+from .scheduler import SPECULATION, power_of_two_buckets
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 _POLICY_FIELDS = {f.name for f in fields(PolicyConfig)} - {"name"}
@@ -105,10 +105,8 @@ class DiffusionClassifier:
         self.max_inflight = int(max_inflight)
         self.seed = check_seed(seed)
         self.loss = loss
-        cal = model_calibration(model, self.policy_cfg.name)
-        # Explicit values win; else the model's calibration for this policy (fitted on its train split).
-        self.temperature = check_temperature(temperature if temperature is not None else cal["temperature"])
-        self.posterior_floor = check_floor(posterior_floor if posterior_floor is not None else (cal["floor"] if temperature is None else 0.0))
+        self._temperature_arg, self._floor_arg = temperature, posterior_floor
+        self.temperature, self.posterior_floor = _posterior_params(model, self.policy_cfg.name, temperature, posterior_floor)
         if speculate == "auto":
             # Rows of a batch cost little next to the call itself until the batch is large (GPU, and
             # small models on CPU): with too few images in flight, scoring ahead beats tiny batches.
@@ -118,6 +116,41 @@ class DiffusionClassifier:
         self.bank = NoiseBank(model.latent_shape, self.seed, saved=noise)
         self.cache = EmbeddingCache(cache_dir, embedding_key(model), shape=model.cond_shape) if use_cache and model.cond_kind == "text" else None
         self.last_stats = RunStats()
+
+    def with_options(self, *, policy: str | None = None, seed: int | None = None, temperature: float | None = None, posterior_floor: float | None = None, **policy_options: Any) -> DiffusionClassifier:
+        """A view of this classifier with other per-request options, sharing its model, cache and engine settings.
+
+        ``policy`` and policy options override this classifier's (unnamed options keep
+        its values); ``seed`` gives another noise bank (a saved noise tensor stays);
+        ``temperature`` and ``posterior_floor`` follow the constructor's rule (default:
+        the model's calibration for the view's policy, unless this classifier was
+        given explicit values). ``view.classify(...)`` equals a classifier built with
+        the same arguments. The batch size, buckets, in-flight bound, speculation and
+        loss are the engine's and stay; :class:`diffcls_fast.engine.Engine` runs requests
+        with different views in the same batches.
+        """
+        unknown = set(policy_options) - _POLICY_FIELDS
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        view = copy.copy(self)
+        if policy is not None or policy_options:
+            opts = {f: getattr(self.policy_cfg, f) for f in _POLICY_FIELDS} | policy_options
+            view.policy_cfg = PolicyConfig(name=self.policy_cfg.name if policy is None else policy, **opts)
+            try:
+                view.policy_cfg.validate(self.model.num_timesteps)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        if seed is not None and check_seed(seed) != self.seed:
+            view.seed = check_seed(seed)
+            view.bank = copy.copy(self.bank)  # the same saved noise (checked once), another seed
+            view.bank.seed = view.seed
+        if temperature is not None:
+            view._temperature_arg, view._floor_arg = temperature, posterior_floor
+        elif posterior_floor is not None:
+            view._floor_arg = posterior_floor
+        view.temperature, view.posterior_floor = _posterior_params(self.model, view.policy_cfg.name, view._temperature_arg, view._floor_arg)
+        view.last_stats = RunStats()
+        return view
 
     # -- classes ------------------------------------------------------------------------
     def class_spec(self, classes: ClassSpec | Sequence[str] | str | None) -> ClassSpec:
@@ -210,102 +243,26 @@ class DiffusionClassifier:
 
         ``images`` is consumed lazily, a chunk at a time, so a generator streams.
         """
+        from .core import Engine
+
         images = _image_stream(images)
-        spec = self.class_spec(classes)
-        n_cls = len(spec)
         stats = self.last_stats = RunStats(backend=self.model.backend, dtype=str(self.model.dtype).removeprefix("torch."))
         t_setup = time.perf_counter()
-        if n_cls == 1:
-            # One candidate: the answer is certain, the model is not run.
-            for i, im in enumerate(images):
-                stats.images += 1
-                try:
-                    self._pixels(im, i)  # still report unreadable or malformed inputs
-                except NonFiniteInput as e:
-                    yield i, self._failed_result(spec, f"{e}; it was not scored", None, 0, 0.0)
-                    continue
-                yield i, self._result(spec, None, 0, 0.0)
-            return
-        unknown = self._unknown_words(spec)
-        cond = self._conditions(spec)
-        self._check_distinct(spec, cond, unknown)
-        if unknown is not None:
-            warnings.warn(DiffclsWarning(unknown[0]), stacklevel=2)
-        runner = Runner(self.model, self.bank, cond, spec.class_prompts, self.loss)
+        # One engine per call (its stats are this call's); the server keeps one engine for all requests.
+        engine = Engine(self)
+        req = engine.submit(images, classes, chunk=chunk)
+        if req.warning is not None:
+            warnings.warn(DiffclsWarning(req.warning), stacklevel=2)
         stats.setup_seconds = time.perf_counter() - t_setup
-        sched = Scheduler(self.buckets, self.max_inflight, self.speculate)
-        states: dict[int, ImageState] = {}
-        started: dict[int, float] = {}
-        pending = iter(enumerate(images))
-        exhausted = False
-        failed_inputs: list[tuple[int, str]] = []  # images that fail before scoring (a non-finite latent)
         t0 = time.perf_counter()
-
-        def refill() -> None:
-            nonlocal exhausted
-            # Keep enough images encoded and waiting to fill the in-flight slots.
-            while not exhausted and len(sched.waiting) < max(chunk, self.max_inflight):
-                block = [next(pending, None) for _ in range(chunk)]
-                block = [b for b in block if b is not None]
-                if not block:
-                    exhausted = True
-                    return
-                pix = []
-                for i, im in block:
-                    try:
-                        pix.append(self._pixels(im, i))
-                    except NonFiniteInput as e:  # NaN/inf pixels: that image fails, the others go on
-                        failed_inputs.append((i, f"{e}; it was not scored"))
-                block = [b for b in block if b[0] not in {f for f, _ in failed_inputs}]
-                if not block:
-                    continue
-                x0 = self.model.encode_images(pix).float()
-                for (i, _), px, x in zip(block, pix, x0):
-                    if not bool(torch.isfinite(x).all()):
-                        failed_inputs.append((i, "the input image (its encoded latent) holds NaN or inf; it was not scored"))
-                        continue
-                    # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
-                    # last bits) on how images are batched, and the noise must not.
-                    key = image_key(px)
-                    pol = self._new_policy(i, n_cls, key, runner.cost)
-                    states[i] = ImageState(key, x, pol)
-                    sched.add(i, pol)
-
-        refill()
-        while True:
-            for i, msg in failed_inputs:
+        while engine.has_work:
+            for _, i, r in engine.step():
                 stats.images += 1
                 if progress is not None:
                     progress.update(1)
-                yield i, self._failed_result(spec, msg, None, 0, 0.0)
-            failed_inputs.clear()
-            batch = sched.schedule()
-            if batch is None:
-                finished = sched.retire()
-                if not finished:
-                    if not sched.has_work:
-                        break
-                    # A policy bug (no policy should get here): fail those images, not the whole run.
-                    finished = sched.fail_stalled()
-                    if not finished:
-                        raise RuntimeError("scheduler stalled with no in-flight image to fail")
-            else:
-                now = time.perf_counter()
-                for rid in batch.request_ids:
-                    started.setdefault(rid, now)
-                errors = runner.run(batch, states)
-                finished = sched.update(batch, errors)
-            now = time.perf_counter()
-            for rid in finished:
-                st = states.pop(rid)
-                o = st.policy.outcome()
-                stats.images += 1
-                if progress is not None:
-                    progress.update(1)
-                yield rid, self._result(spec, o, st.policy.spent, now - started.get(rid, now))
-            refill()
+                yield i, r
         stats.seconds = time.perf_counter() - t0
-        s = sched.stats
+        s = engine.stats
         stats.evaluations, stats.padded_rows, stats.batches = s.rows, s.padded, s.batches
         stats.bucket_counts = dict(s.bucket_counts)
         stats.kernels = kernels.active_backend()
@@ -421,6 +378,15 @@ def _quote_some(items: Sequence[str], one: str = "", many: str = "", limit: int 
     shown = ", ".join(repr(x) for x in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
     noun = one if len(items) == 1 else many
     return f"{noun} {shown}" if noun else shown
+
+
+def _posterior_params(model: ModelBundle, policy: str, temperature: Any, floor: Any) -> tuple[float, float]:
+    """(temperature, floor): explicit values win; else the model's calibration for the policy
+    (fitted on its train split). An explicit temperature without a floor means floor 0."""
+    cal = model_calibration(model, policy)
+    t = check_temperature(temperature if temperature is not None else cal["temperature"])
+    f = check_floor(floor if floor is not None else (cal["floor"] if temperature is None else 0.0))
+    return t, f
 
 
 DEFAULT_TEMPERATURE = 1e-2  # for a model that ships no calibration for the policy

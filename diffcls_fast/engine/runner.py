@@ -4,6 +4,10 @@ The only place where tensors meet the scheduler's index arrays. Per batch it
 does one host->device copy of small index arrays, one fused ``make_noisy``, one
 denoiser call, one fused ``query_errors``, and one device->host copy of the
 per-query errors (the batch's only sync).
+
+Images of one batch may belong to requests with different class lists and
+seeds (the server): each :class:`ImageState` carries its request's noise bank
+and :class:`ClassRows` (class -> rows of the shared condition table).
 """
 
 from __future__ import annotations
@@ -22,24 +26,50 @@ from .scheduler import Batch
 LOSSES = ("l2", "l1", "huber", "x0")
 
 
+@dataclass(eq=False)
+class ClassRows:
+    """A class list in a condition table: class c is scored with table rows ``prompt_ids[prompt_ptr[c]:prompt_ptr[c + 1]]``
+    (a prompt ensemble when there are several; the query's error is their mean)."""
+
+    cost: np.ndarray  # int64 [C]: denoiser rows per query of each class
+    prompt_ptr: np.ndarray  # int64 [C + 1]
+    prompt_ids: np.ndarray  # int64: condition-table rows, class after class
+
+    @classmethod
+    def from_class_prompts(cls, class_prompts: list[np.ndarray], table_rows: np.ndarray | None = None) -> ClassRows:
+        """``class_prompts[c]`` indexes the spec's prompts; ``table_rows[k]`` is prompt k's table row (default: k)."""
+        cost = np.array([len(p) for p in class_prompts], dtype=np.int64)
+        ids = np.concatenate(class_prompts).astype(np.int64)
+        if table_rows is not None:
+            ids = np.asarray(table_rows, dtype=np.int64)[ids]
+        return cls(cost, np.concatenate([[0], np.cumsum(cost)]).astype(np.int64), ids)
+
+
 @dataclass
 class ImageState:
-    """One in-flight image: its latent, its noise (generated once per sample), its policy."""
+    """One in-flight image: its latent, its noise (generated once per sample), its policy,
+    and (for an engine serving several requests) its request's noise bank and class rows."""
 
     key: int
     x0: torch.Tensor  # [C, H, W] float32 on the model's device
     policy: Policy
     noise: dict[int, torch.Tensor] = field(default_factory=dict)
+    bank: NoiseBank | None = None  # None: the runner's
+    rows: ClassRows | None = None  # None: the runner's
 
 
 class Runner:
-    def __init__(self, model: ModelBundle, bank: NoiseBank, cond_table: torch.Tensor, class_prompts: list[np.ndarray], loss: str = "l2"):
+    """``Runner(model, bank, cond_table, class_prompts)`` serves one class list; the engine
+    (:mod:`.core`) passes only the model and loss, sets ``cond_table`` to its shared table and
+    gives every image state its own bank and rows."""
+
+    def __init__(self, model: ModelBundle, bank: NoiseBank | None = None, cond_table: torch.Tensor | None = None, class_prompts: list[np.ndarray] | None = None, loss: str = "l2"):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.model = model
         self.bank = bank
         self.device = model.device
-        self.cond_table = cond_table.to(self.device)
+        self.cond_table = cond_table.to(self.device) if cond_table is not None else None
         self.kind = "l2" if loss == "x0" else loss
         self.x0_weight = loss == "x0"
         self.T = model.num_timesteps
@@ -50,9 +80,8 @@ class Runner:
         t01 = torch.arange(self.T, dtype=torch.float64) / self.T
         self.w_tab = (torch.exp(-7.0 * t01) * (1 - acp) / acp).float().to(self.device)
         # Prompt ensembles: class c is scored with prompts class_prompts[c] (mean over them).
-        self.cost = np.array([len(p) for p in class_prompts], dtype=np.int64)
-        self.prompt_ptr = np.concatenate([[0], np.cumsum(self.cost)])
-        self.prompt_ids = np.concatenate(class_prompts).astype(np.int64)
+        self.rows = ClassRows.from_class_prompts(class_prompts) if class_prompts is not None else None
+        self.cost = self.rows.cost if self.rows is not None else None
         self._buffers: dict[int, torch.Tensor] = {}
 
     def _buffer(self, size: int) -> torch.Tensor:
@@ -70,7 +99,7 @@ class Runner:
         """
         missing = [(st, s) for st, s in pairs if s not in st.noise]
         if missing:
-            fresh = torch.stack([self.bank.noise(st.key, s) for st, s in missing]).to(self.device)
+            fresh = torch.stack([(st.bank or self.bank).noise(st.key, s) for st, s in missing]).to(self.device)
             for (st, s), row in zip(missing, fresh):
                 st.noise[s] = row
         return torch.stack([st.noise[s] for st, s in pairs])
@@ -89,11 +118,25 @@ class Runner:
         t_pair = np.array([st.policy.timestep(s) for st, s in pairs], dtype=np.int64)
         x0 = torch.stack([st.x0 for st in st_of])
 
-        # Expand queries to denoiser rows (one per prompt of the query's class).
-        counts = self.cost[cls]
+        # Expand queries to denoiser rows (one per prompt of the query's class), looking the
+        # prompts up in the class rows of each query's image (runs of images sharing them at once).
+        counts = np.empty(len(cls), dtype=np.int64)
+        cond_parts = []
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(req)) + 1, [len(req)]])
+        start = 0
+        for k in range(len(st_of)):
+            cr = st_of[k].rows or self.rows
+            if k + 1 < len(st_of) and (st_of[k + 1].rows or self.rows) is cr:
+                continue  # the next image shares the class rows: one lookup for the run
+            lo, hi = bounds[start], bounds[k + 1]
+            c = cls[lo:hi]
+            cnt = cr.cost[c]
+            counts[lo:hi] = cnt
+            offs = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            cond_parts.append(cr.prompt_ids[np.repeat(cr.prompt_ptr[c], cnt) + offs])
+            start = k + 1
+        cond_idx = np.concatenate(cond_parts)
         row_query = np.repeat(np.arange(len(cls)), counts)
-        offs = np.arange(len(row_query)) - np.repeat(np.cumsum(counts) - counts, counts)
-        cond_idx = self.prompt_ids[self.prompt_ptr[cls[row_query]] + offs]
         rows = len(row_query)
         pad = batch.size - rows
         img_idx = np.concatenate([req[row_query], np.zeros(pad, np.int64)])

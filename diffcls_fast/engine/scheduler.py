@@ -94,6 +94,16 @@ class Scheduler:
     def add(self, request_id: Any, policy: Policy) -> None:
         self.waiting.append((request_id, policy))
 
+    def remove(self, request_ids) -> None:
+        """Drop requests (waiting or in flight) for good: no query of theirs is scheduled again
+        (a cancelled or timed-out server request). Call between steps, never inside one."""
+        gone = set(request_ids)
+        if not gone:
+            return
+        self.waiting = deque((rid, pol) for rid, pol in self.waiting if rid not in gone)
+        for rid in gone:
+            self.running.pop(rid, None)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -1,0 +1,331 @@
+"""The engine core: one scheduler and one runner serving many requests at once.
+
+``DiffusionClassifier.classify_iter`` (and so ``classify``, ``eval`` and ``match``) and
+the HTTP server (:mod:`diffcls_fast.server`) all drive the same object, so a
+result never depends on which door it came through::
+
+    engine = Engine(clf)
+    req = engine.submit(images, classes)               # a handle; images may be a lazy iterable
+    other = engine.submit(more, ["cat", "dog"], options=clf.with_options(seed=3, policy="halving"))
+    while engine.has_work:
+        for req, index, result in engine.step():      # one denoiser batch per step
+            ...
+    engine.cancel(req)                                 # drops its queries from the scheduler
+
+Each request carries its own class list (prompts or prompt ensembles), policy and
+options, seed (noise bank) and posterior temperature: ``options`` is a view of the
+classifier (:meth:`DiffusionClassifier.with_options`). The engine-wide settings are
+the model, the loss, the buckets, the in-flight bound and speculation; none of
+them changes a result beyond the floating-point tolerance of batch composition
+(README, "Determinism").
+
+Requests with different class lists share batches through one condition table:
+the union of the live requests' prompt embeddings, keyed by prompt content (two
+requests naming the same prompt share its row). Each in-flight image knows its
+request's class -> table-row map (:class:`ClassRows`), and the runner looks the
+rows up per query. Rows are reference-counted and reused once no live request
+needs them, so a long-running server's table holds only what is in flight.
+
+Pure orchestration: tensors are made by the model bundle and the runner, the
+decisions by the policies and the scheduler, the results by the classifier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import NonFiniteInput
+from .noise import image_key
+from .prompts import ClassSpec
+from .results import ClassificationResult
+from .runner import ClassRows, ImageState, Runner
+from .scheduler import Scheduler, SchedulerStats
+
+if TYPE_CHECKING:
+    from .classifier import DiffusionClassifier
+
+
+class ConditionTable:
+    """The condition rows of every live request, keyed by prompt content, reference-counted.
+
+    ``tensor`` is ``[capacity, *cond_shape]`` on the model's device; it grows by
+    doubling (the runner re-reads it every batch) and free rows are reused.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+        self.row_of: dict[str, int] = {}
+        self.refs: list[int] = []
+        self.free: list[int] = []
+
+    @property
+    def live_rows(self) -> int:
+        return len(self.row_of)
+
+    def acquire(self, prompts: list[str], cond: torch.Tensor) -> np.ndarray:
+        """Table rows of ``prompts`` (``cond[k]`` is the condition of ``prompts[k]``); one reference each."""
+        if self.tensor is None:
+            self.tensor = torch.empty((max(8, len(prompts)), *cond.shape[1:]), dtype=cond.dtype, device=cond.device)
+            self.refs = [0] * len(self.tensor)
+            self.free = list(range(len(self.tensor) - 1, -1, -1))
+        rows = np.empty(len(prompts), dtype=np.int64)
+        for k, pr in enumerate(prompts):
+            r = self.row_of.get(pr)
+            if r is None:
+                if not self.free:
+                    self._grow()
+                r = self.free.pop()
+                self.tensor[r] = cond[k].to(self.tensor.device, self.tensor.dtype)
+                self.row_of[pr] = r
+            self.refs[r] += 1
+            rows[k] = r
+        return rows
+
+    def release(self, prompts: list[str]) -> None:
+        for pr in prompts:
+            r = self.row_of[pr]
+            self.refs[r] -= 1
+            if self.refs[r] == 0:
+                del self.row_of[pr]
+                self.free.append(r)
+
+    def _grow(self) -> None:
+        old = self.tensor
+        cap = 2 * len(old)
+        self.tensor = torch.empty((cap, *old.shape[1:]), dtype=old.dtype, device=old.device)
+        self.tensor[: len(old)] = old
+        self.refs += [0] * (cap - len(old))
+        self.free = list(range(cap - 1, len(old) - 1, -1))
+
+
+@dataclass(eq=False)
+class Request:
+    """A handle on one submitted request: its class list, options, and progress."""
+
+    id: int
+    clf: DiffusionClassifier  # the request's options: policy, seed (noise bank), temperature (a view of the classifier)
+    spec: ClassSpec
+    warning: str | None  # the unknown-words sentence, if any (classify_iter issues it as a DiffclsWarning)
+    chunk: int
+    images: Iterator[tuple[int, Any]]
+    rows: ClassRows | None = None  # None for a one-class request (answered without the model)
+    peeked: list = field(default_factory=list)  # the next (index, image), pulled ahead of its chunk
+    exhausted: bool = False  # every input image has been pulled from ``images``
+    inputs: int = 0  # images pulled so far
+    finished: int = 0  # images answered so far
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or (self.exhausted and self.finished == self.inputs)
+
+
+Event = tuple[Request, int, ClassificationResult]  # (request, input index within it, result)
+
+
+class Engine:
+    """One scheduler, runner and condition table for every request; see the module docstring.
+
+    Not thread-safe: one thread owns an engine (the server's engine loop, or the
+    caller of ``classify_iter``).
+    """
+
+    MEMO_ROWS = 1024  # condition rows of recently seen class lists kept ready (beyond them the disk cache serves)
+
+    def __init__(self, clf: DiffusionClassifier):
+        self.clf = clf
+        self.model = clf.model
+        self.sched = Scheduler(clf.buckets, clf.max_inflight, clf.speculate)
+        self.table = ConditionTable()
+        self.runner = Runner(self.model, loss=clf.loss)
+        self.states: dict[int, ImageState] = {}
+        self._owner: dict[int, tuple[Request, int]] = {}  # scheduler id -> (request, input index)
+        self._started: dict[int, float] = {}  # scheduler id -> time of its first batch
+        self._requests: OrderedDict[int, Request] = OrderedDict()  # live requests, oldest first
+        self._ready: deque[Event] = deque()  # results known before scoring (failed inputs, one-class requests)
+        self._ids = itertools.count()
+        self._uids = itertools.count()
+        self._memo: OrderedDict[tuple, tuple[torch.Tensor, tuple[str, set[int]] | None]] = OrderedDict()
+        self.images_done = 0
+
+    # -- requests ------------------------------------------------------------------------
+    def submit(self, images: Iterable[Any], classes: Any = None, options: DiffusionClassifier | None = None, chunk: int = 32) -> Request:
+        """Queue ``images`` (any iterable of accepted image forms, pulled lazily) for ``classes``.
+
+        ``options`` is the request's view of the classifier (default: the engine's own).
+        Class-list errors (empty, duplicated, classes that encode alike) raise
+        :class:`UserError` here, before anything is queued.
+        """
+        clf = options if options is not None else self.clf
+        spec = clf.class_spec(classes)
+        req = Request(next(self._ids), clf, spec, None, max(1, int(chunk)), iter(enumerate(images)))
+        if len(spec) > 1:
+            cond, unknown = self._conditions(clf, spec)
+            req.warning = unknown[0] if unknown is not None else None
+            prompt_rows = self.table.acquire(spec.prompts, cond)
+            req.rows = ClassRows.from_class_prompts(spec.class_prompts, prompt_rows)
+            self.runner.cond_table = self.table.tensor
+        self._requests[req.id] = req
+        return req
+
+    def _conditions(self, clf: DiffusionClassifier, spec: ClassSpec):
+        """The spec's condition rows and unknown words, checked (memoised: a server sees the same class lists again and again)."""
+        key = (type(clf), tuple(spec.names), tuple(spec.prompts), tuple(tuple(int(i) for i in c) for c in spec.class_prompts))
+        hit = self._memo.get(key)
+        if hit is not None:
+            self._memo.move_to_end(key)
+            return hit
+        unknown = clf._unknown_words(spec)
+        cond = clf._conditions(spec)
+        clf._check_distinct(spec, cond, unknown)
+        # Bounded by condition rows, not entries: one 1,000-prompt SD table is 315 MB.
+        if len(cond) <= self.MEMO_ROWS:
+            self._memo[key] = (cond, unknown)
+            while sum(len(c) for c, _ in self._memo.values()) > self.MEMO_ROWS:
+                self._memo.popitem(last=False)
+        return cond, unknown
+
+    def cancel(self, req: Request) -> None:
+        """Stop work on ``req``: its images leave the scheduler (no more of their queries run) and its rows the table."""
+        if req.cancelled or req.id not in self._requests:
+            req.cancelled = True
+            return
+        req.cancelled = True
+        uids = [u for u, (r, _) in self._owner.items() if r is req]
+        self.sched.remove(uids)
+        for u in uids:
+            self._drop(u)
+        self._ready = deque(e for e in self._ready if e[0] is not req)
+        self._close(req)
+
+    def _close(self, req: Request) -> None:
+        self._requests.pop(req.id, None)
+        if req.rows is not None:
+            self.table.release(req.spec.prompts)
+            req.rows = None
+
+    def _drop(self, uid: int) -> None:
+        self.states.pop(uid, None)
+        self._owner.pop(uid, None)
+        self._started.pop(uid, None)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._ready or self.sched.has_work or any(not r.exhausted for r in self._requests.values()))
+
+    @property
+    def live_requests(self) -> int:
+        return len(self._requests)
+
+    @property
+    def waiting_images(self) -> int:
+        """Images queued in the scheduler, not yet admitted."""
+        return len(self.sched.waiting)
+
+    @property
+    def inflight_images(self) -> int:
+        return len(self.sched.running)
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return self.sched.stats
+
+    # -- one step ------------------------------------------------------------------------
+    def step(self) -> list[Event]:
+        """Admit images, run at most one denoiser batch, and return the results that finished."""
+        self._refill()
+        out: list[Event] = []
+        while self._ready:
+            out.append(self._finish_event(*self._ready.popleft()))
+        batch = self.sched.schedule()
+        if batch is None:
+            finished = self.sched.retire()
+            if not finished and self.sched.running:
+                # A policy bug (no policy should get here): fail those images, not the whole run.
+                finished = self.sched.fail_stalled()
+                if not finished:
+                    raise RuntimeError("scheduler stalled with no in-flight image to fail")
+        else:
+            now = time.perf_counter()
+            for uid in batch.request_ids:
+                self._started.setdefault(uid, now)
+            errors = self.runner.run(batch, self.states)
+            finished = self.sched.update(batch, errors)
+        now = time.perf_counter()
+        for uid in finished:
+            st = self.states[uid]
+            req, i = self._owner[uid]
+            result = req.clf._result(req.spec, st.policy.outcome(), st.policy.spent, now - self._started.get(uid, now))
+            self._drop(uid)
+            out.append(self._finish_event(req, i, result))
+        self._refill()
+        return out
+
+    def _finish_event(self, req: Request, index: int, result: ClassificationResult) -> Event:
+        req.finished += 1
+        self.images_done += 1
+        if req.done:
+            self._close(req)
+        return req, index, result
+
+    def _refill(self) -> None:
+        """Keep enough images encoded and waiting to fill the in-flight slots (oldest request first)."""
+        for req in list(self._requests.values()):
+            if req.rows is None:  # one-class request: answered as pulled, a chunk per step (a generator streams)
+                if not req.exhausted and not self._ready:
+                    self._pull(req)
+            else:
+                while not req.exhausted and len(self.sched.waiting) < max(req.chunk, self.sched.max_inflight):
+                    self._pull(req)
+            if not req.exhausted:
+                return  # later requests wait their turn: admission is first come, first served
+        # Requests fully pulled and answered (e.g. an empty image list) close here.
+        for req in [r for r in self._requests.values() if r.done]:
+            self._close(req)
+
+    def _pull(self, req: Request) -> None:
+        """Pull, check and encode the next chunk of ``req``'s images."""
+        block = req.peeked + list(itertools.islice(req.images, req.chunk - len(req.peeked)))
+        # Look one image ahead, so that a request knows it is complete when its last image finishes.
+        req.peeked = list(itertools.islice(req.images, 1))
+        req.exhausted = not req.peeked
+        if not block:
+            return
+        req.inputs += len(block)
+        clf = req.clf
+        pix, ok = [], []
+        for i, im in block:
+            try:
+                px = clf._pixels(im, i)  # a UserError here (an unreadable input) propagates to the caller
+            except NonFiniteInput as e:  # NaN/inf pixels: that image fails, the others go on
+                self._ready.append((req, i, clf._failed_result(req.spec, f"{e}; it was not scored", None, 0, 0.0)))
+                continue
+            if req.rows is None:  # one candidate: the answer is certain, the model is not run
+                self._ready.append((req, i, clf._result(req.spec, None, 0, 0.0)))
+                continue
+            pix.append(px)
+            ok.append(i)
+        if not pix:
+            return
+        x0 = self.model.encode_images(pix).float()
+        for i, px, x in zip(ok, pix, x0):
+            if not bool(torch.isfinite(x).all()):
+                self._ready.append((req, i, clf._failed_result(req.spec, "the input image (its encoded latent) holds NaN or inf; it was not scored", None, 0, 0.0)))
+                continue
+            # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
+            # last bits) on how images are batched, and the noise must not.
+            key = image_key(px)
+            pol = clf._new_policy(i, len(req.spec), key, req.rows.cost)
+            uid = next(self._uids)
+            self.states[uid] = ImageState(key, x, pol, bank=clf.bank, rows=req.rows)
+            self._owner[uid] = (req, i)
+            self.sched.add(uid, pol)

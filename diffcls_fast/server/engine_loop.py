@@ -1,0 +1,268 @@
+"""The engine loop: one thread that owns the model and runs one :class:`Engine` for every request.
+
+Request handlers (any thread) hand a :class:`Job` to :meth:`EngineLoop.submit`
+and wait on its future; the loop thread admits new jobs into the running
+scheduler between denoiser batches, so a request that arrives while others
+are being scored joins their batches at the next step. Between steps it also
+drops jobs whose deadline passed (504) or whose client went away: their images
+leave the scheduler, so no evaluation is spent on them afterwards.
+
+A request that fails (a class list the model cannot tell apart, a bad policy
+option) fails alone; an internal error inside a step fails the requests in
+flight (500) and the loop goes on with a fresh engine. Stopping
+(:meth:`EngineLoop.stop`) refuses new jobs and finishes the accepted ones first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .limits import HTTPError
+from .metrics import Metrics
+
+log = logging.getLogger("diffcls_fast.server")
+
+
+@dataclass(eq=False)
+class Job:
+    """One classify request as the loop sees it; ``future`` resolves to the list of results (or an HTTPError)."""
+
+    pixels: list[Any]  # preprocessed pixel tensors, decoded and checked by the handler
+    classes: Any  # names, a ClassSpec, or None (the model's own list)
+    options: dict[str, Any]  # DiffusionClassifier.with_options keywords
+    timeout: float  # seconds from acceptance
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    accepted_at: float = field(default_factory=time.monotonic)
+    results: list[Any] = field(default_factory=list)
+    warning: str | None = None
+    request: Any = None  # the engine's handle, once admitted
+    match: tuple | None = None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
+    _match_cols: Any = None
+
+    @property
+    def deadline(self) -> float:
+        return self.accepted_at + self.timeout
+
+
+class EngineLoop:
+    """``load()`` builds the classifier (in the loop thread: loading takes seconds and the HTTP server answers /healthz meanwhile)."""
+
+    def __init__(self, load: Callable[[], Any], metrics: Metrics, max_queue: int = 256, warmup: bool = True):
+        self._load = load
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.warmup = warmup
+        self.clf = None
+        self.engine = None
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._cv = threading.Condition()
+        self._inbox: list[Job] = []
+        self._cancels: list[Job] = []
+        self._live: dict[int, Job] = {}  # engine request id -> job
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="diffcls-engine-loop", daemon=True)
+        self.warmup_seconds = 0.0
+
+    # -- the handlers' side ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Jobs accepted and not yet answered."""
+        with self._cv:
+            return len(self._inbox) + len(self._live)
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        with self._cv:
+            if self._stopping:
+                raise HTTPError(503, "shutting_down", "the server is shutting down", {"Retry-After": "5"})
+            if not self.ready.is_set():
+                raise HTTPError(503, "not_ready", "the model is still loading; retry shortly (GET /healthz says when it is ready)", {"Retry-After": "2"})
+            n = len(self._inbox) + len(self._live)
+            if n >= self.max_queue:
+                raise HTTPError(429, "queue_full", f"the server's queue is full ({n} requests waiting or in flight); retry later", {"Retry-After": str(self._retry_after(n))})
+            self._inbox.append(job)
+            self._cv.notify()
+        return job.future
+
+    def _retry_after(self, n: int) -> int:
+        """Seconds until the queue has room, roughly: its images at the recent evaluation rate (1 s at least)."""
+        eps = self.metrics.evals_per_second()
+        per_image = 250.0  # a digit with the default t-test; the rate matters more than the guess
+        return max(1, min(60, round(n * per_image / eps))) if eps > 0 else 1
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop the job (between steps)."""
+        with self._cv:
+            self._cancels.append(job)
+            self._cv.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new jobs, finish the accepted ones, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the loop thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.clf = self._load()
+            from ..engine.core import Engine
+
+            self.engine = Engine(self.clf)
+            if self.warmup:
+                self._warm_up()
+        except Exception as e:  # the model does not load: /healthz says why, requests get 503
+            self.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
+            log.error("diffcls-fast: error: %s", self.load_error)
+            with self._cv:
+                self._stopping = True
+            return
+        self.metrics.ready = 1
+        self.ready.set()
+        last = (0, 0, 0, 0)
+        while True:
+            with self._cv:
+                new, self._inbox = self._inbox, []
+                cancels, self._cancels = self._cancels, []
+                if not new and not cancels and not self.engine.has_work and not self._live:
+                    if self._stopping:
+                        return
+                    self._cv.wait(timeout=0.5)
+                    continue
+            for job in new:
+                self._admit(job)
+            for job in cancels:
+                self._drop(job, None)
+            now = time.monotonic()
+            for job in [j for j in self._live.values() if j.deadline <= now]:
+                self._drop(job, HTTPError(504, "deadline", f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped"))
+            if not self.engine.has_work:
+                for job in list(self._live.values()):  # a safety net: no live job can be left without work
+                    self._finish(job, None if job.request.done else HTTPError(500, "internal", "internal error: the engine has no work left for this request"))
+            else:
+                try:
+                    events = self.engine.step()
+                except Exception as e:  # a bug: fail what is in flight, keep serving
+                    log.exception("engine step failed")
+                    for job in list(self._live.values()):
+                        self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+                    from ..engine.core import Engine
+
+                    self.engine = Engine(self.clf)
+                    last = (0, 0, 0, 0)
+                    continue
+                done = []
+                for req, i, result in events:
+                    job = self._live.get(req.id)
+                    if job is not None:
+                        job.results[i] = result
+                        if req.done:
+                            done.append(job)
+                for job in done:  # after the whole step: a request's last events may come together
+                    self._finish(job, None)
+            s = self.engine.stats
+            cur = (s.rows, s.padded, s.batches, self.engine.images_done)
+            self.metrics.observe_engine(*(c - p for c, p in zip(cur, last)), queued=self.pending, waiting=self.engine.waiting_images, inflight=self.engine.inflight_images)
+            last = cur
+
+    def _admit(self, job: Job) -> None:
+        if job.future.done():  # cancelled before admission
+            return
+        try:
+            view = self.clf.with_options(**job.options)
+            classes = job.classes
+            if job.match is not None:
+                view, classes, job._match_cols = _match_view(view, job.match, len(job.pixels))
+            req = self.engine.submit(job.pixels, classes, options=view)
+        except (UserError, TypeError, ValueError) as e:
+            self._finish(job, HTTPError(400, "bad_request", str(e)))
+            return
+        job.request = req
+        job.warning = req.warning
+        job.results = [None] * len(job.pixels)
+        self._live[req.id] = job
+
+    def _drop(self, job: Job, error: HTTPError | None) -> None:
+        if job.request is not None:
+            self.engine.cancel(job.request)
+        self._finish(job, error)
+
+    def _finish(self, job: Job, error: HTTPError | None) -> None:
+        if job.request is not None:
+            self._live.pop(job.request.id, None)
+        if job.future.done():
+            return
+        if error is None:
+            job.future.set_result(job.results if job.match is None else _match_result(job))
+        elif not job.future.cancelled():
+            job.future.set_exception(error)
+
+    def _warm_up(self) -> None:
+        """One denoiser call per bucket size (on a GPU: kernels, graphs and engines are built per shape) and
+        the model's own class list encoded (its embeddings cached), so the first request pays neither."""
+        import torch
+
+        t0 = time.perf_counter()
+        clf, m = self.clf, self.clf.model
+        if m.class_names:
+            try:
+                self.engine._conditions(clf, clf.class_spec(None))
+            except UserError as e:
+                log.warning("diffcls-fast: warning: the model's own class list: %s", e)
+        cond = None
+        if m.cond_kind == "text":
+            cond = m.encode_prompts(["warm-up"])
+        with torch.no_grad():
+            for b in clf.buckets:
+                x = torch.zeros((b, *m.latent_shape), dtype=m.dtype, device=m.device)
+                t = torch.full((b,), m.num_timesteps // 2, dtype=torch.long, device=m.device)
+                c = cond.expand(b, *cond.shape[1:]) if cond is not None else torch.zeros((b,), dtype=torch.long, device=m.device)
+                m.denoise(x, t, c.contiguous())
+        self.warmup_seconds = time.perf_counter() - t0
+
+
+def _match_view(clf, match: tuple, n_images: int):
+    """``iter_match_groups`` for one group: the captions as classes, each image scoring all of them
+    exhaustively on the grid (tests/server check the answer equals ``clf.match``)."""
+    import numpy as np
+
+    from ..engine.match import _check_n_grid, _Matcher
+    from ..engine.prompts import ClassSpec
+
+    captions, n_grid, shared = match
+    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps)
+    distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+    names, class_prompts = list(distinct), [np.array([k]) for k in range(len(distinct))]
+    if len(names) == 1:  # a lone class is answered without the model; an unscored second one keeps it running
+        names.append("\x00unscored")
+        class_prompts.append(np.array([0]))
+    cols = np.array([distinct[c] for c in captions], dtype=np.int64)
+    view = _Matcher(clf, n_grid, [np.unique(cols)] * n_images, shared)
+    return view, ClassSpec(names, list(distinct), class_prompts), cols
+
+
+def _match_result(job: Job):
+    import numpy as np
+
+    from ..engine.match import MatchResult
+    from ..engine.policies import PolicyConfig
+
+    captions, _, shared = job.match
+    res, cols = job.results, job._match_cols
+    view = job.request.clf
+    errors = np.stack([r.mean_errors[cols] for r in res]).astype(np.float64)
+    errors[[r.error is not None for r in res]] = np.nan  # a failed image has no scores
+    policy = PolicyConfig(name="exhaustive", n_grid=view.policy_cfg.n_grid).describe()
+    return MatchResult(errors, list(captions), view.policy_cfg.n_grid, int(sum(r.evaluations_spent for r in res)), float(max(r.seconds for r in res)), shared, policy, [r.error for r in res])

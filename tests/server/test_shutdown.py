@@ -1,0 +1,88 @@
+"""``diffcls-fast serve`` as a real process: it binds loopback, answers, and on SIGTERM finishes the requests in flight."""
+
+import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from diffcls_fast.client import Client  # noqa: E402
+from diffcls_fast.server.metrics import parse  # noqa: E402
+
+from .helpers import digit_pngs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"serving on (http://\S+) ", line)
+    if m is None:
+        proc.kill()
+        raise AssertionError(f"no address in {line!r}: {proc.stderr.read()}")
+    url = m.group(1)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 300:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not become ready")
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits():
+    proc, url = start_server("--policy", "exhaustive", "--n-grid", "30", "--batch-size", "64", "--no-warmup")
+    try:
+        assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        pngs, labels, _ = digit_pngs(4)
+
+        def one(i):
+            with Client(url) as c:
+                return c.classify([pngs[i]])[0]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            futures = [ex.submit(one, i) for i in range(4)]
+            with Client(url) as c:  # wait until the server holds them
+                t0 = time.monotonic()
+                while parse(c.metrics())["diffcls_queue_depth"] < 4 and time.monotonic() - t0 < 60:
+                    time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            results = [f.result(timeout=300) for f in futures]
+        assert [r["label_index"] for r in results] == labels  # every request in flight was answered
+        assert all(r["evaluations"] == 300 for r in results)
+        assert proc.wait(timeout=120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        assert "server stopped (requests in flight answered)" in proc.stderr.read()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/healthz", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_checks_its_options_before_loading_the_model():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args, msg in (
+        (["--port", "70000"], "--port must be in 0..65535"),
+        (["--request-timeout", "900"], "over --max-timeout"),
+        (["--policy", "halving", "--rounds", "4", "2"], "rounds"),
+        (["--device", "tpu"], "device"),
+    ):
+        p = subprocess.run([sys.executable, "-m", "diffcls_fast.cli", "serve", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.startswith("diffcls-fast: error:") and msg in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
