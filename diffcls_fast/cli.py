@@ -329,7 +329,7 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out (see README, Scaling out)")
     g.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (0-based, interleaved); --out becomes OUT.shard-I-of-N.jsonl. Under torchrun: RANK/WORLD_SIZE")
     g.add_argument("--ray", action="store_true", help="score on Ray Data actors (a local Ray instance, or --ray-address)")
-    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a new local instance)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: $RAY_ADDRESS, else a new local instance)")
     g.add_argument("--ray-workers", type=positive_int, default=None, metavar="N", help="actors, each with its own model (default: 1)")
     g.add_argument("--ray-gpus", type=float, default=None, metavar="G", help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--ray-cpus", type=positive_float, default=None, metavar="C", help="CPUs per actor (default: 1)")

@@ -131,6 +131,8 @@ def test_eval_ray_on_an_image_folder(ray_local, tmp_path, capsys):
         return {r["id"]: {k: r[k] for k in SAME} for r in map(json.loads, path.read_text().splitlines())}
 
     assert len(rows(tmp_path / "ray.jsonl")) == 5 and rows(tmp_path / "ray.jsonl") == rows(tmp_path / "local.jsonl")
+    assert main([*args, "--out", str(tmp_path / "ray.jsonl")]) == 0  # a local eval resumes the Ray run: nothing left to do
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["resumed"] == 5
     (tmp_path / "data" / "four" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # found by an actor
     assert main([*args, "--out", str(tmp_path / "broken.jsonl"), "--ray", "--ray-address", address]) == 2
     err = capsys.readouterr().err
