@@ -284,7 +284,8 @@ struct Classifier::Impl {
       for (int64_t c : live) err[c].resize(n + k, NAN);
       for (size_t q = 0; q < cls.size(); ++q) err[cls[q]][smp[q]] = e[q], spent += cost[cls[q]];
       // Replay the rule one sample at a time; a class dropped at sample m ignores its later scores.
-      for (int64_t s = n; s < n + k && !done; ++s) {
+      const int64_t end = n + k;  // n advances inside the loop
+      for (int64_t s = n; s < end && !done; ++s) {
         for (int64_t c = 0; c < C; ++c)
           if (alive[c] && !std::isfinite(err[c][s])) {
             failure = non_finite(err[c][s], s, c);

@@ -137,11 +137,12 @@ int main(int argc, char** argv) {
       } else if (!r.ok()) {
         std::cout << name << ": failed: " << r.error << "\n";
       } else {
-        std::cout << name << ": " << r.label << "  [top-5:";
-        for (auto& [c, p] : r.top(5)) {
-          char buf[64];
-          std::snprintf(buf, sizeof buf, " %s %.3f ", c.c_str(), p);
-          std::cout << buf;
+        std::cout << name << ": " << r.label << "  [top-5: ";
+        auto top = r.top(5);
+        for (size_t k = 0; k < top.size(); ++k) {
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "%.3f", top[k].second);
+          std::cout << (k ? "  " : "") << top[k].first << " " << buf;
         }
         char tail[96];
         std::snprintf(tail, sizeof tail, "]  %lld evals", static_cast<long long>(r.evaluations));

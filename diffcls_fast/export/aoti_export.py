@@ -75,10 +75,10 @@ def package_ranges(batch_sizes: list[int], split_at: int | None) -> list[Package
 
 def require_aoti() -> None:
     """AOTInductor needs torch >= 2.6 (``aoti_compile_and_package`` / ``aoti_load_package``) and a C++ compiler."""
-    inductor = getattr(torch, "_inductor", None)
-    if inductor is None:
-        import torch._inductor  # noqa: F401
-    if not hasattr(torch._inductor, "aoti_compile_and_package") or not hasattr(torch._inductor, "aoti_load_package"):
+    import importlib
+
+    inductor = importlib.import_module("torch._inductor")
+    if not hasattr(inductor, "aoti_compile_and_package") or not hasattr(inductor, "aoti_load_package"):
         raise UserError(f"AOTInductor export needs torch >= 2.6 (this is torch {torch.__version__})")
     if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
         raise UserError("AOTInductor compiles C++: no C++ compiler (c++ or g++) on PATH")
@@ -99,7 +99,7 @@ def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float
         # strict=False: trace the Python module as it runs (diffusers' config objects and
         # dataclass outputs are not dynamo-friendly in strict mode); the graph is the same.
         ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.stem + ".tmp.pt2")  # the packager insists on the .pt2 suffix
     torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
     os.replace(tmp, path)
     return time.perf_counter() - t0
@@ -138,8 +138,8 @@ def _key(bundle: ModelBundle, rng: PackageRange) -> str:
     return artifact_key(bundle, spec_for(bundle), {"format": "aoti", "range": [rng.lo, rng.hi]})
 
 
-def cached_packages(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]) -> tuple[PackageSet, list[dict]]:
-    """``--backend aoti``: compile (or reuse) the packages for ``batch_sizes`` under ``art_dir``; (runner, info per package)."""
+def compile_cached(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int], force: bool = False) -> list[tuple[PackageRange, Path, float | None]]:
+    """The packages for ``batch_sizes`` under ``art_dir``, compiled unless present: (range, path, compile seconds or None if cached)."""
     require_aoti()
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
@@ -147,15 +147,31 @@ def cached_packages(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]) 
 
     art_dir = writable_dir(art_dir)
     split = UPSAMPLE_GUARD if has_upsample_guard(bundle.network) else None
-    loaded, info = [], []
+    out = []
     for rng in package_ranges(batch_sizes, split):
         path = art_dir / f"{bundle.name}-{_key(bundle, rng)}-b{rng.lo}-{rng.hi}.pt2"
-        seconds = None
-        if not path.is_file():
-            seconds = compile_package(bundle, rng, path)
-        loaded.append((rng, load_package(path)))
-        info.append({"path": str(path), "range": [rng.lo, rng.hi], "compile_seconds": seconds})
-    return PackageSet(loaded), info
+        seconds = compile_package(bundle, rng, path) if force or not path.is_file() else None
+        out.append((rng, path, seconds))
+    return out
+
+
+def cached_packages(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]) -> tuple[PackageSet, list[dict]]:
+    """``--backend aoti``: the packages for ``batch_sizes`` (compiled once into ``art_dir``), as one callable, and what was done."""
+    done = compile_cached(bundle, art_dir, batch_sizes)
+    runner = PackageSet([(rng, load_package(path)) for rng, path, _ in done])
+    return runner, [{"path": str(path), "range": [rng.lo, rng.hi], "compile_seconds": s} for rng, path, s in done]
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Copy a cached package into the export folder (a hard link when both are on one file system)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
 
 
 def _preprocessing(bundle: ModelBundle) -> dict:
@@ -181,7 +197,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], classes=None, noise: torch.Tensor | None = None, force: bool = False, log=None) -> dict:
+def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path, classes=None, noise: torch.Tensor | None = None, force: bool = False, log=None) -> dict:
     """Write the export folder for classifier ``clf``'s model and the class list ``classes``; returns the manifest.
 
     ``clf`` is a :class:`~diffcls_fast.engine.DiffusionClassifier` (its class spec, condition
@@ -205,17 +221,16 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], classes=None, 
     cond = clf._conditions(spec)
     clf._check_distinct(spec, cond)
 
-    split = UPSAMPLE_GUARD if has_upsample_guard(bundle.network) else None
     packages = []
-    for rng in package_ranges(batch_sizes, split):
-        path = out / rng.file_name
-        key = _key(bundle, rng)
-        old = _read_manifest(out)
-        reuse = not force and path.is_file() and any(p.get("file") == rng.file_name and p.get("key") == key for p in old.get("packages", []))
-        seconds = None if reuse else compile_package(bundle, rng, path)
+    for rng, path, seconds in compile_cached(bundle, art_dir, batch_sizes, force=force):
+        dest = out / rng.file_name
+        _place(path, dest)
         if log:
-            log(f"aoti: {path} [{'cached' if reuse else f'compiled in {seconds:.1f} s'}; batch {rng.lo}..{rng.hi}]")
-        packages.append({"file": rng.file_name, "min_batch": rng.lo, "max_batch": rng.hi, "key": key, "compile_seconds": seconds})
+            log(f"aoti: {dest} [{'cached' if seconds is None else f'compiled in {seconds:.1f} s'}; dynamic batch {rng.lo}..{rng.hi}]")
+        packages.append({"file": rng.file_name, "min_batch": rng.lo, "max_batch": rng.hi, "key": _key(bundle, rng), "compile_seconds": seconds})
+    for stale in out.glob("denoiser-b*.pt2"):  # packages of another batch range would confuse a reader of the folder
+        if stale.name not in {p["file"] for p in packages}:
+            stale.unlink()
 
     acp = bundle.alphas_cumprod.to(torch.float64).cpu()
     save_file(
@@ -261,16 +276,6 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], classes=None, 
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "manifest.json")
     return manifest
-
-
-def _read_manifest(folder: Path) -> dict:
-    p = folder / "manifest.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
