@@ -8,6 +8,7 @@ them the C++ tests skip, saying so.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,14 @@ EXPORT_BATCH = 32  # one package, dynamic batch 2..32: one compile for the whole
 TIMINGS: dict[str, float] = {}
 
 
-def run_cli(*args, timeout=900, **kw):
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, timeout=timeout, **kw)
+# One intra-op thread in the classifying subprocesses: on a shared CPU, two OpenMP threads per process
+# spin against the other jobs and a 0.1 s image can take seconds (measured: 12 digits 1.9 s with one
+# thread, 10.3 s with two, load average 3). Results do not depend on it beyond float32 rounding.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args, timeout=900, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, timeout=timeout, env=env or ONE_THREAD, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +45,7 @@ def aoti_dir(tmp_path_factory, aoti_cache) -> Path:
         pytest.skip("AOTInductor compiles C++: no c++/g++ on PATH")
     out = tmp_path_factory.mktemp("aoti") / "digits"
     t0 = time.perf_counter()
-    r = run_cli("export", "--format", "aoti", "--batch-sizes", str(EXPORT_BATCH), "--out", str(out), "--cache-dir", str(aoti_cache), "--noise-rows", "2000")
+    r = run_cli("export", "--format", "aoti", "--batch-sizes", str(EXPORT_BATCH), "--out", str(out), "--cache-dir", str(aoti_cache), "--noise-rows", "2000", env=dict(os.environ))
     TIMINGS["export_seconds"] = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     return out

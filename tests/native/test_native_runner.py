@@ -17,7 +17,7 @@ from diffcls_fast.data.digits import load_split
 from diffcls_fast.export.aoti_export import save_pixels
 from diffcls_fast.images import preprocess
 
-from .conftest import run_cli
+from .conftest import ONE_THREAD, run_cli
 
 N_IMAGES = 12
 
@@ -40,7 +40,7 @@ def heldout(tmp_path_factory):
 
 
 def run_native(build, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / "diffcls-run"), *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(build / "diffcls-run"), *map(str, args)], capture_output=True, text=True, timeout=600, env=ONE_THREAD)
 
 
 def rows(stdout: str) -> list[dict]:
