@@ -31,7 +31,7 @@ setup(
         "xformers": ["xformers>=0.0.26"],
         "triton": ["triton>=3.0"],
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "mpmath>=1.3"],
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
 )

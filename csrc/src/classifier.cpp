@@ -216,8 +216,8 @@ struct Classifier::Impl {
   }
 
   void need_noise_rows(int64_t n) const {
-    if (n > noise.size(0))
-      throw UserError("saved noise has " + std::to_string(noise.size(0)) + " rows, but sample " + std::to_string(n - 1) +
+    if (n > noise.size(0))  // the first sample without a row, as the Python engine reports it
+      throw UserError("saved noise has " + std::to_string(noise.size(0)) + " rows, but sample " + std::to_string(noise.size(0)) +
                       " was requested; save more rows or lower the sample count");
   }
 
@@ -275,6 +275,7 @@ struct Classifier::Impl {
       int64_t calls = (k * per_sample + batch - 1) / batch;
       k = std::max<int64_t>(k, calls * batch / per_sample);
       k = std::min<int64_t>(k, opt.max_scores - n);
+      k = std::min<int64_t>(k, std::max<int64_t>(required - n, noise.size(0) - n));  // never speculate past the noise rows
       need_noise_rows(n + k);
       while (static_cast<int64_t>(t_of_sample.size()) < n + k) t_of_sample.push_back(timestep(static_cast<int64_t>(t_of_sample.size())));
       std::vector<int64_t> cls, smp;

@@ -24,11 +24,13 @@ specialises size-1 dimensions).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,19 +97,29 @@ def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float
     else:
         batch = torch.export.Dim("batch", min=rng.lo, max=rng.hi)
         dynamic = {"sample": {0: batch}, "timestep": {0: batch}, "cond": {0: batch}}
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_pytree():
         # strict=False: trace the Python module as it runs (diffusers' config objects and
         # dataclass outputs are not dynamo-friendly in strict mode); the graph is the same.
         ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
     tmp = path.with_name(path.stem + ".tmp.pt2")  # the packager insists on the .pt2 suffix
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
+    with _quiet_pytree():
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
     os.replace(tmp, path)
     return time.perf_counter() - t0
 
 
 def load_package(path: str | Path):
     """The compiled runner of a ``.pt2`` package: ``runner(sample, timestep, cond) -> out``."""
-    return torch._inductor.aoti_load_package(str(path))
+    with _quiet_pytree():
+        return torch._inductor.aoti_load_package(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_pytree():
+    """torch 2.13's own pytree (un)pickling trips its ``LeafSpec`` FutureWarning on export and load; nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        yield
 
 
 class PackageSet:

@@ -150,3 +150,33 @@ def test_native_runner_noise_rows_are_checked(native_build, aoti_dir, heldout, t
     save_file({"noise": torch.randn(5, 1, 4, 4)}, str(tmp_path / "shape.safetensors"))
     r = run_native(native_build, aoti_dir, tensors, "--noise", tmp_path / "shape.safetensors")
     assert r.returncode == 2 and "'noise' must be [N, 1, 8, 8]" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_native_runner_prompt_ensembles_and_class_subset(native_build, aoti_dir, aoti_cache, heldout, tmp_path):
+    """An export for a prompts CSV (ensembles: several prompts per class) reuses the cached package
+    (no second compile) and scores each class as the mean over its prompts, as the engine does."""
+    import os
+
+    paths, tensors, _ = heldout
+    csv = tmp_path / "prompts.csv"
+    csv.write_text(
+        "classidx,prompt,classname\n"
+        "0,a handwritten digit zero,zero\n0,the number zero,zero\n"
+        "1,a handwritten digit one,one\n"
+        "2,a handwritten digit seven,seven\n2,the number seven,seven\n2,seven,seven\n"
+        "3,a handwritten digit nine,nine\n"
+    )
+    out = tmp_path / "ens"
+    noise = str(aoti_dir / "noise.safetensors")
+    r = run_cli("export", "--format", "aoti", "--batch-sizes", "32", "--out", str(out), "--cache-dir", str(aoti_cache), "--prompts", str(csv), "--noise-path", noise, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert "[cached;" in r.stdout  # the package compiled for the session's export
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["classes"] == ["zero", "one", "seven", "nine"] and man["class_prompts"] == [[0, 1], [2], [3, 4, 5], [6]]
+    for policy in (["--policy", "exhaustive", "--n-grid", "5"], ["--policy", "ttest", "--seed", "11"]):
+        py = run_cli("classify", *paths, "--json", "--prompts", str(csv), "--noise-path", str(out / "noise.safetensors"), "--device", "cpu", *policy)
+        assert py.returncode == 0, py.stderr
+        nat = run_native(native_build, out, tensors, "--json", *policy)
+        assert nat.returncode == 0, nat.stderr
+        assert_same(rows(nat.stdout), rows(py.stdout))
