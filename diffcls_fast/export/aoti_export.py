@@ -98,8 +98,8 @@ def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float
         batch = torch.export.Dim("batch", min=rng.lo, max=rng.hi)
         dynamic = {"sample": {0: batch}, "timestep": {0: batch}, "cond": {0: batch}}
     with torch.no_grad(), _quiet_pytree():
-        # strict=False: trace the Python module as it runs (diffusers' config objects and
-        # dataclass outputs are not dynamo-friendly in strict mode); the graph is the same.
+        # strict=False (torch.export's default): trace the module by running it in Python. Strict
+        # (dynamo) tracing gives the same graph for the digits UNet; non-strict is the robust choice.
         ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
     tmp = path.with_name(path.stem + ".tmp.pt2")  # the packager insists on the .pt2 suffix
     with _quiet_pytree():
