@@ -418,6 +418,16 @@ Classifier::Classifier(const std::string& export_dir, Options options) : impl_(s
   if (o.policy == "exhaustive" && !(1 <= o.n_grid && o.n_grid <= m.info.num_timesteps))
     throw UserError("grid size must be in [1, " + std::to_string(m.info.num_timesteps) + "], got " + std::to_string(o.n_grid));
   m.batch = o.batch_size > 0 ? std::min(o.batch_size, m.info.max_batch) : m.info.max_batch;
+  // One call per package at load time: a package's first run initialises its kernels (tens of ms),
+  // which would otherwise land in the first image's latency.
+  c10::InferenceMode inference;
+  for (auto& p : m.packages) {
+    int64_t b = p.lo;
+    at::Tensor x = at::zeros({b, m.info.channels, m.info.height, m.info.width}, at::kFloat);
+    at::Tensor t = at::zeros({b}, at::TensorOptions().dtype(at::kLong));
+    at::Tensor c = m.cond.index_select(0, at::zeros({b}, at::TensorOptions().dtype(at::kLong)));
+    p.loader->run({x, t, c});
+  }
 }
 
 Classifier::~Classifier() = default;
