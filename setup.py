@@ -36,7 +36,9 @@ setup(
         # <2.64: Ray 2.64 drops map_batches' **ray_remote_args, where max_restarts / max_task_retries go (integrations/ray.py)
         "ray": ["ray[data]>=2.40,<2.64"],
         "serve": SERVE,
-        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "ray[data]>=2.40,<2.64"] + SERVE,
+        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "mpmath>=1.3"]
+        + ["ray[data]>=2.40,<2.64"]
+        + SERVE,
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
 )

@@ -95,6 +95,37 @@ def render() -> str:
             import importlib
 
             out += importlib.import_module(module).render_table(res, res["_file"])
+    nat = _latest("native_runner_digits")
+    if nat:
+        pi, st = nat["per_image"], nat["per_image"]["startup"]
+        out += [
+            f"**Native runner** — digits, {pi['native']['n']} held-out images one at a time, {nat['policy']}, same noise and seed, "
+            f"{nat['threads']} intra-op thread(s) per process, {nat['device']} (shared, load average {nat['loadavg_before_after'][0]}-{nat['loadavg_before_after'][1]}), {nat['date']} "
+            f"([json](bench/results/{nat['_file']})):",
+            "",
+            "| system | latency / image, median (ms) | p90 (ms) | evals / image (needed) | spent | start-up (s) |",
+            "|---|---|---|---|---|---|",
+        ]
+
+        def _row(label: str, r: dict, startup: float | None) -> str:
+            up = "—" if startup is None else f"{startup:.2f}"
+            return f"| {label} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['evaluations_per_image']:.1f} | {r['evaluations_spent_per_image']:.1f} | {up} |"
+
+        out += [
+            _row("`diffcls-run` (C++, AOTInductor)", pi["native"], st["native_startup_s"]),
+            _row("Python engine, `--backend torch`", pi["python_torch"], st["python_startup_s"]),
+            _row("Python engine, `--backend aoti`", pi["python_aoti"], None),
+            "",
+            f"- One command, all {pi['batch_command']['images']} images: `diffcls-run` {pi['batch_command']['native_wall_s']:.1f} s, "
+            f"`diffcls-fast classify` {pi['batch_command']['python_wall_s']:.1f} s (start-up included; the engine batches images together, the runner scores one at a time).",
+        ]
+        if "packages" in nat:
+            pk = nat["packages"]
+            out.append("- AOTInductor packages, compile seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in pk["compile_s"].items()) + "; per-call ms (median):")
+            out += ["", "| batch | " + " | ".join(["eager", *pk["compile_s"]]) + " |", "|---" * (2 + len(pk["compile_s"])) + "|"]
+            for b, row in pk["per_call_ms"].items():
+                out.append(f"| {b} | " + " | ".join(f"{row[k]:.2f}" if k in row else "—" for k in ["eager", *pk["compile_s"]]) + " |")
+        out.append("")
     kern = _latest("kernels")
     if kern:
         out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]

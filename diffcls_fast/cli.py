@@ -72,7 +72,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
     g.add_argument("--temperature", type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
     g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
-    g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt"], help="denoiser runtime (default: torch, eager)")
+    g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt", "aoti"], help="denoiser runtime (default: torch, eager)")
     g.add_argument("--xformers", action="store_true", help="xformers memory-efficient attention (torch/compile backends, CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     g.add_argument("--dtype", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
@@ -148,7 +148,13 @@ def _check_backend(backend: str, xformers: bool, dev, cache_dir: str | None = No
         require_tensorrt()
         if dev.type != "cuda":
             raise BackendUnavailable("the tensorrt backend needs a CUDA device")
-    if backend in ("onnx", "tensorrt"):  # both write their artifacts under the cache folder
+    elif backend == "aoti":
+        from .export.aoti_export import require_aoti
+
+        require_aoti()
+        if dev.type != "cpu":
+            raise BackendUnavailable("the aoti backend is built and tested for the CPU here; use --device cpu")
+    if backend in ("onnx", "tensorrt", "aoti"):  # they write their artifacts under the cache folder
         from .export.backends import artifact_dir
         from .export.onnx_export import writable_dir
 
@@ -383,12 +389,18 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .export.onnx_export import export_onnx, writable_dir
     from .models import load_model
 
+    if a.batch_sizes is None:
+        a.batch_sizes = "8,16,32,64,128,256" if a.format == "aoti" else "8,32,128"
     try:
         sizes = sorted({int(x) for x in a.batch_sizes.split(",") if x.strip()})
     except ValueError:
         raise UserError(f"--batch-sizes must be comma-separated integers, got {a.batch_sizes!r}") from None
     if not sizes or sizes[0] < 1:
         raise UserError("--batch-sizes needs at least one positive size")
+    if a.format == "aoti":
+        from .export.aoti_cli import cmd_export_aoti
+
+        return cmd_export_aoti(a, sizes)
     writable_dir(a.out)  # before the model loads
     model = load_model(a.model, device=a.device, dtype=a.dtype)
     art = export_onnx(model, a.out, force=a.force)
@@ -465,10 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.set_defaults(fn=cmd_match, policy="exhaustive")
 
-    p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine)")
+    p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine), or an AOTInductor folder for diffcls-run")
     p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")
-    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
-    p.add_argument("--batch-sizes", default="8,32,128", help="TensorRT profile batch sizes (default: 8,32,128)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt", "aoti"])
+    p.add_argument("--batch-sizes", default=None, help="TensorRT profile batch sizes (default: 8,32,128); aoti: the largest is the packages' largest batch (default: 8,16,32,64,128,256)")
+    p.add_argument("--classes", default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
+    p.add_argument("--prompts", default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
+    p.add_argument("--noise-path", default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
+    p.add_argument("--noise-rows", type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
+    p.add_argument("--seed", type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
+    p.add_argument("--cache-dir", default=None, help="aoti: compiled packages are cached here (shared with --backend aoti; default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
     p.add_argument("--out", default="exported", help="output folder (default: ./exported)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")

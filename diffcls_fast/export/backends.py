@@ -19,7 +19,7 @@ from ..errors import BackendUnavailable, UserError
 from ..models.bundle import ModelBundle
 from ..models.loader import make_unet_denoiser
 
-BACKENDS = ("torch", "compile", "onnx", "tensorrt")
+BACKENDS = ("torch", "compile", "onnx", "tensorrt", "aoti")
 
 
 def artifact_dir(cache_dir: str | Path | None) -> Path:
@@ -47,6 +47,8 @@ def apply_backend(
         raw, label = compiled_raw(bundle, class_cond)
     elif name == "onnx":
         raw, label = onnxruntime_raw(bundle, artifact_dir(cache_dir))
+    elif name == "aoti":
+        raw, label = aoti_raw(bundle, artifact_dir(cache_dir), batch_sizes or [8, 16, 32, 64, 128, 256])
     else:
         from .tensorrt_backend import tensorrt_raw
 
@@ -131,3 +133,15 @@ def _ort_type(t: torch.Tensor):
     import numpy as np
 
     return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}[t.dtype]
+
+
+def aoti_raw(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]):
+    """AOTInductor packages (compiled once per weights and batch range into the cache), loaded in-process."""
+    from .aoti_export import cached_packages
+
+    if bundle.device.type != "cpu":
+        raise BackendUnavailable("the aoti backend is built and tested for the CPU here; use --device cpu (or --backend compile on CUDA)")
+    if bundle.dtype != torch.float32:
+        raise BackendUnavailable(f"the aoti backend runs float32, not {str(bundle.dtype).removeprefix('torch.')}")
+    runner, _ = cached_packages(bundle, art_dir, batch_sizes)
+    return runner, "aoti"
