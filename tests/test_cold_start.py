@@ -49,3 +49,21 @@ def test_the_public_api_still_imports_from_the_package():
     )
     assert p.returncode == 0, p.stderr
     assert "AttributeError module 'diffcls_fast' has no attribute 'nope'" in p.stdout
+
+
+def test_a_missing_serve_extra_is_one_line_naming_it():
+    # sys.modules[name] = None makes 'import name' fail, as if the package were not installed
+    p = run(
+        "import sys\n"
+        "sys.modules['uvicorn'] = None; sys.modules['httpx'] = None\n"
+        "from diffcls_fast.cli import main\n"
+        "a = main(['serve', '--port', '0'])\n"
+        "b = main(['classify', '--server', 'http://127.0.0.1:9', 'examples/digit-7.png'])\n"
+        "print(a, b)\n"
+    )
+    assert p.stdout.strip() == "2 2", p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines == [
+        "diffcls-fast: error: the server needs uvicorn; pip install 'diffcls-fast[serve]'",
+        "diffcls-fast: error: the client needs httpx; pip install 'diffcls-fast[serve]'",
+    ]
