@@ -201,19 +201,9 @@ def classify_cli(a) -> int:
         p = Path(im)
         if not p.is_file():
             raise UserError(f"{im}: no such file" if not p.exists() else f"{im}: not a file")
-    options = dict(
-        n_grid=a.n_grid,
-        n_samples=a.n_samples,
-        to_keep=a.to_keep,
-        min_scores=a.min_scores,
-        max_scores=a.max_scores,
-        cutoff_pval=a.cutoff_pval,
-        sides=a.sides,
-        t_order=a.t_order,
-        rounds=a.rounds,
-        keep=a.keep,
-        t_band=a.t_band,
-    )
+    from .cli import _policy_options  # the same option set as a local run (cli imports no torch)
+
+    options = _policy_options(a)
     with Client(a.server, api_key=getattr(a, "api_key", None)) as c:
         resp = c.classify_response(list(a.images), a.classes, prompts=prompts, seed=a.seed, policy=a.policy, temperature=a.temperature, loss=a.loss, names=[str(p) for p in a.images], **options)
     for w in resp.get("warnings", []):
