@@ -133,6 +133,7 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
                 if done:
                     return fut.result()
                 if await request.is_disconnected():  # the client went away: drop its work
+                    fut.cancel()
                     loop.cancel(job)
                     raise HTTPError(499, "client_closed", "the client closed the connection")
         except asyncio.CancelledError:

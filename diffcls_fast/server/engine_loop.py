@@ -143,8 +143,8 @@ class EngineLoop:
                     continue
             for job in new:
                 self._admit(job)
-            for job in cancels:
-                self._drop(job, None)
+            for job in cancels:  # never a success: its results are incomplete
+                self._drop(job, HTTPError(499, "client_closed", "the client closed the connection"))
             now = time.monotonic()
             for job in [j for j in self._live.values() if j.deadline <= now]:
                 self._drop(job, HTTPError(504, "deadline", f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped"))
@@ -189,6 +189,10 @@ class EngineLoop:
         except (UserError, TypeError, ValueError) as e:
             self._finish(job, HTTPError(400, "bad_request", str(e)))
             return
+        except Exception as e:  # e.g. out of memory encoding its prompts: this job fails, the loop goes on
+            log.exception("admitting a request failed")
+            self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+            return
         job.request = req
         job.warning = req.warning
         job.results = [None] * len(job.pixels)
@@ -205,8 +209,15 @@ class EngineLoop:
         if job.future.done():
             return
         if error is None:
-            job.future.set_result(job.results if job.match is None else _match_result(job))
-        elif not job.future.cancelled():
+            try:
+                value = job.results if job.match is None else _match_result(job)
+            except Exception as e:  # a bug in assembling the answer must not end the loop thread
+                log.exception("assembling a response failed")
+                error = HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}")
+            else:
+                job.future.set_result(value)
+                return
+        if not job.future.cancelled():
             job.future.set_exception(error)
 
     def _warm_up(self) -> None:

@@ -1,0 +1,61 @@
+"""The engine loop thread survives what a request can do to it (no HTTP: the loop alone)."""
+
+import time
+
+import pytest
+
+from diffcls_fast.server.engine_loop import EngineLoop, Job
+from diffcls_fast.server.limits import HTTPError
+from diffcls_fast.server.metrics import Metrics
+
+from .helpers import digit_pngs, make_classifier
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lp = EngineLoop(lambda: make_classifier("halving"), Metrics(), warmup=False)
+    lp.start()
+    assert lp.ready.wait(120), lp.load_error
+    yield lp
+    lp.stop(timeout=60)
+
+
+def _pixels(clf, n):
+    _, _, pil = digit_pngs(n)
+    return [clf._pixels(im, i) for i, im in enumerate(pil)]
+
+
+def test_a_cancelled_match_fails_with_499_and_the_loop_goes_on(loop):
+    # Regression: a client that left a /v1/match request made the loop assemble a MatchResult from
+    # unscored images (AttributeError on None) and the loop thread died; every later request hung.
+    px = _pixels(loop.clf, 4)
+    job = Job(px, None, {}, 60.0, match=(["the digits one", "the digits two"], 50, False))
+    fut = loop.submit(job)
+    loop.cancel(job)
+    with pytest.raises(HTTPError) as e:
+        fut.result(timeout=60)
+    assert e.value.status == 499
+    ok = loop.submit(Job(px[:2], ["zero", "one", "two", "three", "four"], {}, 60.0))
+    results = ok.result(timeout=120)
+    assert len(results) == 2 and all(r is not None and r.error is None for r in results)
+    assert loop._thread.is_alive()
+
+
+def test_an_unexpected_error_while_admitting_fails_that_job_only(loop, monkeypatch):
+    orig = loop.clf.with_options
+
+    def boom(**kw):
+        if kw.get("seed") == 12345:
+            raise RuntimeError("out of memory (simulated)")
+        return orig(**kw)
+
+    monkeypatch.setattr(loop.clf, "with_options", boom)
+    px = _pixels(loop.clf, 1)
+    bad = loop.submit(Job(px, None, {"seed": 12345}, 60.0))
+    with pytest.raises(HTTPError) as e:
+        bad.result(timeout=60)
+    assert e.value.status == 500 and "out of memory" in str(e.value)
+    good = loop.submit(Job(px, None, {"seed": 1}, 60.0))
+    assert good.result(timeout=120)[0].error is None
+    time.sleep(0.1)
+    assert loop._thread.is_alive()
