@@ -66,6 +66,8 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[ShardSpec, int
         raise UserError(f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}: expected integers (as torchrun sets them)") from None
     if world < 1 or not 0 <= rank < world or (local is not None and local < 0):
         raise UserError(f"RANK={rank}, WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    if world == 1:  # one process (torchrun --nproc-per-node 1, or a launcher that always sets these): not sharded
+        return None
     return ShardSpec(rank, world), local
 
 
@@ -107,6 +109,8 @@ def apply_scale_out(a) -> None:
     spec, device = (parse_shard(a.shard) if a.shard is not None else None, a.device) if use_ray else resolve_shard(a.shard, a.device)
     a.shard_spec = None
     if use_ray:
+        if shard_from_env() is not None:
+            raise UserError("--ray under torchrun (RANK/WORLD_SIZE set): every rank would run the whole Ray eval; start one driver without torchrun")
         if spec is not None:
             raise UserError("--ray and --shard do not combine: Ray spreads the images over its workers itself")
         if a.ray_workers is None:

@@ -45,6 +45,7 @@ def test_torchrun_environment():
     assert shard_from_env({"RANK": "1"}) is None  # WORLD_SIZE too, or it is not torchrun
     assert shard_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (ShardSpec(1, 4), 1)
     assert shard_from_env({"RANK": "5", "WORLD_SIZE": "8"}) == (ShardSpec(5, 8), None)
+    assert shard_from_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None  # one process is not sharded
     assert "expected integers" in _err(lambda: shard_from_env({"RANK": "x", "WORLD_SIZE": "2"}))
     assert "0 <= RANK < WORLD_SIZE" in _err(lambda: shard_from_env({"RANK": "2", "WORLD_SIZE": "2"}))
     env = {"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1"}
@@ -80,9 +81,16 @@ def test_apply_scale_out(tmp_path, monkeypatch):
     a = _ns(out=str(tmp_path / "t.jsonl"))
     apply_scale_out(a)  # torchrun without --shard
     assert a.shard_spec == ShardSpec(0, 2) and a.out.endswith("t.shard-0-of-2.jsonl")
+    # --ray under torchrun: every rank would run the whole Ray eval on the same --out
+    assert "under torchrun" in _err(lambda: apply_scale_out(_ns(out=str(tmp_path / "t.jsonl"), ray=True)))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
     a = _ns(out=str(tmp_path / "t.jsonl"), ray=True)
-    apply_scale_out(a)  # --ray ignores torchrun's variables
+    apply_scale_out(a)  # WORLD_SIZE=1 (torchrun --nproc-per-node 1, or a launcher that always sets it) is one process
     assert a.shard_spec is None and a.ray_workers == 1
+    a = _ns(out=str(tmp_path / "t.jsonl"))
+    apply_scale_out(a)
+    assert a.shard_spec is None and a.out == str(tmp_path / "t.jsonl")
 
 
 def test_cli_shard_errors_are_one_line_before_the_model_loads(capsys, monkeypatch, tmp_path):

@@ -382,11 +382,28 @@ Classifier::Classifier(const std::string& export_dir, Options options) : impl_(s
     if (m.packages.empty()) throw UserError(mpath + ": names no package");
     std::sort(m.packages.begin(), m.packages.end(), [](const Package& a, const Package& b) { return a.lo < b.lo; });
     info.max_batch = m.packages.back().hi;
+    // The tables must be the ones exported with this manifest (a swapped file would change answers silently).
+    auto check_hash = [&](const std::string& name) {
+      if (!man.has("sha256") || !man.at("sha256").has(name)) return;
+      std::string path = export_dir + "/" + man.at("files").at(name).as_string();
+      std::string data = read_text(path);
+      if (detail::sha256_hex(data.data(), data.size()) != man.at("sha256").at(name).as_string())
+        throw UserError(path + ": its sha256 differs from the manifest's (the file changed after export); export again");
+    };
+    check_hash("schedule");
+    check_hash("conditions");
+    if (o.noise_path.empty()) check_hash("noise");
     auto sched = detail::read_safetensors(export_dir + "/" + man.at("files").at("schedule").as_string());
     m.sqrt_ab = sched.at("sqrt_ab");
     m.sqrt_1mab = sched.at("sqrt_1mab");
     m.acp_f32 = sched.at("alphas_cumprod").to(at::kFloat);
     m.cond = detail::read_safetensors(export_dir + "/" + man.at("files").at("conditions").as_string()).at("cond");
+    if (m.class_prompts.size() != info.classes.size()) throw UserError(mpath + ": class_prompts and classes differ in length");
+    for (const auto& ids : m.class_prompts) {
+      if (ids.empty()) throw UserError(mpath + ": a class with no prompt");
+      for (int64_t i : ids)
+        if (i < 0 || i >= m.cond.size(0)) throw UserError(mpath + ": prompt id " + std::to_string(i) + " is outside the condition table");
+    }
     std::string noise_path = o.noise_path;
     if (noise_path.empty()) {
       if (!man.at("files").has("noise")) throw UserError(export_dir + ": no noise.safetensors; export with --noise-path FILE, or pass --noise FILE");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,23 @@ def test_native_runner_prompt_ensembles_and_class_subset(native_build, aoti_dir,
         nat = run_native(native_build, out, tensors, "--json", *policy)
         assert nat.returncode == 0, nat.stderr
         assert_same(rows(nat.stdout), rows(py.stdout))
+
+
+def test_native_runner_refuses_a_changed_or_inconsistent_export(native_build, aoti_dir, heldout, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    _, tensors, _ = heldout
+    changed = tmp_path / "changed"
+    shutil.copytree(aoti_dir, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    save_file({"noise": torch.randn(64, 1, 8, 8)}, str(changed / manifest["files"]["noise"]))  # swapped after export
+    r = run_native(native_build, changed, tensors)
+    assert r.returncode == 2 and "sha256 differs from the manifest's" in r.stderr, r.stderr
+    shutil.copy(Path(aoti_dir) / manifest["files"]["noise"], changed / manifest["files"]["noise"])
+    manifest["class_prompts"] = manifest["class_prompts"][:-1]  # a hand-edited manifest
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    r = run_native(native_build, changed, tensors)
+    assert r.returncode == 2 and "class_prompts and classes differ" in r.stderr, r.stderr
