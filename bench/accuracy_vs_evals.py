@@ -3,8 +3,13 @@
     python -m bench.accuracy_vs_evals                                  # digits, full held-out split (about 15 CPU minutes)
     python -m bench.accuracy_vs_evals --model numbers --limit 100      # numbers, 1 pair per class (about 40 CPU minutes)
     python -m bench.accuracy_vs_evals --limit 40 --quick               # smoke run
+    python -m bench.accuracy_vs_evals --model numbers --backend aoti --tag numbers_1000 --resume \
+        --only halving exhaustive-50                                   # a long run in parts, in this order
 
-Writes bench/results/accuracy_vs_evals_<model>_<device>_<date>.{json,png}.
+Writes bench/results/accuracy_vs_evals_<model>_<device>_<date>.{json,png}, or
+accuracy_vs_evals_<tag>.{json,png} with --tag (a run that spans several days or
+sessions resumes from the same file). Each row records the device, backend and dtype
+it ran on, so a front finished on another machine says which rows came from where.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from bench.common import RESULTS, device_tag, environment, write_json
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
+from diffcls_fast.export.backends import apply_backend
 
 # successive halving candidates (rounds, keep, band); the default was chosen on the train split (bench.policy_search)
 HALVING = [
@@ -75,20 +81,24 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="configuration names to leave out")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--only", nargs="*", default=[], help="only configurations whose name contains one of these")
-    ap.add_argument("--resume", action="store_true", help="keep the configurations already in today's result file")
+    ap.add_argument("--only", nargs="*", default=[], help="only configurations whose name contains one of these, run in this order")
+    ap.add_argument("--resume", action="store_true", help="keep the configurations already in the result file")
+    ap.add_argument("--tag", default=None, help="result file name after accuracy_vs_evals_ (default: <model>_<device>_<date>)")
+    ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
     a = ap.parse_args()
 
-    model = load_model(a.model)
+    model = apply_backend(load_model(a.model, device=a.device, dtype=a.dtype), a.backend, batch_sizes=[a.batch_size])
     pil, y, class_names, _ = load_eval_split(a.model, "heldout")
     if a.limit:
         pil, y = pil[: a.limit], y[: a.limit]
-    env = environment()
-    tag = f"accuracy_vs_evals_{a.model}_{device_tag()}_{env['date']}"
+    env = environment(model.device)
+    tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}_{device_tag(model.device)}_{env['date']}")
     per_image_path = RESULTS / "per_image" / (tag + ".npz")
     rows, per_image = _resume(RESULTS / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
-    for name, policy, opts in CONFIGS[a.model]:
-        if (a.quick and name not in QUICK) or name in a.skip or (a.only and not any(o in name for o in a.only)):
+    for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
+        if (a.quick and name not in QUICK) or name in a.skip:
             continue
         if any(r["name"] == name for r in rows):
             print(f"{name:34s} (resumed)")
@@ -107,6 +117,10 @@ def main() -> None:
             "seconds": round(wall, 2),
             "batch_fill": round(clf.last_stats.batch_fill, 4),
             "evals_per_second": round(clf.last_stats.evals_per_second, 1),
+            "device": env["device"],
+            "backend": model.backend,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "date": time.strftime("%Y-%m-%d"),
         }
         rows.append(row)
         per_image[name] = _per_image(res)
@@ -119,6 +133,17 @@ def main() -> None:
     print(f"wrote {RESULTS / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
         plot(rows, RESULTS / (tag + ".png"), env, len(y), a.model)
+
+
+def _ordered(configs: list, only: list[str]) -> list:
+    """``configs`` filtered to those whose name contains one of ``only``, in the order of ``only``
+    (the first entry a name matches); all of them, in their own order, when ``only`` is empty."""
+    if not only:
+        return list(configs)
+    names = {c[0] for c in configs}
+    # an entry that is a configuration's full name picks that one only ("exhaustive-5", not also "exhaustive-50")
+    first = {c[0]: min((k for k, o in enumerate(only) if (o == c[0] if o in names else o in c[0])), default=None) for c in configs}
+    return sorted((c for c in configs if first[c[0]] is not None), key=lambda c: first[c[0]])
 
 
 def _per_image(res) -> dict[str, np.ndarray]:

@@ -130,13 +130,18 @@ class OutFile:
     :meth:`close`: a second eval on the same file stops with one line instead of
     computing every image twice. A torn last line (a killed writer) is cut off under the
     lock; any other malformed line is a :class:`UserError` naming ``file:line``.
+
+    ``readonly=True`` (``merge``) reads without changing the file: no write access is
+    needed, the lock is shared (a file still being written by an eval is refused, two
+    merges may read it at once) and a torn last line is skipped, not cut off.
     """
 
     CLASSIFY_ROW = (("id", str), ("config", str), ("correct", int), ("evaluations_spent", int))
 
-    def __init__(self, path: str | Path, required: tuple[tuple[str, type], ...] = CLASSIFY_ROW):
+    def __init__(self, path: str | Path, required: tuple[tuple[str, type], ...] = CLASSIFY_ROW, readonly: bool = False):
         self.path = Path(path)
         self.required = required
+        self.readonly = readonly
         self.fd: int | None = None
         self.rows: dict[str, tuple[int, dict]] = {}
         p = self.path
@@ -150,9 +155,9 @@ class OutFile:
         if not parent.is_dir():
             raise UserError(f"--out {p}: {parent} is not a folder")
         try:
-            self.fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.fd = os.open(p, os.O_RDONLY) if readonly else os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"--out {p}: cannot write ({e.strerror or e})") from None
+            raise UserError(f"{p}: cannot read ({e.strerror or e})" if readonly else f"--out {p}: cannot write ({e.strerror or e})") from None
         try:
             if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a pipe or device cannot be read back to resume
                 raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
@@ -168,10 +173,12 @@ class OutFile:
         except ImportError:  # no flock (Windows): concurrent writers are not detected
             return
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _flock_holder(self.fd)
             who = f" (pid {pid})" if pid else ""
+            if self.readonly:
+                raise UserError(f"{self.path}: is being written by an eval{who}; wait for it to finish") from None
             raise UserError(f"--out {self.path}: is being written by another eval{who}; wait for it to finish, or use another --out") from None
         except OSError as e:  # a filesystem without flock (some network mounts): go on, unprotected
             import sys
@@ -185,7 +192,7 @@ class OutFile:
         except OSError as e:
             raise UserError(f"--out {self.path}: cannot read ({e.strerror or e})") from None
         good_end = data.rfind(b"\n") + 1
-        if good_end < len(data):  # a killed writer left a partial line: drop it (we hold the lock)
+        if good_end < len(data) and not self.readonly:  # a killed writer left a partial line: drop it (we hold the lock)
             os.ftruncate(self.fd, good_end)
         where = f"{self.path}"
         for lineno, raw in enumerate(data[:good_end].split(b"\n")[:-1], start=1):
@@ -217,6 +224,8 @@ class OutFile:
         return {k: row for k, (_, row) in self.rows.items()}
 
     def append(self, row: dict) -> None:
+        if self.readonly:
+            raise ValueError(f"{self.path} was opened read-only")
         append_line(self.fd, row)
 
     def close(self) -> None:

@@ -25,12 +25,13 @@ def _ranges(xs: list[int], limit: int = 8) -> str:
 
 
 def read_parts(parts: list[str | Path]) -> list[tuple[Path, int, dict]]:
-    """(part, line number, row) of every row, each part read under its lock (a shard still writing is refused)."""
+    """(part, line number, row) of every row, each part read under a shared lock (a shard still writing is
+    refused) and left as it is: a torn last line (a killed shard) is skipped, so its image shows as a gap."""
     rows = []
     for part in map(Path, parts):
         if not part.is_file():
             raise UserError(f"{part}: no such file" if not part.exists() else f"{part}: not a regular file")
-        f = OutFile(part)
+        f = OutFile(part, readonly=True)
         try:
             rows += [(part, lineno, row) for _, (lineno, row) in sorted(f.rows.items(), key=lambda kv: kv[1][0])]
         finally:

@@ -80,8 +80,45 @@ def test_unfinished_shard_is_a_gap(tmp_path):
     parts = _shards(tmp_path)
     lines = parts[2].read_text().splitlines()
     parts[2].write_text(lines[0] + "\n" + lines[1][:30])  # one row, then a torn line (a killed shard)
+    before = parts[2].read_bytes()
     msg = _err(lambda: merge_parts(tmp_path / "m.jsonl", parts))
     assert "(indexes 5)" in msg and "shard 2/3" in msg and "rerun it" in msg
+    assert parts[2].read_bytes() == before  # merge only reads: the torn line is the shard's to cut when it resumes
+
+
+def test_parts_are_opened_read_only(tmp_path, monkeypatch):
+    import os
+
+    parts = _shards(tmp_path)
+    real_open, flags = os.open, {}
+
+    def spy(path, fl, *args, **kw):
+        flags[str(path)] = fl
+        return real_open(path, fl, *args, **kw)
+
+    monkeypatch.setattr(os, "open", spy)  # works as root too, where a chmod 444 file stays writable
+    assert merge_parts(tmp_path / "m.jsonl", parts)["images"] == 7
+    assert all(flags[str(p)] & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC) == 0 for p in parts)
+
+
+def test_a_shard_still_writing_is_refused_and_readers_share(tmp_path):
+    from diffcls_fast.evaluate import OutFile
+
+    parts = _shards(tmp_path)
+    writer = OutFile(parts[1])  # an eval still appending to shard 1 (holds the exclusive lock)
+    try:
+        msg = _err(lambda: merge_parts(tmp_path / "m.jsonl", parts))
+        assert f"{parts[1]}: is being written by an eval" in msg
+    finally:
+        writer.close()
+    assert not (tmp_path / "m.jsonl").exists()
+    readers = [OutFile(parts[0], readonly=True), OutFile(parts[0], readonly=True)]  # two merges may read one part
+    try:
+        assert [len(r.rows) for r in readers] == [3, 3]
+        assert "being written by another eval" in _err(lambda: OutFile(parts[0]))  # but no eval may append meanwhile
+    finally:
+        for r in readers:
+            r.close()
 
 
 def test_a_larger_limit_on_one_shard_makes_the_run_larger(tmp_path):
