@@ -62,23 +62,40 @@ def probability(text: str) -> float:
     return v
 
 
+class _Given(argparse.Action):
+    """A store action that also records that the option was on the command line (``namespace.given``):
+    ``classify --server`` must tell an option the user set from its default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        given = getattr(namespace, "given", None) or set()
+        namespace.given = given | {self.dest}
+
+
+# Engine-wide settings: one per engine (a server has its own), unlike the policy, seed and
+# temperature, which every request may set. classify --server sends --model and --loss for the
+# server to check, and refuses the others (they would be silently ignored).
+ENGINE_WIDE = ("model", "batch_size", "max_inflight", "loss", "speculate", "backend", "xformers", "device", "dtype", "cache_dir", "no_cache", "noise_path")
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--model", default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
+    p.set_defaults(given=set())
+    g.add_argument("--model", action=_Given, default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
     g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive", "halving"], help="classification policy (default: ttest)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    g.add_argument("--batch-size", type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
-    g.add_argument("--max-inflight", type=positive_int, default=64, help="images scored concurrently (default: 64)")
-    g.add_argument("--loss", default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
+    g.add_argument("--batch-size", action=_Given, type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
+    g.add_argument("--max-inflight", action=_Given, type=positive_int, default=64, help="images scored concurrently (default: 64)")
+    g.add_argument("--loss", action=_Given, default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
     g.add_argument("--temperature", type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
-    g.add_argument("--speculate", default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
-    g.add_argument("--backend", default="torch", choices=["torch", "compile", "onnx", "tensorrt", "aoti"], help="denoiser runtime (default: torch, eager)")
-    g.add_argument("--xformers", action="store_true", help="xformers memory-efficient attention (torch/compile backends, CUDA)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
-    g.add_argument("--dtype", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
-    g.add_argument("--cache-dir", default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    g.add_argument("--noise-path", default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
+    g.add_argument("--speculate", action=_Given, default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
+    g.add_argument("--backend", action=_Given, default="torch", choices=["torch", "compile", "onnx", "tensorrt", "aoti"], help="denoiser runtime (default: torch, eager)")
+    g.add_argument("--xformers", action=_Given, nargs=0, default=False, help="xformers memory-efficient attention (torch/compile backends, CUDA)")
+    g.add_argument("--device", action=_Given, default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
+    g.add_argument("--dtype", action=_Given, default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--cache-dir", action=_Given, default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
+    g.add_argument("--no-cache", action=_Given, nargs=0, default=False, help="do not read or write the embedding cache")
+    g.add_argument("--noise-path", action=_Given, default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
     g = p.add_argument_group("policy options")
     g.add_argument("--n-grid", type=positive_int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
     g.add_argument("--n-samples", type=positive_int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")

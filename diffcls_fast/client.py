@@ -83,6 +83,7 @@ class Client:
         top_k: int = 5,
         timeout: float | None = None,
         loss: str | None = None,
+        model: str | None = None,
         names: Sequence[str] | None = None,
         **options: Any,
     ) -> dict:
@@ -91,7 +92,8 @@ class Client:
         ``prompts`` is a :class:`ClassSpec` (e.g. from ``read_prompts_csv``) or rows
         ``[{"class": name, "prompt": text}, ...]``; ``options`` are policy options
         (``min_scores=10``, ``rounds=[2, 4, 12]``, ...); ``timeout`` is the server-side
-        deadline in seconds.
+        deadline in seconds. ``loss`` and ``model``, when given, are checked by the server:
+        a server scoring with another loss, or serving another model, refuses the request (400).
         """
         files = [("images", (name, data, "application/octet-stream")) for name, data in _encode_images(images, names)]
         params: dict[str, Any] = {"top_k": top_k}
@@ -99,7 +101,7 @@ class Client:
             params["classes"] = classes if isinstance(classes, str) else list(classes)
         if prompts is not None:
             params["prompts"] = prompts if isinstance(prompts, list) else spec_to_rows(prompts)
-        for k, v in (("seed", seed), ("policy", policy), ("temperature", temperature), ("timeout", timeout), ("loss", loss)):
+        for k, v in (("seed", seed), ("policy", policy), ("temperature", temperature), ("timeout", timeout), ("loss", loss), ("model", model)):
             if v is not None:
                 params[k] = v
         if options:
@@ -192,8 +194,17 @@ def classify_cli(a) -> int:
 
     if a.classes is not None and a.prompts is not None:
         raise UserError("give --classes or --prompts, not both")
-    if a.noise_path is not None:
+    from .cli import ENGINE_WIDE
+
+    given = getattr(a, "given", set())
+    if "noise_path" in given:
         raise UserError("--noise-path cannot travel to a server; start the server with it (diffcls-fast serve --noise-path ...)")
+    # --model and --loss are sent for the server to check; the other engine settings are the server's
+    # own, and one given here would be silently ignored.
+    ignored = [d for d in ENGINE_WIDE if d in given and d not in ("model", "loss", "noise_path")]
+    if ignored:
+        opts = ", ".join("--" + d.replace("_", "-") for d in ignored)
+        raise UserError(f"{opts}: with --server the server's engine settings apply; drop {'it' if len(ignored) == 1 else 'them'}, or start the server with {'it' if len(ignored) == 1 else 'them'} (diffcls-fast serve ...)")
     prompts = read_prompts_csv(a.prompts) if a.prompts else None
     if a.classes is not None:
         parse_class_list(a.classes)  # the names' checks, before anything is sent
@@ -205,7 +216,18 @@ def classify_cli(a) -> int:
 
     options = _policy_options(a)
     with Client(a.server, api_key=getattr(a, "api_key", None)) as c:
-        resp = c.classify_response(list(a.images), a.classes, prompts=prompts, seed=a.seed, policy=a.policy, temperature=a.temperature, loss=a.loss, names=[str(p) for p in a.images], **options)
+        resp = c.classify_response(
+            list(a.images),
+            a.classes,
+            prompts=prompts,
+            seed=a.seed,
+            policy=a.policy,
+            temperature=a.temperature,
+            loss=a.loss if "loss" in given else None,  # unset: the server's loss, whatever it is
+            model=a.model if "model" in given else None,
+            names=[str(p) for p in a.images],
+            **options,
+        )
     for w in resp.get("warnings", []):
         print(f"diffcls-fast: warning: {w}", file=sys.stderr)
     results = resp["results"]

@@ -44,6 +44,16 @@ log = logging.getLogger("diffcls_fast.server")
 API_KEY_ENV = "DIFFCLS_API_KEY"
 
 
+def _same_model(given: str, model) -> bool:
+    """Whether a client's ``--model`` names the served model: its name (``digits``, a folder's
+    name; a client on another machine may spell the folder's path its own way), or its path."""
+    from pathlib import Path
+
+    if given == model.name or Path(given).expanduser().name == model.name:
+        return True
+    return bool(model.path) and Path(given).expanduser().resolve() == Path(model.path).resolve()
+
+
 def _error(e: HTTPError) -> JSONResponse:
     return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status, headers=e.headers)
 
@@ -87,6 +97,8 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             try:
                 form = await Request(request.scope, replay).form(max_files=limits.max_images + 1, max_fields=64)
             except Exception as e:  # python-multipart's and Starlette's parse errors
+                if "Too many files" in str(e):  # Starlette stops counting at max_files: the same 413 as max_images + 1 files
+                    raise too_large(f"more than {limits.max_images} images in one request; the limit is {limits.max_images}") from None
                 raise bad(f"malformed multipart body ({type(e).__name__}: {str(e)[:200]})") from None
             files, fields = [], {}
             for name, value in form.multi_items():
@@ -150,6 +162,8 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             clf = loop.clf
             if params.loss is not None and params.loss != clf.loss:
                 raise bad(f"this server scores with loss {clf.loss!r}, not {params.loss!r}")
+            if params.model is not None and not _same_model(params.model, clf.model):
+                raise bad(f"this server serves model {clf.model.name!r}, not {params.model!r}")
             hw, ch = clf.model.image_hw, clf.model.image_channels
             pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
             job = Job(pixels, params.classes, params.options, params.timeout)

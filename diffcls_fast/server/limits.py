@@ -51,7 +51,7 @@ def too_large(message: str) -> HTTPError:
     return HTTPError(413, "too_large", message)
 
 
-_FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss"}  # /v1/match adds captions, n_grid, shared_noise
+_FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss", "model"}  # /v1/match adds captions, n_grid, shared_noise
 _POLICY_DEFAULTS = {f.name: getattr(PolicyConfig(), f.name) for f in fields(PolicyConfig) if f.name != "name"}
 
 
@@ -65,6 +65,7 @@ class ClassifyParams:
     top_k: int = 5
     timeout: float = 60.0
     loss: str | None = None
+    model: str | None = None  # the model the client expects (checked against the served one)
 
 
 def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> ClassifyParams:
@@ -119,6 +120,10 @@ def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> 
         if not isinstance(body["loss"], str):
             raise bad(f"loss must be a string, got {body['loss']!r}")
         p.loss = body["loss"]
+    if body.get("model") is not None:
+        if not isinstance(body["model"], str):
+            raise bad(f"model must be a string, got {body['model']!r}")
+        p.model = body["model"]
     return p
 
 

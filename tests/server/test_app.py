@@ -123,6 +123,26 @@ def test_classify_cli_with_server_prints_the_local_output(server, capsys, monkey
     assert [r["image"] for r in rows] == imgs and rows[0]["label"] == "seven" and rows[0]["random_weights"] is False
 
 
+def test_classify_cli_with_server_checks_engine_settings(server, capsys, monkeypatch):
+    """--model and --loss travel for the server to check (a default not typed is not sent);
+    the other engine settings are the server's, and giving one is refused, not ignored."""
+    monkeypatch.setenv("DIFFCLS_API_KEY", KEY)
+    img = ["examples/digit-7.png"]
+    # the server scores with l2 on digits: naming them explicitly is fine
+    assert main(["classify", *img, "--policy", "halving", "--model", "digits", "--loss", "l2", "--server", server.url]) == 0
+    assert "seven" in capsys.readouterr().out
+    for extra, message in [
+        (["--loss", "l1"], "loss 'l2', not 'l1'"),
+        (["--model", "numbers"], "serves model 'digits', not 'numbers'"),
+        (["--backend", "compile"], "--backend: with --server the server's engine settings apply"),
+        (["--batch-size", "256", "--dtype", "fp32", "--no-cache"], "--batch-size, --dtype, --no-cache: with --server"),
+        (["--noise-path", "n.safetensors"], "--noise-path cannot travel"),
+    ]:
+        code = main(["classify", *img, "--policy", "halving", *extra, "--server", server.url])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -153,6 +173,8 @@ def test_malformed_requests_are_400_with_one_line(server, body, message):
         ({"seed": -1}, "seed must be >= 0"),
         ({"temperature": 0}, "temperature"),
         ({"loss": "l1"}, "loss 'l2'"),
+        ({"model": "numbers"}, "serves model 'digits', not 'numbers'"),
+        ({"model": 3}, "model must be a string"),
         ({"classes": ["one"], "prompts": [{"class": "one", "prompt": "x"}]}, "not both"),
         ({"prompts": [{"class": "one"}]}, "prompts[0]"),
     ],

@@ -75,6 +75,15 @@ def test_limits_are_413_with_one_line(server, body, message):
     assert message in r.json()["error"] and "\n" not in r.json()["error"]
 
 
+@pytest.mark.parametrize("n", [4, 5, 40])
+def test_too_many_multipart_files_is_413_however_many(server, n):
+    # the multipart parser stops at max_images + 1 files; past that it must still be a 413, not a 400
+    files = [("images", (f"{k}.png", png(8, 8), "image/png")) for k in range(n)]
+    r = httpx.post(f"{server.url}/v1/classify", files=files, timeout=120)
+    assert r.status_code == 413 and r.json()["kind"] == "too_large", r.json()
+    assert "the limit is 3" in r.json()["error"] and "\n" not in r.json()["error"]
+
+
 def test_a_declared_gigapixel_png_is_refused_before_decoding():
     # a tiny PNG whose header claims 100,000 x 100,000 pixels: refused from the header alone
     import zlib
