@@ -67,6 +67,9 @@ class EngineLoop:
         self._inbox: list[Job] = []
         self._cancels: list[Job] = []
         self._live: dict[int, Job] = {}  # engine request id -> job
+        # Every job accepted and not yet answered, wherever it is: the inbox, being admitted (encoding
+        # its prompts can take a while, outside the lock), or live. --max-queue counts these.
+        self._accepted: set[Job] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="diffcls-engine-loop", daemon=True)
         self.warmup_seconds = 0.0
@@ -79,7 +82,7 @@ class EngineLoop:
     def pending(self) -> int:
         """Jobs accepted and not yet answered."""
         with self._cv:
-            return len(self._inbox) + len(self._live)
+            return len(self._accepted)
 
     def submit(self, job: Job) -> concurrent.futures.Future:
         with self._cv:
@@ -87,10 +90,11 @@ class EngineLoop:
                 raise HTTPError(503, "shutting_down", "the server is shutting down", {"Retry-After": "5"})
             if not self.ready.is_set():
                 raise HTTPError(503, "not_ready", "the model is still loading; retry shortly (GET /healthz says when it is ready)", {"Retry-After": "2"})
-            n = len(self._inbox) + len(self._live)
+            n = len(self._accepted)
             if n >= self.max_queue:
                 raise HTTPError(429, "queue_full", f"the server's queue is full ({n} requests waiting or in flight); retry later", {"Retry-After": str(self._retry_after(n))})
             self._inbox.append(job)
+            self._accepted.add(job)
             self._cv.notify()
         return job.future
 
@@ -179,6 +183,7 @@ class EngineLoop:
 
     def _admit(self, job: Job) -> None:
         if job.future.done():  # cancelled before admission
+            self._finish(job, None)
             return
         try:
             view = self.clf.with_options(**job.options)
@@ -204,6 +209,8 @@ class EngineLoop:
         self._finish(job, error)
 
     def _finish(self, job: Job, error: HTTPError | None) -> None:
+        with self._cv:
+            self._accepted.discard(job)
         if job.request is not None:
             self._live.pop(job.request.id, None)
         if job.future.done():

@@ -59,3 +59,47 @@ def test_an_unexpected_error_while_admitting_fails_that_job_only(loop, monkeypat
     assert good.result(timeout=120)[0].error is None
     time.sleep(0.1)
     assert loop._thread.is_alive()
+
+
+def test_max_queue_counts_jobs_while_they_are_admitted(monkeypatch):
+    """Regression: a job taken out of the inbox was counted nowhere while its prompts were encoded
+    (outside the lock), so handlers accepted more than --max-queue requests meanwhile."""
+    import threading
+
+    lp = EngineLoop(lambda: make_classifier("halving"), Metrics(), max_queue=2, warmup=False)
+    lp.start()
+    try:
+        assert lp.ready.wait(120), lp.load_error
+        orig, admitting, release = lp.clf.with_options, threading.Event(), threading.Event()
+
+        def slow(**kw):  # a slow admission: e.g. a large class list being encoded
+            if kw.get("seed") == 7:
+                admitting.set()
+                release.wait(60)
+            return orig(**kw)
+
+        monkeypatch.setattr(lp.clf, "with_options", slow)
+        px = _pixels(lp.clf, 1)
+        first = lp.submit(Job(px, None, {"seed": 7}, 60.0))
+        assert admitting.wait(60)  # the loop holds the first job, outside the inbox, not yet live
+        second = lp.submit(Job(px, None, {"seed": 1}, 60.0))
+        assert lp.pending == 2
+        with pytest.raises(HTTPError) as e:
+            lp.submit(Job(px, None, {"seed": 2}, 60.0))
+        assert e.value.status == 429
+        release.set()
+        assert first.result(timeout=120)[0].error is None and second.result(timeout=120)[0].error is None
+        deadline = time.monotonic() + 10
+        while lp.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lp.pending == 0  # every answered job leaves the count (no leak: the queue stays usable)
+        assert lp.submit(Job(px, None, {"seed": 3}, 60.0)).result(timeout=120)[0].error is None
+        cancelled = Job(px, None, {"seed": 4}, 60.0)
+        cancelled.future.cancel()  # cancelled before admission (what a handler's cancel can leave)
+        lp.submit(cancelled)
+        while lp.pending and time.monotonic() < deadline + 10:
+            time.sleep(0.01)
+        assert lp.pending == 0
+    finally:
+        release.set()
+        lp.stop(timeout=60)
