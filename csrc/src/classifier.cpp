@@ -11,6 +11,7 @@
 
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/version.h>
 
 #include "diffcls/diffcls.h"
 #include "support.h"
@@ -28,6 +29,15 @@ std::string read_text(const std::string& path) {
 }
 
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+// "2.13.0+cpu" -> "2.13": AOTInductor packages are built for one torch release; a patch release
+// keeps the ABI, another minor version may not (the package would crash or misbehave on load).
+std::string major_minor(const std::string& version) {
+  size_t first = version.find('.');
+  if (first == std::string::npos) return version;
+  size_t second = version.find_first_not_of("0123456789", first + 1);
+  return version.substr(0, second);
+}
 
 std::string fmt_g(double v) {
   char buf[32];
@@ -354,6 +364,14 @@ Classifier::Classifier(const std::string& export_dir, Options options) : impl_(s
     man = Json::parse(read_text(mpath));
     if (!man.has("format") || man.at("format").as_string() != "diffcls-fast-aoti") throw UserError(mpath + ": not a diffcls-fast AOTInductor manifest");
     if (man.at("version").as_int() != 1) throw UserError(mpath + ": manifest version " + std::to_string(man.at("version").as_int()) + " (this runner reads version 1)");
+    if (man.has("torch")) {
+      const std::string built = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
+      const std::string exported = man.at("torch").as_string();
+      if (major_minor(exported) != built)
+        throw UserError(mpath + ": exported with torch " + exported + ", but this runner is built against libtorch " + TORCH_VERSION +
+                        "; AOTInductor packages do not carry across torch versions: export again with torch " + built + ".x, or rebuild against torch " +
+                        major_minor(exported));
+    }
     ModelInfo& info = m.info;
     info.model = man.at("model").as_string();
     info.fingerprint = man.at("fingerprint").as_string();
@@ -376,6 +394,11 @@ Classifier::Classifier(const std::string& export_dir, Options options) : impl_(s
       Package pk{static_cast<int>(p.at("min_batch").as_int()), static_cast<int>(p.at("max_batch").as_int()), nullptr};
       std::string path = export_dir + "/" + p.at("file").as_string();
       if (!file_exists(path)) throw UserError(path + ": missing (the manifest names it)");
+      if (p.has("sha256")) {  // the compiled denoiser itself: a package from another export would answer silently wrong
+        std::string data = read_text(path);
+        if (detail::sha256_hex(data.data(), data.size()) != p.at("sha256").as_string())
+          throw UserError(path + ": its sha256 differs from the manifest's (the package changed after export); export again");
+      }
       pk.loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
       m.packages.push_back(std::move(pk));
     }

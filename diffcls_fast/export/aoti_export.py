@@ -239,7 +239,7 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
         _place(path, dest)
         if log:
             log(f"aoti: {dest} [{'cached' if seconds is None else f'compiled in {seconds:.1f} s'}; dynamic batch {rng.lo}..{rng.hi}]")
-        packages.append({"file": rng.file_name, "min_batch": rng.lo, "max_batch": rng.hi, "key": _key(bundle, rng), "compile_seconds": seconds})
+        packages.append({"file": rng.file_name, "min_batch": rng.lo, "max_batch": rng.hi, "key": _key(bundle, rng), "compile_seconds": seconds, "sha256": _sha256(dest)})
     for stale in out.glob("denoiser-b*.pt2"):  # packages of another batch range would confuse a reader of the folder
         if stale.name not in {p["file"] for p in packages}:
             stale.unlink()

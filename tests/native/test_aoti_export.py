@@ -69,6 +69,8 @@ def test_export_folder_and_manifest(aoti_dir, digits):
     assert set(man["calibration"]) >= {"ttest", "exhaustive"}
     for name, f in man["files"].items():
         assert hashlib.sha256((aoti_dir / f).read_bytes()).hexdigest() == man["sha256"][name]
+    for pk in man["packages"]:
+        assert hashlib.sha256((aoti_dir / pk["file"]).read_bytes()).hexdigest() == pk["sha256"]
     # The tables are the engine's own: the condition table classify builds, the runner's x_t coefficients.
     clf = DiffusionClassifier(digits, "ttest")
     spec = clf.class_spec(None)

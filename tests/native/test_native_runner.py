@@ -201,3 +201,16 @@ def test_native_runner_refuses_a_changed_or_inconsistent_export(native_build, ao
     (changed / "manifest.json").write_text(json.dumps(manifest))
     r = run_native(native_build, changed, tensors)
     assert r.returncode == 2 and "class_prompts and classes differ" in r.stderr, r.stderr
+    manifest = json.loads((Path(aoti_dir) / "manifest.json").read_text())
+    (changed / "manifest.json").write_text(json.dumps({**manifest, "torch": "2.1.2+cpu"}))  # exported by another torch
+    r = run_native(native_build, changed, tensors)
+    assert r.returncode == 2 and "exported with torch 2.1.2+cpu" in r.stderr and f"libtorch {torch.__version__.split('+')[0]}" in r.stderr, r.stderr
+    (changed / "manifest.json").write_text(json.dumps({**manifest, "torch": torch.__version__.split("+")[0] + "-local"}))  # same major.minor
+    pkg = changed / manifest["packages"][0]["file"]
+    with open(pkg, "r+b") as f:  # a package swapped or damaged after export
+        f.seek(pkg.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = run_native(native_build, changed, tensors)
+    assert r.returncode == 2 and f"{pkg.name}: its sha256 differs from the manifest's (the package changed" in r.stderr, r.stderr
