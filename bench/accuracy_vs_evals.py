@@ -15,12 +15,13 @@ it ran on, so a front finished on another machine says which rows came from wher
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, device_tag, environment, write_json
+from bench.common import RESULTS, device_tag, environment
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
 from diffcls_fast.export.backends import apply_backend
@@ -87,7 +88,16 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
+    ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)")
     a = ap.parse_args()
+    results = Path(a.results_dir)
+    if a.dtype == "fp32":
+        import torch
+
+        # fp32 means fp32 on CUDA too: cuDNN convolutions default to TF32 (a 10-bit mantissa), which
+        # would make a GPU row of this table less precise than the CPU rows it is compared with.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     model = apply_backend(load_model(a.model, device=a.device, dtype=a.dtype), a.backend, batch_sizes=[a.batch_size])
     pil, y, class_names, _ = load_eval_split(a.model, "heldout")
@@ -95,8 +105,8 @@ def main() -> None:
         pil, y = pil[: a.limit], y[: a.limit]
     env = environment(model.device)
     tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}_{device_tag(model.device)}_{env['date']}")
-    per_image_path = RESULTS / "per_image" / (tag + ".npz")
-    rows, per_image = _resume(RESULTS / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
+    per_image_path = results / "per_image" / (tag + ".npz")
+    rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
     for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
         if (a.quick and name not in QUICK) or name in a.skip:
             continue
@@ -127,12 +137,13 @@ def main() -> None:
         print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)
         # written after every configuration: a long run killed midway keeps what it measured (--resume)
         payload = {"benchmark": "accuracy_vs_evals", "model": a.model, "split": "heldout", "images": len(y), **env, "labels": [int(t) for t in y], "results": rows}
-        write_json(tag + ".json", payload)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / (tag + ".json")).write_text(json.dumps(payload, indent=2) + "\n")
         per_image_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(per_image_path, names=np.array(list(per_image)), **{f"c{i}_{k}": v for i, d in enumerate(per_image.values()) for k, v in d.items()})
-    print(f"wrote {RESULTS / (tag + '.json')} and {per_image_path}")
+    print(f"wrote {results / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
-        plot(rows, RESULTS / (tag + ".png"), env, len(y), a.model)
+        plot(rows, results / (tag + ".png"), env, len(y), a.model)
 
 
 def _ordered(configs: list, only: list[str]) -> list:
@@ -159,8 +170,6 @@ def _per_image(res) -> dict[str, np.ndarray]:
 def _resume(json_path: Path, npz_path: Path, n: int) -> tuple[list[dict], dict]:
     if not (json_path.is_file() and npz_path.is_file()):
         return [], {}
-    import json
-
     rows = json.loads(json_path.read_text())["results"]
     z = np.load(npz_path)
     names = list(z["names"])
