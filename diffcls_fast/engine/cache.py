@@ -10,7 +10,8 @@ type), and its ``embedding`` tensor has the expected shape, a floating dtype and
 finite values. Anything else (a torn or foreign file, another prompt's entry
 under this name, a folder where the file should be) is recomputed and, when
 the folder is writable, rewritten. A cache folder that cannot be written (read
-only, or a file in the way) costs one warning on stderr; the run goes on
+only, or a file in the way) costs one :class:`DiffclsWarning` (the CLI prints it as
+one line on stderr; a library user can filter or record it); the run goes on
 without storing entries.
 """
 
@@ -18,14 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ..errors import DiffclsWarning
 
 FORMAT = "diffcls-fast/embedding/2"
 _warned: set[str] = set()  # one warning per cache folder per process
@@ -43,7 +46,7 @@ def _warn_once(where: Path, what: str) -> None:
     if str(where) in _warned:
         return
     _warned.add(str(where))
-    print(f"diffcls-fast: warning: embedding cache {where}: {what}", file=sys.stderr)
+    warnings.warn(DiffclsWarning(f"embedding cache {where}: {what}"), stacklevel=3)
 
 
 class EmbeddingCache:

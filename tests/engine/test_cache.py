@@ -60,7 +60,7 @@ def _rewrite(c, prompt, tensors, meta):
     "case",
     ["garbage", "empty", "no_embedding_key", "wrong_shape", "int_dtype", "nan", "inf", "old_format", "other_fingerprint", "other_prompt", "directory"],
 )
-def test_bad_entry_is_recomputed_and_rewritten(tmp_path, case, capsys):
+def test_bad_entry_is_recomputed_and_rewritten(tmp_path, case, recwarn):
     _warm(tmp_path)
     c = _cache(tmp_path)
     p = c._path("a cat")
@@ -95,7 +95,7 @@ def test_bad_entry_is_recomputed_and_rewritten(tmp_path, case, capsys):
     assert enc.calls == [["a cat"]]  # recomputed; the good entry is still used
     assert c.rejected == 1 and c.hits == 1
     torch.testing.assert_close(out[0], emb, rtol=0, atol=0)
-    assert capsys.readouterr().err == ""  # nothing to warn about: the entry was replaced
+    assert _cache_warnings(recwarn) == []  # nothing to warn about: the entry was replaced
     # ... and rewritten: the next run trusts it
     enc2 = Encoder()
     _cache(tmp_path).get(["a cat"], enc2)
@@ -109,7 +109,16 @@ def test_unicode_prompt_round_trips(tmp_path):
     assert enc.calls == []
 
 
-def test_non_empty_directory_in_place_of_an_entry_warns_once_and_runs(tmp_path, capsys):
+def _cache_warnings(rec) -> list[str]:
+    """The DiffclsWarning messages recorded (``warnings.catch_warnings(record=True)``), one line each."""
+    from diffcls_fast import DiffclsWarning
+
+    msgs = [str(w.message) for w in rec if issubclass(w.category, DiffclsWarning)]
+    assert all("\n" not in m for m in msgs)
+    return msgs
+
+
+def test_non_empty_directory_in_place_of_an_entry_warns_once_and_runs(tmp_path, recwarn):
     _warm(tmp_path)
     c = _cache(tmp_path)
     p = c._path("a cat")
@@ -119,12 +128,12 @@ def test_non_empty_directory_in_place_of_an_entry_warns_once_and_runs(tmp_path, 
     for _ in range(2):
         out = c.get(["a cat", "a dog"], Encoder())
         torch.testing.assert_close(out[0], Encoder.one("a cat"), rtol=0, atol=0)
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "warning" in err[0] and "cannot replace" in err[0], err
+    err = _cache_warnings(recwarn)
+    assert len(err) == 1 and "cannot replace" in err[0], err
     assert (p / "something").is_file()
 
 
-def test_cache_path_that_is_a_file_warns_once_and_runs_without_cache(tmp_path, capsys):
+def test_cache_path_that_is_a_file_warns_once_and_runs_without_cache(tmp_path, recwarn):
     f = tmp_path / "cachefile"
     f.write_text("I am a file")
     for _ in range(3):
@@ -132,12 +141,12 @@ def test_cache_path_that_is_a_file_warns_once_and_runs_without_cache(tmp_path, c
         out = EmbeddingCache(f, FP, shape=SHAPE).get(["a cat", "a dog"], enc)
         assert enc.calls == [["a cat", "a dog"]]
         torch.testing.assert_close(out[1], Encoder.one("a dog"), rtol=0, atol=0)
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("diffcls-fast: warning: embedding cache") and "cannot write" in err[0], err
+    err = _cache_warnings(recwarn)
+    assert len(err) == 1 and err[0].startswith("embedding cache") and "cannot write" in err[0], err
     assert f.read_text() == "I am a file"
 
 
-def test_read_only_cache_folder_warns_once_and_still_reads(tmp_path, capsys, monkeypatch):
+def test_read_only_cache_folder_warns_once_and_still_reads(tmp_path, recwarn, monkeypatch):
     _warm(tmp_path)  # "a cat", "a dog" are stored
     import diffcls_fast.engine.cache as cache_mod
 
@@ -150,12 +159,12 @@ def test_read_only_cache_folder_warns_once_and_still_reads(tmp_path, capsys, mon
         out = _cache(tmp_path).get(["a cat", "a bird", "a fish"], enc)
         assert enc.calls == [["a bird", "a fish"]]  # stored entries are still used
         torch.testing.assert_close(out[2], Encoder.one("a fish"), rtol=0, atol=0)
-    err = capsys.readouterr().err.splitlines()
+    err = _cache_warnings(recwarn)
     assert len(err) == 1 and "Permission denied" in err[0], err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_cache_folder_real_chmod(tmp_path, capsys):
+def test_read_only_cache_folder_real_chmod(tmp_path, recwarn):
     _warm(tmp_path)
     root = _cache(tmp_path).root
     root.chmod(0o555)
@@ -165,7 +174,7 @@ def test_read_only_cache_folder_real_chmod(tmp_path, capsys):
         assert enc.calls == [["a bird"]]
     finally:
         root.chmod(0o755)
-    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert len(_cache_warnings(recwarn)) == 1
 
 
 def test_dtype_and_device_are_part_of_the_key():
@@ -176,3 +185,21 @@ def test_dtype_and_device_are_part_of_the_key():
     m = SimpleNamespace(text_fingerprint="abc", dtype=torch.float16, device=torch.device("cpu"))
     assert embedding_key(m) == "abc-float16-cpu"
     assert embedding_key(SimpleNamespace(**{**vars(m), "dtype": torch.float32})) != embedding_key(m)
+
+
+def test_cli_prints_a_cache_warning_as_one_line(tmp_path):
+    """Through the CLI the DiffclsWarning is the usual one line on stderr, and the run succeeds."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    r = subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", "classify", "examples/digit-7.png", "--policy", "halving", "--cache-dir", str(blocker)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "embedding cache" in ln]
+    assert len(lines) == 1 and lines[0].startswith("diffcls-fast: warning: embedding cache") and "cannot write" in lines[0], r.stderr
