@@ -204,7 +204,8 @@ def classify_cli(a) -> int:
     ignored = [d for d in ENGINE_WIDE if d in given and d not in ("model", "loss", "noise_path")]
     if ignored:
         opts = ", ".join("--" + d.replace("_", "-") for d in ignored)
-        raise UserError(f"{opts}: with --server the server's engine settings apply; drop {'it' if len(ignored) == 1 else 'them'}, or start the server with {'it' if len(ignored) == 1 else 'them'} (diffcls-fast serve ...)")
+        it = "it" if len(ignored) == 1 else "them"
+        raise UserError(f"{opts}: with --server the server's engine settings apply; drop {it}, or start the server with {it} (diffcls-fast serve ...)")
     prompts = read_prompts_csv(a.prompts) if a.prompts else None
     if a.classes is not None:
         parse_class_list(a.classes)  # the names' checks, before anything is sent
