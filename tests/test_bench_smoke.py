@@ -16,3 +16,25 @@ def test_kernel_bench_smoke():
     p = subprocess.run([sys.executable, "-m", "bench.kernels", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "make_noisy" in p.stdout and "query_errors" in p.stdout and "copy bandwidth" in p.stdout
+
+
+def test_accuracy_vs_evals_runs_in_parts_and_resumes(tmp_path):
+    """A long front is run in parts: --only picks and orders configurations, --resume keeps the rows
+    already in --results-dir/<tag>.json, and every row says where it ran."""
+    import json
+
+    def run(*only):
+        cmd = [sys.executable, "-m", "bench.accuracy_vs_evals", "--model", "numbers", "--limit", "2", "--tag", "t", "--results-dir", str(tmp_path), "--resume", "--no-plot", "--only", *only]
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stdout
+
+    out = run("halving 1 3 7 / 10 3 1", "exhaustive-5")  # exact names: not also exhaustive-50
+    assert out.index("halving 1 3 7 / 10 3 1") < out.index("exhaustive-5 ") and "exhaustive-50" not in out
+    out = run("exhaustive-5", "halving 1 3 7 / 20 5 1")
+    assert "exhaustive-5                       (resumed)" in out and "halving 1 3 7 / 20 5 1" in out
+    d = json.loads((tmp_path / "accuracy_vs_evals_t.json").read_text())
+    assert [r["name"] for r in d["results"]] == ["halving 1 3 7 / 10 3 1", "exhaustive-5", "halving 1 3 7 / 20 5 1"]
+    assert d["images"] == 2 and all(r["backend"] == "torch" and r["dtype"] == "float32" and r["device"] for r in d["results"])
+    assert d["results"][1]["evals_per_image"] == 500.0
+    assert (tmp_path / "per_image" / "accuracy_vs_evals_t.npz").is_file()
