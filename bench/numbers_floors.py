@@ -3,6 +3,8 @@
     python -m bench.numbers_floors                          # exhaustive-50 on all 1,000 held-out pairs
     python -m bench.numbers_floors --limit 200 --n-grid 50  # 2 pairs per class (the held-out order is round-robin)
     python -m bench.numbers_floors --model PATH --limit 100 --n-grid 10 --tag step6000   # a training snapshot
+    python -m bench.numbers_floors --from-front bench/results/accuracy_vs_evals_numbers_heldout1000.json
+        # the exhaustive-50 labels of an accuracy_vs_evals run (same policy, seed and pairs: no new evaluations)
 
 Reports pair accuracy (both digits right) and per-position accuracy (first digit,
 second digit) of
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default=None)
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--from-front", default=None, metavar="JSON", help="reuse the exhaustive-<n-grid> labels of a bench.accuracy_vs_evals result (and its per_image NPZ) instead of classifying again")
     a = ap.parse_args()
 
     pairs = numbers.split_pairs("heldout")
@@ -67,18 +70,24 @@ def main() -> None:
     svc_all = svc_baseline(pairs)
     baseline = {"all_1000": position_accuracy(svc_all, numbers.load_split("heldout")[1]), "same_pairs": position_accuracy(svc_all[: a.limit], y)}
 
-    model = load_model(a.model, device=a.device)
-    clf = DiffusionClassifier(model, "exhaustive", n_grid=a.n_grid, batch_size=a.batch_size, use_cache=False)
-    t0 = time.perf_counter()
-    results = clf.classify(pil, numbers.CLASS_NAMES, progress=_progress(len(pil)))
-    wall = time.perf_counter() - t0
-    pred = np.array([r.label for r in results])
-    diffusion = position_accuracy(pred, y)
-    diffusion.update(policy=clf.policy_cfg.describe(), evals_per_image=float(np.mean([r.evaluations for r in results])), seconds=round(wall, 1), run=clf.last_stats.to_dict())
+    if a.from_front:
+        pred, diffusion, env = _from_front(a.from_front, a.n_grid, len(y))
+        diffusion = {**position_accuracy(pred, y), **diffusion}
+        wall = diffusion["seconds"]
+    else:
+        model = load_model(a.model, device=a.device)
+        clf = DiffusionClassifier(model, "exhaustive", n_grid=a.n_grid, batch_size=a.batch_size, use_cache=False)
+        t0 = time.perf_counter()
+        results = clf.classify(pil, numbers.CLASS_NAMES, progress=_progress(len(pil)))
+        wall = time.perf_counter() - t0
+        pred = np.array([r.label for r in results])
+        diffusion = position_accuracy(pred, y)
+        diffusion.update(policy=clf.policy_cfg.describe(), evals_per_image=float(np.mean([r.evaluations for r in results])), seconds=round(wall, 1), run=clf.last_stats.to_dict())
+        env = environment(a.device)
     diffusion["predictions"] = pred.tolist()
 
-    env = environment(a.device)
-    payload = {"benchmark": "numbers_floors", "model": a.model, "training": getattr(model, "path", ""), **env, "diffusion": diffusion, "svc_baseline": baseline}
+    training = "" if a.from_front else getattr(model, "path", "")
+    payload = {"benchmark": "numbers_floors", "model": a.model, "training": training, **env, "diffusion": diffusion, "svc_baseline": baseline}
     name = f"numbers_floors_{device_tag(a.device)}_{env['date']}" + (f"_{a.tag}" if a.tag else "")
     path = write_json(name + ".json", payload)
     d = diffusion
@@ -86,6 +95,30 @@ def main() -> None:
     s = baseline["same_pairs"]
     print(f"RBF SVC per half (same pairs): pair {s['pair']:.4f}  first {s['first']:.4f}  second {s['second']:.4f}; all 1,000 pairs: {baseline['all_1000']['pair']:.4f}")
     print(f"wrote {path}")
+
+
+def _from_front(path: str, n_grid: int, n: int) -> tuple[np.ndarray, dict, dict]:
+    """(labels, diffusion fields, environment) of the exhaustive-<n_grid> row of an accuracy_vs_evals
+    result: the same policy, seed and held-out pairs as a run of this script, so the same labels."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    payload = json.loads(p.read_text())
+    if payload.get("benchmark") != "accuracy_vs_evals" or payload.get("model") != "numbers":
+        raise SystemExit(f"{p}: not a bench.accuracy_vs_evals result on numbers")
+    name = f"exhaustive-{n_grid}"
+    row = next((r for r in payload["results"] if r["name"] == name), None)
+    if row is None:
+        raise SystemExit(f"{p}: has no {name} row (run: python -m bench.accuracy_vs_evals --model numbers --only {name} ...)")
+    if payload["images"] < n:
+        raise SystemExit(f"{p}: covers {payload['images']} pairs, fewer than --limit {n}")
+    z = np.load(p.parent / "per_image" / (p.stem + ".npz"))
+    k = list(z["names"]).index(name)
+    labels = z[f"c{k}_label"][:n]
+    env = environment() | {"device": row.get("device", payload.get("device")), "date": row.get("date", payload.get("date"))}  # where the labels were computed
+    fields = {"policy": row["policy"], "evals_per_image": row["evals_per_image"], "seconds": row["seconds"], "from": p.name, "backend": row.get("backend")}
+    return labels, fields, env
 
 
 def _progress(total: int):
