@@ -6,6 +6,20 @@
     python -m bench.accuracy_vs_evals --model numbers --backend aoti --tag numbers_1000 --resume \
         --only halving exhaustive-50                                   # a long run in parts, in this order
 
+Finishing a front on the H200 of the device tool (one call; the committed rows travel with
+the working tree and are kept, the missing ones are run in fp32 without TF32, so the two
+devices' rows compare)::
+
+    run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/diffusers-*.whl "
+                "&& export PYTHONPATH=/tmp/site:$PWD && mkdir -p $OUT/per_image "
+                "&& cp bench/results/accuracy_vs_evals_numbers_heldout1000.json $OUT/ "
+                "&& cp bench/results/per_image/accuracy_vs_evals_numbers_heldout1000.npz $OUT/per_image/ "
+                "&& python3 -m bench.accuracy_vs_evals --model numbers --tag numbers_heldout1000 --resume --device cuda "
+                "--batch-size 1024 --results-dir $OUT",
+        carry=[".whl"], timeout_s=560)
+
+then copy the three files back over the committed ones and run ``python -m bench.report``.
+
 Writes bench/results/accuracy_vs_evals_<model>_<device>_<date>.{json,png}, or
 accuracy_vs_evals_<tag>.{json,png} with --tag (a run that spans several days or
 sessions resumes from the same file). Each row records the device, backend and dtype
