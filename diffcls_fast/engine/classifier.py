@@ -114,6 +114,7 @@ class DiffusionClassifier:
             speculate = "fill"
         self.speculate = speculate
         self.bank = NoiseBank(model.latent_shape, self.seed, saved=noise)
+        _check_noise_rows(self.bank, self.policy_cfg, model.num_timesteps)
         self.cache = EmbeddingCache(cache_dir, embedding_key(model), shape=model.cond_shape) if use_cache and model.cond_kind == "text" else None
         self.last_stats = RunStats()
 
@@ -140,6 +141,7 @@ class DiffusionClassifier:
                 view.policy_cfg.validate(self.model.num_timesteps)
             except ValueError as e:
                 raise UserError(str(e)) from None
+            _check_noise_rows(self.bank, view.policy_cfg, self.model.num_timesteps)
         if seed is not None and check_seed(seed) != self.seed:
             view.seed = check_seed(seed)
             view.bank = copy.copy(self.bank)  # the same saved noise (checked once), another seed
@@ -378,6 +380,17 @@ def _quote_some(items: Sequence[str], one: str = "", many: str = "", limit: int 
     shown = ", ".join(repr(x) for x in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
     noun = one if len(items) == 1 else many
     return f"{noun} {shown}" if noun else shown
+
+
+def _check_noise_rows(bank: NoiseBank, cfg: PolicyConfig, T: int) -> None:
+    """With a saved noise tensor (sample i uses row i), the policy must fit in its rows: refused up
+    front, so no image fails halfway, and whether one does never depends on batching or speculation."""
+    if bank.saved is None:
+        return
+    rows = bank.saved.shape[0]
+    need, option = cfg.max_samples(T)
+    if need > rows:
+        raise UserError(f"the saved noise has {rows} rows, but {cfg.describe()} may use up to {need} samples (sample i uses row i); save more rows, or lower {option} to at most {rows}")
 
 
 def _posterior_params(model: ModelBundle, policy: str, temperature: Any, floor: Any) -> tuple[float, float]:

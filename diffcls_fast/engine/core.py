@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from .classifier import DiffusionClassifier
 
 
+_REQUEST_IDS = itertools.count()
+
+
 class ConditionTable:
     """The condition rows of every live request, keyed by prompt content, reference-counted.
 
@@ -152,7 +155,7 @@ class Engine:
         self._started: dict[int, float] = {}  # scheduler id -> time of its first batch
         self._requests: OrderedDict[int, Request] = OrderedDict()  # live requests, oldest first
         self._ready: deque[Event] = deque()  # results known before scoring (failed inputs, one-class requests)
-        self._ids = itertools.count()
+        self._ids = _REQUEST_IDS  # process-wide: a handle of an engine since replaced never names a live request
         self._uids = itertools.count()
         self._memo: OrderedDict[tuple, tuple[torch.Tensor, tuple[str, set[int]] | None]] = OrderedDict()
         self.images_done = 0
@@ -196,7 +199,7 @@ class Engine:
 
     def cancel(self, req: Request) -> None:
         """Stop work on ``req``: its images leave the scheduler (no more of their queries run) and its rows the table."""
-        if req.cancelled or req.id not in self._requests:
+        if req.cancelled or self._requests.get(req.id) is not req:
             req.cancelled = True
             return
         req.cancelled = True

@@ -156,13 +156,19 @@ def check_captions(captions: Any) -> list[str]:
     return caps
 
 
-def _check_n_grid(n_grid: int, T: int) -> int:
+def _check_n_grid(n_grid: int, T: int, bank=None) -> int:
+    """``n_grid`` as an int, checked against T and (``bank``) the rows of a saved noise tensor."""
     if isinstance(n_grid, bool) or not isinstance(n_grid, (int, np.integer)):
         raise UserError(f"n_grid must be an integer, got {n_grid!r}")
+    cfg = PolicyConfig(name="exhaustive", n_grid=int(n_grid))
     try:
-        PolicyConfig(name="exhaustive", n_grid=int(n_grid)).validate(T)
+        cfg.validate(T)
     except ValueError as e:
         raise UserError(f"n_grid: {e}") from None
+    if bank is not None:
+        from .classifier import _check_noise_rows
+
+        _check_noise_rows(bank, cfg, T)
     return int(n_grid)
 
 
@@ -181,7 +187,7 @@ def iter_match_groups(
     or across groups) are one class: one embedding, and within an image one
     score per sample.
     """
-    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps)
+    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps, clf.bank)
     caption_lists = [check_captions(caps) for _, caps in groups]
     distinct: dict[str, int] = {}
     for caps in caption_lists:

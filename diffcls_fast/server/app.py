@@ -58,10 +58,19 @@ def _error(e: HTTPError) -> JSONResponse:
     return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status, headers=e.headers)
 
 
-def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: str | None = None, warmup: bool = True, on_stopped: Callable[[], None] | None = None) -> Starlette:
-    """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread)."""
+def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: str | None = None, warmup: bool = True, on_stopped: Callable[[int], None] | None = None) -> Starlette:
+    """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread).
+    ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout."""
     limits = limits or Limits()
     metrics = Metrics()
+    cut_short = [0]  # requests answered 503 because the shutdown timeout cancelled them
+
+    def shutdown_error() -> HTTPError:
+        # uvicorn cancels the handlers still running when --graceful-timeout passes; the client gets
+        # this JSON line (not a bare 500) and its work leaves the engine (run_job cancelled the job).
+        cut_short[0] += 1
+        return HTTPError(503, "shutting_down", "the server shut down (--graceful-timeout passed) before this request was answered; its work was dropped")
+
     loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup)
     key = api_key.encode() if api_key else None
 
@@ -95,7 +104,8 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
                 return {"type": "http.request", "body": body, "more_body": False}
 
             try:
-                form = await Request(request.scope, replay).form(max_files=limits.max_images + 1, max_fields=64)
+                # max_part_size: a part (the params JSON with a large prompt list) may be as large as the body limit
+                form = await Request(request.scope, replay).form(max_files=limits.max_images + 1, max_fields=64, max_part_size=limits.max_body_bytes)
             except Exception as e:  # python-multipart's and Starlette's parse errors
                 if "Too many files" in str(e):  # Starlette stops counting at max_files: the same 413 as max_images + 1 files
                     raise too_large(f"more than {limits.max_images} images in one request; the limit is {limits.max_images}") from None
@@ -108,9 +118,12 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
                     files.append((value.filename or f"images[{len(files)}]", await value.read()))
                 elif name == "params":
                     try:
-                        fields.update(json.loads(value))
-                    except (json.JSONDecodeError, TypeError):
+                        params = json.loads(value)
+                    except (json.JSONDecodeError, TypeError, RecursionError):
                         raise bad("the 'params' field is not valid JSON") from None
+                    if not isinstance(params, dict):
+                        raise bad(f"the 'params' field must be a JSON object, got a JSON {type(params).__name__}")
+                    fields.update(params)
                 elif name in ("classes", "policy"):
                     fields[name] = value
                 elif name in ("seed", "top_k"):
@@ -125,11 +138,18 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             raise bad("empty request body; send JSON or multipart/form-data")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
             raise bad("the request body is not valid JSON (send application/json or multipart/form-data)") from None
         if not isinstance(data, dict):
             raise bad("the request must be a JSON object")
         return data, []
+
+    def check_engine_fields(params, clf) -> None:
+        """A request may name the model and loss it expects; this server has one of each."""
+        if params.loss is not None and params.loss != clf.loss:
+            raise bad(f"this server scores with loss {clf.loss!r}, not {params.loss!r}")
+        if params.model is not None and not _same_model(params.model, clf.model):
+            raise bad(f"this server serves model {clf.model.name!r}, not {params.model!r}")
 
     def check_ready() -> None:
         if loop.load_error is not None:
@@ -160,10 +180,7 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             fields, files = await parse_request(request)
             params = parse_params(fields, files, limits)
             clf = loop.clf
-            if params.loss is not None and params.loss != clf.loss:
-                raise bad(f"this server scores with loss {clf.loss!r}, not {params.loss!r}")
-            if params.model is not None and not _same_model(params.model, clf.model):
-                raise bad(f"this server serves model {clf.model.name!r}, not {params.model!r}")
+            check_engine_fields(params, clf)
             hw, ch = clf.model.image_hw, clf.model.image_channels
             pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
             job = Job(pixels, params.classes, params.options, params.timeout)
@@ -181,6 +198,10 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             metrics.observe_request(200, time.perf_counter() - t0)
             return JSONResponse(body)
         except HTTPError as e:
+            metrics.observe_request(e.status, time.perf_counter() - t0, e.kind)
+            return _error(e)
+        except asyncio.CancelledError:
+            e = shutdown_error()
             metrics.observe_request(e.status, time.perf_counter() - t0, e.kind)
             return _error(e)
         except Exception as e:  # a bug: one JSON line, the traceback in the server's log
@@ -213,9 +234,10 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             if len(set(captions)) > limits.max_classes:
                 raise too_large(f"{len(set(captions))} distinct captions in one request; the limit is {limits.max_classes}")
             params = parse_params(fields, files, limits)
-            if params.classes is not None or set(params.options) - {"seed"}:
-                raise bad("match takes captions, n_grid, shared_noise, seed and timeout (no classes, prompts, policy, options or temperature)")
+            if params.classes is not None or set(params.options) - {"seed"} or "top_k" in fields:
+                raise bad("match takes captions, n_grid, shared_noise, seed, timeout, loss and model (no classes, prompts, policy, options, temperature or top_k)")
             clf = loop.clf
+            check_engine_fields(params, clf)
             hw, ch = clf.model.image_hw, clf.model.image_channels
             pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
             job = Job(pixels, None, params.options, params.timeout, match=(captions, n_grid, shared))
@@ -224,6 +246,10 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             metrics.observe_request(200, time.perf_counter() - t0)
             return JSONResponse(body)
         except HTTPError as e:
+            metrics.observe_request(e.status, time.perf_counter() - t0, e.kind)
+            return _error(e)
+        except asyncio.CancelledError:
+            e = shutdown_error()
             metrics.observe_request(e.status, time.perf_counter() - t0, e.kind)
             return _error(e)
         except Exception as e:
@@ -294,7 +320,7 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             # uvicorn calls this after the open connections finished: the accepted requests are answered.
             await run_in_threadpool(loop.stop)
             if on_stopped is not None:
-                on_stopped()
+                on_stopped(cut_short[0])
 
     app = Starlette(
         routes=[
@@ -341,7 +367,12 @@ def serve(
 
     sock = bind(host, port)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(load, limits, api_key, warmup, on_stopped=lambda: print("diffcls-fast: server stopped (requests in flight answered)", file=sys.stderr, flush=True))
+
+    def stopped(cut: int) -> None:
+        what = "requests in flight answered" if not cut else f"{cut} request(s) cut short by --graceful-timeout, answered 503"
+        print(f"diffcls-fast: server stopped ({what})", file=sys.stderr, flush=True)
+
+    app = create_app(load, limits, api_key, warmup, on_stopped=stopped)
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
     print(f"diffcls-fast: serving on http://{shown}:{p} (loading the model; GET /healthz says when it is ready){'; API key required' if api_key else ''}", file=sys.stderr, flush=True)
@@ -363,7 +394,7 @@ class ServerThread:
 
         self.sock = bind(host, port)
         h, p = self.sock.getsockname()[:2]
-        self.url = f"http://{h}:{p}"
+        self.url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
         self.app = create_app(load, limits, api_key, warmup)
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="diffcls-server", daemon=True)

@@ -145,41 +145,45 @@ class EngineLoop:
                         return
                     self._cv.wait(timeout=0.5)
                     continue
-            for job in new:
-                self._admit(job)
-            for job in cancels:  # never a success: its results are incomplete
-                self._drop(job, HTTPError(499, "client_closed", "the client closed the connection"))
-            now = time.monotonic()
-            for job in [j for j in self._live.values() if j.deadline <= now]:
-                self._drop(job, HTTPError(504, "deadline", f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped"))
-            if not self.engine.has_work:
-                for job in list(self._live.values()):  # a safety net: no live job can be left without work
-                    self._finish(job, None if job.request.done else HTTPError(500, "internal", "internal error: the engine has no work left for this request"))
-            else:
-                try:
-                    events = self.engine.step()
-                except Exception as e:  # a bug: fail what is in flight, keep serving
-                    log.exception("engine step failed")
-                    for job in list(self._live.values()):
-                        self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
-                    from ..engine.core import Engine
+            try:
+                last = self._iteration(new, cancels, last)
+            except Exception as e:  # a bug anywhere in an iteration: fail what is in flight, keep serving
+                log.exception("engine loop iteration failed")
+                for job in list(self._live.values()):
+                    self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+                from ..engine.core import Engine
 
-                    self.engine = Engine(self.clf)
-                    last = (0, 0, 0, 0)
-                    continue
-                done = []
-                for req, i, result in events:
-                    job = self._live.get(req.id)
-                    if job is not None:
-                        job.results[i] = result
-                        if req.done:
-                            done.append(job)
-                for job in done:  # after the whole step: a request's last events may come together
-                    self._finish(job, None)
-            s = self.engine.stats
-            cur = (s.rows, s.padded, s.batches, self.engine.images_done)
-            self.metrics.observe_engine(*(c - p for c, p in zip(cur, last)), queued=self.pending, waiting=self.engine.waiting_images, inflight=self.engine.inflight_images)
-            last = cur
+                self.engine = Engine(self.clf)
+                last = (0, 0, 0, 0)
+                self.metrics.observe_engine(0, 0, 0, 0, queued=self.pending, waiting=0, inflight=0)  # the gauges say the reset
+
+    def _iteration(self, new: list[Job], cancels: list[Job], last: tuple) -> tuple:
+        """Admit, drop (cancelled, past deadline), run one step, answer the finished; the engine counters after it."""
+        for job in new:
+            self._admit(job)
+        for job in cancels:  # never a success: its results are incomplete
+            self._drop(job, HTTPError(499, "client_closed", "the client closed the connection"))
+        now = time.monotonic()
+        for job in [j for j in self._live.values() if j.deadline <= now]:
+            self._drop(job, HTTPError(504, "deadline", f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped"))
+        if not self.engine.has_work:
+            for job in list(self._live.values()):  # a safety net: no live job can be left without work
+                self._finish(job, None if job.request.done else HTTPError(500, "internal", "internal error: the engine has no work left for this request"))
+        else:
+            events = self.engine.step()
+            done = []
+            for req, i, result in events:
+                job = self._live.get(req.id)
+                if job is not None:
+                    job.results[i] = result
+                    if req.done:
+                        done.append(job)
+            for job in done:  # after the whole step: a request's last events may come together
+                self._finish(job, None)
+        s = self.engine.stats
+        cur = (s.rows, s.padded, s.batches, self.engine.images_done)
+        self.metrics.observe_engine(*(c - p for c, p in zip(cur, last)), queued=self.pending, waiting=self.engine.waiting_images, inflight=self.engine.inflight_images)
+        return cur
 
     def _admit(self, job: Job) -> None:
         if job.future.done():  # cancelled before admission
@@ -204,16 +208,18 @@ class EngineLoop:
         self._live[req.id] = job
 
     def _drop(self, job: Job, error: HTTPError | None) -> None:
-        if job.request is not None:
+        if job.request is not None and self._live.get(job.request.id) is job:  # not a job of an engine since replaced
             self.engine.cancel(job.request)
         self._finish(job, error)
 
     def _finish(self, job: Job, error: HTTPError | None) -> None:
         with self._cv:
             self._accepted.discard(job)
-        if job.request is not None:
-            self._live.pop(job.request.id, None)
-        if job.future.done():
+        if job.request is not None and self._live.get(job.request.id) is job:
+            del self._live[job.request.id]
+        # A handler may cancel the future from its own thread at any moment (its client went away):
+        # set_running_or_notify_cancel claims it first, so no set_result can race that cancel.
+        if job.future.done() or not job.future.set_running_or_notify_cancel():
             return
         if error is None:
             try:
@@ -224,8 +230,7 @@ class EngineLoop:
             else:
                 job.future.set_result(value)
                 return
-        if not job.future.cancelled():
-            job.future.set_exception(error)
+        job.future.set_exception(error)
 
     def _warm_up(self) -> None:
         """One denoiser call per bucket size (on a GPU: kernels, graphs and engines are built per shape) and
@@ -260,7 +265,7 @@ def _match_view(clf, match: tuple, n_images: int):
     from ..engine.prompts import ClassSpec
 
     captions, n_grid, shared = match
-    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps)
+    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps, clf.bank)
     distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}
     names, class_prompts = list(distinct), [np.array([k]) for k in range(len(distinct))]
     if len(names) == 1:  # a lone class is answered without the model; an unscored second one keeps it running

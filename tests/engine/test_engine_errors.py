@@ -215,3 +215,27 @@ def test_match_allows_captions_that_encode_alike(model, pil):
     with pytest.warns(DiffclsWarning, match="does not know 'cat', 'dog'"):
         res = DiffusionClassifier(model, use_cache=False).match(pil[:1], ["a cat", "a dog"], n_grid=2)
     assert res.errors[0, 0] == res.errors[0, 1] and not res.failed
+
+
+def test_saved_noise_too_short_for_the_policy_is_refused_up_front(model, pil):
+    """Sample i uses row i: a policy that may use more samples than the file has rows is refused when
+    the classifier (or a view) is made, naming the option, instead of failing some images halfway
+    (which ones would depend on how far each image's rule runs, and on speculation)."""
+    noise = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cases = [
+        (dict(policy="exhaustive", n_grid=50), "may use up to 50 samples", "--n-grid"),
+        (dict(policy="ttest"), "may use up to 2000 samples", "--max-scores"),
+        (dict(policy="adaptive", n_samples=[10, 20], to_keep=[3, 1]), "may use up to 20 samples", "--n-samples"),
+        (dict(policy="halving", rounds=[2, 4, 20], keep=[5, 2, 1]), "may use up to 20 samples", "--rounds"),
+    ]
+    for opts, msg, option in cases:
+        with pytest.raises(UserError) as e:
+            DiffusionClassifier(model, noise=noise, use_cache=False, **opts)
+        assert "saved noise has 16 rows" in str(e.value) and msg in str(e.value) and f"lower {option} to at most 16" in str(e.value)
+    ok = DiffusionClassifier(model, "ttest", min_scores=4, max_scores=16, noise=noise, use_cache=False)
+    assert all(r.error is None for r in ok.classify(pil[:2]))
+    with pytest.raises(UserError, match="may use up to 50 samples"):
+        ok.with_options(policy="exhaustive", n_grid=50)
+    with pytest.raises(UserError, match="may use up to 20 samples"):
+        ok.match(pil[:1], ["the digit one", "the digit two"], n_grid=20)
+    assert ok.with_options(policy="exhaustive", n_grid=16).classify(pil[:1])[0].evaluations == 160

@@ -224,3 +224,34 @@ def test_match_equals_local_match(server, client, local):
     with pytest.raises(ServerError) as e:
         client.match(pngs, [])
     assert e.value.status == 400 and "empty" in e.value.server_message
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"loss": "l1"}, "loss 'l2', not 'l1'"), ({"model": "numbers"}, "serves model 'digits'"), ({"top_k": 3}, "no classes, prompts, policy, options, temperature or top_k")],
+)
+def test_match_checks_model_and_loss_and_refuses_top_k(server, fields, message):
+    pngs, _, _ = digit_pngs(1)
+    body = {"images": [base64.b64encode(pngs[0]).decode()], "captions": ["the digits one", "the digits two"], **fields}
+    r = httpx.post(f"{server.url}/v1/match", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and message in r.json()["error"], r.json()
+
+
+def test_malformed_params_and_deep_json_are_400(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    pngs, _, _ = digit_pngs(1)
+    files = [("images", ("a.png", pngs[0], "image/png"))]
+    r = httpx.post(f"{server.url}/v1/classify", files=files, data={"params": '"x"'}, headers=headers)
+    assert r.status_code == 400 and "must be a JSON object" in r.json()["error"], r.json()
+    r = httpx.post(f"{server.url}/v1/classify", content=b"[" * 100_000, headers=headers | {"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["kind"] == "bad_request", r.json()
+
+
+def test_a_params_part_over_one_mib_is_not_a_multipart_error(server):
+    # Starlette's default part limit (1 MiB) is under the body limit: a long prompt list sent by the
+    # client (multipart) must get the same answer as the same request as JSON.
+    pngs, _, _ = digit_pngs(1)
+    params = {"classes": ["one", "seven"], "names": ["x" * 1_200_000]}
+    files = [("images", ("a.png", pngs[0], "image/png"))]
+    r = httpx.post(f"{server.url}/v1/classify", files=files, data={"params": json.dumps(params)}, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    assert "malformed multipart" not in r.text, r.text[:300]

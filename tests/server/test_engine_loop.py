@@ -103,3 +103,45 @@ def test_max_queue_counts_jobs_while_they_are_admitted(monkeypatch):
     finally:
         release.set()
         lp.stop(timeout=60)
+
+
+def test_finish_survives_a_cancel_racing_it():
+    """Regression: a handler cancelling the future between _finish's done() check and set_result
+    raised InvalidStateError in the loop thread and killed it (every later request hung)."""
+    import concurrent.futures
+
+    class Racy(concurrent.futures.Future):
+        def done(self):  # the handler's cancel lands right after the check
+            was = super().done()
+            if not was:
+                self.cancel()
+            return was
+
+    lp = EngineLoop(lambda: None, Metrics(), warmup=False)
+    for error in (None, HTTPError(504, "deadline", "late")):
+        job = Job([], None, {}, 60.0, future=Racy())
+        lp._accepted.add(job)
+        lp._finish(job, error)  # must not raise
+        assert job.future.cancelled() and job not in lp._accepted
+
+
+def test_a_stale_cancel_never_touches_a_live_request():
+    """Handles outlive an engine reset: cancelling an old handle must not cancel a new request,
+    whatever its id (the ids are process-wide, and cancel checks the handle itself)."""
+    from diffcls_fast.engine.core import Engine
+
+    clf = make_classifier("halving")
+    px = _pixels(clf, 1)
+    old_engine, new_engine = Engine(clf), Engine(clf)
+    old = old_engine.submit(px, ["zero", "one", "seven"])
+    new = new_engine.submit(px, ["zero", "one", "seven"])
+    assert old.id != new.id
+    import dataclasses
+
+    impostor = dataclasses.replace(old, id=new.id)  # an old handle that happens to carry a live id
+    new_engine.cancel(impostor)
+    assert not new.cancelled and new_engine.has_work
+    out = []
+    while new_engine.has_work:
+        out += new_engine.step()
+    assert len(out) == 1 and out[0][2].error is None

@@ -52,6 +52,16 @@ class PolicyConfig:
         else:
             TTestPolicy(2, lambda i: 0, self.min_scores, self.max_scores, self.cutoff_pval, self.sides)
 
+    def max_samples(self, T: int) -> tuple[int, str]:
+        """The most samples (noise rows) an image may use under this policy, and the option that sets it."""
+        if self.name == "exhaustive":
+            return self.n_grid, "--n-grid"
+        if self.name == "adaptive":
+            return sum(len(idx) for idx, _ in stage_plan(T, self.n_samples, self.to_keep, 2)), "--n-samples"
+        if self.name == "halving":
+            return int(self.rounds[-1]), "--rounds"
+        return self.max_scores, "--max-scores"
+
     def describe(self) -> str:
         if self.name == "exhaustive":
             return f"exhaustive(grid={self.n_grid})"
