@@ -72,9 +72,10 @@ class _Given(argparse.Action):
         namespace.given = given | {self.dest}
 
 
-# Engine-wide settings: one per engine (a server has its own), unlike the policy, seed and
-# temperature, which every request may set. classify --server sends --model and --loss for the
-# server to check, and refuses the others (they would be silently ignored).
+# Engine-wide settings: one per engine (a server has its own), unlike the policy, its options,
+# the seed and the temperature, which every request may set. classify --server sends the
+# per-request options that were typed (the others are the server's defaults), sends --model and
+# --loss for the server to check, and refuses the other engine settings (they would be ignored).
 ENGINE_WIDE = ("model", "batch_size", "max_inflight", "loss", "speculate", "backend", "xformers", "device", "dtype", "cache_dir", "no_cache", "noise_path")
 
 
@@ -82,12 +83,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     p.set_defaults(given=set())
     g.add_argument("--model", action=_Given, default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
-    g.add_argument("--policy", default="ttest", choices=["ttest", "adaptive", "exhaustive", "halving"], help="classification policy (default: ttest)")
-    g.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    g.add_argument("--policy", action=_Given, default="ttest", choices=["ttest", "adaptive", "exhaustive", "halving"], help="classification policy (default: ttest)")
+    g.add_argument("--seed", action=_Given, type=int, default=0, help="noise seed (default: 0)")
     g.add_argument("--batch-size", action=_Given, type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
     g.add_argument("--max-inflight", action=_Given, type=positive_int, default=64, help="images scored concurrently (default: 64)")
     g.add_argument("--loss", action=_Given, default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
-    g.add_argument("--temperature", type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
+    g.add_argument("--temperature", action=_Given, type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
     g.add_argument("--speculate", action=_Given, default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
     g.add_argument("--backend", action=_Given, default="torch", choices=["torch", "compile", "onnx", "tensorrt", "aoti"], help="denoiser runtime (default: torch, eager)")
     g.add_argument("--xformers", action=_Given, nargs=0, default=False, help="xformers memory-efficient attention (torch/compile backends, CUDA)")
@@ -97,17 +98,17 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action=_Given, nargs=0, default=False, help="do not read or write the embedding cache")
     g.add_argument("--noise-path", action=_Given, default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
     g = p.add_argument_group("policy options")
-    g.add_argument("--n-grid", type=positive_int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
-    g.add_argument("--n-samples", type=positive_int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
-    g.add_argument("--to-keep", type=positive_int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
-    g.add_argument("--min-scores", type=positive_int, default=20, help="ttest: samples before pruning starts (default: 20)")
-    g.add_argument("--max-scores", type=positive_int, default=2000, help="ttest: samples at most (default: 2000)")
-    g.add_argument("--cutoff-pval", type=probability, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
-    g.add_argument("--sides", type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
-    g.add_argument("--t-order", default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
-    g.add_argument("--rounds", type=positive_int, nargs="+", default=[2, 4, 12], help="halving: cumulative samples per class after each round (default: 2 4 12)")
-    g.add_argument("--keep", type=positive_int, nargs="+", default=[10, 3, 1], help="halving: classes kept after each round (default: 10 3 1)")
-    g.add_argument("--t-band", type=float, nargs=2, default=[0.15, 0.6], metavar=("LO", "HI"), help="halving: timesteps drawn in [LO T, HI T) (default: 0.15 0.6)")
+    g.add_argument("--n-grid", action=_Given, type=positive_int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
+    g.add_argument("--n-samples", action=_Given, type=positive_int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
+    g.add_argument("--to-keep", action=_Given, type=positive_int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
+    g.add_argument("--min-scores", action=_Given, type=positive_int, default=20, help="ttest: samples before pruning starts (default: 20)")
+    g.add_argument("--max-scores", action=_Given, type=positive_int, default=2000, help="ttest: samples at most (default: 2000)")
+    g.add_argument("--cutoff-pval", action=_Given, type=probability, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
+    g.add_argument("--sides", action=_Given, type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
+    g.add_argument("--t-order", action=_Given, default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
+    g.add_argument("--rounds", action=_Given, type=positive_int, nargs="+", default=[2, 4, 12], help="halving: cumulative samples per class after each round (default: 2 4 12)")
+    g.add_argument("--keep", action=_Given, type=positive_int, nargs="+", default=[10, 3, 1], help="halving: classes kept after each round (default: 10 3 1)")
+    g.add_argument("--t-band", action=_Given, type=float, nargs=2, default=[0.15, 0.6], metavar=("LO", "HI"), help="halving: timesteps drawn in [LO T, HI T) (default: 0.15 0.6)")
 
 
 def _policy_options(a: argparse.Namespace) -> dict:

@@ -215,15 +215,17 @@ def classify_cli(a) -> int:
             raise UserError(f"{im}: no such file" if not p.exists() else f"{im}: not a file")
     from .cli import _policy_options  # the same option set as a local run (cli imports no torch)
 
-    options = _policy_options(a)
+    # Per-request options travel when typed; the rest are the server's own defaults (its --policy,
+    # --seed, --temperature, policy options), as for any client of that server.
+    options = {k: v for k, v in _policy_options(a).items() if k in given}
     with Client(a.server, api_key=getattr(a, "api_key", None)) as c:
         resp = c.classify_response(
             list(a.images),
             a.classes,
             prompts=prompts,
-            seed=a.seed,
-            policy=a.policy,
-            temperature=a.temperature,
+            seed=a.seed if "seed" in given else None,
+            policy=a.policy if "policy" in given else None,
+            temperature=a.temperature if "temperature" in given else None,
             loss=a.loss if "loss" in given else None,  # unset: the server's loss, whatever it is
             model=a.model if "model" in given else None,
             names=[str(p) for p in a.images],

@@ -255,3 +255,23 @@ def test_a_params_part_over_one_mib_is_not_a_multipart_error(server):
     files = [("images", ("a.png", pngs[0], "image/png"))]
     r = httpx.post(f"{server.url}/v1/classify", files=files, data={"params": json.dumps(params)}, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
     assert "malformed multipart" not in r.text, r.text[:300]
+
+
+def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatch):
+    """Untyped --policy/--seed/--temperature/policy options take the server's defaults; typed ones travel."""
+    monkeypatch.delenv("DIFFCLS_API_KEY", raising=False)
+    server_clf = lambda: make_classifier("halving", seed=7, temperature=0.5, rounds=[2, 4, 8])  # noqa: E731
+    with ServerThread(server_clf, warmup=False) as s:
+        assert main(["classify", "examples/digit-7.png", "--json", "--server", s.url]) == 0
+        remote = json.loads(capsys.readouterr().out)
+        assert main(["classify", "examples/digit-7.png", "--json", "--server", s.url, "--seed", "0", "--policy", "ttest", "--min-scores", "5"]) == 0
+        typed = json.loads(capsys.readouterr().out)
+    from diffcls_fast.images import load_image
+
+    im = load_image("examples/digit-7.png")
+    server_side = server_clf().classify([im])[0].to_dict()
+    local_typed = make_classifier("ttest", seed=0, temperature=0.5, min_scores=5).classify([im])[0].to_dict()  # the server's temperature stays: not typed
+    for got, want in ((remote, server_side), (typed, local_typed)):
+        assert got["label"] == want["label"] and got["evaluations"] == want["evaluations"], (got, want)
+        assert [t["p"] for t in got["top"]] == pytest.approx([t["p"] for t in want["top"]], rel=1e-6)
+    assert "rounds=[2, 4, 8]" in remote["policy"] and typed["policy"].startswith("ttest(min=5,")
