@@ -8,8 +8,10 @@ the same pixels a viewer would show:
 
 * EXIF orientation is applied (a phone photo is classified upright).
 * Every PIL mode is accepted. 8-bit modes go through PIL's own conversions;
-  16-bit grayscale (``I;16``, ``I;16B``, ``I``, ...) keeps its full depth
-  (0..65535 maps to [-1, 1]); ``F`` (float) images hold values in [0, 1].
+  16-bit grayscale (``I;16``, ``I;16B``, ...) keeps its full depth
+  (0..65535 maps to [-1, 1]); ``I`` (32-bit int) and ``F`` (float) carry no
+  depth, so their range decides: ``I`` up to 255 is 8-bit, else 16-bit; ``F``
+  in [0, 1] as is, up to 255 as 8-bit values.
 * Transparency is composited onto a solid background (see :func:`flatten_alpha`).
 * A file with more than :func:`pixel_limit` pixels is refused before it is decoded.
 """
@@ -123,6 +125,14 @@ def _deep_gray_unit(img: Image.Image) -> Image.Image:
         if not np.isfinite(arr).all() or lo < 0.0 or hi > 255.0:
             raise UserError(f"a float (mode F) image must hold values in [0, 1] or [0, 255]; this one spans [{lo:g}, {hi:g}]")
         unit = arr if hi <= 1.0 else arr / 255.0
+    elif img.mode == "I":
+        # 32-bit int: PIL gives it for convert("I") of an 8-bit image, Image.fromarray of int32 data and
+        # 32-bit TIFFs, as well as for 16-bit files in old versions (new ones give I;16). The range decides,
+        # as for F: values up to 255 are 8-bit (a 16-bit image that dark is rare; its pixels would all be
+        # under 0.4% of full scale), up to 65535 16-bit; other ranges are refused.
+        if lo < 0 or hi > _U16_MAX:
+            raise UserError(f"a mode I image must hold values in [0, 255] (8-bit) or [0, 65535] (16-bit); this one spans [{lo:g}, {hi:g}]")
+        unit = arr / (255.0 if hi <= 255.0 else _U16_MAX)
     else:
         if lo < 0 or hi > _U16_MAX:
             raise UserError(f"a mode {img.mode} image is read as 16-bit grayscale (0..65535); this one spans [{lo:g}, {hi:g}]")

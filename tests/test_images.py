@@ -76,6 +76,14 @@ def test_other_16_bit_layouts_read_the_same(mode):
     torch.testing.assert_close(px(img), px(Image.fromarray(ramp)), rtol=0, atol=1e-6)
 
 
+def test_mode_I_with_8_bit_values_reads_as_8_bit(digit):
+    # Regression: convert("I") of an 8-bit image (or int32 data in 0..255) was read as 16-bit: nearly black.
+    for img in (digit.convert("I"), Image.fromarray(np.asarray(digit).astype(np.int32))):
+        assert img.mode == "I"
+        torch.testing.assert_close(px(img), px(digit), rtol=0, atol=1e-6)
+        torch.testing.assert_close(px(img, 3), px(digit, 3), rtol=0, atol=1e-6)
+
+
 def test_mode_I_outside_16_bits_and_F_outside_known_ranges_are_user_errors():
     with pytest.raises(UserError, match="16-bit"):
         px(Image.fromarray(np.full((8, 8), 70000, np.int32), "I"))

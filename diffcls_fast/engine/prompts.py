@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,14 @@ def read_prompts_csv(path: str | Path) -> ClassSpec:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: cannot read prompts file ({e})") from None
-    rows = list(csv.reader(text.splitlines()))
+    # csv over the text itself (newline=""), not over str.splitlines(): a quoted prompt may hold a line
+    # break (kept, not glued to the next word), and splitlines would also break rows at U+2028 or \x85.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        numbered = [(reader.line_num, row) for row in reader]  # line_num: the line a record ends on
+    except csv.Error as e:
+        raise UserError(f"{p}:{reader.line_num}: not valid CSV ({e})") from None
+    rows = [row for _, row in numbered]
     if not rows:
         raise UserError(f"{p}: empty prompts file")
     header = [h.strip().lower() for h in rows[0]]
@@ -81,7 +89,7 @@ def read_prompts_csv(path: str | Path) -> ClassSpec:
     ni = header.index("classname") if "classname" in header else None
     by_class: dict[int, list[str]] = {}
     names: dict[int, str] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in numbered[1:]:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(header):
