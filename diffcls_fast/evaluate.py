@@ -23,12 +23,13 @@ def load_image_folder(root: str | Path):
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such data folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    # Hidden entries (.ipynb_checkpoints/, .DS_Store, ._x.png of macOS) are not classes or images.
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     paths, labels = [], []
     for k, c in enumerate(classes):
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         paths += files
         labels += [k] * len(files)
     if not paths:

@@ -181,3 +181,39 @@ def test_settings_key_covers_every_number_in_a_row(tmp_path):
     k_file = key(images=[f, None, None])
     f.write_bytes(b"1234")  # same path, other content (size)
     assert key(images=[f, None, None]) != k_file
+
+
+def _eval_cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", "eval", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_eval_data_folder_damaged_file_fails_its_row_and_the_run_finishes(tmp_path):
+    """Regression: a truncated image in --data aborted the eval after the model had loaded, at the same
+    file on every rerun, so the run could never finish. Now that image fails (a row with its error),
+    the others are scored, and a rerun resumes past it. Hidden folders and files are not data."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for name, k in (("seven", 7), ("three", 3)):
+        (root / name).mkdir(parents=True)
+    src = {7: "examples/digit-7.png", 3: "examples/digit-3.png"}
+    for k, name in ((7, "seven"), (3, "three")):
+        Image.open(src[k]).save(root / name / "a.png")
+    (root / "three" / "b.png").write_bytes(open(src[3], "rb").read()[:40])  # truncated
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.open(src[7]).save(root / ".ipynb_checkpoints" / "c.png")
+    Image.open(src[7]).save(root / "seven" / ".hidden.png")
+    out = tmp_path / "r.jsonl"
+    args = ["--data", str(root), "--policy", "halving", "--out", str(out), "--json", "--no-cache"]
+    r = _eval_cli(*args)
+    assert r.returncode == 1, r.stderr  # an image failed; the others are answered
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["images"] == 3 and summary["failed"] == 1, summary
+    rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert sorted(rows) == ["seven/a.png", "three/a.png", "three/b.png"]
+    assert rows["three/b.png"]["error"] and "it was not scored" in rows["three/b.png"]["error"]
+    assert rows["seven/a.png"]["correct"] == 1 and rows["three/a.png"]["correct"] == 1
+    again = _eval_cli(*args)  # resumes: nothing left to score
+    assert again.returncode == 1 and json.loads(again.stdout.splitlines()[-1])["images"] == 3
+    assert len(out.read_text().splitlines()) == 3

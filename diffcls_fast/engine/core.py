@@ -37,12 +37,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import NonFiniteInput
+from ..errors import NonFiniteInput, UserError
 from .noise import image_key
 from .prompts import ClassSpec
 from .results import ClassificationResult
@@ -308,8 +309,16 @@ class Engine:
         pix, ok = [], []
         for i, im in block:
             try:
-                px = clf._pixels(im, i)  # a UserError here (an unreadable input) propagates to the caller
+                px = clf._pixels(im, i)
             except NonFiniteInput as e:  # NaN/inf pixels: that image fails, the others go on
+                self._ready.append((req, i, clf._failed_result(req.spec, f"{e}; it was not scored", None, 0, 0.0)))
+                continue
+            except UserError as e:
+                # A file that cannot be read (truncated, not an image, gone) is damaged data: that image
+                # fails and a long run goes on (eval --data records the row and resumes past it). An
+                # argument of the wrong kind (a bad shape, type or range) is the caller's error: raised.
+                if not isinstance(im, (str, Path)):
+                    raise
                 self._ready.append((req, i, clf._failed_result(req.spec, f"{e}; it was not scored", None, 0, 0.0)))
                 continue
             if req.rows is None:  # one candidate: the answer is certain, the model is not run
