@@ -330,8 +330,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split']}), ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
-            f"{summary['evals_per_image']:.1f} evals/image, {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
+            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}), ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
+            f"{summary['evals_per_image']:.1f} evals/image ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
             f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
         )
     if summary["failed"]:

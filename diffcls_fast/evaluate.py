@@ -308,7 +308,10 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     done = out.done(config, settings) if out else {}
     todo = [i for i in range(len(images)) if ids[i] not in done]
     correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]
-    evals = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
+    # evals: what the decision rule needed (the accuracy tables' "needed" column: speculation and
+    # batching never change it); spent: what was scored, speculation included
+    evals = [int(done[ids[i]].get("evaluations", done[ids[i]]["evaluations_spent"])) for i in range(len(images)) if ids[i] in done]
+    spent = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
     resumed = len(correct)
     # (confidence, correct, p(true class)) of every scored image, for ECE and NLL; failed images have none
     resumed_rows = [done[ids[i]] for i in range(len(images)) if ids[i] in done]
@@ -324,7 +327,8 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
             # A failed image (a non-finite score) is recorded with its error and counted wrong; the run goes on.
             ok = int(r.error is None and r.label == int(labels[i]))
             correct.append(ok)
-            evals.append(r.evaluations_spent)
+            evals.append(r.evaluations)
+            spent.append(r.evaluations_spent)
             p_true = float(r.probabilities[int(labels[i])]) if r.error is None else 0.0
             confidence = float(r.probabilities.max()) if r.error is None else 0.0
             if r.error is not None:
@@ -351,9 +355,11 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
         "failed": len(errors),
         "first_error": errors[0] if errors else None,
         "resumed": resumed,
-        "split": a.split,
+        "split": None if getattr(a, "data", None) else a.split,
+        "data": str(a.data) if getattr(a, "data", None) else None,
         "shard": shard,
         "evals_per_image": float(np.mean(evals)) if evals else 0.0,
+        "evals_spent_per_image": float(np.mean(spent)) if spent else 0.0,
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_fill": round(st.batch_fill, 4),
         "evals_per_second": round(st.evals_per_second, 1),

@@ -82,7 +82,8 @@ def summarize(rows: list[dict]) -> dict:
     from .engine.calibration import ece, nll
 
     correct = [int(r["correct"]) for r in rows]
-    evals = [int(r["evaluations_spent"]) for r in rows]
+    evals = [int(r.get("evaluations", r["evaluations_spent"])) for r in rows]  # needed by the rule, as eval reports
+    spent = [int(r["evaluations_spent"]) for r in rows]
     errors = [r["error"] for r in rows if r.get("error")]
     calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in rows if "p_true" in r and not r.get("error")]
     conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
@@ -101,8 +102,10 @@ def summarize(rows: list[dict]) -> dict:
         "first_error": errors[0] if errors else None,
         "resumed": 0,
         "split": bundled[1] if bundled else None,
+        "data": None,  # a folder eval's rows do not record the folder
         "shard": None,
         "evals_per_image": float(np.mean(evals)) if evals else 0.0,
+        "evals_spent_per_image": float(np.mean(spent)) if spent else 0.0,
         "seconds": None,
         "batch_fill": None,
         "evals_per_second": None,
@@ -144,6 +147,6 @@ def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
 
 def format_summary(s: dict) -> str:
     return (
-        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split']}), ECE {s['ece']:.4f}, NLL {s['nll']:.4f}, "
-        f"{s['evals_per_image']:.1f} evals/image [{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
+        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or 'folder'}), ECE {s['ece']:.4f}, NLL {s['nll']:.4f}, "
+        f"{s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent) [{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
     )

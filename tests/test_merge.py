@@ -61,7 +61,7 @@ def test_merge_writes_split_order_and_the_eval_summary(tmp_path):
     conf = [0.9] * 7
     p_true = [0.9 if c else 0.05 for c in correct]
     assert s["images"] == 7 and s["accuracy"] == sum(correct) / 7 and s["failed"] == 0
-    assert s["evals_per_image"] == sum(64 + j for j in range(7)) / 7
+    assert s["evals_per_image"] == 64 and s["evals_spent_per_image"] == sum(64 + j for j in range(7)) / 7  # needed vs spent
     assert s["ece"] == round(ece(conf, correct), 5) and s["nll"] == round(nll(p_true), 5)
     assert s["split"] == "heldout" and s["model"] == "digits" and s["parts_shards"] == ["0/3", "1/3", "2/3"]
     assert s["seconds"] is None  # not in the rows
