@@ -148,5 +148,6 @@ def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
 def format_summary(s: dict) -> str:
     return (
         f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or 'folder'}), ECE {s['ece']:.4f}, NLL {s['nll']:.4f}, "
-        f"{s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent) [{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
+        f"{s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent) "
+        f"[{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
     )
