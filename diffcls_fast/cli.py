@@ -138,18 +138,27 @@ def _check_engine_args(a: argparse.Namespace):
     dev = resolve_device(a.device)
     _resolve_dtype(a.dtype, dev)
     _check_backend(a.backend, a.xformers, dev, a.cache_dir)
-    if getattr(a, "policy", None) == "halving":  # its checks need no model (the grid policies' need T)
-        from .engine.policies import check_halving
+    cfg = None
+    if getattr(a, "policy", None) is not None:
+        from .engine.noise import check_seed
+        from .engine.policies import PolicyConfig
 
+        check_seed(a.seed)
+        cfg = PolicyConfig(name=a.policy, **_policy_options(a))
         try:
-            check_halving(a.rounds, a.keep, a.t_band)
+            cfg.validate(None)  # all but the bounds that need the model's T (checked when the classifier is made)
         except ValueError as e:
             raise UserError(str(e)) from None
     if a.noise_path is None:
         return None
     from .engine.noise import load_noise_file
 
-    return load_noise_file(a.noise_path)[0]
+    noise = load_noise_file(a.noise_path)[0]
+    if cfg is not None:
+        from .engine.classifier import check_noise_rows
+
+        check_noise_rows(noise.shape[0], cfg, max(cfg.n_grid, *cfg.n_samples), where=f"{a.noise_path}: ")  # the counts need no T
+    return noise
 
 
 def _check_backend(backend: str, xformers: bool, dev, cache_dir: str | None = None) -> None:

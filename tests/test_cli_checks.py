@@ -190,3 +190,27 @@ def test_export_folders_are_checked_before_loading(run_cli, tmp_path):
 )
 def test_halving_options_are_checked_before_loading(run_cli, args, fragment):
     one_line(run_cli("classify", IMG, *NO_MODEL, "--policy", "halving", *args), fragment)
+
+
+@pytest.mark.parametrize(
+    "opts, msg",
+    [
+        (["--seed", "-1"], "non-negative integer"),
+        (["--min-scores", "30", "--max-scores", "20"], "min_scores <= max_scores"),
+        (["--policy", "adaptive", "--n-samples", "50", "--to-keep", "5", "1"], "same, non-zero number of values"),
+        (["--policy", "halving", "--rounds", "4", "2", "8"], "positive and increasing"),
+    ],
+)
+def test_policy_options_are_checked_before_the_model_loads(run_cli, opts, msg):
+    # NO_MODEL names a model folder that does not exist: an option error must come first
+    one_line(run_cli("classify", IMG, *NO_MODEL, *opts), msg)
+
+
+def test_short_noise_file_is_refused_before_the_model_loads(run_cli, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    p = tmp_path / "n.safetensors"
+    save_file({"noise": torch.randn(16, 1, 8, 8)}, str(p))
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p)), "may use up to 2000 samples")
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p), "--policy", "exhaustive", "--n-grid", "50"), "lower --n-grid to at most 16")

@@ -26,6 +26,7 @@ from .noise import NoiseBank, check_seed
 from .policies import Outcome, PolicyConfig, make_policy
 from .prompts import ClassSpec, parse_class_list
 from .results import ClassificationResult, RunStats, posterior
+from .runner import LOSSES
 from .scheduler import SPECULATION, power_of_two_buckets
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -104,6 +105,8 @@ class DiffusionClassifier:
         self.buckets = check_scheduler_args(batch_size, buckets, max_inflight, speculate)
         self.max_inflight = int(max_inflight)
         self.seed = check_seed(seed)
+        if loss not in LOSSES:
+            raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.loss = loss
         self._temperature_arg, self._floor_arg = temperature, posterior_floor
         self.temperature, self.posterior_floor = _posterior_params(model, self.policy_cfg.name, temperature, posterior_floor)
@@ -164,7 +167,7 @@ class DiffusionClassifier:
                 return ClassSpec.from_prompts(m.class_names, m.default_prompts)
             return ClassSpec.from_names(m.class_names, m.prompt_template)
         if isinstance(classes, ClassSpec):
-            return classes
+            return classes.validate()
         if isinstance(classes, str):
             return parse_class_list(classes, m.prompt_template)
         return ClassSpec.from_names(_class_names(classes), m.prompt_template)
@@ -382,15 +385,17 @@ def _quote_some(items: Sequence[str], one: str = "", many: str = "", limit: int 
     return f"{noun} {shown}" if noun else shown
 
 
-def _check_noise_rows(bank: NoiseBank, cfg: PolicyConfig, T: int) -> None:
-    """With a saved noise tensor (sample i uses row i), the policy must fit in its rows: refused up
+def check_noise_rows(rows: int, cfg: PolicyConfig, T: int, where: str = "") -> None:
+    """With a saved noise tensor (sample i uses row i), the policy must fit in its ``rows``: refused up
     front, so no image fails halfway, and whether one does never depends on batching or speculation."""
-    if bank.saved is None:
-        return
-    rows = bank.saved.shape[0]
     need, option = cfg.max_samples(T)
     if need > rows:
-        raise UserError(f"the saved noise has {rows} rows, but {cfg.describe()} may use up to {need} samples (sample i uses row i); save more rows, or lower {option} to at most {rows}")
+        raise UserError(f"{where}the saved noise has {rows} rows, but {cfg.describe()} may use up to {need} samples (sample i uses row i); save more rows, or lower {option} to at most {rows}")
+
+
+def _check_noise_rows(bank: NoiseBank, cfg: PolicyConfig, T: int) -> None:
+    if bank.saved is not None:
+        check_noise_rows(bank.saved.shape[0], cfg, T)
 
 
 def _posterior_params(model: ModelBundle, policy: str, temperature: Any, floor: Any) -> tuple[float, float]:

@@ -22,6 +22,26 @@ class ClassSpec:
     def __len__(self) -> int:
         return len(self.names)
 
+    def validate(self) -> ClassSpec:
+        """A spec built by hand (not by the readers below) is checked like theirs: names, one prompt
+        list per class, prompt ids inside ``prompts``; a UserError naming the first problem."""
+        if not isinstance(self.names, list) or not isinstance(self.prompts, list) or not isinstance(self.class_prompts, list):
+            raise UserError("a ClassSpec holds lists: names, prompts, class_prompts")
+        if any(not isinstance(n, str) for n in self.names):
+            raise UserError("ClassSpec.names must be strings")
+        _check_names(self.names)
+        if any(not isinstance(p, str) or not p for p in self.prompts):
+            raise UserError("ClassSpec.prompts must be non-empty strings")
+        if len(self.class_prompts) != len(self.names):
+            raise UserError(f"ClassSpec has {len(self.names)} names but {len(self.class_prompts)} class_prompts entries")
+        for c, ids in enumerate(self.class_prompts):
+            ids = np.asarray(ids)
+            if ids.size == 0:
+                raise UserError(f"class {self.names[c]!r} has no prompt (class_prompts[{c}] is empty)")
+            if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self.prompts):
+                raise UserError(f"class_prompts[{c}] must index ClassSpec.prompts (0..{len(self.prompts) - 1}), got {ids.tolist()}")
+        return self
+
     @classmethod
     def from_names(cls, names: Sequence[str], template: str = "{}") -> ClassSpec:
         names = [n.strip() for n in names]

@@ -131,3 +131,39 @@ def _example():
     from pathlib import Path
 
     return sorted((Path(__file__).resolve().parents[2] / "examples").glob("digit-*.png"))[0]
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (dict(policy="ttest", min_scores=2.5), "min_scores must be an integer"),
+        (dict(policy="exhaustive", n_grid=3.0), "n_grid must be an integer"),
+        (dict(policy="exhaustive", n_grid=True), "n_grid must be an integer"),
+        (dict(policy="halving", rounds=[2, 4.5, 12]), "rounds must be a list of integers"),
+        (dict(policy="adaptive", n_samples="50"), "n_samples must be a list of integers"),
+        (dict(policy="ttest", cutoff_pval="0.01"), "cutoff_pval must be a number"),
+        (dict(loss="bogus"), "unknown loss 'bogus'"),
+    ],
+)
+def test_bad_option_types_are_user_errors_when_the_classifier_is_made(opts, match):
+    from diffcls_fast import load_model
+
+    with pytest.raises(UserError, match=match):
+        DiffusionClassifier(load_model("digits"), use_cache=False, **opts)
+
+
+def test_a_hand_built_class_spec_is_checked(clf, digits):
+    from diffcls_fast.engine import ClassSpec
+
+    cases = [
+        (ClassSpec(["a", "b"], ["x"], [np.array([0])]), "2 names but 1 class_prompts"),
+        (ClassSpec(["a", "a"], ["x", "y"], [np.array([0]), np.array([1])]), "duplicate class name"),
+        (ClassSpec(["a", "b"], ["x", "y"], [np.array([0]), np.array([], dtype=np.int64)]), "has no prompt"),
+        (ClassSpec(["a", "b"], ["x", "y"], [np.array([0]), np.array([2])]), r"must index ClassSpec.prompts \(0..1\)"),
+        (ClassSpec(["a", 2], ["x", "y"], [np.array([0]), np.array([1])]), "names must be strings"),
+    ]
+    for spec, match in cases:
+        with pytest.raises(UserError, match=match):
+            clf.classify(digits[:1], spec)
+    good = ClassSpec(["seven", "one"], ["the digit seven", "the digit one"], [np.array([0]), np.array([1])])
+    assert clf.classify(digits[:1], good)[0].error is None

@@ -38,9 +38,14 @@ class PolicyConfig:
     keep: list[int] = field(default_factory=lambda: [10, 3, 1])
     t_band: list[float] = field(default_factory=lambda: [0.15, 0.6])
 
-    def validate(self, T: int, n_classes: int = 2) -> None:
+    def validate(self, T: int | None, n_classes: int = 2) -> None:
+        """ValueError naming the option for anything wrong. ``T=None`` (no model loaded yet) checks
+        everything but the bounds that need the model's timestep count."""
         if self.name not in POLICIES:
             raise ValueError(f"unknown policy {self.name!r}; choose one of {', '.join(POLICIES)}")
+        self._check_types()
+        if T is None:
+            T = max(self.n_grid, *self.n_samples)
         if self.t_order not in TIMESTEP_ORDERS:
             raise ValueError(f"unknown timestep order {self.t_order!r}; choose one of {', '.join(TIMESTEP_ORDERS)}")
         if self.name == "exhaustive":
@@ -51,6 +56,28 @@ class PolicyConfig:
             check_halving(self.rounds, self.keep, self.t_band)
         else:
             TTestPolicy(2, lambda i: 0, self.min_scores, self.max_scores, self.cutoff_pval, self.sides)
+
+    def _check_types(self) -> None:
+        # The Python API takes keywords as given: 2.5 or True where an integer belongs must be refused
+        # here, not fail deep inside a policy (or, for True, silently mean 1).
+        def integer(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def real(v) -> bool:
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+        for f in ("n_grid", "min_scores", "max_scores", "sides"):
+            v = getattr(self, f)
+            if not integer(v):
+                raise ValueError(f"{f} must be an integer, got {v!r}")
+        for f in ("n_samples", "to_keep", "rounds", "keep"):
+            v = getattr(self, f)
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or not all(integer(x) for x in v):
+                raise ValueError(f"{f} must be a list of integers, got {v!r}")
+        if not real(self.cutoff_pval):
+            raise ValueError(f"cutoff_pval must be a number, got {self.cutoff_pval!r}")
+        if isinstance(self.t_band, (str, bytes)) or not hasattr(self.t_band, "__len__") or not all(real(x) for x in self.t_band):
+            raise ValueError(f"t_band must be two numbers, got {self.t_band!r}")
 
     def max_samples(self, T: int) -> tuple[int, str]:
         """The most samples (noise rows) an image may use under this policy, and the option that sets it."""
