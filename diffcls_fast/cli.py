@@ -428,6 +428,14 @@ def cmd_export(a: argparse.Namespace) -> int:
         from .export.aoti_cli import cmd_export_aoti
 
         return cmd_export_aoti(a, sizes)
+    aoti_only = [o for o in ("classes", "prompts", "noise_path", "noise_rows", "seed") if o in a.given]
+    if aoti_only:
+        opts = ", ".join("--" + o.replace("_", "-") for o in aoti_only)
+        raise UserError(f"{opts}: only --format aoti writes a condition table and noise; --format {a.format} exports the denoiser alone")
+    if a.format == "tensorrt":  # before the model loads and the ONNX export runs
+        from .export.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
     writable_dir(a.out)  # before the model loads
     model = load_model(a.model, device=a.device, dtype=a.dtype)
     art = export_onnx(model, a.out, force=a.force)
@@ -508,16 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt", "aoti"])
     p.add_argument("--batch-sizes", default=None, help="TensorRT profile batch sizes (default: 8,32,128); aoti: the largest is the packages' largest batch (default: 8,16,32,64,128,256)")
-    p.add_argument("--classes", default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
-    p.add_argument("--prompts", default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
-    p.add_argument("--noise-path", default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
-    p.add_argument("--noise-rows", type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
-    p.add_argument("--seed", type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
+    p.add_argument("--classes", action=_Given, default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
+    p.add_argument("--prompts", action=_Given, default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
+    p.add_argument("--noise-path", action=_Given, default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
+    p.add_argument("--noise-rows", action=_Given, type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
+    p.add_argument("--seed", action=_Given, type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
     p.add_argument("--cache-dir", default=None, help="aoti: compiled packages are cached here (shared with --backend aoti; default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
     p.add_argument("--out", default="exported", help="output folder (default: ./exported)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--force", action="store_true", help="re-export even if a valid cached artifact exists")
+    p.set_defaults(given=set())
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="engine vs the papers' reference loop (runs bench/throughput.py; from the repo root)")

@@ -214,3 +214,12 @@ def test_short_noise_file_is_refused_before_the_model_loads(run_cli, tmp_path):
     save_file({"noise": torch.randn(16, 1, 8, 8)}, str(p))
     one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p)), "may use up to 2000 samples")
     one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p), "--policy", "exhaustive", "--n-grid", "50"), "lower --n-grid to at most 16")
+
+
+def test_export_refuses_options_its_format_ignores(run_cli):
+    for opts, msg in (
+        (["--format", "onnx", "--classes", "cat,dog"], "--classes: only --format aoti"),
+        (["--format", "onnx", "--seed", "0", "--noise-rows", "10"], "--noise-rows, --seed: only --format aoti"),
+        (["--format", "aoti", "--seed", str(2**64)], "takes seeds below 2**64"),
+    ):
+        one_line(run_cli("export", *NO_MODEL, *opts), msg)

@@ -31,6 +31,8 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
     else:
         classes = None
     seed = check_seed(a.seed)
+    if a.noise_path is None and seed >= 2**64:  # the engine's own noise takes any seed; torch.Generator does not
+        raise UserError(f"--seed {seed}: the exported noise is drawn by torch.Generator, which takes seeds below 2**64")
     noise = load_noise_file(a.noise_path)[0] if a.noise_path else None
     if resolve_device(a.device).type != "cpu":
         raise UserError("--format aoti exports for the CPU (the native runner's device); use --device cpu")
