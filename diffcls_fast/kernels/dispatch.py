@@ -31,7 +31,38 @@ def _use_triton(t: torch.Tensor) -> bool:
         raise BackendUnavailable("DIFFCLS_KERNELS=triton but triton is not installed; pip install triton")
     if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise BackendUnavailable("DIFFCLS_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1")
+    if not t.is_cuda:
+        why = interpreter_problem()
+        if why:
+            raise BackendUnavailable(f"DIFFCLS_KERNELS=triton on CPU tensors: {why}")
     return True
+
+
+_INTERP: list[str | None] = []
+
+
+def interpreter_problem() -> str | None:
+    """Why Triton's CPU interpreter cannot run the fused kernels in this environment, or None.
+
+    A probe, not a version table: Triton 3.6's interpreter hands a scalar kernel argument (the
+    error kernel's loop bound) to ``int()`` as a 1-element array, which numpy >= 2.4 refuses
+    (Triton 3.9 squeezes it first). Compiled GPU kernels are not affected. Needs TRITON_INTERPRET=1
+    set before the kernels were first imported.
+    """
+    if not _INTERP:
+        from .fused_errors import query_errors as fused
+
+        z = torch.zeros(1, 1, 1, 1)
+        try:
+            fused(z, z, torch.zeros(1, dtype=torch.int64))
+            _INTERP.append(None)
+        except Exception as e:  # 3.6 raises InterpreterError(TypeError(...)); any failure of the probe is the reason
+            import numpy
+            import triton
+
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _INTERP.append(f"Triton {triton.__version__}'s interpreter cannot run the error kernel with numpy {numpy.__version__} ({msg}); use Triton >= 3.9 or numpy < 2.4 for interpreter runs")
+    return _INTERP[0]
 
 
 _TRITON: bool | None = None
