@@ -325,6 +325,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .shard import apply_scale_out
 
     apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
+    if getattr(a, "task", "classify") != "swap" and a.shared_noise:
+        raise UserError("--shared-noise is an option of --task swap (and of match); a classify eval draws each image's own noise")
     noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
     if getattr(a, "task", "classify") == "swap":
         return cmd_eval_swap(a, noise)
@@ -366,7 +368,7 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-workers", type=positive_int, default=None, metavar="N", help="actors, each with its own model (default: 1)")
     g.add_argument("--ray-gpus", type=float, default=None, metavar="G", help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--ray-cpus", type=positive_float, default=None, metavar="C", help="CPUs per actor (default: 1)")
-    g.add_argument("--ray-max-restarts", type=int, default=3, metavar="K", help="restarts of a dead actor, and retries of its batch (default: 3)")
+    g.add_argument("--ray-max-restarts", type=int, default=None, metavar="K", help="restarts of a dead actor, and retries of its batch (default: 3)")
 
 
 def cmd_match(a: argparse.Namespace) -> int:

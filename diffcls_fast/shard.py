@@ -103,7 +103,7 @@ def apply_scale_out(a) -> None:
     """
     use_ray = bool(getattr(a, "ray", False))
     if not use_ray:
-        for opt in ("ray_address", "ray_workers", "ray_gpus", "ray_cpus"):
+        for opt in ("ray_address", "ray_workers", "ray_gpus", "ray_cpus", "ray_max_restarts"):
             if getattr(a, opt, None) is not None:
                 raise UserError(f"--{opt.replace('_', '-')} needs --ray")
     spec, device = (parse_shard(a.shard) if a.shard is not None else None, a.device) if use_ray else resolve_shard(a.shard, a.device)

@@ -223,3 +223,8 @@ def test_export_refuses_options_its_format_ignores(run_cli):
         (["--format", "aoti", "--seed", str(2**64)], "takes seeds below 2**64"),
     ):
         one_line(run_cli("export", *NO_MODEL, *opts), msg)
+
+
+def test_eval_refuses_options_it_would_ignore(run_cli):
+    one_line(run_cli("eval", *NO_MODEL, "--shared-noise"), "--shared-noise is an option of --task swap")
+    one_line(run_cli("eval", *NO_MODEL, "--ray-max-restarts", "2"), "--ray-max-restarts needs --ray")

@@ -429,8 +429,8 @@ class RayClassifier:
             column=IMAGE_COLUMN,
             top_k=3,
             keep_image=False,
-            max_restarts=self.a.ray_max_restarts,
-            max_task_retries=self.a.ray_max_restarts,
+            max_restarts=3 if self.a.ray_max_restarts is None else self.a.ray_max_restarts,
+            max_task_retries=3 if self.a.ray_max_restarts is None else self.a.ray_max_restarts,
             driver_columns=True,
         )
         names, policy = list(info["spec"].names), info["policy_cfg"].describe()
