@@ -134,9 +134,14 @@ def test_eval_ray_on_an_image_folder(ray_local, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "ray.jsonl")]) == 0  # a local eval resumes the Ray run: nothing left to do
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["resumed"] == 5
     (tmp_path / "data" / "four" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # found by an actor
-    assert main([*args, "--out", str(tmp_path / "broken.jsonl"), "--ray", "--ray-address", address]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("diffcls-fast: error: ") and "broken.png: not a readable image" in err and err.count("\n") == 1, err
+    # a damaged file fails its own row (as in a local eval), the others are scored: exit 1, not an abort
+    assert main([*args, "--out", str(tmp_path / "broken.jsonl"), "--ray", "--ray-address", address]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["images"] == 6 and summary["failed"] == 1 and "broken.png: not a readable image" in summary["first_error"], summary
+    assert "1 of 6 images failed" in err
+    broken = [r for r in map(json.loads, (tmp_path / "broken.jsonl").read_text().splitlines()) if r["id"] == "four/broken.png"]
+    assert len(broken) == 1 and "not a readable image" in broken[0]["error"] and broken[0]["correct"] == 0
 
 
 def test_eval_ray_refuses_more_than_the_cluster_has(ray_local, capsys):
