@@ -102,8 +102,12 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the PNG of a result file, then exit")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)")
     a = ap.parse_args()
+    if a.replot:
+        replot(a.replot)
+        return
     results = Path(a.results_dir)
     if a.dtype == "fp32":
         import torch
@@ -160,6 +164,15 @@ def main() -> None:
         plot(rows, results / (tag + ".png"), env, len(y), a.model)
 
 
+def replot(json_path: str | Path) -> Path:
+    """The PNG of a result file (a run stopped between configurations writes no plot itself)."""
+    p = Path(json_path)
+    d = json.loads(p.read_text())
+    out = p.with_suffix(".png")
+    plot(d["results"], out, d, d["images"], d["model"])
+    return out
+
+
 def _ordered(configs: list, only: list[str]) -> list:
     """``configs`` filtered to those whose name contains one of ``only``, in the order of ``only``
     (the first entry a name matches); all of them, in their own order, when ``only`` is empty."""
@@ -213,9 +226,20 @@ def plot(rows: list[dict], path: Path, env: dict, n: int, model: str = "digits")
             label = f"{r['name']}  ({r['evals_per_image']:.0f} evals, {r['accuracy']:.3f})"
             ax.plot(r["evals_per_image"], r["accuracy"], marker, color=color, markersize=8, markeredgecolor="black", markeredgewidth=0.5, label=label)
     ax.set_xscale("log")
+    # plain numbers at 1-2-5 steps: matplotlib's minor labels (3x10^2, 4x10^2, ...) collide on a short axis
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    xs_all = [r["evals_per_image"] for r in rows] or [1.0]
+    ticks = [m * 10**e for e in range(0, 7) for m in (1, 2, 5) if min(xs_all) / 1.5 <= m * 10**e <= max(xs_all) * 1.5]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("denoiser evaluations per image (log scale)")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"{model}, {n} held-out images — {env['device']}, {env['date']}", fontsize=9)
+    where = sorted({f"{r['device']} ({r['backend']}, {r['dtype']})" for r in rows if "backend" in r}) or [env["device"]]
+    dates = sorted({r.get("date", env["date"]) for r in rows})
+    ax.set_title(f"{model}, {n} held-out images — {'; '.join(where)}, {', '.join(dates)}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
