@@ -17,16 +17,6 @@ def _latest(prefix: str) -> dict | None:
     return json.loads(files[-1].read_text()) | {"_file": files[-1].name} if files else None
 
 
-def _largest(prefix: str) -> dict | None:
-    """The result on the most images (then the newest file): a long run in parts beats a newer small one."""
-    best = None
-    for f in (ROOT / "bench" / "results").glob(f"{prefix}_*.json"):
-        p = json.loads(f.read_text()) | {"_file": f.name}
-        if best is None or (p["images"], p["date"], f.name) > (best["images"], best["date"], best["_file"]):
-            best = p
-    return best
-
-
 def _not_measured(model: str, rows: list[dict]) -> list[str]:
     """Configurations of bench.accuracy_vs_evals for ``model`` that the result has no row for."""
     from bench.accuracy_vs_evals import CONFIGS
@@ -38,27 +28,48 @@ def _not_measured(model: str, rows: list[dict]) -> list[str]:
 def render() -> str:
     out = []
     for model in ("digits", "numbers"):
-        ave = _largest(f"accuracy_vs_evals_{model}")
-        if not ave:
-            continue
-        rows = ave["results"]
-        where = sorted({f"{r['device']}, {r['backend']}, {r['dtype']}" for r in rows if "backend" in r}) or [ave["device"]]
-        dates = sorted({r.get("date", ave["date"]) for r in rows})
-        out += [
-            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)}, {', '.join(dates)} "
-            f"([json](bench/results/{ave['_file']}), [plot](bench/results/{ave['_file'].replace('.json', '.png')})):",
-            "",
-            "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
-            "|---|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |"
-            for r in sorted(rows, key=lambda r: r["evals_per_image"])
-        ]
-        missing = _not_measured(model, rows)
-        if missing:
-            out += ["", f"Not measured yet on these {ave['images']} images: {'; '.join(missing)}."]
-        out.append("")
+        for ave in _per_size(f"accuracy_vs_evals_{model}"):
+            out += _front(model, ave)
+    return _render_rest(out)
+
+
+def _per_size(prefix: str) -> list[dict]:
+    """The newest result for each number of images, the most images first: a front measured in parts on
+    the whole split is shown above a complete one on fewer images, not instead of it."""
+    best: dict[int, dict] = {}
+    for f in (ROOT / "bench" / "results").glob(f"{prefix}_*.json"):
+        p = json.loads(f.read_text()) | {"_file": f.name}
+        cur = best.get(p["images"])
+        if cur is None or (p["date"], f.name) > (cur["date"], cur["_file"]):
+            best[p["images"]] = p
+    return [best[n] for n in sorted(best, reverse=True)]
+
+
+def _front(model: str, ave: dict) -> list[str]:
+    out: list[str] = []
+    rows = ave["results"]
+    where = sorted({f"{r['device']}, {r['backend']}, {r['dtype']}" for r in rows if "backend" in r}) or [ave["device"]]
+    dates = sorted({r.get("date", ave["date"]) for r in rows})
+    out += [
+        f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)}, {', '.join(dates)} "
+        f"([json](bench/results/{ave['_file']}), [plot](bench/results/{ave['_file'].replace('.json', '.png')})):",
+        "",
+        "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |"
+        for r in sorted(rows, key=lambda r: r["evals_per_image"])
+    ]
+    missing = _not_measured(model, rows)
+    if missing:
+        out += ["", f"Not measured yet on these {ave['images']} images: {'; '.join(missing)}."]
+    out.append("")
+    return out
+
+
+def _render_rest(out: list[str]) -> str:
+    """The tables after the accuracy fronts (floors, calibration, throughput, ...)."""
     floors = _latest("numbers_floors")
     if floors:
         d, b = floors["diffusion"], floors["svc_baseline"]
