@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, device_tag, environment
+from bench.score_memo import MemoClassifier, ScoreMemo
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
 from diffcls_fast.export.backends import apply_backend
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
+    ap.add_argument("--memo", action="store_true", help="answer queries a configuration of this run already asked from memory (bench/score_memo.py); rows record the queries really run")
     ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the PNG of a result file, then exit")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)")
     a = ap.parse_args()
@@ -124,6 +126,7 @@ def main() -> None:
     env = environment(model.device)
     tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}_{device_tag(model.device)}_{env['date']}")
     per_image_path = results / "per_image" / (tag + ".npz")
+    memo = ScoreMemo() if a.memo else None
     rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
     for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
         if (a.quick and name not in QUICK) or name in a.skip:
@@ -131,7 +134,11 @@ def main() -> None:
         if any(r["name"] == name for r in rows):
             print(f"{name:34s} (resumed)")
             continue
-        clf = DiffusionClassifier(model, policy, batch_size=a.batch_size, use_cache=False, **opts)
+        if memo is None:
+            clf = DiffusionClassifier(model, policy, batch_size=a.batch_size, use_cache=False, **opts)
+        else:
+            clf = MemoClassifier(model, policy, batch_size=a.batch_size, use_cache=False, memo=memo, **opts)
+            misses0 = memo.misses
         t0 = time.perf_counter()
         res = clf.classify(pil, class_names)
         wall = time.perf_counter() - t0
@@ -150,6 +157,10 @@ def main() -> None:
             "dtype": str(model.dtype).removeprefix("torch."),
             "date": time.strftime("%Y-%m-%d"),
         }
+        if memo is not None:
+            # the seconds are this run's: queries an earlier configuration asked cost no denoiser time here
+            row["queries_run_per_image"] = (memo.misses - misses0) / len(y)
+            row["memo"] = "queries asked earlier in the same run were answered from memory (bench/score_memo.py)"
         rows.append(row)
         per_image[name] = _per_image(res)
         print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)

@@ -26,7 +26,7 @@ from .noise import NoiseBank, check_seed
 from .policies import Outcome, PolicyConfig, make_policy
 from .prompts import ClassSpec, parse_class_list
 from .results import ClassificationResult, RunStats, posterior
-from .runner import LOSSES
+from .runner import LOSSES, Runner
 from .scheduler import SPECULATION, power_of_two_buckets
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -271,6 +271,10 @@ class DiffusionClassifier:
         stats.evaluations, stats.padded_rows, stats.batches = s.rows, s.padded, s.batches
         stats.bucket_counts = dict(s.bucket_counts)
         stats.kernels = kernels.active_backend()
+
+    def _new_runner(self) -> Runner:
+        """The engine's runner (a benchmark sweep substitutes one that memoises, bench/score_memo.py)."""
+        return Runner(self.model, loss=self.loss)
 
     def _new_policy(self, index: int, n_classes: int, key: int, cost: np.ndarray):
         """The policy of input ``index`` (``match`` overrides it: each image scores only its own captions)."""

@@ -47,7 +47,7 @@ from ..errors import NonFiniteInput, UserError
 from .noise import image_key
 from .prompts import ClassSpec
 from .results import ClassificationResult
-from .runner import ClassRows, ImageState, Runner
+from .runner import ClassRows, ImageState
 from .scheduler import Scheduler, SchedulerStats
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Engine:
         self.model = clf.model
         self.sched = Scheduler(clf.buckets, clf.max_inflight, clf.speculate)
         self.table = ConditionTable()
-        self.runner = Runner(self.model, loss=clf.loss)
+        self.runner = clf._new_runner()
         self.states: dict[int, ImageState] = {}
         self._owner: dict[int, tuple[Request, int]] = {}  # scheduler id -> (request, input index)
         self._started: dict[int, float] = {}  # scheduler id -> time of its first batch
