@@ -296,6 +296,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_image_pixels=a.max_image_pixels,
         max_images=a.max_images,
         max_classes=a.max_classes,
+        max_prompts=a.max_prompts,
         max_queue=a.max_queue,
         default_timeout=a.request_timeout,
         max_timeout=a.max_timeout,
@@ -312,6 +313,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-queue", type=positive_int, default=256, help="requests accepted and not yet answered; more get 429 (default: 256)")
     g.add_argument("--max-images", type=positive_int, default=64, help="images per request (default: 64)")
     g.add_argument("--max-classes", type=positive_int, default=1000, help="classes per request (default: 1000)")
+    g.add_argument("--max-prompts", type=positive_int, default=8000, help="prompts per request, each class's counted (a prompt ensemble costs a denoiser row per prompt; default: 8000)")
     g.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, help="width x height of one image (default: 16777216)")
     g.add_argument("--max-body-bytes", type=positive_int, default=16 << 20, help="request body size (default: 16 MiB)")
     g.add_argument("--request-timeout", type=positive_float, default=60.0, help="default deadline of a request, seconds (504 after it; default: 60)")

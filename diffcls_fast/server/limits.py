@@ -3,7 +3,7 @@
 Every way a request can be wrong is one :class:`HTTPError` with a one-line
 message: 400 for a malformed request (bad JSON, unknown field, bad value, not
 an image), 413 for one over a limit (body bytes, pixels of one image, images or
-classes per request). Nothing here touches the model or the engine loop, so a
+classes or prompts per request). Nothing here touches the model or the engine loop, so a
 bad request costs the handler thread only.
 """
 
@@ -30,6 +30,9 @@ class Limits:
     max_image_pixels: int = 4096 * 4096  # width x height of one image, checked before it is decoded
     max_images: int = 64  # per request
     max_classes: int = 1000  # per request
+    # per request, counted class by class: a prompt ensemble's class costs one denoiser row per prompt
+    # and one condition row each, so 1,000 classes of 80 templates is 80x the work of the class limit
+    max_prompts: int = 8000
     max_queue: int = 256  # requests accepted and not yet answered; more get 429
     default_timeout: float = 60.0  # seconds from acceptance to answer, unless the request says otherwise
     max_timeout: float = 600.0
@@ -95,6 +98,9 @@ def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> 
     n_cls = len(p.classes) if p.classes is not None else 0
     if n_cls > limits.max_classes:
         raise too_large(f"{n_cls} classes in one request; the limit is {limits.max_classes}")
+    n_prompts = sum(len(ids) for ids in p.classes.class_prompts) if isinstance(p.classes, ClassSpec) else n_cls
+    if n_prompts > limits.max_prompts:
+        raise too_large(f"{n_prompts} prompts in one request (a class's prompts each cost a denoiser row per sample); the limit is {limits.max_prompts}")
     if body.get("seed") is not None:
         p.options["seed"] = _int("seed", body["seed"], lo=0)
     if body.get("policy") is not None:

@@ -1,4 +1,4 @@
-"""A server with tight limits: 413 (body, pixels, images, classes), 429 (queue full), 504 (deadline, work dropped)."""
+"""A server with tight limits: 413 (body, pixels, images, classes, prompts), 429 (queue full), 504 (deadline, work dropped)."""
 
 import base64
 import concurrent.futures
@@ -21,7 +21,7 @@ from diffcls_fast.server.metrics import parse  # noqa: E402
 
 from .helpers import digit_pngs, make_classifier  # noqa: E402
 
-LIMITS = Limits(max_body_bytes=48_000, max_image_pixels=32 * 32, max_images=3, max_classes=12, max_queue=2, default_timeout=60.0, max_timeout=120.0)
+LIMITS = Limits(max_body_bytes=48_000, max_image_pixels=32 * 32, max_images=3, max_classes=12, max_prompts=20, max_queue=2, default_timeout=60.0, max_timeout=120.0)
 HEAVY = {"policy": "exhaustive", "n_grid": 60}  # 600 evaluations per digit: most of a second of work on the CPU, or more
 
 
@@ -67,6 +67,8 @@ def test_body_over_the_limit_is_413(server):
         ({"images": [b64(png(8, 8))] * 4}, "4 images in one request; the limit is 3"),
         ({"images": [b64(png(8, 8))], "classes": [f"c{k}" for k in range(13)]}, "13 classes in one request; the limit is 12"),
         ({"images": [b64(png(8, 8))], "timeout": 500}, "over this server's limit of 120 s"),
+        # 7 classes (under the class limit) of 3 prompts each: 21 denoiser rows per sample
+        ({"images": [b64(png(8, 8))], "prompts": [{"class": f"c{k}", "prompt": f"p{k} {j}"} for k in range(7) for j in range(3)]}, "21 prompts in one request"),
     ],
 )
 def test_limits_are_413_with_one_line(server, body, message):
