@@ -5,6 +5,8 @@
     python -m bench.accuracy_vs_evals --limit 40 --quick               # smoke run
     python -m bench.accuracy_vs_evals --model numbers --backend aoti --tag numbers_1000 --resume \
         --only halving exhaustive-50                                   # a long run in parts, in this order
+    python -m bench.accuracy_vs_evals --model numbers --memo --only "ttest p<1e-4" "ttest p<2e-3" "ttest p<1e-2"
+                                                                       # the strictest t-test first: the others reuse its queries
 
 Finishing a front on the H200 of the device tool (one call; the committed rows travel with
 the working tree and are kept, the missing ones are run in fp32 without TF32, so the two

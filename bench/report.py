@@ -58,14 +58,26 @@ def _front(model: str, ave: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     out += [
-        f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {r['seconds']:.1f} | {r['batch_fill']:.3f} |"
+        f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {_seconds(r)} | {r['batch_fill']:.3f} |"
         for r in sorted(rows, key=lambda r: r["evals_per_image"])
     ]
+    if any("memo" in r for r in rows):
+        out += [
+            "",
+            "\\* ran with `--memo`: queries an earlier configuration of the same run had asked were answered from memory, "
+            "so these seconds cover only the queries it ran itself (per image, in brackets); accuracy and evaluation counts are unaffected.",
+        ]
     missing = _not_measured(model, rows)
     if missing:
         out += ["", f"Not measured yet on these {ave['images']} images: {'; '.join(missing)}."]
     out.append("")
     return out
+
+
+def _seconds(r: dict) -> str:
+    if "memo" not in r:
+        return f"{r['seconds']:.1f}"
+    return f"{r['seconds']:.1f}\\* ({r['queries_run_per_image']:.0f} run)"
 
 
 def _render_rest(out: list[str]) -> str:
