@@ -7,6 +7,8 @@
         --only halving exhaustive-50                                   # a long run in parts, in this order
     python -m bench.accuracy_vs_evals --model numbers --memo --only "ttest p<1e-4" "ttest p<2e-3" "ttest p<1e-2"
                                                                        # the strictest t-test first: the others reuse its queries
+    python -m bench.accuracy_vs_evals --model numbers --tag numbers_1000 --resume --chunk 100 --only "adaptive 20 50 100 500"
+                                                                       # a long configuration saved every 100 images
 
 Finishing a front on the H200 of the device tool (one call; the committed rows travel with
 the working tree and are kept, the missing ones are run in fp32 without TF32, so the two
@@ -31,6 +33,7 @@ it ran on, so a front finished on another machine says which rows came from wher
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -105,10 +108,19 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run each configuration N images at a time, saving its finished images after each part, so --resume continues a long configuration where a killed run stopped (picks do not depend on it)",
+    )
     ap.add_argument("--memo", action="store_true", help="answer queries a configuration of this run already asked from memory (bench/score_memo.py); rows record the queries really run")
     ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the PNG of a result file, then exit")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)")
     a = ap.parse_args()
+    if a.chunk < 0:
+        ap.error(f"--chunk must be >= 0 (0: a configuration in one part), got {a.chunk}")
     if a.replot:
         replot(a.replot)
         return
@@ -141,30 +153,44 @@ def main() -> None:
         else:
             clf = MemoClassifier(model, policy, batch_size=a.batch_size, use_cache=False, memo=memo, **opts)
             misses0 = memo.misses
-        t0 = time.perf_counter()
-        res = clf.classify(pil, class_names)
-        wall = time.perf_counter() - t0
-        acc = float(np.mean([r.label == t for r, t in zip(res, y)]))
+        part_path = _part_path(per_image_path, name)
+        done = _load_part(part_path, name, len(y)) if a.resume else None
+        if done is not None:
+            print(f"{name:34s} resumed at image {len(done['label'])} of {len(y)}", flush=True)
+        step = a.chunk or len(y)
+        for lo in range(len(done["label"]) if done else 0, len(y), step):
+            t0 = time.perf_counter()
+            res = clf.classify(pil[lo : lo + step], class_names)
+            wall = time.perf_counter() - t0
+            st = clf.last_stats
+            done = _extend(done, _per_image(res), wall, st.evaluations, st.padded_rows)
+            if len(done["label"]) < len(y):
+                _save_part(part_path, name, done)  # a run killed in the next part resumes here
+                print(f"{name:34s} {len(done['label'])} of {len(y)} images, {float(done['seconds']):.0f} s", flush=True)
+        wall = float(done["seconds"])
+        acc = float(np.mean(done["label"] == np.asarray(y)))
         row = {
             "name": name,
             "policy": clf.policy_cfg.describe(),
             "accuracy": acc,
-            "evals_per_image": float(np.mean([r.evaluations for r in res])),
-            "evals_spent_per_image": float(np.mean([r.evaluations_spent for r in res])),
+            "evals_per_image": float(np.mean(done["evals"])),
+            "evals_spent_per_image": float(np.mean(done["spent"])),
             "seconds": round(wall, 2),
-            "batch_fill": round(clf.last_stats.batch_fill, 4),
-            "evals_per_second": round(clf.last_stats.evals_per_second, 1),
+            "batch_fill": round(float(done["rows"]) / max(1.0, float(done["rows"] + done["padded"])), 4),
+            "evals_per_second": round(float(done["rows"]) / wall if wall else 0.0, 1),
             "device": env["device"],
             "backend": model.backend,
             "dtype": str(model.dtype).removeprefix("torch."),
             "date": time.strftime("%Y-%m-%d"),
         }
+        if a.chunk:
+            row["parts_of"] = a.chunk
         if memo is not None:
             # the seconds are this run's: queries an earlier configuration asked cost no denoiser time here
             row["queries_run_per_image"] = (memo.misses - misses0) / len(y)
             row["memo"] = "queries asked earlier in the same run were answered from memory (bench/score_memo.py)"
         rows.append(row)
-        per_image[name] = _per_image(res)
+        per_image[name] = {k: done[k] for k in PER_IMAGE}
         print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)
         # written after every configuration: a long run killed midway keeps what it measured (--resume)
         payload = {"benchmark": "accuracy_vs_evals", "model": a.model, "split": "heldout", "images": len(y), **env, "labels": [int(t) for t in y], "results": rows}
@@ -172,6 +198,7 @@ def main() -> None:
         (results / (tag + ".json")).write_text(json.dumps(payload, indent=2) + "\n")
         per_image_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(per_image_path, names=np.array(list(per_image)), **{f"c{i}_{k}": v for i, d in enumerate(per_image.values()) for k, v in d.items()})
+        part_path.unlink(missing_ok=True)
     print(f"wrote {results / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
         plot(rows, results / (tag + ".png"), env, len(y), a.model)
@@ -197,14 +224,49 @@ def _ordered(configs: list, only: list[str]) -> list:
     return sorted((c for c in configs if first[c[0]] is not None), key=lambda c: first[c[0]])
 
 
+PER_IMAGE = ("label", "evals", "mean_errors", "n_scores")  # what the per_image NPZ keeps of each configuration
+
+
 def _per_image(res) -> dict[str, np.ndarray]:
     """What calibration and paired comparisons need, per image: label, evaluations, and the posterior's inputs."""
     return {
         "label": np.array([r.label for r in res], np.int64),
         "evals": np.array([r.evaluations for r in res], np.int64),
+        "spent": np.array([r.evaluations_spent for r in res], np.int64),
         "mean_errors": np.stack([r.mean_errors for r in res]).astype(np.float32),
         "n_scores": np.stack([r.n_scores for r in res]).astype(np.int32),
     }
+
+
+def _extend(done: dict | None, new: dict, seconds: float, rows: int, padded: int) -> dict:
+    """The images of a configuration run so far, with the next part's appended (and its wall time and batch rows)."""
+    if done is None:
+        return {**new, "seconds": np.float64(seconds), "rows": np.int64(rows), "padded": np.int64(padded)}
+    out = {k: np.concatenate([done[k], v]) for k, v in new.items()}
+    return {**out, "seconds": done["seconds"] + seconds, "rows": done["rows"] + rows, "padded": done["padded"] + padded}
+
+
+def _part_path(per_image_path: Path, name: str) -> Path:
+    """Where the finished images of an unfinished configuration wait (next to the per_image NPZ)."""
+    return per_image_path.with_name(f"{per_image_path.stem}.partial-{hashlib.sha256(name.encode()).hexdigest()[:10]}.npz")
+
+
+def _save_part(path: Path, name: str, done: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, name=np.array(name), **done)
+    tmp.replace(path)  # a kill while writing leaves the previous part intact
+
+
+def _load_part(path: Path, name: str, n: int) -> dict | None:
+    """The finished first images of configuration ``name`` (an earlier run stopped between parts), or None."""
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    done = {k: z[k] for k in z.files if k != "name"}
+    if str(z["name"]) != name or len(done["label"]) > n:
+        return None
+    return done
 
 
 def _resume(json_path: Path, npz_path: Path, n: int) -> tuple[list[dict], dict]:
@@ -213,7 +275,7 @@ def _resume(json_path: Path, npz_path: Path, n: int) -> tuple[list[dict], dict]:
     rows = json.loads(json_path.read_text())["results"]
     z = np.load(npz_path)
     names = list(z["names"])
-    per_image = {nm: {k: z[f"c{i}_{k}"] for k in ("label", "evals", "mean_errors", "n_scores")} for i, nm in enumerate(names)}
+    per_image = {nm: {k: z[f"c{i}_{k}"] for k in PER_IMAGE} for i, nm in enumerate(names)}
     rows = [r for r in rows if r["name"] in per_image and len(per_image[r["name"]]["label"]) == n]
     return rows, {r["name"]: per_image[r["name"]] for r in rows}
 

@@ -44,3 +44,43 @@ def test_accuracy_vs_evals_runs_in_parts_and_resumes(tmp_path):
     assert d["images"] == 2 and all(r["backend"] == "torch" and r["dtype"] == "float32" and r["device"] for r in d["results"])
     assert d["results"][1]["evals_per_image"] == 500.0
     assert (tmp_path / "per_image" / "accuracy_vs_evals_t.npz").is_file()
+
+
+def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
+    """--chunk runs a configuration a few images at a time and saves the finished ones, so a killed run
+    resumes inside a long configuration; the picks are those of one run in one part."""
+    import json
+
+    import numpy as np
+
+    from bench.accuracy_vs_evals import _part_path, _save_part
+
+    name = "halving 1 3 7 / 10 3 1"
+
+    def run(tag, *extra):
+        cmd = [sys.executable, "-m", "bench.accuracy_vs_evals", "--model", "numbers", "--limit", "3", "--tag", tag, "--results-dir", str(tmp_path), "--resume", "--no-plot", "--only", name, *extra]
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stdout
+
+    def per_image(tag):
+        z = np.load(tmp_path / "per_image" / f"accuracy_vs_evals_{tag}.npz")
+        return {k: z[f"c0_{k}"] for k in ("label", "evals", "mean_errors", "n_scores")}
+
+    run("whole")
+    out = run("parts", "--chunk", "2")
+    assert "2 of 3 images" in out and not list((tmp_path / "per_image").glob("*partial*"))  # removed once the row is saved
+    whole, parts = per_image("whole"), per_image("parts")
+    for k in ("label", "evals", "n_scores"):
+        np.testing.assert_array_equal(parts[k], whole[k])
+    np.testing.assert_allclose(parts["mean_errors"], whole["mean_errors"], rtol=1e-5)
+
+    # a run killed after its first part left image 0 behind: the next run starts at image 1
+    first = {k: v[:1] for k, v in whole.items()}
+    first |= {"spent": whole["evals"][:1], "seconds": np.float64(1.0), "rows": np.int64(10), "padded": np.int64(0)}
+    _save_part(_part_path(tmp_path / "per_image" / "accuracy_vs_evals_killed.npz", name), name, first)
+    out = run("killed", "--chunk", "1")
+    assert "resumed at image 1 of 3" in out and "2 of 3 images" in out
+    np.testing.assert_array_equal(per_image("killed")["label"], whole["label"])
+    row = json.loads((tmp_path / "accuracy_vs_evals_killed.json").read_text())["results"][0]
+    assert row["parts_of"] == 1 and row["evals_per_image"] == float(np.mean(whole["evals"]))
