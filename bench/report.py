@@ -77,7 +77,8 @@ def _front(model: str, ave: dict) -> list[str]:
 def _seconds(r: dict) -> str:
     if "memo" not in r:
         return f"{r['seconds']:.1f}"
-    return f"{r['seconds']:.1f}\\* ({r['queries_run_per_image']:.0f} run)"
+    q = r["queries_run_per_image"]
+    return f"{r['seconds']:.1f}\\* ({q:.1f} run)" if q < 10 else f"{r['seconds']:.1f}\\* ({q:.0f} run)"
 
 
 def _render_rest(out: list[str]) -> str:
