@@ -154,7 +154,7 @@ def main() -> None:
             clf = MemoClassifier(model, policy, batch_size=a.batch_size, use_cache=False, memo=memo, **opts)
             misses0 = memo.misses
         part_path = _part_path(per_image_path, name)
-        done = _load_part(part_path, name, len(y)) if a.resume else None
+        done = _load_part(part_path, name, len(y), env["device"]) if a.resume else None
         if done is not None:
             print(f"{name:34s} resumed at image {len(done['label'])} of {len(y)}", flush=True)
         step = a.chunk or len(y)
@@ -165,7 +165,7 @@ def main() -> None:
             st = clf.last_stats
             done = _extend(done, _per_image(res), wall, st.evaluations, st.padded_rows)
             if len(done["label"]) < len(y):
-                _save_part(part_path, name, done)  # a run killed in the next part resumes here
+                _save_part(part_path, name, done, env["device"])  # a run killed in the next part resumes here
                 print(f"{name:34s} {len(done['label'])} of {len(y)} images, {float(done['seconds']):.0f} s", flush=True)
         wall = float(done["seconds"])
         acc = float(np.mean(done["label"] == np.asarray(y)))
@@ -251,20 +251,26 @@ def _part_path(per_image_path: Path, name: str) -> Path:
     return per_image_path.with_name(f"{per_image_path.stem}.partial-{hashlib.sha256(name.encode()).hexdigest()[:10]}.npz")
 
 
-def _save_part(path: Path, name: str, done: dict) -> None:
+def _save_part(path: Path, name: str, done: dict, device: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, name=np.array(name), **done)
+    np.savez_compressed(tmp, name=np.array(name), device=np.array(device), **done)
     tmp.replace(path)  # a kill while writing leaves the previous part intact
 
 
-def _load_part(path: Path, name: str, n: int) -> dict | None:
-    """The finished first images of configuration ``name`` (an earlier run stopped between parts), or None."""
+def _load_part(path: Path, name: str, n: int, device: str) -> dict | None:
+    """The finished first images of configuration ``name`` (an earlier run stopped between parts), or None.
+
+    Only parts run on this device are continued: a row records one device, and its seconds
+    would mean nothing summed over two."""
     if not path.is_file():
         return None
     z = np.load(path)
-    done = {k: z[k] for k in z.files if k != "name"}
+    done = {k: z[k] for k in z.files if k not in ("name", "device")}
     if str(z["name"]) != name or len(done["label"]) > n:
+        return None
+    if str(z["device"]) != device:
+        print(f"{name:34s} starts again: its saved part ran on {z['device']}, this is {device}", flush=True)
         return None
     return done
 

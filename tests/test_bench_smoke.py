@@ -78,7 +78,15 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
     # a run killed after its first part left image 0 behind: the next run starts at image 1
     first = {k: v[:1] for k, v in whole.items()}
     first |= {"spent": whole["evals"][:1], "seconds": np.float64(1.0), "rows": np.int64(10), "padded": np.int64(0)}
-    _save_part(_part_path(tmp_path / "per_image" / "accuracy_vs_evals_killed.npz", name), name, first)
+    from bench.common import environment
+
+    here = environment("cpu")["device"]
+    part = _part_path(tmp_path / "per_image" / "accuracy_vs_evals_killed.npz", name)
+    _save_part(part, name, first, "another machine")
+    out = run("killed", "--chunk", "1")  # a part from elsewhere is not continued
+    assert "starts again: its saved part ran on another machine" in out and "resumed" not in out
+    (tmp_path / "accuracy_vs_evals_killed.json").unlink()
+    _save_part(part, name, first, here)
     out = run("killed", "--chunk", "1")
     assert "resumed at image 1 of 3" in out and "2 of 3 images" in out
     np.testing.assert_array_equal(per_image("killed")["label"], whole["label"])
