@@ -320,11 +320,12 @@ def plot(rows: list[dict], path: Path, env: dict, n: int, model: str = "digits")
     ax.set_ylabel("held-out accuracy")
     where = sorted({f"{r['device']} ({r['backend']}, {r['dtype']})" for r in rows if "backend" in r}) or [env["device"]]
     dates = sorted({r.get("date", env["date"]) for r in rows})
-    ax.set_title(f"{model}, {n} held-out images — {'; '.join(where)}, {', '.join(dates)}", fontsize=9)
+    ax.set_title(f"{model}, {n} held-out images — {'; '.join(where)}, {', '.join(dates)}", fontsize=9, loc="left")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # "tight" grows the canvas to the legend beside the axes and to a long title, which would be cut off
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
 
 
