@@ -127,6 +127,18 @@ def _policy_options(a: argparse.Namespace) -> dict:
     )
 
 
+def _warn_unread_policy_options(a: argparse.Namespace) -> None:
+    """A typed option that the chosen policy does not read changes nothing: say so (a warning,
+    not an error, so that one command line can sweep --policy over a fixed set of options)."""
+    from .engine.policies import POLICY_OPTIONS
+
+    unread = [o for o in _policy_options(a) if o in getattr(a, "given", ()) and o not in POLICY_OPTIONS.get(a.policy, ())]
+    if unread:
+        owners = {o: next(p for p, opts in POLICY_OPTIONS.items() if o in opts) for o in unread}
+        names = ", ".join(f"--{o.replace('_', '-')} ({owners[o]})" for o in unread)
+        warnings.warn(f"--policy {a.policy} does not read {names}; they change nothing", DiffclsWarning, stacklevel=2)
+
+
 def _check_engine_args(a: argparse.Namespace):
     """Everything about the engine options that can be checked without the model; returns the saved noise (or None).
 
@@ -145,6 +157,7 @@ def _check_engine_args(a: argparse.Namespace):
 
         check_seed(a.seed)
         cfg = PolicyConfig(name=a.policy, **_policy_options(a))
+        _warn_unread_policy_options(a)
         try:
             cfg.validate(None)  # all but the bounds that need the model's T (checked when the classifier is made)
         except ValueError as e:
@@ -220,11 +233,11 @@ def _classifier(a: argparse.Namespace, noise=None):
     )
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, leave: bool = True):
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing when stderr is a pipe or file.
-    return tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr, dynamic_ncols=True, leave=leave)
 
 
 def cmd_classify(a: argparse.Namespace) -> int:
@@ -233,7 +246,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
 
         return classify_cli(a)
     from .engine import parse_class_list, read_prompts_csv
-    from .images import load_image
+    from .images import check_image_file
 
     # Fail fast: every argument and input file is checked before the model loads.
     if a.classes is not None and a.prompts is not None:
@@ -247,12 +260,14 @@ def cmd_classify(a: argparse.Namespace) -> int:
     else:
         classes = None
     for im in a.images:
-        load_image(im)
+        check_image_file(im)
     clf = _classifier(a, noise)
     spec = clf.class_spec(classes)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
-    results = clf.classify(a.images, spec)
+    # the bar goes when the run ends (leave=False): the results printed after it are the output
+    with _progress(len(a.images), "classify", leave=False) as bar:
+        results = clf.classify(a.images, spec, progress=bar)
     st = clf.last_stats
     for path, r in zip(a.images, results):
         if a.json:
@@ -329,6 +344,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
     if getattr(a, "task", "classify") != "swap" and a.shared_noise:
         raise UserError("--shared-noise is an option of --task swap (and of match); a classify eval draws each image's own noise")
+    if getattr(a, "task", "classify") == "swap":
+        if "policy" in a.given and a.policy != "exhaustive":
+            raise UserError("eval --task swap scores every caption at every grid point (no pruning), as match does; set the grid with --n-grid, not --policy")
+        a.policy = "exhaustive"  # what the swap eval runs: the noise file and option checks below must be about it
     noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
     if getattr(a, "task", "classify") == "swap":
         return cmd_eval_swap(a, noise)
@@ -375,20 +394,21 @@ def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_match(a: argparse.Namespace) -> int:
     from .engine.match import check_captions, format_matrix
-    from .images import load_image
+    from .images import check_image_file
 
     if a.captions is None:
-        raise UserError('match needs --captions, e.g. --captions "the digits one two" "the digits two one"')
+        raise UserError('match needs --captions, e.g. --model numbers --captions "the digits one two" "the digits two one"')
     captions = check_captions(a.captions)
     if a.policy != "exhaustive":
         raise UserError("match scores every caption at every grid point (no pruning); set the grid with --n-grid, not --policy")
     for im in a.images:  # fail fast, before loading the model
-        load_image(im)
+        check_image_file(im)
     noise = _check_engine_args(a)
     clf = _classifier(a, noise)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
-    res = clf.match(a.images, captions, n_grid=a.n_grid, shared_noise=a.shared_noise)
+    with _progress(len(a.images), "match", leave=False) as bar:
+        res = clf.match(a.images, captions, n_grid=a.n_grid, shared_noise=a.shared_noise, progress=bar)
     if a.json:
         print(json.dumps({"images": [str(p) for p in a.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}))
     else:

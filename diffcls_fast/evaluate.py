@@ -62,7 +62,8 @@ def _digest(obj: Any) -> str:
 def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, images: list) -> dict:
     """Everything that can change a number in an ``--out`` row, as a small JSON-able dict.
 
-    Model weights (the bundle's fingerprint), dtype, loss, the policy with all its options,
+    Model weights (the bundle's fingerprint), dtype, loss, the policy with its options (those
+    of other policies are recorded but ignored when rows are compared: :func:`same_settings`),
     seed, the saved noise (a hash of its values), the temperature, the classes and their
     prompts (content, not the CSV's path), and the data: every image id of the split
     (before --limit, so a longer run resumes a shorter one), its label and, for files, its
@@ -115,6 +116,20 @@ def _file_size(path: str | Path) -> int | None:
 
 def _config_key(settings: dict) -> str:
     return _digest(settings)
+
+
+def same_settings(old: Any, new: Any) -> bool:
+    """Whether two rows' settings give the same numbers: equal, but for the options of policies
+    other than the one that ran (``--n-grid`` under ``--policy ttest`` changes nothing)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+
+    def comparable(s: dict) -> dict:
+        from .engine.policies import used_options  # only when two configs differ
+
+        return {**s, "policy": used_options(s["policy"])} if isinstance(s.get("policy"), dict) else s
+
+    return comparable(old) == comparable(new)
 
 
 def _settings_diff(old: Any, new: dict) -> str:
@@ -219,7 +234,7 @@ class OutFile:
     def done(self, config: str, settings: dict) -> dict[str, dict]:
         """The rows already written, after checking each was computed with these settings."""
         for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
-            if row["config"] != config:
+            if row["config"] != config and not same_settings(row.get("settings"), settings):
                 why = _settings_diff(row.get("settings"), settings)
                 raise UserError(f"{self.path}:{lineno}: written with different settings ({why}); use another --out, or rerun with the same settings")
         return {k: row for k, (_, row) in self.rows.items()}

@@ -79,6 +79,20 @@ def load_image(path: str | Path) -> Image.Image:
         raise UserError(f"{p}: cannot decode image ({e})") from None
 
 
+def check_image_file(path: str | Path) -> None:
+    """Everything about an image file that can fail, without a model: :func:`load_image`
+    (the file) and :func:`to_standard_mode` (its mode and pixel range), so that a command can
+    refuse a file before the model loads rather than fail that image after.
+
+    RGB is checked: every mode that converts to RGB converts to L too.
+    """
+    img = load_image(path)
+    try:
+        to_standard_mode(img, 3)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
 def as_hw(resolution: int | Sequence[int]) -> tuple[int, int]:
     """A model resolution as (height, width): an int means a square."""
     if isinstance(resolution, int):

@@ -228,3 +228,39 @@ def test_export_refuses_options_its_format_ignores(run_cli):
 def test_eval_refuses_options_it_would_ignore(run_cli):
     one_line(run_cli("eval", *NO_MODEL, "--shared-noise"), "--shared-noise is an option of --task swap")
     one_line(run_cli("eval", *NO_MODEL, "--ray-max-restarts", "2"), "--ray-max-restarts needs --ray")
+
+
+def test_image_mode_and_range_are_checked_before_loading(run_cli, tmp_path):
+    """A file that decodes but cannot be preprocessed (a float image over 255, a mode I image
+    below 0) is refused like a missing one, not failed after the model has loaded."""
+    import numpy as np
+    from PIL import Image
+
+    hot = tmp_path / "hot.tif"
+    Image.fromarray(np.full((8, 8), 997.0, dtype=np.float32), "F").save(hot)
+    neg = tmp_path / "neg.tif"
+    Image.fromarray(np.full((8, 8), -5, dtype=np.int32), "I").save(neg)
+    one_line(run_cli("classify", IMG, str(hot), *NO_MODEL), "hot.tif: a float (mode F) image must hold values in [0, 1] or [0, 255]")
+    one_line(run_cli("classify", str(neg), *NO_MODEL), "neg.tif: a mode I image must hold values")
+    one_line(run_cli("match", IMG, str(hot), *NO_MODEL, "--captions", "zero", "one"), "hot.tif: a float (mode F)")
+
+
+def test_options_the_policy_does_not_read_are_named(run_cli):
+    r = run_cli("classify", IMG, *NO_MODEL, "--n-grid", "10", "--rounds", "1", "2", "--min-scores", "5")
+    warning, error = r.stderr.strip().splitlines()
+    assert warning == "diffcls-fast: warning: --policy ttest does not read --n-grid (exhaustive), --rounds (halving); they change nothing"
+    assert "/no/such/model" in error  # a warning, not a refusal: the run went on to load the model
+    assert "warning" not in run_cli("classify", IMG, *NO_MODEL, "--policy", "halving", "--rounds", "1", "2", "--keep", "3", "1").stderr
+
+
+def test_swap_eval_checks_its_own_policy(run_cli, tmp_path):
+    """eval --task swap runs exhaustive on --n-grid: the noise file is checked against that, and --policy is refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    p = tmp_path / "n.safetensors"
+    save_file({"noise": torch.randn(50, 1, 8, 16)}, str(p))
+    r = run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "50", "--noise-path", str(p))
+    assert "may use up to" not in r.stderr and "/no/such/model" in r.stderr, r.stderr
+    one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "51", "--noise-path", str(p)), "lower --n-grid to at most 50")
+    one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--policy", "ttest"), "set the grid with --n-grid, not --policy")

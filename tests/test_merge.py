@@ -153,3 +153,16 @@ def test_rows_without_a_place_and_bad_outputs(tmp_path):
     assert "no such folder" in _err(lambda: merge_parts(tmp_path / "nope" / "m.jsonl", parts))
     assert "hold no rows" in _err(lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "empty.jsonl", [])]))
     assert "not an eval row" in _err(lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "x.jsonl", [{"id": 1}])]))
+
+
+def test_other_policies_options_do_not_split_a_run(tmp_path):
+    """Shards run with another policy's option (--n-grid under ttest) are one run; the policy's own options are not."""
+    ttest = {"name": "ttest", "n_grid": 50, "min_scores": 20, "rounds": [2, 4, 12]}
+    base = {**SETTINGS, "policy": ttest}
+    parts = [
+        _write(tmp_path / "a.jsonl", [_row(0, 2, settings=base)]),
+        _write(tmp_path / "b.jsonl", [_row(1, 2, config="k2", settings={**base, "policy": {**ttest, "n_grid": 10, "rounds": [1, 2]}})]),
+    ]
+    assert merge_parts(tmp_path / "m.jsonl", parts)["images"] == 2
+    _write(parts[1], [_row(1, 2, config="k3", settings={**base, "policy": {**ttest, "min_scores": 10}})])
+    assert "written with different settings" in _err(lambda: merge_parts(tmp_path / "m2.jsonl", parts))

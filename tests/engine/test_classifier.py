@@ -129,3 +129,8 @@ def test_eval_resumes_and_never_duplicates(tmp_path, capsys):
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
     # different settings refuse to mix into the same file
     assert main(["eval", "--limit", "6", "--out", str(out), "--seed", "3"]) == 2
+    assert main(["eval", "--limit", "6", "--out", str(out), "--min-scores", "10"]) == 2
+    # ... but another policy's option changes no number: the rows are the ttest's, resumed
+    capsys.readouterr()
+    assert main(["eval", "--limit", "6", "--out", str(out), "--n-grid", "10", "--rounds", "1", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["resumed"] == 6

@@ -14,6 +14,13 @@ from .stages import StagedPolicy, exhaustive, stage_evaluations, stage_plan
 from .ttest import TTestPolicy, paired_t_pvalues
 
 POLICIES = ("exhaustive", "adaptive", "ttest", "halving")
+# The options each policy reads; the others are carried in a PolicyConfig but change nothing.
+POLICY_OPTIONS = {
+    "exhaustive": ("n_grid",),
+    "adaptive": ("n_samples", "to_keep"),
+    "ttest": ("min_scores", "max_scores", "cutoff_pval", "sides", "t_order"),
+    "halving": ("rounds", "keep", "t_band"),
+}
 TIMESTEP_ORDERS = ("random", "stratified")
 
 
@@ -79,6 +86,10 @@ class PolicyConfig:
         if isinstance(self.t_band, (str, bytes)) or not hasattr(self.t_band, "__len__") or not all(real(x) for x in self.t_band):
             raise ValueError(f"t_band must be two numbers, got {self.t_band!r}")
 
+    def used(self) -> dict:
+        """The policy's name and the options it reads: what decides its outcome."""
+        return used_options({"name": self.name, **{f: getattr(self, f) for f in POLICY_OPTIONS.get(self.name, ())}})
+
     def max_samples(self, T: int) -> tuple[int, str]:
         """The most samples (noise rows) an image may use under this policy, and the option that sets it."""
         if self.name == "exhaustive":
@@ -99,6 +110,13 @@ class PolicyConfig:
         return f"ttest(min={self.min_scores}, max={self.max_scores}, p<{self.cutoff_pval:g}, {self.sides}-sided, t={self.t_order})"
 
 
+def used_options(policy: dict) -> dict:
+    """A policy dict (``asdict(PolicyConfig)``, as an ``eval --out`` row records it) cut down to its
+    name and the options that policy reads. An unknown name keeps every option."""
+    keep = POLICY_OPTIONS.get(policy.get("name"))
+    return dict(policy) if keep is None else {k: v for k, v in policy.items() if k == "name" or k in keep}
+
+
 def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key: int, cost: np.ndarray | None = None) -> Policy:
     if cfg.name == "exhaustive":
         return exhaustive(n_classes, T, cfg.n_grid, cost)
@@ -114,6 +132,7 @@ def make_policy(cfg: PolicyConfig, n_classes: int, T: int, bank: NoiseBank, key:
 
 __all__ = [
     "POLICIES",
+    "POLICY_OPTIONS",
     "Failure",
     "HalvingPolicy",
     "Outcome",
@@ -127,4 +146,5 @@ __all__ = [
     "paired_t_pvalues",
     "stage_evaluations",
     "stage_plan",
+    "used_options",
 ]
