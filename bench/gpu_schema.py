@@ -133,6 +133,13 @@ def _r(x, nd=4):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), nd)
 
 
+def _sig(x, digits=4):
+    """``x`` rounded to ``digits`` significant figures (None for None or non-finite)."""
+    if x is None or not math.isfinite(float(x)) or float(x) == 0:
+        return _r(x)
+    return round(float(x), digits - 1 - math.floor(math.log10(abs(float(x)))))
+
+
 def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
     """The result file's content from the raw records (pure; also used on synthetic records by the tests)."""
     by = {}
@@ -143,9 +150,11 @@ def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
     mm_bf16 = ceil["matmul_bf16"]["value"] if "matmul_bf16" in ceil else None
     peak, peak_src = spec_peak(meta.get("device", ""))
     ceilings = {
-        "copy_GBps": _r(copy_gbs, 1),
-        "matmul_bf16_tflops": _r(mm_bf16, 1),
-        "matmul_fp16_tflops": _r(ceil["matmul_fp16"]["value"], 1) if "matmul_fp16" in ceil else None,
+        # 4 significant figures, not 1 decimal: a CPU's bf16 matmul (the --quick smoke run, a loaded
+        # machine) can be under 0.05 TFLOP/s, which one decimal rounded to 0
+        "copy_GBps": _sig(copy_gbs),
+        "matmul_bf16_tflops": _sig(mm_bf16),
+        "matmul_fp16_tflops": _sig(ceil["matmul_fp16"]["value"]) if "matmul_fp16" in ceil else None,
         "spec_bf16_tflops": peak,
         "spec_source": peak_src,
         "details": {k: v["detail"] for k, v in ceil.items()},

@@ -253,7 +253,9 @@ def cmd_classify(a: argparse.Namespace) -> int:
         raise UserError("give --classes or --prompts, not both")
     noise = _check_engine_args(a)
     if a.prompts:
-        classes = read_prompts_csv(a.prompts)
+        from .engine.classifier import check_scheduler_args
+
+        classes = read_prompts_csv(a.prompts).check_fits(max(check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)))
     elif a.classes is not None:
         parse_class_list(a.classes)  # the names' checks; the model's prompt template is applied later
         classes = a.classes

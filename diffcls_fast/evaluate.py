@@ -284,7 +284,7 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
     if getattr(a, "prompts", None):
         from .engine import read_prompts_csv
 
-        spec = read_prompts_csv(a.prompts)
+        spec = read_prompts_csv(a.prompts).check_fits(a.batch_size)
         if sorted(spec.names) != sorted(class_names):
             raise UserError(f"{a.prompts}: its class names {spec.names[:5]}... do not match the data's classes {class_names[:5]}...")
         order = {n: i for i, n in enumerate(spec.names)}

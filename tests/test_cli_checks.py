@@ -264,3 +264,9 @@ def test_swap_eval_checks_its_own_policy(run_cli, tmp_path):
     assert "may use up to" not in r.stderr and "/no/such/model" in r.stderr, r.stderr
     one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "51", "--noise-path", str(p)), "lower --n-grid to at most 50")
     one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--policy", "ttest"), "set the grid with --n-grid, not --policy")
+
+
+def test_an_ensemble_larger_than_the_batch_is_refused_before_loading(run_cli, tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("classidx,prompt,classname\n0,a zero,zero\n0,the digit 0,zero\n0,zero,zero\n1,a seven,seven\n")
+    one_line(run_cli("classify", IMG, *NO_MODEL, "--prompts", str(csv), "--batch-size", "2"), "class 'zero' has 3 prompts, more than the largest denoiser batch (2 rows)")

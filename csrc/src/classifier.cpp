@@ -207,10 +207,11 @@ struct Classifier::Impl {
     if (ok.empty()) {
       r.probabilities[label] = 1.0;
     } else {
+      // distances from the lowest mean, then the temperature (as results.py): no inf - inf for a tiny T
+      double mmin = means[ok[0]];
+      for (size_t c : ok) mmin = std::min(mmin, means[c]);
       std::vector<double> z(ok.size());
-      for (size_t k = 0; k < ok.size(); ++k) z[k] = -means[ok[k]] / temperature;
-      double zmax = *std::max_element(z.begin(), z.end());
-      for (double& v : z) v = std::exp(v - zmax);
+      for (size_t k = 0; k < ok.size(); ++k) z[k] = std::exp(-(means[ok[k]] - mmin) / temperature);
       double sum = detail::numpy_pairwise_sum(z.data(), z.size());
       for (size_t k = 0; k < ok.size(); ++k) r.probabilities[ok[k]] = z[k] / sum;
     }

@@ -109,7 +109,7 @@ class DiffusionClassifier:
             raise UserError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.loss = loss
         self._temperature_arg, self._floor_arg = temperature, posterior_floor
-        self.temperature, self.posterior_floor = _posterior_params(model, self.policy_cfg.name, temperature, posterior_floor)
+        self.temperature, self.posterior_floor = _posterior_params(model, self.policy_cfg.name, loss, temperature, posterior_floor)
         if speculate == "auto":
             # Rows of a batch cost little next to the call itself until the batch is large (GPU, and
             # small models on CPU): with too few images in flight, scoring ahead beats tiny batches.
@@ -153,12 +153,15 @@ class DiffusionClassifier:
             view._temperature_arg, view._floor_arg = temperature, posterior_floor
         elif posterior_floor is not None:
             view._floor_arg = posterior_floor
-        view.temperature, view.posterior_floor = _posterior_params(self.model, view.policy_cfg.name, view._temperature_arg, view._floor_arg)
+        view.temperature, view.posterior_floor = _posterior_params(self.model, view.policy_cfg.name, view.loss, view._temperature_arg, view._floor_arg)
         view.last_stats = RunStats()
         return view
 
     # -- classes ------------------------------------------------------------------------
     def class_spec(self, classes: ClassSpec | Sequence[str] | str | None) -> ClassSpec:
+        return self._class_spec(classes).check_fits(max(self.buckets))
+
+    def _class_spec(self, classes: ClassSpec | Sequence[str] | str | None) -> ClassSpec:
         m = self.model
         if classes is None:
             if not m.class_names:
@@ -402,10 +405,20 @@ def _check_noise_rows(bank: NoiseBank, cfg: PolicyConfig, T: int) -> None:
         check_noise_rows(bank.saved.shape[0], cfg, T)
 
 
-def _posterior_params(model: ModelBundle, policy: str, temperature: Any, floor: Any) -> tuple[float, float]:
-    """(temperature, floor): explicit values win; else the model's calibration for the policy
-    (fitted on its train split). An explicit temperature without a floor means floor 0."""
-    cal = model_calibration(model, policy)
+def _posterior_params(model: ModelBundle, policy: str, loss: str, temperature: Any, floor: Any) -> tuple[float, float]:
+    """(temperature, floor): explicit values win; else the model's calibration for the policy and
+    loss (fitted on its train split). An explicit temperature without a floor means floor 0."""
+    cal = model_calibration(model, policy, loss)
+    fitted = (getattr(model, "calibration", None) or {}).get(policy)
+    if temperature is None and fitted and fitted.get("loss", "l2") != loss:
+        # The scale of a mean error depends on the loss (x0's is ~40x smaller than l2's): another
+        # loss's temperature would give confident nonsense, so the default is used, and said.
+        warnings.warn(
+            f"the {model.name} model's calibration for {policy} was fitted with loss {fitted.get('loss', 'l2')}; with loss {loss} "
+            f"the posteriors are uncalibrated (temperature {DEFAULT_TEMPERATURE:g}, no floor): pass a temperature, or fit one (scripts/fit_calibration.py)",
+            DiffclsWarning,
+            stacklevel=3,
+        )
     t = check_temperature(temperature if temperature is not None else cal["temperature"])
     f = check_floor(floor if floor is not None else (cal["floor"] if temperature is None else 0.0))
     return t, f
@@ -414,10 +427,11 @@ def _posterior_params(model: ModelBundle, policy: str, temperature: Any, floor: 
 DEFAULT_TEMPERATURE = 1e-2  # for a model that ships no calibration for the policy
 
 
-def model_calibration(model: ModelBundle, policy: str) -> dict:
-    """The posterior's temperature and floor: the model's calibration for ``policy`` if it ships one."""
+def model_calibration(model: ModelBundle, policy: str, loss: str = "l2") -> dict:
+    """The posterior's temperature and floor: the model's calibration for ``policy`` if it ships one
+    fitted with ``loss`` (an entry that names no loss was fitted with the default, l2)."""
     cal = (getattr(model, "calibration", None) or {}).get(policy)
-    if cal:
+    if cal and cal.get("loss", "l2") == loss:
         return {"temperature": float(cal["temperature"]), "floor": float(cal.get("floor", 0.0))}
     return {"temperature": DEFAULT_TEMPERATURE, "floor": 0.0}
 

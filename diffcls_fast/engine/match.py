@@ -20,15 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import UserError
-from .classifier import DiffusionClassifier, ImageLike
+from .classifier import DiffusionClassifier, ImageLike, _image_stream
 from .noise import NoiseBank
 from .policies import PolicyConfig
 from .policies.stages import StagedPolicy
@@ -267,9 +265,8 @@ def match(
 
 
 def _as_list(images: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
-    if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() == 3):
-        return [images]
-    return list(images)
+    # classify's rule, so that one image is one image to both (a 3-D array is an image, not its rows)
+    return list(_image_stream(images))
 
 
 def format_matrix(result: MatchResult, image_names: Sequence[str]) -> list[str]:

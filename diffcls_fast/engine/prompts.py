@@ -36,10 +36,25 @@ class ClassSpec:
             raise UserError(f"ClassSpec has {len(self.names)} names but {len(self.class_prompts)} class_prompts entries")
         for c, ids in enumerate(self.class_prompts):
             ids = np.asarray(ids)
+            if ids.ndim != 1:
+                raise UserError(f"class_prompts[{c}] must be a 1-D list of prompt ids, got shape {list(ids.shape)}")
             if ids.size == 0:
                 raise UserError(f"class {self.names[c]!r} has no prompt (class_prompts[{c}] is empty)")
             if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self.prompts):
                 raise UserError(f"class_prompts[{c}] must index ClassSpec.prompts (0..{len(self.prompts) - 1}), got {ids.tolist()}")
+        return self
+
+    def check_fits(self, max_batch: int) -> ClassSpec:
+        """Every prompt of a class is scored in one denoiser batch (the class's error at a sample
+        is the mean over its prompts): a class with more prompts than the largest batch could
+        never be scheduled. Refused up front, naming the class and the batch size to ask for."""
+        sizes = [len(np.asarray(ids)) for ids in self.class_prompts]
+        worst = int(np.argmax(sizes)) if sizes else 0
+        if sizes and sizes[worst] > max_batch:
+            raise UserError(
+                f"class {self.names[worst]!r} has {sizes[worst]} prompts, more than the largest denoiser batch ({max_batch} rows); "
+                f"all of a class's prompts are scored in one batch: raise the batch size (--batch-size) to at least {sizes[worst]}, or use fewer prompts"
+            )
         return self
 
     @classmethod

@@ -36,8 +36,10 @@ def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, tempera
     if not ok.any():
         p[label] = 1.0
     else:
-        z = -mean_errors[ok] / temperature
-        z = np.exp(z - z.max())
+        # distances from the lowest mean first, then the temperature: -mean / T overflows to -inf
+        # for a tiny T (1e-310), and -inf - (-inf) would make every probability NaN
+        m = mean_errors[ok]
+        z = np.exp(-(m - m.min()) / temperature)
         p[ok] = z / z.sum()
     return (1.0 - floor) * p + floor / len(p) if floor else p
 
@@ -66,6 +68,8 @@ class ClassificationResult:
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"top(k): k must be an integer >= 0, got {k!r}")
         if self.error is not None:  # a failed image has no ranking
             return []
         mean = np.nan_to_num(self.mean_errors, nan=np.inf)

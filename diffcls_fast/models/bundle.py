@@ -47,7 +47,8 @@ class ModelBundle:
     unknown_words: Callable[[Sequence[str]], list[tuple[int, str]]] | None = None
     unk_token: str | None = None
     # Posterior calibration fitted on the model's train split, per policy name:
-    # {"halving": {"temperature": T, "floor": alpha, ...}} (see engine/calibration.py). Empty: none shipped.
+    # {"halving": {"temperature": T, "floor": alpha, "loss": "l2", ...}} (see engine/calibration.py); it applies
+    # only to runs with the loss it was fitted with (no "loss": l2). Empty: none shipped.
     calibration: dict = field(default_factory=dict)
 
     @property

@@ -256,6 +256,8 @@ def _calibration(cal: object, folder: Path) -> dict:
         t, a = (c.get("temperature"), c.get("floor", 0.0)) if isinstance(c, dict) else (None, None)
         if not (isinstance(t, (int, float)) and t > 0 and isinstance(a, (int, float)) and 0 <= a < 1):
             raise UserError(f"{folder}/diffcls.json: calibration[{policy!r}] needs a temperature > 0 and a floor in [0, 1), got {c!r}")
+        if c.get("loss", "l2") not in ("l2", "l1", "huber", "x0"):
+            raise UserError(f"{folder}/diffcls.json: calibration[{policy!r}] has loss {c['loss']!r}; it must be l2, l1, huber or x0 (the loss it was fitted with)")
     return cal
 
 

@@ -178,6 +178,18 @@ def test_identical_prompt_ensembles_are_refused_but_overlapping_ones_are_not(mod
     assert DiffusionClassifier(model, **FAST).classify([pil[0]], overlap)[0].ok
 
 
+def test_an_ensemble_larger_than_the_batch_is_refused_not_stalled(model, pil):
+    """A class is scored with all its prompts in one batch: 3 prompts at batch size 2 could never run
+    (every policy stalled and failed the image as an internal bug). Now a UserError before scoring."""
+    spec = ClassSpec(["zero", "seven"], ["the number 0", "a handwritten digit zero", "the digit zero", "the number 7"], [np.array([0, 1, 2]), np.array([3])])
+    for policy in ("ttest", "halving", "exhaustive", "adaptive"):
+        with pytest.raises(UserError, match=r"class 'zero' has 3 prompts, more than the largest denoiser batch \(2 rows\).*at least 3"):
+            DiffusionClassifier(model, policy, use_cache=False, batch_size=2).classify([pil[0]], spec)
+    assert DiffusionClassifier(model, "exhaustive", use_cache=False, batch_size=3, n_grid=4).classify([pil[0]], spec)[0].ok
+    with pytest.raises(UserError, match="must be a 1-D list of prompt ids"):
+        ClassSpec(["zero", "seven"], spec.prompts, [np.array([[0, 1]]), np.array([3])]).validate()
+
+
 def test_unknown_words_warn_once_naming_them(model, pil):
     with pytest.warns(DiffclsWarning, match=r"does not know 'cat' \(class 'cat'\) and encodes it as \[UNK\]"):
         r = DiffusionClassifier(model, **FAST).classify([pil[0]], ["cat", "zero", "one"])[0]

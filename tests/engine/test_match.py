@@ -97,6 +97,15 @@ def test_one_caption_and_one_image(clf, pil):
     np.testing.assert_allclose(res.errors[0, 0], clf.match(pil[0], [CAPS[1], CAPS[2]]).errors[0, 0], rtol=1e-6)
 
 
+def test_one_array_image_is_one_image_as_in_classify(clf, pil):
+    """A single HWC / HW array or CHW tensor is one image to match, as to classify (not one image per row)."""
+    hw = np.asarray(pil[0])
+    want = clf.match(pil[0], CAPS[:2]).errors
+    for one in (hw, np.repeat(hw[:, :, None], 3, axis=2)):
+        np.testing.assert_allclose(clf.match(one, CAPS[:2]).errors, want, rtol=1e-6)
+    assert clf.match([hw, hw], CAPS[:2]).errors.shape == (2, 2)
+
+
 def test_shared_noise_across_images(clf, pil):
     per_image = clf.match(pil[:2], CAPS[:2])
     shared = clf.match(pil[:2], CAPS[:2], shared_noise=True)

@@ -106,3 +106,13 @@ BAD_STAGES = [
 def test_bad_adaptive_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         PolicyConfig(name="adaptive", **bad).validate(1000)
+
+
+def test_policy_options_as_numpy_arrays_or_tuples_are_plain_lists_after_validation():
+    """np.array([5, 20]) is as good a list option as [5, 20] (it used to fail on `not n_samples`)."""
+    cfg = PolicyConfig("adaptive", n_samples=np.array([5, 20]), to_keep=(2, 1), n_grid=np.int64(10), t_band=np.array([0.1, 0.5]))
+    cfg.validate(1000)
+    assert cfg.n_samples == [5, 20] and cfg.to_keep == [2, 1] and cfg.t_band == [0.1, 0.5] and type(cfg.n_grid) is int
+    halving = PolicyConfig("halving", rounds=np.array([2, 4, 12]), keep=np.array([10, 3, 1]))
+    halving.validate(1000)
+    assert halving.describe() == "halving(rounds=[2, 4, 12], keep=[10, 3, 1], t_band=[0.15, 0.6])"

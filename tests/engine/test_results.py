@@ -84,3 +84,15 @@ def test_label_is_the_posterior_top_class_on_out_of_distribution_images():
         clf = DiffusionClassifier(model, policy, use_cache=False, **opts)
         for r in clf.classify(images, ["zero", "three", "five", "eight", "nine"]):
             _check(r)
+
+
+def test_posterior_stays_finite_at_extreme_temperatures():
+    """-mean / T overflowed to -inf at T = 1e-310 and every probability became NaN."""
+    from diffcls_fast.engine.results import posterior
+
+    means, n = np.array([0.31, 0.30, 0.5]), np.array([4, 4, 4])
+    for t in (1e-310, 5e-324, 1e-3, 1e300):
+        p = posterior(means, n, 1, t, 0.0)
+        assert np.isfinite(p).all() and abs(p.sum() - 1) < 1e-12 and p[1] == p.max()
+    np.testing.assert_allclose(posterior(means, n, 1, 1e-310, 0.0), [0, 1, 0])
+    np.testing.assert_allclose(posterior(means, n, 1, 0.01, 0.0), np.exp(-means / 0.01) / np.exp(-means / 0.01).sum())

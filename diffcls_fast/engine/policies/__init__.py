@@ -85,6 +85,14 @@ class PolicyConfig:
             raise ValueError(f"cutoff_pval must be a number, got {self.cutoff_pval!r}")
         if isinstance(self.t_band, (str, bytes)) or not hasattr(self.t_band, "__len__") or not all(real(x) for x in self.t_band):
             raise ValueError(f"t_band must be two numbers, got {self.t_band!r}")
+        # Plain Python lists from here on: a numpy array or a tuple is as good an input, but `not arr`
+        # and `==` mean other things for arrays, and settings (eval --out) are JSON.
+        for f in ("n_samples", "to_keep", "rounds", "keep"):
+            setattr(self, f, [int(x) for x in getattr(self, f)])
+        self.t_band = [float(x) for x in self.t_band]
+        for f in ("n_grid", "min_scores", "max_scores", "sides"):
+            setattr(self, f, int(getattr(self, f)))
+        self.cutoff_pval = float(self.cutoff_pval)
 
     def used(self) -> dict:
         """The policy's name and the options it reads: what decides its outcome."""
