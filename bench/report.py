@@ -17,6 +17,16 @@ def _latest(prefix: str) -> dict | None:
     return json.loads(files[-1].read_text()) | {"_file": files[-1].name} if files else None
 
 
+def _calibration_rows(model: str) -> list[tuple[dict, str]]:
+    """(row, file) for each policy, from the newest calibration file that fitted it: a later
+    fit of one policy (fit_calibration.py --policies adaptive) does not hide the others'."""
+    newest: dict[str, tuple[dict, str]] = {}
+    for f in sorted((ROOT / "bench" / "results").glob(f"calibration_{model}_*.json")):  # dated names: oldest first
+        for r in json.loads(f.read_text())["results"]:
+            newest[r["policy"]] = (r, f.name)
+    return list(newest.values())
+
+
 def _not_measured(model: str, rows: list[dict]) -> list[str]:
     """Configurations of bench.accuracy_vs_evals for ``model`` that the result has no row for."""
     from bench.accuracy_vs_evals import CONFIGS
@@ -97,20 +107,23 @@ def _render_rest(out: list[str]) -> str:
             "",
         ]
     for model in ("digits", "numbers"):
-        cal = _latest(f"calibration_{model}")
-        if not cal:
+        rows = _calibration_rows(model)
+        if not rows:
             continue
+        files = sorted({f for _, f in rows})
+        devices = sorted({d["device"] for d in (json.loads((ROOT / "bench" / "results" / f).read_text()) for f in files)})
+        links = ", ".join(f"[{f.removesuffix('.json').rsplit('_', 1)[-1]}](bench/results/{f})" for f in files)
         out += [
-            f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL on held-out images, "
-            f"{cal['device']}, {cal['date']} ([json](bench/results/{cal['_file']})):",
+            f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL on held-out images, {'; '.join(devices)} (json: {links}):",
             "",
-            "| policy | held-out images | accuracy | T | floor | ECE before | ECE after | NLL before | NLL after |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| policy | held-out images | accuracy | T | floor | ECE before | ECE after | NLL before | NLL after | fitted |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
             f"| {r['heldout']['policy']} | {r['heldout']['images']} | {r['heldout_after']['accuracy']:.4f} | {r['temperature']:.3g} | {r['floor']:.3g} | "
-            f"{r['heldout_before']['ece']:.4f} | **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} | **{r['heldout_after']['nll']:.4f}** |"
-            for r in cal["results"]
+            f"{r['heldout_before']['ece']:.4f} | **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} | **{r['heldout_after']['nll']:.4f}** | "
+            f"{f.removesuffix('.json').rsplit('_', 1)[-1]} |"
+            for r, f in rows
         ]
         out.append("")
     thr = _latest("throughput_digits")
