@@ -499,9 +499,11 @@ Result Classifier::classify(const at::Tensor& pixels) {
     x0 = x0.clamp(-1.0, 1.0);
   }
   x0 = x0.contiguous();
-  // engine/noise.py image_key: the first 8 bytes of sha256(float32 pixels), little-endian, >> 1.
+  // engine/noise.py image_key: the first 8 bytes of sha256(float32 pixels + 0.0), little-endian, >> 1
+  // (+ 0.0 turns -0.0 into 0.0: equal values, equal key).
   uint8_t digest[32];
-  detail::sha256(x0.data_ptr<float>(), sizeof(float) * static_cast<size_t>(x0.numel()), digest);
+  torch::Tensor keyed = (x0 + 0.0).contiguous();
+  detail::sha256(keyed.data_ptr<float>(), sizeof(float) * static_cast<size_t>(keyed.numel()), digest);
   uint64_t key = 0;
   for (int k = 7; k >= 0; --k) key = (key << 8) | digest[k];
   key >>= 1;

@@ -25,8 +25,11 @@ _NOISE, _UNIFORM = 0, 1  # independent streams
 
 
 def image_key(x0: torch.Tensor) -> int:
-    """A 63-bit key from a tensor's float32 bytes (the engine passes the preprocessed input pixels)."""
-    data = x0.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    """A 63-bit key from a tensor's float32 bytes (the engine passes the preprocessed input pixels).
+
+    ``+ 0.0`` turns -0.0 into 0.0 (IEEE: -0 + 0 = +0): the same pixel values give the same key,
+    and so the same noise and timesteps, whichever arithmetic produced them."""
+    data = (x0.detach().to("cpu", torch.float32) + 0.0).contiguous().numpy().tobytes()
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffcls_fast.engine.noise import NoiseBank, check_seed
+from diffcls_fast.engine.noise import NoiseBank, check_seed, image_key
 from diffcls_fast.errors import UserError
 
 KEY = 0x5DEECE66DABCDEF  # a 63-bit image key with both 32-bit halves non-zero
@@ -39,3 +39,12 @@ def test_numpy_integers_are_seeds():
 def test_bad_seeds_are_user_errors(bad):
     with pytest.raises(UserError, match="seed must be a non-negative integer"):
         NoiseBank((1,), bad)
+
+
+def test_the_image_key_depends_on_pixel_values_not_the_sign_of_zero():
+    """-0.0 and 0.0 are the same pixel: the same key, so the same noise and timesteps."""
+    x = torch.tensor([[[0.0, 0.5], [-1.0, 0.25]]])
+    neg = x.clone()
+    neg[0, 0, 0] = -0.0
+    assert torch.signbit(neg[0, 0, 0]) and image_key(neg) == image_key(x)
+    assert image_key(x) != image_key(x + 1e-7)  # any other value is another image
