@@ -8,29 +8,49 @@ A prompt for such a model is a class name or an id.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..images import as_hw
 from .bundle import ModelBundle
 from .fingerprint import fingerprint_paths
-from .loader import DIFFUSERS_KW, _need, _scheduler_config, alphas_cumprod_from_config, make_image_encoder, make_unet_denoiser, quiet_loading, raw_network_call
+from .loader import (
+    _need,
+    _read_json,
+    _resolution,
+    _scheduler_config,
+    alphas_cumprod_from_config,
+    check_pixel_channels,
+    check_vae_folder,
+    load_weights,
+    make_image_encoder,
+    make_unet_denoiser,
+    quiet_loading,
+    raw_network_call,
+    vae_resolution,
+)
 
 
 def class_names_of(folder: Path, n_classes: int) -> list[str]:
     txt = folder / "classes.txt"
     if txt.is_file():
-        names = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = txt.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8, one class name per line") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if len(names) != n_classes:
             raise UserError(f"{txt}: {len(names)} names for a model with {n_classes} classes")
         return names
     idx = folder / "model_index.json"
     if idx.is_file():
-        id2label = json.loads(idx.read_text()).get("id2label")
+        id2label = _read_json(idx).get("id2label")
         if isinstance(id2label, dict) and len(id2label) == n_classes:
+            if set(id2label) != {str(i) for i in range(n_classes)}:
+                raise UserError(f'{idx}: id2label\'s keys must be the class ids "0" .. "{n_classes - 1}"')
             # DiT's labels may hold synonyms ("tench, Tinca tinca"): keep the first.
             return [str(id2label[str(i)]).split(",")[0].strip() for i in range(n_classes)]
     return [str(i) for i in range(n_classes)]
@@ -57,39 +77,39 @@ def make_class_encoder(names: list[str], device: torch.device):
 
 def load_class_conditional(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     sched_cfg = _scheduler_config(folder)
-    has_vae = (folder / "vae").is_dir()
+    has_vae = check_vae_folder(folder)
+    kw = {"low_cpu_mem_usage": False, "torch_dtype": dtype}
     with quiet_loading():
-        try:
-            if (folder / "transformer").is_dir():
-                from diffusers import DiTTransformer2DModel
+        if (folder / "transformer").is_dir():
+            from diffusers import DiTTransformer2DModel
 
-                net_dir = _need(folder, "transformer", "the DiT denoiser")
-                net = DiTTransformer2DModel.from_pretrained(net_dir, **DIFFUSERS_KW, torch_dtype=dtype)
-                n_classes, family = int(net.config.num_embeds_ada_norm), "dit"
-                latent_ch, latent_hw = int(net.config.in_channels), int(net.config.sample_size)
-            else:
-                from diffusers import UNet2DModel
+            net_dir = _need(folder, "transformer", "the DiT denoiser")
+            net = load_weights(DiTTransformer2DModel, net_dir, "the DiT denoiser", **kw)
+            n_classes, family = int(net.config.num_embeds_ada_norm), "dit"
+        else:
+            from diffusers import UNet2DModel
 
-                net_dir = _need(folder, "unet", "the denoiser")
-                net = UNet2DModel.from_pretrained(net_dir, **DIFFUSERS_KW, torch_dtype=dtype)
-                if not net.config.num_class_embeds:
-                    raise UserError(f"{net_dir}: a UNet2DModel without class embeddings (num_class_embeds) cannot classify")
-                n_classes, family = int(net.config.num_class_embeds), "class-unet"
-                latent_ch, latent_hw = int(net.config.in_channels), int(net.config.sample_size)
-            vae = None
-            if has_vae:
-                from diffusers import AutoencoderKL
+            net_dir = _need(folder, "unet", "the denoiser")
+            net = load_weights(UNet2DModel, net_dir, "the denoiser", **kw)
+            if not net.config.num_class_embeds:
+                raise UserError(f"{net_dir}: a UNet2DModel without class embeddings (num_class_embeds) cannot classify")
+            n_classes, family = int(net.config.num_class_embeds), "class-unet"
+        latent_ch, latent_hw = int(net.config.in_channels), as_hw(_resolution(net.config.sample_size))
+        vae = None
+        if has_vae:
+            from diffusers import AutoencoderKL
 
-                vae = AutoencoderKL.from_pretrained(_need(folder, "vae", "the autoencoder"), **DIFFUSERS_KW, torch_dtype=dtype)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"{folder}: cannot load model ({str(e).splitlines()[0]})") from None
+            vae = load_weights(AutoencoderKL, _need(folder, "vae", "the autoencoder"), "the autoencoder", **kw)
     net.to(device).eval().requires_grad_(False)
     if vae is not None:
         vae.to(device).eval().requires_grad_(False)
-        resolution = latent_hw * 2 ** (len(vae.config.block_out_channels) - 1)
+        resolution = vae_resolution(vae, latent_hw)
         channels = int(vae.config.in_channels)
+        if int(vae.config.latent_channels) != latent_ch:
+            raise UserError(f"{folder}: vae has {vae.config.latent_channels} latent channels but the denoiser expects {latent_ch}")
     else:
-        resolution, channels = latent_hw, latent_ch
+        check_pixel_channels(folder, latent_ch)
+        resolution, channels = (latent_hw[0] if latent_hw[0] == latent_hw[1] else latent_hw), latent_ch
     names = class_names_of(folder, n_classes)
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
@@ -101,7 +121,7 @@ def load_class_conditional(folder: Path, *, name: str, device: torch.device, dty
     return ModelBundle(
         name=name,
         cond_kind="class",
-        latent_shape=(latent_ch, latent_hw, latent_hw),
+        latent_shape=(latent_ch, *latent_hw),
         image_resolution=resolution,
         image_channels=channels,
         alphas_cumprod=acp,

@@ -9,12 +9,28 @@ from pathlib import Path
 from ..errors import UserError
 
 
-def _unet_class(folder: Path) -> str:
-    cfg = folder / "unet" / "config.json"
+def _config(folder: Path, sub: str) -> dict:
+    cfg = folder / sub / "config.json"
     try:
-        return json.loads(cfg.read_text()).get("_class_name", "")
+        d = json.loads(cfg.read_text())
+        return d if isinstance(d, dict) else {}
     except (OSError, json.JSONDecodeError):
-        return ""
+        return {}
+
+
+def _unet_class(folder: Path) -> str:
+    return _config(folder, "unet").get("_class_name", "")
+
+
+def _check_dit(folder: Path) -> None:
+    """transformer/ is a DiT only if its config says so: an SD3/Flux/PixArt transformer loaded as
+    a DiT would run with half its weights missing."""
+    cfg = _config(folder, "transformer")
+    cls = cfg.get("_class_name", "")
+    if cls == "DiTTransformer2DModel" or (cls == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_zero" and cfg.get("num_embeds_ada_norm")):
+        return
+    what = f"{cls} (norm_type {cfg.get('norm_type')!r})" if cls == "Transformer2DModel" else (cls or "an unreadable config")
+    raise UserError(f"{folder}/transformer: {what} is not a class-conditional DiT; transformer/ folders are supported for DiT only")
 
 
 def detect_family(folder: Path) -> Callable:
@@ -23,6 +39,7 @@ def detect_family(folder: Path) -> Callable:
     if (folder / "transformer").is_dir():
         from .class_conditional import load_class_conditional
 
+        _check_dit(folder)
         return load_class_conditional
     if (folder / "unet").is_dir() and _unet_class(folder) == "UNet2DModel":
         from .class_conditional import load_class_conditional

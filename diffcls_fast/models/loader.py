@@ -28,8 +28,6 @@ from .bundle import ModelBundle
 from .fingerprint import fingerprint_paths
 
 BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers")}
-# Local files only, safetensors only; low_cpu_mem_usage=False avoids needing `accelerate`.
-DIFFUSERS_KW = {"use_safetensors": True, "local_files_only": True, "low_cpu_mem_usage": False}
 
 
 @contextmanager
@@ -42,8 +40,9 @@ def quiet_loading():
     tv, dv = tlog.get_verbosity(), dlog.get_verbosity()
     tlog.disable_progress_bar()
     dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    dlog.set_verbosity_error()
+    # critical: failures become one UserError (load_weights), not a log line before it
+    tlog.set_verbosity(tlog.CRITICAL)
+    dlog.set_verbosity(dlog.CRITICAL)
     try:
         yield
     finally:
@@ -67,6 +66,39 @@ def _need(folder: Path, sub: str, what: str) -> Path:
                 raise UserError(f"{p}: only pickled weights (.bin/.ckpt) found; diffcls-fast loads safetensors only (convert with save_pretrained(safe_serialization=True))")
             raise UserError(f"{p}: no .safetensors weights found")
     return p
+
+
+def _variant(p: Path) -> str | None:
+    """ "fp16" for a folder that holds only ``*.fp16.safetensors`` weights (a ``variant="fp16"`` download)."""
+    files = [f.name for f in p.glob("*.safetensors")]
+    return "fp16" if files and all(".fp16." in f for f in files) else None
+
+
+def load_weights(cls, path: Path, what: str, **kw):
+    """``cls.from_pretrained(path)`` for a diffusers or transformers model, local safetensors only,
+    refusing what the libraries only log: weights the config expects but the file lacks
+    (``missing_keys``: they would be left random) or holds at another shape. Any failure is
+    one UserError naming the component."""
+    # local files only, safetensors only (diffusers callers add low_cpu_mem_usage=False: no `accelerate` needed)
+    kw = {"use_safetensors": True, "local_files_only": True, **kw}
+    variant = _variant(path)
+    if variant:
+        kw["variant"] = variant
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kw)
+    except UserError:
+        raise
+    except Exception as e:  # OSError, ValueError, safetensors' SafetensorError, RuntimeError (state dict), ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])  # the line that names a tensor
+        raise UserError(f"{path}: cannot load {what} ({detail})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or []]
+    if missing:
+        raise UserError(f"{path}: the weights lack {len(missing)} tensor(s) its config.json asks for (e.g. {missing[0]}); config and weights do not match")
+    if mismatched:
+        raise UserError(f"{path}: {len(mismatched)} tensor(s) have another shape than config.json says (e.g. {mismatched[0]}); config and weights do not match")
+    return model
 
 
 def _resolution(value) -> int | tuple[int, int]:
@@ -171,16 +203,17 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     te_dir = _need(folder, "text_encoder", "the text encoder")
     tok_dir = _need(folder, "tokenizer", "the tokenizer")
     sched_cfg = _scheduler_config(folder)
-    has_vae = (folder / "vae").is_dir()
+    has_vae = check_vae_folder(folder)
     vae_dir = _need(folder, "vae", "the autoencoder") if has_vae else None
 
     with quiet_loading():
+        unet = load_weights(UNet2DConditionModel, unet_dir, "the denoiser", low_cpu_mem_usage=False, torch_dtype=dtype)
+        text_encoder = load_weights(CLIPTextModel, te_dir, "the text encoder", torch_dtype=dtype)
         try:
-            unet = UNet2DConditionModel.from_pretrained(unet_dir, **DIFFUSERS_KW, torch_dtype=dtype)
-            text_encoder = CLIPTextModel.from_pretrained(te_dir, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"{folder}: cannot load model ({str(e).splitlines()[0]})") from None
+        except Exception as e:  # a broken tokenizer folder: OSError, ValueError, JSON errors, ...
+            raise UserError(f"{tok_dir}: cannot load the tokenizer ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    check_text_conditioning(folder, unet.config, text_encoder.config, len(tokenizer))
     unet.to(device).eval().requires_grad_(False)
     text_encoder.to(device).eval().requires_grad_(False)
     meta = _read_json(folder / "diffcls.json") if (folder / "diffcls.json").is_file() else {}
@@ -190,20 +223,21 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         from diffusers import AutoencoderKL
 
         with quiet_loading():
-            vae = AutoencoderKL.from_pretrained(vae_dir, **DIFFUSERS_KW, torch_dtype=dtype)
+            vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", low_cpu_mem_usage=False, torch_dtype=dtype)
         vae.to(device).eval().requires_grad_(False)
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = int(unet.config.sample_size) * scale  # SD folders are square
+        latent_hw = as_hw(_resolution(unet.config.sample_size))
+        resolution = vae_resolution(vae, latent_hw)
         channels = int(vae.config.in_channels)
         if int(vae.config.latent_channels) != int(unet.config.in_channels):
             raise UserError(f"{folder}: vae has {vae.config.latent_channels} latent channels but unet expects {unet.config.in_channels}")
     else:
         # Pixel space: the image is the latent, square (an int) or (H, W) (the bundled numbers model).
+        check_pixel_channels(folder, int(unet.config.in_channels))
         resolution = _resolution(meta.get("resolution", unet.config.sample_size))
         channels = int(meta.get("channels", unet.config.in_channels))
         if channels != int(unet.config.in_channels):
             raise UserError(f"{folder}: no vae/, so images must have the unet's {unet.config.in_channels} channels, but diffcls.json says {channels}")
-    latent_hw = as_hw(resolution) if vae is None else as_hw(int(unet.config.sample_size))
+        latent_hw = as_hw(resolution)
 
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
@@ -246,6 +280,49 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         unknown_words=unknown_words,
         unk_token=tokenizer.unk_token if unknown_words is not None else None,
     )
+
+
+def check_vae_folder(folder: Path) -> bool:
+    """Whether the model has a VAE: ``vae/`` is a folder. A ``vae`` that is a file, or a
+    ``model_index.json`` that lists a vae the folder lacks, is a broken latent model, not a
+    pixel-space one (it would fail every image, or score latents as pixels)."""
+    p = folder / "vae"
+    if p.is_dir():
+        return True
+    if p.exists():
+        raise UserError(f"{p}: not a folder (the autoencoder); expected vae/ with config.json and safetensors weights")
+    idx = folder / "model_index.json"
+    listed = _read_json(idx).get("vae") if idx.is_file() else None
+    if isinstance(listed, list) and any(x is not None for x in listed):
+        raise UserError(f"{folder}: model_index.json lists a vae, but there is no vae/ folder; copy the autoencoder into vae/")
+    return False
+
+
+def check_pixel_channels(folder: Path, in_channels: int) -> None:
+    """Without a VAE the image is the latent: 1 (grayscale) or 3 (RGB) channels only."""
+    if in_channels not in (1, 3):
+        raise UserError(f"{folder}: the denoiser takes {in_channels} input channels and there is no vae/: a latent model needs its autoencoder in vae/")
+
+
+def vae_resolution(vae, latent_hw: tuple[int, int]) -> int | tuple[int, int]:
+    """The image size a VAE maps onto a (h, w) latent: an int when square."""
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = latent_hw[0] * scale, latent_hw[1] * scale
+    return h if h == w else (h, w)
+
+
+def check_text_conditioning(folder: Path, unet_cfg, te_cfg, tokenizer_len: int) -> None:
+    """The text encoder, tokenizer and unet must fit each other; found at load, not as a shape
+    error in the first denoiser call."""
+    for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type"):
+        if unet_cfg.get(key) is not None:
+            raise UserError(f"{folder}/unet: {key} = {unet_cfg.get(key)!r}: a unet with extra conditioning (SDXL and the like) is not supported; Stable Diffusion 1.x/2.x-style unets are")
+    cross = unet_cfg.get("cross_attention_dim")
+    hidden = int(te_cfg.hidden_size)
+    if isinstance(cross, int) and cross != hidden:
+        raise UserError(f"{folder}: the text encoder's hidden size is {hidden} but the unet's cross_attention_dim is {cross}; they must be the same")
+    if tokenizer_len > int(te_cfg.vocab_size):
+        raise UserError(f"{folder}: the tokenizer has {tokenizer_len} tokens but the text encoder only {te_cfg.vocab_size} embeddings; they are not a pair")
 
 
 def _calibration(cal: object, folder: Path) -> dict:
@@ -313,10 +390,18 @@ def _scheduler_config(folder: Path) -> dict:
 
 
 def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
-    """The cumulative alpha product of a diffusers scheduler config, in float64 on the CPU."""
+    """The cumulative alpha product of a diffusers scheduler config, in float64 on the CPU.
+
+    Every beta-based scheduler (DDPM, DDIM, PNDM, Euler, DPM-Solver, ...) shares the training
+    schedule these keys define. A config without betas (flow matching, EDM/sigma-only) would
+    silently get DDPM's default schedule, so it is refused.
+    """
     from diffusers import DDPMScheduler
 
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+    cls = str(cfg.get("_class_name", ""))
+    if "FlowMatch" in cls or "EDM" in cls or not any(k in cfg for k in ("beta_start", "beta_end", "beta_schedule", "trained_betas")):
+        raise UserError(f"scheduler {cls or '(no _class_name)'}: not a beta (DDPM-family) noise schedule; flow-matching and sigma-only (EDM) models are not supported")
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type", "rescale_betas_zero_snr")
     try:
         sched = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg and cfg[k] is not None})
     except (ValueError, NotImplementedError) as e:
