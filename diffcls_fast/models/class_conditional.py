@@ -30,6 +30,7 @@ from .loader import (
     make_unet_denoiser,
     quiet_loading,
     raw_network_call,
+    vae_dtype,
     vae_resolution,
 )
 
@@ -99,7 +100,8 @@ def load_class_conditional(folder: Path, *, name: str, device: torch.device, dty
         if has_vae:
             from diffusers import AutoencoderKL
 
-            vae = load_weights(AutoencoderKL, _need(folder, "vae", "the autoencoder"), "the autoencoder", **kw)
+            vae_dir = _need(folder, "vae", "the autoencoder")
+            vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", **{**kw, "torch_dtype": vae_dtype(vae_dir, dtype)})
     net.to(device).eval().requires_grad_(False)
     if vae is not None:
         vae.to(device).eval().requires_grad_(False)

@@ -191,7 +191,7 @@ def load_model(name_or_path: str | Path = "digits", *, device: str | torch.devic
         raise UserError(f"model {name!r}: not a folder")
     from .families import detect_family
 
-    return detect_family(folder)(folder, name=name if name in BUNDLED else folder.name, device=dev, dtype=dt)
+    return detect_family(folder)(folder, name=name if name in BUNDLED else folder.resolve().name, device=dev, dtype=dt)
 
 
 def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -223,7 +223,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         from diffusers import AutoencoderKL
 
         with quiet_loading():
-            vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", low_cpu_mem_usage=False, torch_dtype=dtype)
+            vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", low_cpu_mem_usage=False, torch_dtype=vae_dtype(vae_dir, dtype))
         vae.to(device).eval().requires_grad_(False)
         latent_hw = as_hw(_resolution(unet.config.sample_size))
         resolution = vae_resolution(vae, latent_hw)
@@ -296,6 +296,13 @@ def check_vae_folder(folder: Path) -> bool:
     if isinstance(listed, list) and any(x is not None for x in listed):
         raise UserError(f"{folder}: model_index.json lists a vae, but there is no vae/ folder; copy the autoencoder into vae/")
     return False
+
+
+def vae_dtype(vae_dir: Path, dtype: torch.dtype) -> torch.dtype:
+    """float32 for a VAE whose config sets ``force_upcast`` (SD's do) when the model runs in fp16:
+    its encoder can overflow to inf/NaN in fp16. It runs once per image, so the cost is small."""
+    cfg = _read_json(vae_dir / "config.json")
+    return torch.float32 if dtype == torch.float16 and cfg.get("force_upcast", True) else dtype
 
 
 def check_pixel_channels(folder: Path, in_channels: int) -> None:
@@ -373,7 +380,8 @@ def make_image_encoder(vae, resolution: int, channels: int, device: torch.device
         px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
         if vae is None:
             return px.to(device=device, dtype=torch.float32)
-        out = [vae.encode(c.to(device, dtype)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
+        vae_dtype = next(vae.parameters()).dtype  # float32 when the VAE asks to be upcast (vae_dtype)
+        out = [vae.encode(c.to(device, vae_dtype)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
         return torch.cat(out)
 
     return encode_images

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from diffcls_fast import UserError, load_model
-from diffcls_fast.models.loader import BUNDLED, alphas_cumprod_from_config, check_text_conditioning
+from diffcls_fast.models.loader import BUNDLED, alphas_cumprod_from_config, check_text_conditioning, vae_dtype
 
 from .tiny_folders import make_class_unet_folder, make_dit_folder, make_sd_folder
 
@@ -118,3 +118,14 @@ def test_broken_class_names_are_one_line(tmp_path):
     _refused(dit, "id2label's keys must be the class ids")
     (dit / "model_index.json").write_text("{not json")
     _refused(dit, "model_index.json: cannot read JSON")
+
+
+def test_an_fp16_model_keeps_an_upcast_vae_in_float32(tmp_path):
+    """SD VAEs set force_upcast: their encoder can overflow in fp16, so it runs in float32 (once per image)."""
+    sd = make_sd_folder(tmp_path / "sd", vae=True)
+    m = load_model(str(sd), device="cpu", dtype="fp16")
+    assert m.dtype == torch.float16 and m.network.dtype == torch.float16
+    x = m.encode_images([Image.new("RGB", (20, 20), (200, 30, 30))])
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+    _edit_json(sd / "vae" / "config.json", force_upcast=False)
+    assert vae_dtype(sd / "vae", torch.float16) == torch.float16 and vae_dtype(sd / "vae", torch.bfloat16) == torch.bfloat16
