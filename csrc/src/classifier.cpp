@@ -502,7 +502,7 @@ Result Classifier::classify(const at::Tensor& pixels) {
   // engine/noise.py image_key: the first 8 bytes of sha256(float32 pixels + 0.0), little-endian, >> 1
   // (+ 0.0 turns -0.0 into 0.0: equal values, equal key).
   uint8_t digest[32];
-  torch::Tensor keyed = (x0 + 0.0).contiguous();
+  at::Tensor keyed = (x0 + 0.0).contiguous();
   detail::sha256(keyed.data_ptr<float>(), sizeof(float) * static_cast<size_t>(keyed.numel()), digest);
   uint64_t key = 0;
   for (int k = 7; k >= 0; --k) key = (key << 8) | digest[k];
