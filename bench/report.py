@@ -21,7 +21,8 @@ def _calibration_rows(model: str) -> list[tuple[dict, str]]:
     """(row, file) for each policy, from the newest calibration file that fitted it: a later
     fit of one policy (fit_calibration.py --policies adaptive) does not hide the others'."""
     newest: dict[str, tuple[dict, str]] = {}
-    for f in sorted((ROOT / "bench" / "results").glob(f"calibration_{model}_*.json")):  # dated names: oldest first
+    # oldest first by the date that ends each name (calibration_<model>_<device>_<date>.json), whatever the device
+    for f in sorted((ROOT / "bench" / "results").glob(f"calibration_{model}_*.json"), key=lambda f: (f.stem.rsplit("_", 1)[-1], f.name)):
         for r in json.loads(f.read_text())["results"]:
             newest[r["policy"]] = (r, f.name)
     return list(newest.values())

@@ -87,6 +87,8 @@ def check_image_file(path: str | Path) -> None:
     RGB is checked: every mode that converts to RGB converts to L too.
     """
     img = load_image(path)
+    if img.mode in ("1", "L", "P", "RGB", "RGBA", "LA"):
+        return  # these always convert (no range to check): skip the work for the common case
     try:
         to_standard_mode(img, 3)
     except UserError as e:

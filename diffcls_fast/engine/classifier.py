@@ -405,12 +405,16 @@ def _check_noise_rows(bank: NoiseBank, cfg: PolicyConfig, T: int) -> None:
         check_noise_rows(bank.saved.shape[0], cfg, T)
 
 
+_WARNED_LOSS: set[tuple] = set()  # (model, policy, loss) already warned about: once per process, not per request
+
+
 def _posterior_params(model: ModelBundle, policy: str, loss: str, temperature: Any, floor: Any) -> tuple[float, float]:
     """(temperature, floor): explicit values win; else the model's calibration for the policy and
     loss (fitted on its train split). An explicit temperature without a floor means floor 0."""
     cal = model_calibration(model, policy, loss)
     fitted = (getattr(model, "calibration", None) or {}).get(policy)
-    if temperature is None and fitted and fitted.get("loss", "l2") != loss:
+    if temperature is None and fitted and fitted.get("loss", "l2") != loss and (model.fingerprint, policy, loss) not in _WARNED_LOSS:
+        _WARNED_LOSS.add((model.fingerprint, policy, loss))
         # The scale of a mean error depends on the loss (x0's is ~40x smaller than l2's): another
         # loss's temperature would give confident nonsense, so the default is used, and said.
         warnings.warn(

@@ -380,8 +380,8 @@ def make_image_encoder(vae, resolution: int, channels: int, device: torch.device
         px = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im, resolution, channels) for im in images])
         if vae is None:
             return px.to(device=device, dtype=torch.float32)
-        vae_dtype = next(vae.parameters()).dtype  # float32 when the VAE asks to be upcast (vae_dtype)
-        out = [vae.encode(c.to(device, vae_dtype)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
+        dt = next(vae.parameters()).dtype  # float32 when the VAE asks to be upcast (see vae_dtype)
+        out = [vae.encode(c.to(device, dt)).latent_dist.mean.float() * float(vae.config.scaling_factor) for c in px.split(16)]
         return torch.cat(out)
 
     return encode_images
@@ -397,6 +397,29 @@ def _scheduler_config(folder: Path) -> dict:
     return _read_json(p)
 
 
+BETA_SCHEDULERS = frozenset(
+    f"{n}Scheduler"
+    for n in (
+        "DDPM",
+        "DDIM",
+        "PNDM",
+        "EulerDiscrete",
+        "EulerAncestralDiscrete",
+        "DPMSolverMultistep",
+        "DPMSolverSinglestep",
+        "LMSDiscrete",
+        "HeunDiscrete",
+        "UniPCMultistep",
+        "LCM",
+        "KDPM2Discrete",
+        "KDPM2AncestralDiscrete",
+        "DEISMultistep",
+        "TCD",
+        "SASolver",
+    )
+)
+
+
 def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
     """The cumulative alpha product of a diffusers scheduler config, in float64 on the CPU.
 
@@ -407,7 +430,9 @@ def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     cls = str(cfg.get("_class_name", ""))
-    if "FlowMatch" in cls or "EDM" in cls or not any(k in cfg for k in ("beta_start", "beta_end", "beta_schedule", "trained_betas")):
+    has_betas = any(k in cfg for k in ("beta_start", "beta_end", "beta_schedule", "trained_betas"))
+    # a beta-family scheduler without beta keys means its defaults, which are DDPM's (linear 1e-4 .. 0.02)
+    if "FlowMatch" in cls or "EDM" in cls or not (has_betas or cls in BETA_SCHEDULERS):
         raise UserError(f"scheduler {cls or '(no _class_name)'}: not a beta (DDPM-family) noise schedule; flow-matching and sigma-only (EDM) models are not supported")
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type", "rescale_betas_zero_snr")
     try:

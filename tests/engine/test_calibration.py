@@ -95,8 +95,10 @@ def test_a_calibration_applies_only_to_the_loss_it_was_fitted_with():
     import warnings
 
     from diffcls_fast import DiffusionClassifier, load_model
+    from diffcls_fast.engine import classifier
     from diffcls_fast.errors import DiffclsWarning
 
+    classifier._WARNED_LOSS.clear()  # the warning is once per (model, policy, loss) and process
     model = load_model("digits")
     m = dataclasses.replace(model, calibration={"halving": {"temperature": 0.003, "floor": 0.02}, "ttest": {"temperature": 0.004, "floor": 0.01, "loss": "x0"}})
     with warnings.catch_warnings():
@@ -107,6 +109,9 @@ def test_a_calibration_applies_only_to_the_loss_it_was_fitted_with():
     with pytest.warns(DiffclsWarning, match="calibration for halving was fitted with loss l2; with loss x0 the posteriors are uncalibrated"):
         c = DiffusionClassifier(m, "halving", loss="x0", use_cache=False)
     assert (c.temperature, c.posterior_floor) == (1e-2, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not again for every view a server makes per request
+        assert c.with_options(seed=3).temperature == 1e-2
     with pytest.warns(DiffclsWarning, match="fitted with loss x0; with loss l2"):
         v = DiffusionClassifier(m, "halving", use_cache=False).with_options(policy="ttest")
     assert (v.temperature, v.posterior_floor) == (1e-2, 0.0)

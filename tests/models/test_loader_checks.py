@@ -63,6 +63,11 @@ def test_zero_terminal_snr_and_non_beta_schedules():
     base = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
     assert alphas_cumprod_from_config(base)[-1] > 1e-3
     assert alphas_cumprod_from_config({**base, "rescale_betas_zero_snr": True})[-1] < 1e-6  # was ignored: the plain schedule
+    # a beta-family scheduler that names no betas means its defaults (DDPM's); an unknown one is refused
+    plain = alphas_cumprod_from_config({"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02})
+    torch.testing.assert_close(alphas_cumprod_from_config({"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}), plain)
+    with pytest.raises(UserError, match="not a beta"):
+        alphas_cumprod_from_config({"_class_name": "MyScheduler", "num_train_timesteps": 1000})
     for cfg in ({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}, {"_class_name": "EDMEulerScheduler", "sigma_min": 0.002}):
         with pytest.raises(UserError, match="not a beta"):
             alphas_cumprod_from_config(cfg)

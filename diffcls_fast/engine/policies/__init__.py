@@ -94,10 +94,6 @@ class PolicyConfig:
             setattr(self, f, int(getattr(self, f)))
         self.cutoff_pval = float(self.cutoff_pval)
 
-    def used(self) -> dict:
-        """The policy's name and the options it reads: what decides its outcome."""
-        return used_options({"name": self.name, **{f: getattr(self, f) for f in POLICY_OPTIONS.get(self.name, ())}})
-
     def max_samples(self, T: int) -> tuple[int, str]:
         """The most samples (noise rows) an image may use under this policy, and the option that sets it."""
         if self.name == "exhaustive":
