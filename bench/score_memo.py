@@ -18,6 +18,7 @@ call owes its user the model's answer for each query it asks).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class MemoRunner(Runner):
         keys = []
         for r, c, s in zip(batch.request.tolist(), batch.classes.tolist(), batch.samples.tolist()):
             st = states[batch.request_ids[r]]
-            keys.append(((st.bank or self.bank).seed, st.key, s, st.policy.timestep(s), c))
+            keys.append((st.bank.seed, st.key, s, st.policy.timestep(s), c))
         return keys
 
     def run(self, batch: Batch, states: dict) -> np.ndarray:
@@ -56,28 +57,26 @@ class MemoRunner(Runner):
         self.memo.hits += int((~new).sum())
         self.memo.misses += int(new.sum())
         if new.any():
-            sub = _subset(batch, new, states, self.rows)
+            sub = _subset(batch, new, states)
             for k, e in zip((k for k, n in zip(keys, new) if n), super().run(sub, states).tolist()):
                 known[k] = e
         return np.array([known[k] for k in keys], dtype=np.float64)
 
 
-def _subset(batch: Batch, keep: np.ndarray, states: dict, default_rows) -> Batch:
+def _subset(batch: Batch, keep: np.ndarray, states: dict) -> Batch:
     """The queries of ``batch`` where ``keep``, as a batch of the same bucket size (the runner pads it)."""
     req = batch.request[keep]
     present, req = np.unique(req, return_inverse=True)  # images left with no query drop out of the batch
     ids = [batch.request_ids[int(i)] for i in present]
     cls = batch.classes[keep]
-    rows = sum(int((states[ids[r]].rows or default_rows).cost[c]) for r, c in zip(req.tolist(), cls.tolist()))
+    rows = sum(int(states[ids[r]].rows.cost[c]) for r, c in zip(req.tolist(), cls.tolist()))
     return replace(batch, request_ids=ids, request=req.astype(np.int64), classes=cls, samples=batch.samples[keep], rows=rows)
 
 
 class MemoClassifier(DiffusionClassifier):
-    """A classifier whose engine runs a :class:`MemoRunner` over a memo shared with other classifiers."""
+    """A classifier whose engines run a :class:`MemoRunner` over a memo shared with other classifiers."""
 
     def __init__(self, *args, memo: ScoreMemo, **kwargs):
         super().__init__(*args, **kwargs)
         self.memo = memo
-
-    def _new_runner(self) -> Runner:
-        return MemoRunner(self.model, loss=self.loss, memo=self.memo)
+        self.config = replace(self.config, make_runner=partial(MemoRunner, memo=memo))

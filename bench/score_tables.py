@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,28 +29,33 @@ from diffcls_fast.engine.timesteps import li_grid
 from diffcls_fast.evaluate import load_eval_split
 
 
-class _Recording(DiffusionClassifier):
-    """An exhaustive classifier that keeps each image's policy, so its full score table can be read."""
+@dataclass
+class _Recording:
+    """An exhaustive policy factory that keeps each image's policy, so its full score table can be read."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.policies: dict[int, object] = {}
+    n_grid: int
+    policies: dict = field(default_factory=dict)
 
-    def _new_policy(self, index, n_classes, key, cost):
-        p = exhaustive(n_classes, self.model.num_timesteps, self.policy_cfg.n_grid, cost)
+    def make(self, index, n_classes, T, bank, key, cost):
+        p = exhaustive(n_classes, T, self.n_grid, cost)
         self.policies[index] = p
         return p
+
+    def describe(self) -> str:
+        return f"exhaustive(grid={self.n_grid})"
 
 
 def score_tables(model: str, split: str, limit: int, n_grid: int, batch_size: int = 256, device: str | None = None) -> dict:
     bundle = load_model(model, device=device)
     images, labels, class_names, _ = load_eval_split(model, split)
     images, labels = images[:limit], np.asarray(labels[:limit])
-    clf = _Recording(bundle, "exhaustive", n_grid=n_grid, batch_size=batch_size, use_cache=False)
+    clf = DiffusionClassifier(bundle, "exhaustive", n_grid=n_grid, batch_size=batch_size, use_cache=False)
+    recording = _Recording(n_grid)
+    clf = DiffusionClassifier.from_parts(clf.model, clf.config, replace(clf.options, policy=recording))
     t0 = time.perf_counter()
     res = clf.classify(images, class_names)
     seconds = time.perf_counter() - t0
-    errors = np.stack([clf.policies[i].table.err[:, :n_grid] for i in range(len(images))]).astype(np.float32)
+    errors = np.stack([recording.policies[i].table.err[:, :n_grid] for i in range(len(images))]).astype(np.float32)
     assert np.isfinite(errors).all()
     acc = float(np.mean([r.label == y for r, y in zip(res, labels)]))
     return {"errors": errors, "labels": labels, "timesteps": li_grid(bundle.num_timesteps, n_grid), "seconds": seconds, "accuracy": acc}

@@ -19,6 +19,9 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .arguments import Given, add_engine_args
+from .build import check_engine_args, classifier_from_args
+from .engine.policies.options import positive_float, positive_int
 from .errors import DiffclsWarning, UserError
 
 
@@ -27,210 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"diffcls-fast: error: {message} (see '{self.prog} --help')\n")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite float > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
-
-
-def probability(text: str) -> float:
-    """An argparse type: a p-value cutoff in (0, 1)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return v
-
-
-class _Given(argparse.Action):
-    """A store action that also records that the option was on the command line (``namespace.given``):
-    ``classify --server`` must tell an option the user set from its default."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-        given = getattr(namespace, "given", None) or set()
-        namespace.given = given | {self.dest}
-
-
-# Engine-wide settings: one per engine (a server has its own), unlike the policy, its options,
-# the seed and the temperature, which every request may set. classify --server sends the
-# per-request options that were typed (the others are the server's defaults), sends --model and
-# --loss for the server to check, and refuses the other engine settings (they would be ignored).
-ENGINE_WIDE = ("model", "batch_size", "max_inflight", "loss", "speculate", "backend", "xformers", "device", "dtype", "cache_dir", "no_cache", "noise_path")
-
-
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    p.set_defaults(given=set())
-    g.add_argument("--model", action=_Given, default="digits", help="bundled model name (digits, numbers), preset:NAME, or a local diffusers folder (default: digits)")
-    g.add_argument("--policy", action=_Given, default="ttest", choices=["ttest", "adaptive", "exhaustive", "halving"], help="classification policy (default: ttest)")
-    g.add_argument("--seed", action=_Given, type=int, default=0, help="noise seed (default: 0)")
-    g.add_argument("--batch-size", action=_Given, type=positive_int, default=256, help="largest denoiser batch; buckets are powers of two up to it (default: 256)")
-    g.add_argument("--max-inflight", action=_Given, type=positive_int, default=64, help="images scored concurrently (default: 64)")
-    g.add_argument("--loss", action=_Given, default="l2", choices=["l2", "l1", "huber", "x0"], help="error: eps l2/l1/huber, or Clark & Jaini's weighted x0 error (default: l2)")
-    g.add_argument("--temperature", action=_Given, type=positive_float, default=None, help="posterior softmax temperature (default: the model's)")
-    g.add_argument("--speculate", action=_Given, default="auto", choices=["auto", "none", "pad", "fill"], help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none")
-    g.add_argument("--backend", action=_Given, default="torch", choices=["torch", "compile", "onnx", "tensorrt", "aoti"], help="denoiser runtime (default: torch, eager)")
-    g.add_argument("--xformers", action=_Given, nargs=0, default=False, help="xformers memory-efficient attention (torch/compile backends, CUDA)")
-    g.add_argument("--device", action=_Given, default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available)")
-    g.add_argument("--dtype", action=_Given, default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
-    g.add_argument("--cache-dir", action=_Given, default=None, help="embedding cache folder (default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
-    g.add_argument("--no-cache", action=_Given, nargs=0, default=False, help="do not read or write the embedding cache")
-    g.add_argument("--noise-path", action=_Given, default=None, help="a saved noise tensor [N,C,H,W] (safetensors, key 'noise'); sample i uses row i")
-    g = p.add_argument_group("policy options")
-    g.add_argument("--n-grid", action=_Given, type=positive_int, default=50, help="exhaustive: timesteps on the grid (default: 50)")
-    g.add_argument("--n-samples", action=_Given, type=positive_int, nargs="+", default=[50, 500], help="adaptive: grid points per stage (default: 50 500)")
-    g.add_argument("--to-keep", action=_Given, type=positive_int, nargs="+", default=[5, 1], help="adaptive: classes kept after each stage (default: 5 1)")
-    g.add_argument("--min-scores", action=_Given, type=positive_int, default=20, help="ttest: samples before pruning starts (default: 20)")
-    g.add_argument("--max-scores", action=_Given, type=positive_int, default=2000, help="ttest: samples at most (default: 2000)")
-    g.add_argument("--cutoff-pval", action=_Given, type=probability, default=2e-3, help="ttest: drop a class when p < this (default: 2e-3)")
-    g.add_argument("--sides", action=_Given, type=int, default=2, choices=[1, 2], help="ttest: one- or two-sided paired t-test (default: 2)")
-    g.add_argument("--t-order", action=_Given, default="stratified", choices=["stratified", "random"], help="ttest: timestep order (default: stratified)")
-    g.add_argument("--rounds", action=_Given, type=positive_int, nargs="+", default=[2, 4, 12], help="halving: cumulative samples per class after each round (default: 2 4 12)")
-    g.add_argument("--keep", action=_Given, type=positive_int, nargs="+", default=[10, 3, 1], help="halving: classes kept after each round (default: 10 3 1)")
-    g.add_argument("--t-band", action=_Given, type=float, nargs=2, default=[0.15, 0.6], metavar=("LO", "HI"), help="halving: timesteps drawn in [LO T, HI T) (default: 0.15 0.6)")
-
-
-def _policy_options(a: argparse.Namespace) -> dict:
-    return dict(
-        n_grid=a.n_grid,
-        n_samples=a.n_samples,
-        to_keep=a.to_keep,
-        min_scores=a.min_scores,
-        max_scores=a.max_scores,
-        cutoff_pval=a.cutoff_pval,
-        sides=a.sides,
-        t_order=a.t_order,
-        rounds=a.rounds,
-        keep=a.keep,
-        t_band=a.t_band,
-    )
-
-
-def _warn_unread_policy_options(a: argparse.Namespace) -> None:
-    """A typed option that the chosen policy does not read changes nothing: say so (a warning,
-    not an error, so that one command line can sweep --policy over a fixed set of options)."""
-    from .engine.policies import POLICY_OPTIONS
-
-    unread = [o for o in _policy_options(a) if o in getattr(a, "given", ()) and o not in POLICY_OPTIONS.get(a.policy, ())]
-    if unread:
-        owners = {o: next(p for p, opts in POLICY_OPTIONS.items() if o in opts) for o in unread}
-        names = ", ".join(f"--{o.replace('_', '-')} ({owners[o]})" for o in unread)
-        warnings.warn(f"--policy {a.policy} does not read {names}; they change nothing", DiffclsWarning, stacklevel=2)
-
-
-def _check_engine_args(a: argparse.Namespace):
-    """Everything about the engine options that can be checked without the model; returns the saved noise (or None).
-
-    Runs before any model is loaded (a load takes seconds), so a bad --device, --dtype,
-    --backend or --noise-path costs nothing.
-    """
-    from .models.loader import _resolve_dtype, resolve_device
-
-    dev = resolve_device(a.device)
-    _resolve_dtype(a.dtype, dev)
-    _check_backend(a.backend, a.xformers, dev, a.cache_dir)
-    cfg = None
-    if getattr(a, "policy", None) is not None:
-        from .engine.noise import check_seed
-        from .engine.policies import PolicyConfig
-
-        check_seed(a.seed)
-        cfg = PolicyConfig(name=a.policy, **_policy_options(a))
-        _warn_unread_policy_options(a)
-        try:
-            cfg.validate(None)  # all but the bounds that need the model's T (checked when the classifier is made)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    if a.noise_path is None:
-        return None
-    from .engine.noise import load_noise_file
-
-    noise = load_noise_file(a.noise_path)[0]
-    if cfg is not None:
-        from .engine.classifier import check_noise_rows
-
-        check_noise_rows(noise.shape[0], cfg, max(cfg.n_grid, *cfg.n_samples), where=f"{a.noise_path}: ")  # the counts need no T
-    return noise
-
-
-def _check_backend(backend: str, xformers: bool, dev, cache_dir: str | None = None) -> None:
-    from .errors import BackendUnavailable
-
-    if backend == "onnx":
-        from .export.onnx_export import require_onnx, require_onnxruntime
-
-        require_onnx()
-        require_onnxruntime()
-    elif backend == "tensorrt":
-        from .export.tensorrt_backend import require_tensorrt
-
-        require_tensorrt()
-        if dev.type != "cuda":
-            raise BackendUnavailable("the tensorrt backend needs a CUDA device")
-    elif backend == "aoti":
-        from .export.aoti_export import require_aoti
-
-        require_aoti()
-        if dev.type != "cpu":
-            raise BackendUnavailable("the aoti backend is built and tested for the CPU here; use --device cpu")
-    if backend in ("onnx", "tensorrt", "aoti"):  # they write their artifacts under the cache folder
-        from .export.backends import artifact_dir
-        from .export.onnx_export import writable_dir
-
-        writable_dir(artifact_dir(cache_dir))
-    if xformers:
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            raise BackendUnavailable("xformers is not installed; pip install 'diffcls-fast[xformers]'") from None
-        if dev.type != "cuda":
-            raise BackendUnavailable("xformers attention needs a CUDA device")
-
-
-def _classifier(a: argparse.Namespace, noise=None):
-    from .engine import DiffusionClassifier
-    from .engine.classifier import check_scheduler_args
-    from .export import apply_backend
-    from .models import load_model
-
-    buckets = check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)  # before the model loads
-    model = load_model(a.model, device=a.device, dtype=a.dtype)
-    model = apply_backend(model, a.backend, batch_sizes=buckets, cache_dir=a.cache_dir, xformers=a.xformers)
-    return DiffusionClassifier(
-        model,
-        a.policy,
-        batch_size=a.batch_size,
-        max_inflight=a.max_inflight,
-        seed=a.seed,
-        loss=a.loss,
-        temperature=a.temperature,
-        speculate=a.speculate,
-        cache_dir=a.cache_dir,
-        use_cache=not a.no_cache,
-        noise=noise,
-        **_policy_options(a),
-    )
 
 
 def _progress(total: int, desc: str, leave: bool = True):
@@ -251,9 +50,9 @@ def cmd_classify(a: argparse.Namespace) -> int:
     # Fail fast: every argument and input file is checked before the model loads.
     if a.classes is not None and a.prompts is not None:
         raise UserError("give --classes or --prompts, not both")
-    noise = _check_engine_args(a)
+    noise = check_engine_args(a)
     if a.prompts:
-        from .engine.classifier import check_scheduler_args
+        from .engine.options import check_scheduler_args
 
         classes = read_prompts_csv(a.prompts).check_fits(max(check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)))
     elif a.classes is not None:
@@ -263,7 +62,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         classes = None
     for im in a.images:
         check_image_file(im)
-    clf = _classifier(a, noise)
+    clf = classifier_from_args(a, noise)
     spec = clf.class_spec(classes)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
@@ -300,8 +99,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .server.app import serve
     from .server.limits import Limits
 
-    noise = _check_engine_args(a)
-    from .engine.classifier import check_scheduler_args
+    noise = check_engine_args(a)
+    from .engine.options import check_scheduler_args
 
     check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)
     if not 0 <= a.port <= 65535:
@@ -318,7 +117,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         default_timeout=a.request_timeout,
         max_timeout=a.max_timeout,
     )
-    serve(lambda: _classifier(a, noise), host=a.host, port=a.port, limits=limits, api_key=a.api_key, warmup=not a.no_warmup, graceful_timeout=a.graceful_timeout)
+    serve(lambda: classifier_from_args(a, noise), host=a.host, port=a.port, limits=limits, api_key=a.api_key, warmup=not a.no_warmup, graceful_timeout=a.graceful_timeout)
     return 0
 
 
@@ -350,7 +149,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if "policy" in a.given and a.policy != "exhaustive":
             raise UserError("eval --task swap scores every caption at every grid point (no pruning), as match does; set the grid with --n-grid, not --policy")
         a.policy = "exhaustive"  # what the swap eval runs: the noise file and option checks below must be about it
-    noise = _check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
+    noise = check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
     if getattr(a, "task", "classify") == "swap":
         return cmd_eval_swap(a, noise)
     if a.ray:
@@ -359,7 +158,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         require_ray()
         summary = run_eval(a, lambda args: RayClassifier(args, noise), _progress)
     else:
-        summary = run_eval(a, lambda args: _classifier(args, noise), _progress)
+        summary = run_eval(a, lambda args: classifier_from_args(args, noise), _progress)
     if a.json:
         print(json.dumps(summary))
     else:
@@ -405,8 +204,8 @@ def cmd_match(a: argparse.Namespace) -> int:
         raise UserError("match scores every caption at every grid point (no pruning); set the grid with --n-grid, not --policy")
     for im in a.images:  # fail fast, before loading the model
         check_image_file(im)
-    noise = _check_engine_args(a)
-    clf = _classifier(a, noise)
+    noise = check_engine_args(a)
+    clf = classifier_from_args(a, noise)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
     with _progress(len(a.images), "match", leave=False) as bar:
@@ -429,7 +228,7 @@ def cmd_match(a: argparse.Namespace) -> int:
 def cmd_eval_swap(a: argparse.Namespace, noise=None) -> int:
     from .swap_eval import format_summary, run_swap_eval
 
-    summary = run_swap_eval(a, lambda args: _classifier(args, noise), _progress)
+    summary = run_swap_eval(a, lambda args: classifier_from_args(args, noise), _progress)
     print(json.dumps(summary) if a.json else format_summary(summary))
     return 0
 
@@ -503,12 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument("--server", default=None, metavar="URL", help="send the images to a running 'diffcls-fast serve' at URL (same output; the server's model and engine settings)")
     p.add_argument("--api-key", default=None, help="with --server: the server's API key (default: $DIFFCLS_API_KEY)")
-    _add_engine_args(p)
+    add_engine_args(p)
     p.set_defaults(fn=cmd_classify)
 
     p = sub.add_parser("serve", help="a warm HTTP classification server (needs the serve extra)")
     _add_serve_args(p)
-    _add_engine_args(p)
+    add_engine_args(p)
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="accuracy on a bundled data split")
@@ -521,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="classify", choices=["classify", "swap"], help="classify: accuracy; swap: Winoground text/image/group scores on the model's swap set (default: classify)")
     _add_match_args(p)
     _add_scale_out_args(p)
-    _add_engine_args(p)
+    add_engine_args(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("merge", help="join the --out parts of a sharded eval into one file, checking settings, overlaps and gaps")
@@ -535,18 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", nargs="*", default=None, help='captions (full prompts), e.g. --captions "the digits one two" "the digits two one"')
     p.add_argument("--json", action="store_true", help="print one JSON object (the matrix and, for 2x2, the Winoground scores)")
     _add_match_args(p)
-    _add_engine_args(p)
+    add_engine_args(p)
     p.set_defaults(fn=cmd_match, policy="exhaustive")
 
     p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine), or an AOTInductor folder for diffcls-run")
     p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt", "aoti"])
     p.add_argument("--batch-sizes", default=None, help="TensorRT profile batch sizes (default: 8,32,128); aoti: the largest is the packages' largest batch (default: 8,16,32,64,128,256)")
-    p.add_argument("--classes", action=_Given, default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
-    p.add_argument("--prompts", action=_Given, default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
-    p.add_argument("--noise-path", action=_Given, default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
-    p.add_argument("--noise-rows", action=_Given, type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
-    p.add_argument("--seed", action=_Given, type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
+    p.add_argument("--classes", action=Given, default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
+    p.add_argument("--prompts", action=Given, default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
+    p.add_argument("--noise-path", action=Given, default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
+    p.add_argument("--noise-rows", action=Given, type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
+    p.add_argument("--seed", action=Given, type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
     p.add_argument("--cache-dir", default=None, help="aoti: compiled packages are cached here (shared with --backend aoti; default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
     p.add_argument("--out", default="exported", help="output folder (default: ./exported)")
     p.add_argument("--device", default=None)

@@ -194,7 +194,7 @@ def classify_cli(a) -> int:
 
     if a.classes is not None and a.prompts is not None:
         raise UserError("give --classes or --prompts, not both")
-    from .cli import ENGINE_WIDE
+    from .arguments import ENGINE_WIDE
 
     given = getattr(a, "given", set())
     if "noise_path" in given:
@@ -213,11 +213,11 @@ def classify_cli(a) -> int:
         p = Path(im)
         if not p.is_file():
             raise UserError(f"{im}: no such file" if not p.exists() else f"{im}: not a file")
-    from .cli import _policy_options  # the same option set as a local run (cli imports no torch)
+    from .arguments import policy_options  # the same option set as a local run (it imports no torch)
 
     # Per-request options travel when typed; the rest are the server's own defaults (its --policy,
     # --seed, --temperature, policy options), as for any client of that server.
-    options = {k: v for k, v in _policy_options(a).items() if k in given}
+    options = {k: v for k, v in policy_options(a).items() if k in given}
     with Client(a.server, api_key=getattr(a, "api_key", None)) as c:
         resp = c.classify_response(
             list(a.images),

@@ -76,7 +76,6 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
 
 def classifier_settings(clf: Any, spec: Any) -> dict:
     """The part of :func:`eval_settings` that depends on the classifier (all but the data)."""
-    from dataclasses import asdict
 
     remote = getattr(clf, "remote_settings", None)  # a classifier whose model lives elsewhere (Ray actors) computed them there
     if remote is not None:
@@ -86,7 +85,7 @@ def classifier_settings(clf: Any, spec: Any) -> dict:
         "model": clf.model.fingerprint,
         "dtype": str(clf.model.dtype).removeprefix("torch."),
         "loss": clf.loss,
-        "policy": asdict(clf.policy_cfg),
+        "policy": clf.policy_cfg.to_dict(),
         "seed": int(clf.seed),
         "noise": noise_digest(clf),
         "temperature": float(clf.temperature),

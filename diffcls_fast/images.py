@@ -19,7 +19,7 @@ the same pixels a viewer would show:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +285,23 @@ def to_pixels(image: object, resolution: int | Sequence[int], channels: int, nam
     if isinstance(image, Image.Image):
         return preprocess(image, resolution, channels)
     raise UserError(f"{name}: expected a path, a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+
+
+def image_list(images: object, lazy: bool = False) -> Iterable:
+    """The ``images`` argument of the API as single images: one image (a path, PIL image, array or
+    tensor) is one image, a 4-D tensor or array ``[N, ...]`` is N images, any other iterable is
+    its items. ``lazy``: an iterable is passed through unconsumed (a generator streams); else a list."""
+    if images is None:
+        raise UserError("images is None; pass an image (path, PIL image, array or tensor) or an iterable of them")
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        return list(images) if images.ndim == 4 else [images]  # [N, C, H, W] (or N HWC arrays) is N images
+    if isinstance(images, (bytes, bytearray)):
+        raise UserError("images: got bytes; pass a path or a PIL image (PIL.Image.open(io.BytesIO(data)))")
+    if not isinstance(images, Iterable):
+        raise UserError(
+            "images: expected an image (path, PIL image, array or tensor) or an iterable of them, "
+            f"got {type(images).__name__}"
+        )
+    return images if lazy else list(images)

@@ -66,7 +66,6 @@ def run_swap_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict
 
 
 def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, groups: list[dict], all_groups: list[dict]) -> dict:
-    from .engine.match import iter_match_groups
     from .engine.winoground import WinogroundScores, summarize, winoground_from_errors
 
     clf = make_classifier(a)
@@ -82,7 +81,7 @@ def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     t0 = time.perf_counter()
     bar = progress(2 * len(todo), "eval swap")
     try:
-        for k, res in iter_match_groups(clf, [(g["images"], g["captions"]) for g in todo], n_grid=a.n_grid, shared_noise=shared, progress=bar):
+        for k, res in clf.match_groups([(g["images"], g["captions"]) for g in todo], n_grid=a.n_grid, shared_noise=shared, progress=bar):
             w = winoground_from_errors(res.errors)
             scores.append(w)
             evals.append(res.evaluations)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, device_tag, environment, write_json  # noqa: E402
 from diffcls_fast import DiffusionClassifier, load_model  # noqa: E402
 from diffcls_fast.engine.calibration import ece, fit_calibration, nll  # noqa: E402
-from diffcls_fast.engine.classifier import DEFAULT_TEMPERATURE  # noqa: E402
+from diffcls_fast.engine.options import DEFAULT_TEMPERATURE  # noqa: E402
 from diffcls_fast.engine.results import finalists, posterior  # noqa: E402
 from diffcls_fast.evaluate import load_eval_split  # noqa: E402
 

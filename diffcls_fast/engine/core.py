@@ -4,20 +4,19 @@
 the HTTP server (:mod:`diffcls_fast.server`) all drive the same object, so a
 result never depends on which door it came through::
 
-    engine = Engine(clf)
+    engine = Engine(model, EngineConfig.build(model), options)
     req = engine.submit(images, classes)               # a handle; images may be a lazy iterable
-    other = engine.submit(more, ["cat", "dog"], options=clf.with_options(seed=3, policy="halving"))
+    other = engine.submit(more, ["cat", "dog"], options.derive(model, "l2", seed=3, policy="halving"))
     while engine.has_work:
         for req, index, result in engine.step():      # one denoiser batch per step
             ...
     engine.cancel(req)                                 # drops its queries from the scheduler
 
-Each request carries its own class list (prompts or prompt ensembles), policy and
-options, seed (noise bank) and posterior temperature: ``options`` is a view of the
-classifier (:meth:`DiffusionClassifier.with_options`). The engine-wide settings are
-the model, the loss, the buckets, the in-flight bound and speculation; none of
-them changes a result beyond the floating-point tolerance of batch composition
-(README, "Determinism").
+Each request carries its own class list (prompts or prompt ensembles) and its
+:class:`RequestOptions` (policy, noise bank, posterior temperature and floor). The
+engine-wide settings are the model and the :class:`EngineConfig` (loss, buckets,
+in-flight bound, speculation, embedding cache); none of them changes a result
+beyond the floating-point tolerance of batch composition (docs, "Determinism").
 
 Requests with different class lists share batches through one condition table:
 the union of the live requests' prompt embeddings, keyed by prompt content (two
@@ -27,7 +26,7 @@ rows up per query. Rows are reference-counted and reused once no live request
 needs them, so a long-running server's table holds only what is in flight.
 
 Pure orchestration: tensors are made by the model bundle and the runner, the
-decisions by the policies and the scheduler, the results by the classifier.
+decisions by the policies and the scheduler.
 """
 
 from __future__ import annotations
@@ -43,15 +42,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .. import kernels
 from ..errors import NonFiniteInput, UserError
+from ..images import to_pixels
+from .conditions import Classes, UnknownWords, check_distinct, class_spec, encode_conditions, unknown_words
 from .noise import image_key
+from .options import EngineConfig, RequestOptions
 from .prompts import ClassSpec
-from .results import ClassificationResult
+from .results import ClassificationResult, RunStats, failed_result, image_result
 from .runner import ClassRows, ImageState
 from .scheduler import Scheduler, SchedulerStats
 
 if TYPE_CHECKING:
-    from .classifier import DiffusionClassifier
+    from ..models.bundle import ModelBundle
 
 
 _REQUEST_IDS = itertools.count()
@@ -115,7 +118,7 @@ class Request:
     """A handle on one submitted request: its class list, options, and progress."""
 
     id: int
-    clf: DiffusionClassifier  # the request's options: policy, seed (noise bank), temperature (a view of the classifier)
+    options: RequestOptions  # policy, noise bank, posterior temperature and floor
     spec: ClassSpec
     warning: str | None  # the unknown-words sentence, if any (classify_iter issues it as a DiffclsWarning)
     chunk: int
@@ -145,12 +148,13 @@ class Engine:
 
     MEMO_ROWS = 1024  # condition rows of recently seen class lists kept ready (beyond them the disk cache serves)
 
-    def __init__(self, clf: DiffusionClassifier):
-        self.clf = clf
-        self.model = clf.model
-        self.sched = Scheduler(clf.buckets, clf.max_inflight, clf.speculate)
+    def __init__(self, model: ModelBundle, config: EngineConfig, options: RequestOptions | None = None):
+        self.model = model
+        self.config = config
+        self.options = options  # a request's options when it names none
+        self.sched = Scheduler(list(config.buckets), config.max_inflight, config.speculate)
         self.table = ConditionTable()
-        self.runner = clf._new_runner()
+        self.runner = config.make_runner(model, config.loss)
         self.states: dict[int, ImageState] = {}
         self._owner: dict[int, tuple[Request, int]] = {}  # scheduler id -> (request, input index)
         self._started: dict[int, float] = {}  # scheduler id -> time of its first batch
@@ -158,22 +162,26 @@ class Engine:
         self._ready: deque[Event] = deque()  # results known before scoring (failed inputs, one-class requests)
         self._ids = _REQUEST_IDS  # process-wide: a handle of an engine since replaced never names a live request
         self._uids = itertools.count()
-        self._memo: OrderedDict[tuple, tuple[torch.Tensor, tuple[str, set[int]] | None]] = OrderedDict()
+        self._memo: OrderedDict[tuple, tuple[torch.Tensor, UnknownWords | None]] = OrderedDict()
         self.images_done = 0
 
     # -- requests ------------------------------------------------------------------------
-    def submit(self, images: Iterable[Any], classes: Any = None, options: DiffusionClassifier | None = None, chunk: int = 32) -> Request:
+    def submit(
+        self, images: Iterable[Any], classes: Classes = None, options: RequestOptions | None = None, chunk: int = 32
+    ) -> Request:
         """Queue ``images`` (any iterable of accepted image forms, pulled lazily) for ``classes``.
 
-        ``options`` is the request's view of the classifier (default: the engine's own).
-        Class-list errors (empty, duplicated, classes that encode alike) raise
-        :class:`UserError` here, before anything is queued.
+        ``options`` are the request's (default: the engine's own). Class-list errors (empty,
+        duplicated, classes that encode alike) raise :class:`UserError` here, before anything
+        is queued.
         """
-        clf = options if options is not None else self.clf
-        spec = clf.class_spec(classes)
-        req = Request(next(self._ids), clf, spec, None, max(1, int(chunk)), iter(enumerate(images)))
+        options = options if options is not None else self.options
+        if options is None:
+            raise ValueError("this engine has no default request options; pass options")
+        spec = class_spec(self.model, classes, self.config.max_batch)
+        req = Request(next(self._ids), options, spec, None, max(1, int(chunk)), iter(enumerate(images)))
         if len(spec) > 1:
-            cond, unknown = self._conditions(clf, spec)
+            cond, unknown = self.conditions(spec, options.distinct_classes)
             req.warning = unknown[0] if unknown is not None else None
             prompt_rows = self.table.acquire(spec.prompts, cond)
             req.rows = ClassRows.from_class_prompts(spec.class_prompts, prompt_rows)
@@ -181,16 +189,19 @@ class Engine:
         self._requests[req.id] = req
         return req
 
-    def _conditions(self, clf: DiffusionClassifier, spec: ClassSpec):
-        """The spec's condition rows and unknown words, checked (memoised: a server sees the same class lists again and again)."""
-        key = (type(clf), tuple(spec.names), tuple(spec.prompts), tuple(tuple(int(i) for i in c) for c in spec.class_prompts))
+    def conditions(self, spec: ClassSpec, distinct: bool = True) -> tuple[torch.Tensor, UnknownWords | None]:
+        """The spec's condition rows and unknown words, checked (memoised: a server sees the same
+        class lists again and again). ``distinct``: refuse classes that encode alike."""
+        prompt_ids = tuple(tuple(int(i) for i in c) for c in spec.class_prompts)
+        key = (distinct, tuple(spec.names), tuple(spec.prompts), prompt_ids)
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)
             return hit
-        unknown = clf._unknown_words(spec)
-        cond = clf._conditions(spec)
-        clf._check_distinct(spec, cond, unknown)
+        unknown = unknown_words(self.model, spec)
+        cond = encode_conditions(self.model, spec, self.config.cache)
+        if distinct:
+            check_distinct(spec, cond, unknown)
         # Bounded by condition rows, not entries: one 1,000-prompt SD table is 315 MB.
         if len(cond) <= self.MEMO_ROWS:
             self._memo[key] = (cond, unknown)
@@ -268,7 +279,7 @@ class Engine:
         for uid in finished:
             st = self.states[uid]
             req, i = self._owner[uid]
-            result = req.clf._result(req.spec, st.policy.outcome(), st.policy.spent, now - self._started.get(uid, now))
+            result = self._result(req, st.policy.outcome(), st.policy.spent, now - self._started.get(uid, now))
             self._drop(uid)
             out.append(self._finish_event(req, i, result))
         self._refill()
@@ -305,13 +316,13 @@ class Engine:
         if not block:
             return
         req.inputs += len(block)
-        clf = req.clf
+        m = self.model
         pix, ok = [], []
         for i, im in block:
             try:
-                px = clf._pixels(im, i)
+                px = to_pixels(im, m.image_hw, m.image_channels, name=f"images[{i}]")
             except NonFiniteInput as e:  # NaN/inf pixels: that image fails, the others go on
-                self._ready.append((req, i, clf._failed_result(req.spec, f"{e}; it was not scored", None, 0, 0.0)))
+                self._ready.append((req, i, self._failed(req, f"{e}; it was not scored")))
                 continue
             except UserError as e:
                 # A file that cannot be read (truncated, not an image, gone) is damaged data: that image
@@ -319,25 +330,83 @@ class Engine:
                 # argument of the wrong kind (a bad shape, type or range) is the caller's error: raised.
                 if not isinstance(im, (str, Path)):
                     raise
-                self._ready.append((req, i, clf._failed_result(req.spec, f"{e}; it was not scored", None, 0, 0.0)))
+                self._ready.append((req, i, self._failed(req, f"{e}; it was not scored")))
                 continue
             if req.rows is None:  # one candidate: the answer is certain, the model is not run
-                self._ready.append((req, i, clf._result(req.spec, None, 0, 0.0)))
+                self._ready.append((req, i, self._result(req, None, 0, 0.0)))
                 continue
             pix.append(px)
             ok.append(i)
         if not pix:
             return
-        x0 = self.model.encode_images(pix).float()
+        x0 = m.encode_images(pix).float()
         for i, px, x in zip(ok, pix, x0):
             if not bool(torch.isfinite(x).all()):
-                self._ready.append((req, i, clf._failed_result(req.spec, "the input image (its encoded latent) holds NaN or inf; it was not scored", None, 0, 0.0)))
+                why = "the input image (its encoded latent) holds NaN or inf; it was not scored"
+                self._ready.append((req, i, self._failed(req, why)))
                 continue
             # Key the noise on the input pixels, not the latent: a VAE's output depends (in the
             # last bits) on how images are batched, and the noise must not.
             key = image_key(px)
-            pol = clf._new_policy(i, len(req.spec), key, req.rows.cost)
+            opts = req.options
+            pol = opts.policy.make(i, len(req.spec), m.num_timesteps, opts.bank, key, req.rows.cost)
             uid = next(self._uids)
-            self.states[uid] = ImageState(key, x, pol, bank=clf.bank, rows=req.rows)
+            self.states[uid] = ImageState(key, x, pol, bank=opts.bank, rows=req.rows)
             self._owner[uid] = (req, i)
             self.sched.add(uid, pol)
+
+    # -- results -------------------------------------------------------------------------
+    def _result(self, req: Request, outcome, spent: int, seconds: float) -> ClassificationResult:
+        o = req.options
+        return image_result(req.spec.names, outcome, spent, seconds, o.policy_name, o.temperature, o.posterior_floor)
+
+    def _failed(self, req: Request, message: str) -> ClassificationResult:
+        return failed_result(req.spec.names, message, None, 0, 0.0, req.options.policy_name)
+
+    # -- one request, start to end -------------------------------------------------------
+    def run(
+        self,
+        images: Iterable[Any],
+        classes: Classes,
+        options: RequestOptions | None = None,
+        stats: RunStats | None = None,
+        progress: Any = None,
+        chunk: int = 32,
+        on_warning: Any = None,
+    ) -> Iterator[tuple[int, ClassificationResult]]:
+        """Submit one request and step until it is done, yielding ``(input index, result)`` as images finish.
+
+        ``stats`` (if given) is filled with the run's counters; ``on_warning(sentence)`` hears the
+        unknown-words warning. A run abandoned half-way (the generator closed) cancels its request.
+        """
+        stats = stats if stats is not None else RunStats()
+        m = self.model
+        stats.backend, stats.dtype = m.backend, str(m.dtype).removeprefix("torch.")
+        t_setup = time.perf_counter()
+        req = self.submit(images, classes, options, chunk=chunk)
+        if req.warning is not None and on_warning is not None:
+            on_warning(req.warning)
+        stats.setup_seconds = time.perf_counter() - t_setup
+        t0 = time.perf_counter()
+        before = self._counters()
+        try:
+            while not req.done:
+                for r, i, result in self.step():
+                    if r is not req:
+                        continue
+                    stats.images += 1
+                    if progress is not None:
+                        progress.update(1)
+                    yield i, result
+        finally:
+            if not req.done:
+                self.cancel(req)
+            stats.seconds = time.perf_counter() - t0
+            rows, padded, batches, buckets = self._counters()
+            stats.evaluations, stats.padded_rows, stats.batches = rows - before[0], padded - before[1], batches - before[2]
+            stats.bucket_counts = {k: n - before[3].get(k, 0) for k, n in buckets.items() if n != before[3].get(k, 0)}
+            stats.kernels = kernels.active_backend()
+
+    def _counters(self) -> tuple[int, int, int, dict[int, int]]:
+        s = self.sched.stats
+        return s.rows, s.padded, s.batches, dict(s.bucket_counts)

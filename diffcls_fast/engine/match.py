@@ -1,36 +1,36 @@
 """Image-text matching with shared noise (Li et al.'s and Clark & Jaini's Winoground experiments).
 
-``match(clf, images, captions)`` scores every caption on every image and
-returns the matrix of mean errors. It is classification run sideways: the
-captions are the "classes" (a :class:`ClassSpec` of prompts, so their
-embeddings come from the cache), each image scores every caption exhaustively
-on Li et al.'s ``n_grid``-point timestep grid, and the classifier's own
-scheduler and runner do the work, batching across images. An image's captions
-are scored on the same (t, eps) samples, the ones ``classify`` uses for that
-image and seed, so ``match`` and an exhaustive ``classify`` give the same
-numbers.
+Matching is classification run sideways: the captions are the "classes" (a
+:class:`ClassSpec` of prompts, so their embeddings come from the cache), each
+image scores its captions exhaustively on Li et al.'s ``n_grid``-point timestep
+grid, and the engine's scheduler and runner do the work, batching across images.
+An image's captions are scored on the same (t, eps) samples, the ones ``classify``
+uses for that image and seed, so ``match`` and an exhaustive ``classify`` give the
+same numbers.
 
-:func:`iter_match_groups` runs many small groups (each its own images and
-captions, e.g. Winoground's 2x2 groups) in one engine run: each image scores
-only its own group's captions, and a group is yielded once its images finish.
+A :class:`MatchPlan` turns groups of (images, captions) (e.g. Winoground's 2x2
+groups) into one engine request, in which each image scores only its own group's
+captions, and turns the images' results back into one :class:`MatchResult` per
+group. :func:`iter_match_groups` runs a plan on an engine; the server admits the
+same plan's request into its running engine.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import UserError
-from .classifier import DiffusionClassifier, ImageLike, _image_stream
-from .noise import NoiseBank
+from ..images import image_list
+from .core import Engine
+from .options import RequestOptions, check_noise_rows
 from .policies import PolicyConfig
 from .policies.stages import StagedPolicy
 from .prompts import ClassSpec
+from .results import ClassificationResult, RunStats
 from .winoground import WinogroundScores, winoground_from_errors
 
 
@@ -108,35 +108,18 @@ class CaptionSubsetPolicy(StagedPolicy):
         super()._open_stage()
 
 
-class SharedNoiseBank(NoiseBank):
-    """A view of a noise bank in which every image draws sample i from one key: noise shared across images."""
+@dataclass(frozen=True)
+class CaptionSubsets:
+    """The policy factory of a match request: image ``index`` scores the classes ``subsets[index]``."""
 
-    def __init__(self, bank: NoiseBank):  # noqa: D107 - shares the bank's seed and saved noise
-        self.__dict__.update(bank.__dict__)
+    n_grid: int
+    subsets: tuple[np.ndarray, ...]
 
-    def noise(self, key: int, i: int) -> torch.Tensor:
-        return super().noise(0, i)
+    def make(self, index: int, n_classes: int, T: int, bank, key: int, cost: np.ndarray | None) -> CaptionSubsetPolicy:
+        return CaptionSubsetPolicy(n_classes, T, self.n_grid, self.subsets[index], cost)
 
-    def uniform(self, key: int, i: int) -> float:
-        return super().uniform(0, i)
-
-
-class _Matcher(DiffusionClassifier):
-    """A view of a classifier (same model, cache, buckets, seed) whose image ``k`` scores the classes ``subsets[k]``."""
-
-    def __init__(self, base: DiffusionClassifier, n_grid: int, subsets: list[np.ndarray], shared_noise: bool):  # noqa: D107
-        self.__dict__.update(base.__dict__)
-        self.policy_cfg = PolicyConfig(name="exhaustive", n_grid=n_grid)
-        if shared_noise:
-            self.bank = SharedNoiseBank(base.bank)
-        self._subsets = subsets
-
-    def _check_distinct(self, spec: ClassSpec, cond: torch.Tensor, unknown=None) -> None:
-        """Captions that encode alike are allowed here: no pruning, they just score alike (the
-        unknown-word warning still names them)."""
-
-    def _new_policy(self, index: int, n_classes: int, key: int, cost: np.ndarray):
-        return CaptionSubsetPolicy(n_classes, self.model.num_timesteps, self.policy_cfg.n_grid, self._subsets[index], cost)
+    def describe(self) -> str:
+        return PolicyConfig(name="exhaustive", n_grid=self.n_grid).describe()
 
 
 def check_captions(captions: Any) -> list[str]:
@@ -154,8 +137,8 @@ def check_captions(captions: Any) -> list[str]:
     return caps
 
 
-def _check_n_grid(n_grid: int, T: int, bank=None) -> int:
-    """``n_grid`` as an int, checked against T and (``bank``) the rows of a saved noise tensor."""
+def check_n_grid(n_grid: Any, T: int, options: RequestOptions | None = None) -> int:
+    """``n_grid`` as an int, checked against T and (``options``) the rows of a saved noise tensor."""
     if isinstance(n_grid, bool) or not isinstance(n_grid, (int, np.integer)):
         raise UserError(f"n_grid must be an integer, got {n_grid!r}")
     cfg = PolicyConfig(name="exhaustive", n_grid=int(n_grid))
@@ -163,110 +146,116 @@ def _check_n_grid(n_grid: int, T: int, bank=None) -> int:
         cfg.validate(T)
     except ValueError as e:
         raise UserError(f"n_grid: {e}") from None
-    if bank is not None:
-        from .classifier import _check_noise_rows
-
-        _check_noise_rows(bank, cfg, T)
+    if options is not None and options.bank.saved is not None:
+        check_noise_rows(options.bank.saved.shape[0], cfg, T)
     return int(n_grid)
 
 
+UNSCORED = "\x00unscored"  # a second class no image scores: a lone caption still runs the model
+
+
+@dataclass
+class MatchPlan:
+    """Groups of (images, captions) as one engine request, and its results as one MatchResult per group.
+
+    Identical captions (within or across groups) are one class: one embedding, and within an
+    image one score per sample. Image k of the request is image ``k - first[g]`` of group
+    ``owner[k]`` and scores the classes ``subsets[k]``.
+    """
+
+    captions: list[list[str]]  # per group, as given
+    n_grid: int
+    shared_noise: bool
+    spec: ClassSpec = field(init=False)
+    cols: list[np.ndarray] = field(init=False)  # per group: caption j -> class
+    subsets: list[np.ndarray] = field(init=False)
+    owner: list[int] = field(init=False)
+    first: list[int] = field(init=False)
+    sizes: list[int] = field(init=False)
+
+    @classmethod
+    def build(cls, caption_lists: Sequence[Any], image_counts: Sequence[int], n_grid: int, shared_noise: bool):
+        plan = cls([check_captions(caps) for caps in caption_lists], n_grid, shared_noise)
+        distinct: dict[str, int] = {}
+        for caps in plan.captions:
+            for c in caps:
+                distinct.setdefault(c, len(distinct))
+        names = list(distinct)
+        class_prompts = [np.array([k]) for k in range(len(names))]
+        if len(names) == 1:
+            # A lone class is answered without running the model; a second class that no image
+            # ever scores (sharing the caption's embedding) keeps the engine running.
+            names.append(UNSCORED)
+            class_prompts.append(np.array([0]))
+        plan.spec = ClassSpec(names, list(distinct), class_prompts)
+        plan.cols = [np.array([distinct[c] for c in caps], dtype=np.int64) for caps in plan.captions]
+        plan.subsets, plan.owner, plan.first, plan.sizes = [], [], [], list(image_counts)
+        for g, n in enumerate(plan.sizes):
+            plan.first.append(len(plan.subsets))
+            plan.subsets += [np.unique(plan.cols[g])] * n
+            plan.owner += [g] * n
+        return plan
+
+    @property
+    def policy(self) -> str:
+        return PolicyConfig(name="exhaustive", n_grid=self.n_grid).describe()
+
+    def options(self, base: RequestOptions) -> RequestOptions:
+        """The request's options: ``base``'s noise (shared across images if asked), the plan's
+        policy, and captions that encode alike allowed (no pruning: they just score alike)."""
+        bank = base.bank.shared_across_images() if self.shared_noise else base.bank
+        policy = CaptionSubsets(self.n_grid, tuple(self.subsets))
+        return replace(base, policy=policy, bank=bank, distinct_classes=False)
+
+    def result(self, g: int, results: Sequence[ClassificationResult]) -> MatchResult:
+        """Group ``g``'s MatchResult from its images' results (in the group's image order)."""
+        caps = self.captions[g]
+        if not results:
+            return MatchResult(np.zeros((0, len(caps))), caps, self.n_grid, 0, 0.0, self.shared_noise, self.policy)
+        errors = np.stack([r.mean_errors[self.cols[g]] for r in results]).astype(np.float64)
+        errors[[r.error is not None for r in results]] = np.nan  # a failed image has no scores
+        return MatchResult(
+            errors=errors,
+            captions=caps,
+            n_grid=self.n_grid,
+            evaluations=int(sum(r.evaluations_spent for r in results)),
+            seconds=float(max(r.seconds for r in results)),
+            shared_noise=self.shared_noise,
+            policy=self.policy,
+            failures=[r.error for r in results],
+        )
+
+
 def iter_match_groups(
-    clf: DiffusionClassifier,
-    groups: Sequence[tuple[Sequence[ImageLike], Sequence[str]]],
+    engine: Engine,
+    groups: Sequence[tuple[Any, Sequence[str]]],
     *,
-    n_grid: int | None = None,
+    n_grid: int,
     shared_noise: bool = False,
     progress: Any = None,
+    stats: RunStats | None = None,
 ) -> Iterator[tuple[int, MatchResult]]:
-    """Yield ``(group index, MatchResult)`` as groups finish; groups are ``(images, captions)``.
-
-    One engine run for all groups: images of every group share the batches, and
-    each image scores only its own group's captions. Identical captions (within
-    or across groups) are one class: one embedding, and within an image one
-    score per sample.
-    """
-    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps, clf.bank)
-    caption_lists = [check_captions(caps) for _, caps in groups]
-    distinct: dict[str, int] = {}
-    for caps in caption_lists:
-        for c in caps:
-            distinct.setdefault(c, len(distinct))
-    names = list(distinct)
-    class_prompts = [np.array([k]) for k in range(len(names))]
-    if len(names) == 1:
-        # The classifier answers a lone class without running the model; a second class that no
-        # image ever scores (sharing the caption's embedding) keeps the engine running.
-        names.append("\x00unscored")
-        class_prompts.append(np.array([0]))
-    spec = ClassSpec(names, list(distinct), class_prompts)
-
-    # Flatten: image k of the run is image k - first[g] of group owner[k], scoring classes subsets[k].
-    cols = [np.array([distinct[c] for c in caps], dtype=np.int64) for caps in caption_lists]
-    flat: list[ImageLike] = []
-    subsets: list[np.ndarray] = []
-    owner: list[int] = []
-    first: list[int] = []
-    remaining: list[int] = []  # images of each group not yet finished
-    for g, (images, _) in enumerate(groups):
-        images = _as_list(images)
-        first.append(len(flat))
-        remaining.append(len(images))
-        flat += images
-        subsets += [np.unique(cols[g])] * len(images)
-        owner += [g] * len(images)
-    rows: list[list[Any]] = [[None] * r for r in remaining]
-    policy = PolicyConfig(name="exhaustive", n_grid=n_grid).describe()
-    for g in [g for g, r in enumerate(remaining) if r == 0]:
-        yield g, MatchResult(np.zeros((0, len(caption_lists[g]))), caption_lists[g], n_grid, 0, 0.0, shared_noise, policy)
+    """Run groups of ``(images, captions)`` as one request on ``engine`` (its default options give
+    the noise); yield ``(group index, MatchResult)`` as groups finish."""
+    base = engine.options
+    n_grid = check_n_grid(n_grid, engine.model.num_timesteps, base)
+    caption_lists = [caps for _, caps in groups]
+    images = [image_list(ims) for ims, _ in groups]
+    plan = MatchPlan.build(caption_lists, [len(ims) for ims in images], n_grid, shared_noise)
+    flat = [im for ims in images for im in ims]
+    rows: list[list[Any]] = [[None] * n for n in plan.sizes]
+    remaining = list(plan.sizes)
+    for g in [g for g, n in enumerate(plan.sizes) if n == 0]:
+        yield g, plan.result(g, [])
     if not flat:
         return
-    matcher = _Matcher(clf, n_grid, subsets, shared_noise)
-    try:
-        for k, r in matcher.classify_iter(flat, spec, progress=progress):
-            g = owner[k]
-            rows[g][k - first[g]] = r
-            remaining[g] -= 1
-            if remaining[g] == 0:
-                res = rows[g]
-                errors = np.stack([rr.mean_errors[cols[g]] for rr in res]).astype(np.float64)
-                errors[[rr.error is not None for rr in res]] = np.nan  # a failed image has no scores
-                yield (
-                    g,
-                    MatchResult(
-                        errors=errors,
-                        captions=caption_lists[g],
-                        n_grid=n_grid,
-                        evaluations=int(sum(rr.evaluations_spent for rr in res)),
-                        seconds=float(max(rr.seconds for rr in res)),
-                        shared_noise=shared_noise,
-                        policy=policy,
-                        failures=[rr.error for rr in res],
-                    ),
-                )
-                rows[g] = []
-    finally:
-        clf.last_stats = matcher.last_stats
-
-
-def match(
-    clf: DiffusionClassifier,
-    images: Sequence[ImageLike] | ImageLike,
-    captions: Sequence[str],
-    *,
-    n_grid: int | None = None,
-    shared_noise: bool = False,
-    progress: Any = None,
-) -> MatchResult:
-    """The mean error of every (image, caption) pair; see :meth:`DiffusionClassifier.match`."""
-    t0 = time.perf_counter()
-    (_, res), *_ = list(iter_match_groups(clf, [(_as_list(images), captions)], n_grid=n_grid, shared_noise=shared_noise, progress=progress))
-    res.seconds = time.perf_counter() - t0
-    return res
-
-
-def _as_list(images: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
-    # classify's rule, so that one image is one image to both (a 3-D array is an image, not its rows)
-    return list(_image_stream(images))
+    for k, r in engine.run(flat, plan.spec, plan.options(base), stats=stats, progress=progress):
+        g = plan.owner[k]
+        rows[g][k - plan.first[g]] = r
+        remaining[g] -= 1
+        if remaining[g] == 0:
+            yield g, plan.result(g, rows[g])
+            rows[g] = []
 
 
 def format_matrix(result: MatchResult, image_names: Sequence[str]) -> list[str]:

@@ -52,9 +52,16 @@ def _non_finite_rows(t: torch.Tensor) -> str:
 
 
 class NoiseBank:
-    def __init__(self, shape: tuple[int, ...], seed: int = 0, saved: torch.Tensor | None = None):
+    """The noise of every (image, sample): a function of (seed, image key, sample index), never of arrival order.
+
+    ``saved``: a noise tensor whose row i is sample i of every image. ``shared``: every image
+    draws the samples of key 0 (``match --shared-noise``: one set of (t, eps) for all images).
+    """
+
+    def __init__(self, shape: tuple[int, ...], seed: int = 0, saved: torch.Tensor | None = None, shared: bool = False):
         self.shape = tuple(shape)
         self.seed = check_seed(seed)
+        self.shared = shared
         self.saved = None
         if saved is not None:
             saved = torch.as_tensor(saved, dtype=torch.float32)
@@ -66,11 +73,26 @@ class NoiseBank:
                 raise UserError(f"saved noise holds NaN or inf in {bad}")
             self.saved = saved.contiguous()
 
+    def with_seed(self, seed: int) -> NoiseBank:
+        """This bank under another seed (a saved noise tensor stays, checked once)."""
+        return self._copy(seed=check_seed(seed))
+
+    def shared_across_images(self) -> NoiseBank:
+        """This bank with one set of samples for every image."""
+        return self._copy(shared=True)
+
+    def _copy(self, **changes) -> NoiseBank:
+        bank = NoiseBank(self.shape, changes.get("seed", self.seed), shared=changes.get("shared", self.shared))
+        bank.saved = self.saved
+        return bank
+
     def _rng(self, key: int, i: int, stream: int) -> np.random.Generator:
         # SeedSequence splits each int into 32-bit words, so a seed below 2**32 is one word (the
         # streams of those seeds are unchanged from when the seed was truncated to 32 bits) and a
         # larger seed adds words. The other four entries are always one word each, so the word
         # count tells the seed's length and no two (seed, key, i, stream) share an entropy list.
+        if self.shared:
+            key = 0
         return np.random.default_rng([self.seed, key & 0xFFFFFFFF, key >> 32, int(i), stream])
 
     def noise(self, key: int, i: int) -> torch.Tensor:

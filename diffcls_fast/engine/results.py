@@ -133,3 +133,45 @@ class RunStats:
             "dtype": self.dtype,
             "bucket_counts": {str(k): v for k, v in sorted(self.bucket_counts.items())},
         }
+
+
+def image_result(names: list[str], outcome, spent: int, seconds: float, policy: str, temperature: float, floor: float):
+    """An image's :class:`ClassificationResult` from its policy's outcome (None: a one-class request,
+    answered without the model; an outcome with a failure: a failed image)."""
+    if outcome is None:
+        return ClassificationResult(
+            0, names[0], names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, policy
+        )
+    if outcome.failure is not None:  # this image failed (a NaN/inf score, or a policy bug); the run goes on
+        return failed_result(names, outcome.failure.message(names), outcome, spent, seconds, policy)
+    probs = posterior(outcome.mean_errors, outcome.n_scores, outcome.label, temperature, floor)
+    return ClassificationResult(
+        label=outcome.label,
+        label_name=names[outcome.label],
+        class_names=names,
+        probabilities=probs,
+        mean_errors=outcome.mean_errors,
+        n_scores=outcome.n_scores,
+        evaluations=outcome.evaluations,
+        evaluations_spent=spent,
+        seconds=seconds,
+        policy=policy,
+    )
+
+
+def failed_result(names: list[str], message: str, outcome, spent: int, seconds: float, policy: str):
+    """A failed image: no label, no posterior; the means and counts the rule had consumed, the evaluations spent."""
+    n = len(names)
+    return ClassificationResult(
+        label=-1,
+        label_name="",
+        class_names=names,
+        probabilities=np.zeros(n),
+        mean_errors=outcome.mean_errors if outcome is not None else np.full(n, np.nan),
+        n_scores=outcome.n_scores if outcome is not None else np.zeros(n, np.int64),
+        evaluations=outcome.evaluations if outcome is not None else 0,
+        evaluations_spent=spent,
+        seconds=seconds,
+        policy=policy,
+        error=message,
+    )

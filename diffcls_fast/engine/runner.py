@@ -6,7 +6,7 @@ denoiser call, one fused ``query_errors``, and one device->host copy of the
 per-query errors (the batch's only sync).
 
 Images of one batch may belong to requests with different class lists and
-seeds (the server): each :class:`ImageState` carries its request's noise bank
+seeds: each :class:`ImageState` carries its request's noise bank
 and :class:`ClassRows` (class -> rows of the shared condition table).
 """
 
@@ -48,28 +48,27 @@ class ClassRows:
 @dataclass
 class ImageState:
     """One in-flight image: its latent, its noise (generated once per sample), its policy,
-    and (for an engine serving several requests) its request's noise bank and class rows."""
+    and its request's noise bank and class rows."""
 
     key: int
     x0: torch.Tensor  # [C, H, W] float32 on the model's device
     policy: Policy
+    bank: NoiseBank
+    rows: ClassRows
     noise: dict[int, torch.Tensor] = field(default_factory=dict)
-    bank: NoiseBank | None = None  # None: the runner's
-    rows: ClassRows | None = None  # None: the runner's
 
 
 class Runner:
-    """``Runner(model, bank, cond_table, class_prompts)`` serves one class list; the engine
-    (:mod:`.core`) passes only the model and loss, sets ``cond_table`` to its shared table and
-    gives every image state its own bank and rows."""
+    """Runs scheduled batches of one model with one loss; the engine (:mod:`.core`) sets
+    ``cond_table`` to its shared condition table, and every image state carries its own
+    noise bank and class rows."""
 
-    def __init__(self, model: ModelBundle, bank: NoiseBank | None = None, cond_table: torch.Tensor | None = None, class_prompts: list[np.ndarray] | None = None, loss: str = "l2"):
+    def __init__(self, model: ModelBundle, loss: str = "l2"):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.model = model
-        self.bank = bank
         self.device = model.device
-        self.cond_table = cond_table.to(self.device) if cond_table is not None else None
+        self.cond_table: torch.Tensor | None = None
         self.kind = "l2" if loss == "x0" else loss
         self.x0_weight = loss == "x0"
         self.T = model.num_timesteps
@@ -79,9 +78,6 @@ class Runner:
         # Clark & Jaini: the x0 error is the eps l2 error times (1 - abar) / abar, weighted by exp(-7 t), t in [0, 1].
         t01 = torch.arange(self.T, dtype=torch.float64) / self.T
         self.w_tab = (torch.exp(-7.0 * t01) * (1 - acp) / acp).float().to(self.device)
-        # Prompt ensembles: class c is scored with prompts class_prompts[c] (mean over them).
-        self.rows = ClassRows.from_class_prompts(class_prompts) if class_prompts is not None else None
-        self.cost = self.rows.cost if self.rows is not None else None
         self._buffers: dict[int, torch.Tensor] = {}
 
     def _buffer(self, size: int) -> torch.Tensor:
@@ -99,7 +95,7 @@ class Runner:
         """
         missing = [(st, s) for st, s in pairs if s not in st.noise]
         if missing:
-            fresh = torch.stack([(st.bank or self.bank).noise(st.key, s) for st, s in missing]).to(self.device)
+            fresh = torch.stack([st.bank.noise(st.key, s) for st, s in missing]).to(self.device)
             for (st, s), row in zip(missing, fresh):
                 st.noise[s] = row
         return torch.stack([st.noise[s] for st, s in pairs])
@@ -125,8 +121,8 @@ class Runner:
         bounds = np.concatenate([[0], np.flatnonzero(np.diff(req)) + 1, [len(req)]])
         start = 0
         for k in range(len(st_of)):
-            cr = st_of[k].rows or self.rows
-            if k + 1 < len(st_of) and (st_of[k + 1].rows or self.rows) is cr:
+            cr = st_of[k].rows
+            if k + 1 < len(st_of) and st_of[k + 1].rows is cr:
                 continue  # the next image shares the class rows: one lookup for the run
             lo, hi = bounds[start], bounds[k + 1]
             c = cls[lo:hi]

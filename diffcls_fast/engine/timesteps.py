@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .noise import NoiseBank
+if TYPE_CHECKING:
+    from .noise import NoiseBank
 
 
 def li_grid(T: int, n: int) -> np.ndarray:

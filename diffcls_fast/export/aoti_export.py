@@ -218,6 +218,7 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
     """
     from safetensors.torch import save_file
 
+    from ..engine.conditions import check_distinct, encode_conditions
     from .onnx_export import writable_dir
 
     require_aoti()
@@ -230,8 +231,8 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
         raise UserError(f"the AOTInductor export runs in float32 (got --dtype {str(bundle.dtype).removeprefix('torch.')})")
     out = writable_dir(out_dir)
     spec = clf.class_spec(classes)
-    cond = clf._conditions(spec)
-    clf._check_distinct(spec, cond)
+    cond = encode_conditions(bundle, spec, clf.config.cache)
+    check_distinct(spec, cond)
 
     packages = []
     for rng, path, seconds in compile_cached(bundle, art_dir, batch_sizes, force=force):

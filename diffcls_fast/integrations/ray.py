@@ -58,21 +58,16 @@ def require_ray():
 # -- the classifier an actor builds ---------------------------------------------------------
 def build_from_options(model: str, policy: str, device: str | None, dtype: str | None, backend: str, engine: dict):
     """A :class:`DiffusionClassifier` from plain options (the Python API)."""
-    from ..engine import DiffusionClassifier
-    from ..engine.classifier import check_scheduler_args
-    from ..export import apply_backend
-    from ..models import load_model
+    from ..build import build_classifier
 
-    buckets = check_scheduler_args(engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto"))
-    m = apply_backend(load_model(model, device=device, dtype=dtype), backend, batch_sizes=buckets, cache_dir=engine.get("cache_dir"))
-    return DiffusionClassifier(m, policy, **engine)
+    return build_classifier(model, policy, device=device, dtype=dtype, backend=backend, **engine)
 
 
 def build_from_cli(a: Any, noise: Any):
     """The classifier ``diffcls-fast eval`` builds from its arguments (``a`` is the parsed namespace)."""
-    from ..cli import _classifier
+    from ..build import classifier_from_args
 
-    return _classifier(a, noise)
+    return classifier_from_args(a, noise)
 
 
 def _info(clf, spec) -> dict:
@@ -98,9 +93,11 @@ def _info(clf, spec) -> dict:
 
 
 def _probe(factory: tuple, classes: Any) -> dict:
+    from ..engine.conditions import unknown_words
+
     clf = factory[0](*factory[1])
     spec = clf.class_spec(classes)
-    unknown = clf._unknown_words(spec) if len(spec) > 1 else None  # the warning classify_iter gives in every actor
+    unknown = unknown_words(clf.model, spec) if len(spec) > 1 else None  # the warning classify_iter gives in every actor
     return {**_info(clf, spec), "warning": unknown[0] if unknown else None}
 
 
@@ -311,13 +308,15 @@ def classify_dataset(
     require_ray()
     import inspect
 
-    from ..engine.classifier import _POLICY_FIELDS, DiffusionClassifier, check_scheduler_args
+    from ..engine.classifier import DiffusionClassifier
+    from ..engine.options import check_scheduler_args
+    from ..engine.policies import OPTIONS
 
     engine = dict(engine_options)
     if "denoiser_batch_size" in engine:  # batch_size is Ray's rows per call
         engine["batch_size"] = engine.pop("denoiser_batch_size")
     # Checked here, in the driver, before any actor starts: a bad option fails at once, not in every actor.
-    known = (set(inspect.signature(DiffusionClassifier.__init__).parameters) - {"self", "model", "policy", "policy_options"}) | _POLICY_FIELDS
+    known = (set(inspect.signature(DiffusionClassifier.__init__).parameters) - {"self", "model", "policy", "policy_options"}) | set(OPTIONS)
     unknown = sorted(set(engine) - known)
     if unknown:
         raise TypeError(f"classify_dataset: unknown option(s): {', '.join(unknown)}")

@@ -36,7 +36,7 @@ class Job:
 
     pixels: list[Any]  # preprocessed pixel tensors, decoded and checked by the handler
     classes: Any  # names, a ClassSpec, or None (the model's own list)
-    options: dict[str, Any]  # DiffusionClassifier.with_options keywords
+    options: dict[str, Any]  # DiffusionClassifier.with_options keywords: the request's own options
     timeout: float  # seconds from acceptance
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     accepted_at: float = field(default_factory=time.monotonic)
@@ -44,7 +44,7 @@ class Job:
     warning: str | None = None
     request: Any = None  # the engine's handle, once admitted
     match: tuple | None = None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
-    _match_cols: Any = None
+    plan: Any = None  # the match's MatchPlan, once admitted
 
     @property
     def deadline(self) -> float:
@@ -122,9 +122,7 @@ class EngineLoop:
     def _run(self) -> None:
         try:
             self.clf = self._load()
-            from ..engine.core import Engine
-
-            self.engine = Engine(self.clf)
+            self.engine = self.clf.engine()
             if self.warmup:
                 self._warm_up()
         except Exception as e:  # the model does not load: /healthz says why, requests get 503
@@ -151,9 +149,7 @@ class EngineLoop:
                 log.exception("engine loop iteration failed")
                 for job in list(self._live.values()):
                     self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
-                from ..engine.core import Engine
-
-                self.engine = Engine(self.clf)
+                self.engine = self.clf.engine()
                 last = (0, 0, 0, 0)
                 self.metrics.observe_engine(0, 0, 0, 0, queued=self.pending, waiting=0, inflight=0)  # the gauges say the reset
 
@@ -191,10 +187,11 @@ class EngineLoop:
             return
         try:
             view = self.clf.with_options(**job.options)
-            classes = job.classes
+            options, classes = view.options, job.classes
             if job.match is not None:
-                view, classes, job._match_cols = _match_view(view, job.match, len(job.pixels))
-            req = self.engine.submit(job.pixels, classes, options=view)
+                job.plan = _match_plan(view, job.match, len(job.pixels))
+                options, classes = job.plan.options(options), job.plan.spec
+            req = self.engine.submit(job.pixels, classes, options=options)
         except (UserError, TypeError, ValueError) as e:
             self._finish(job, HTTPError(400, "bad_request", str(e)))
             return
@@ -223,7 +220,7 @@ class EngineLoop:
             return
         if error is None:
             try:
-                value = job.results if job.match is None else _match_result(job)
+                value = job.results if job.match is None else job.plan.result(0, job.results)
             except Exception as e:  # a bug in assembling the answer must not end the loop thread
                 log.exception("assembling a response failed")
                 error = HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}")
@@ -241,7 +238,7 @@ class EngineLoop:
         clf, m = self.clf, self.clf.model
         if m.class_names:
             try:
-                self.engine._conditions(clf, clf.class_spec(None))
+                self.engine.conditions(clf.class_spec(None))
             except UserError as e:
                 log.warning("diffcls-fast: warning: the model's own class list: %s", e)
         cond = None
@@ -256,36 +253,11 @@ class EngineLoop:
         self.warmup_seconds = time.perf_counter() - t0
 
 
-def _match_view(clf, match: tuple, n_images: int):
-    """``iter_match_groups`` for one group: the captions as classes, each image scoring all of them
-    exhaustively on the grid (tests/server check the answer equals ``clf.match``)."""
-    import numpy as np
-
-    from ..engine.match import _check_n_grid, _Matcher
-    from ..engine.prompts import ClassSpec
+def _match_plan(clf, match: tuple, n_images: int):
+    """One group of ``iter_match_groups``: the captions as classes, each image scoring all of them
+    exhaustively on the grid (the server's tests check the answer equals ``clf.match``)."""
+    from ..engine.match import MatchPlan, check_n_grid
 
     captions, n_grid, shared = match
-    n_grid = _check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps, clf.bank)
-    distinct = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-    names, class_prompts = list(distinct), [np.array([k]) for k in range(len(distinct))]
-    if len(names) == 1:  # a lone class is answered without the model; an unscored second one keeps it running
-        names.append("\x00unscored")
-        class_prompts.append(np.array([0]))
-    cols = np.array([distinct[c] for c in captions], dtype=np.int64)
-    view = _Matcher(clf, n_grid, [np.unique(cols)] * n_images, shared)
-    return view, ClassSpec(names, list(distinct), class_prompts), cols
-
-
-def _match_result(job: Job):
-    import numpy as np
-
-    from ..engine.match import MatchResult
-    from ..engine.policies import PolicyConfig
-
-    captions, _, shared = job.match
-    res, cols = job.results, job._match_cols
-    view = job.request.clf
-    errors = np.stack([r.mean_errors[cols] for r in res]).astype(np.float64)
-    errors[[r.error is not None for r in res]] = np.nan  # a failed image has no scores
-    policy = PolicyConfig(name="exhaustive", n_grid=view.policy_cfg.n_grid).describe()
-    return MatchResult(errors, list(captions), view.policy_cfg.n_grid, int(sum(r.evaluations_spent for r in res)), float(max(r.seconds for r in res)), shared, policy, [r.error for r in res])
+    n_grid = check_n_grid(clf.policy_cfg.n_grid if n_grid is None else n_grid, clf.model.num_timesteps, clf.options)
+    return MatchPlan.build([captions], [n_images], n_grid, shared)

@@ -14,12 +14,12 @@ import binascii
 import io
 import math
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..engine.policies import PolicyConfig
+from ..engine.policies import OPTIONS
 from ..engine.prompts import ClassSpec, parse_class_list
 from ..errors import UserError
 
@@ -55,7 +55,6 @@ def too_large(message: str) -> HTTPError:
 
 
 _FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss", "model"}  # /v1/match adds captions, n_grid, shared_noise
-_POLICY_DEFAULTS = {f.name: getattr(PolicyConfig(), f.name) for f in fields(PolicyConfig) if f.name != "name"}
 
 
 @dataclass
@@ -201,25 +200,24 @@ def _prompts(rows: Any) -> ClassSpec:
 
 
 def _policy_options(opts: Any) -> dict[str, Any]:
-    """``options``: policy options with the types of :class:`PolicyConfig` (values are checked again by the policy)."""
+    """``options``: policy options of the types their policies declare (values are checked again by the policy)."""
     if opts is None:
         return {}
     if not isinstance(opts, dict):
         raise bad("'options' must be an object of policy options, e.g. {\"min_scores\": 10}")
     out = {}
     for k, v in opts.items():
-        if k not in _POLICY_DEFAULTS:
-            raise bad(f"unknown policy option {k!r}; expected some of {', '.join(sorted(_POLICY_DEFAULTS))}")
-        d = _POLICY_DEFAULTS[k]
-        if isinstance(d, list):
-            elem = type(d[0])
-            if not isinstance(v, list) or not v or not all(_is(x, elem) for x in v):
-                raise bad(f"option {k} must be a non-empty list of {elem.__name__}s, got {v!r}")
-            v = [elem(x) for x in v]
-        elif not _is(v, type(d)):
-            raise bad(f"option {k} must be {'an' if type(d) is int else 'a'} {type(d).__name__}, got {v!r}")
+        o = OPTIONS.get(k)
+        if o is None:
+            raise bad(f"unknown policy option {k!r}; expected some of {', '.join(sorted(OPTIONS))}")
+        if o.is_list:
+            if not isinstance(v, list) or not v or not all(_is(x, o.type) for x in v):
+                raise bad(f"option {k} must be a non-empty list of {o.type.__name__}s, got {v!r}")
+            v = [o.type(x) for x in v]
+        elif not _is(v, o.type):
+            raise bad(f"option {k} must be {'an' if o.type is int else 'a'} {o.type.__name__}, got {v!r}")
         else:
-            v = type(d)(v)
+            v = o.type(v)
         out[k] = v
     return out
 

@@ -180,7 +180,7 @@ def test_read_only_cache_folder_real_chmod(tmp_path, recwarn):
 def test_dtype_and_device_are_part_of_the_key():
     from types import SimpleNamespace
 
-    from diffcls_fast.engine.classifier import embedding_key
+    from diffcls_fast.engine.options import embedding_key
 
     m = SimpleNamespace(text_fingerprint="abc", dtype=torch.float16, device=torch.device("cpu"))
     assert embedding_key(m) == "abc-float16-cpu"

@@ -95,7 +95,7 @@ def test_a_calibration_applies_only_to_the_loss_it_was_fitted_with():
     import warnings
 
     from diffcls_fast import DiffusionClassifier, load_model
-    from diffcls_fast.engine import classifier
+    from diffcls_fast.engine import options as classifier
     from diffcls_fast.errors import DiffclsWarning
 
     classifier._WARNED_LOSS.clear()  # the warning is once per (model, policy, loss) and process

@@ -12,7 +12,7 @@ import torch
 from diffcls_fast import ClassSpec, DiffusionClassifier, UserError, load_model
 from diffcls_fast.data.digits import load_split
 from diffcls_fast.engine.cache import EmbeddingCache
-from diffcls_fast.engine.classifier import embedding_key
+from diffcls_fast.engine.options import embedding_key
 from diffcls_fast.errors import DiffclsWarning
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ import pytest
 
 from diffcls_fast import DiffusionClassifier, UserError, load_model
 from diffcls_fast.data.digits import CLASS_NAMES, load_split
-from diffcls_fast.engine.match import iter_match_groups
 from diffcls_fast.engine.winoground import WinogroundScores, summarize, winoground, winoground_from_errors
 
 CAPS = [f"a handwritten digit {n}" for n in CLASS_NAMES]
@@ -119,7 +118,7 @@ def test_shared_noise_across_images(clf, pil):
 
 def test_groups_score_only_their_own_captions(clf, pil):
     groups = [([pil[0], pil[1]], [CAPS[1], CAPS[2]]), ([pil[2]], [CAPS[2], CAPS[9], CAPS[4]]), ([], [CAPS[0]])]
-    out = dict(iter_match_groups(clf, groups, n_grid=4))
+    out = dict(clf.match_groups(groups, n_grid=4))
     assert sorted(out) == [0, 1, 2]
     assert out[0].errors.shape == (2, 2) and out[1].errors.shape == (1, 3) and out[2].errors.shape == (0, 1)
     assert out[0].evaluations == 2 * 2 * 4 and out[1].evaluations == 3 * 4

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffcls_fast.engine.conditions import encode_conditions
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.data.digits import CLASS_NAMES, load_split
 from diffcls_fast.export import apply_backend
@@ -76,7 +77,7 @@ def test_export_folder_and_manifest(aoti_dir, digits):
     spec = clf.class_spec(None)
     assert man["prompts"] == spec.prompts
     cond = load_file(str(aoti_dir / "conditions.safetensors"))["cond"]
-    assert torch.equal(cond, clf._conditions(spec).float())
+    assert torch.equal(cond, encode_conditions(clf.model, spec, clf.config.cache).float())
     sched = load_file(str(aoti_dir / "schedule.safetensors"))
     acp = digits.alphas_cumprod.double()
     assert torch.equal(sched["alphas_cumprod"], acp)

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from diffcls_fast.images import to_pixels
 from diffcls_fast.server.engine_loop import EngineLoop, Job
 from diffcls_fast.server.limits import HTTPError
 from diffcls_fast.server.metrics import Metrics
@@ -22,7 +23,8 @@ def loop():
 
 def _pixels(clf, n):
     _, _, pil = digit_pngs(n)
-    return [clf._pixels(im, i) for i, im in enumerate(pil)]
+    m = clf.model
+    return [to_pixels(im, m.image_hw, m.image_channels) for im in pil]
 
 
 def test_a_cancelled_match_fails_with_499_and_the_loop_goes_on(loop):

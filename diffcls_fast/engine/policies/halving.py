@@ -25,12 +25,16 @@ evaluations per image for 100 classes, 64 for 10.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..noise import NoiseBank
 from ..timesteps import StratifiedTimesteps
+from .options import Option, PolicySpec, positive_int
 from .stages import StagedPolicy
+
+if TYPE_CHECKING:
+    from ..noise import NoiseBank
 
 
 def check_halving(rounds: Sequence[int], keep: Sequence[int], band: Sequence[float]) -> None:
@@ -76,3 +80,21 @@ class HalvingPolicy(StagedPolicy):
             start = r
         order = StratifiedTimesteps(T, bank, key, (float(band[0]), float(band[1])))
         self._start(n_classes, cost, plan, np.array([order(i) for i in range(rounds[-1])]))
+
+
+HALVING = PolicySpec(
+    name="halving",
+    summary="successive halving on shared samples in a timestep band",
+    options=(
+        Option("rounds", int, (2, 4, 12), "cumulative samples per class after each round", nargs="+", parse=positive_int),
+        Option("keep", int, (10, 3, 1), "classes kept after each round", nargs="+", parse=positive_int),
+        Option("t_band", float, (0.15, 0.6), "timesteps drawn in [LO T, HI T)", nargs=2, parse=float, metavar=("LO", "HI")),
+    ),
+    make=lambda o, n_classes, T, bank, key, cost: HalvingPolicy(
+        n_classes, T, bank, key, o["rounds"], o["keep"], o["t_band"], cost
+    ),
+    check=lambda o, T, n_classes: check_halving(o["rounds"], o["keep"], o["t_band"]),
+    max_samples=lambda o, T: int(o["rounds"][-1]),
+    describe=lambda o: f"halving(rounds={o['rounds']}, keep={o['keep']}, t_band={o['t_band']})",
+    samples_option="rounds",
+)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..timesteps import li_grid, strided_subset
 from .base import Outcome, Policy
+from .options import Option, PolicySpec, positive_int
 
 
 def stage_plan(T: int, n_samples: Sequence[int], to_keep: Sequence[int], n_classes: int) -> list[tuple[np.ndarray, int]]:
@@ -151,3 +152,42 @@ def exhaustive(n_classes: int, T: int, n_samples: int, cost: np.ndarray | None =
     p = StagedPolicy(n_classes, T, [n_samples], [1], cost)
     p.name = "exhaustive"
     return p
+
+
+def _check_exhaustive(o, T: int | None, n_classes: int) -> None:
+    stage_plan(o["n_grid"] if T is None else T, [o["n_grid"]], [1], n_classes)
+
+
+def _check_adaptive(o, T: int | None, n_classes: int) -> None:
+    stage_plan(max(o["n_samples"]) if T is None else T, o["n_samples"], o["to_keep"], n_classes)
+
+
+def _adaptive_samples(o, T: int | None) -> int:
+    plan = stage_plan(max(o["n_samples"]) if T is None else T, o["n_samples"], o["to_keep"], 2)
+    return sum(len(idx) for idx, _ in plan)
+
+
+EXHAUSTIVE = PolicySpec(
+    name="exhaustive",
+    summary="every class at every point of Li et al.'s n-point timestep grid",
+    options=(Option("n_grid", int, 50, "timesteps on the grid", parse=positive_int),),
+    make=lambda o, n_classes, T, bank, key, cost: exhaustive(n_classes, T, o["n_grid"], cost),
+    check=_check_exhaustive,
+    max_samples=lambda o, T: o["n_grid"],
+    describe=lambda o: f"exhaustive(grid={o['n_grid']})",
+    samples_option="n_grid",
+)
+
+ADAPTIVE = PolicySpec(
+    name="adaptive",
+    summary="Li et al.'s stages: score the survivors on more grid points, keep the top k after each stage",
+    options=(
+        Option("n_samples", int, (50, 500), "grid points per stage", nargs="+", parse=positive_int),
+        Option("to_keep", int, (5, 1), "classes kept after each stage", nargs="+", parse=positive_int),
+    ),
+    make=lambda o, n_classes, T, bank, key, cost: StagedPolicy(n_classes, T, o["n_samples"], o["to_keep"], cost),
+    check=_check_adaptive,
+    max_samples=_adaptive_samples,
+    describe=lambda o: f"adaptive(n_samples={o['n_samples']}, to_keep={o['to_keep']})",
+    samples_option="n_samples",
+)

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import stdtr
-
+from ..timesteps import RandomTimesteps, StratifiedTimesteps
 from .base import Outcome, Policy
+from .options import Option, PolicySpec, positive_int, probability
 
 
 def paired_t_pvalues(diffs: np.ndarray, sides: int = 2) -> np.ndarray:
@@ -53,6 +53,8 @@ def paired_t_pvalues(diffs: np.ndarray, sides: int = 2) -> np.ndarray:
     n = diffs.shape[1]
     if n < 2:
         return np.ones(diffs.shape[0])
+    from scipy.special import stdtr  # here, not at the top: the CLI reads this module's options without scipy
+
     with np.errstate(over="ignore"):  # |diffs| near the float64 limit: sd = inf, so t = 0 below
         mean = diffs.mean(axis=1)
         sd = diffs.std(axis=1, ddof=1)
@@ -184,3 +186,40 @@ class TTestPolicy(Policy):
         label = int(alive[np.nanargmin(means[alive])]) if self.n else int(alive[0])
         evaluations = int((self.n_used * self.cost).sum())
         return Outcome(label, means, self.n_used.copy(), evaluations, self.failure)
+
+
+TIMESTEP_ORDERS = {"random": RandomTimesteps, "stratified": StratifiedTimesteps}
+
+
+def _make(o, n_classes: int, T: int, bank, key: int, cost) -> TTestPolicy:
+    timesteps = TIMESTEP_ORDERS[o["t_order"]](T, bank, key)
+    return TTestPolicy(n_classes, timesteps, o["min_scores"], o["max_scores"], o["cutoff_pval"], o["sides"], cost)
+
+
+def _describe(o) -> str:
+    return (
+        f"ttest(min={o['min_scores']}, max={o['max_scores']}, p<{o['cutoff_pval']:g}, "
+        f"{o['sides']}-sided, t={o['t_order']})"
+    )
+
+
+TTEST = PolicySpec(
+    name="ttest",
+    summary="Clark & Jaini: drop a class once a paired t-test says it is worse than the best",
+    options=(
+        Option("min_scores", int, 20, "samples before pruning starts", parse=positive_int),
+        Option("max_scores", int, 2000, "samples at most", parse=positive_int),
+        Option("cutoff_pval", float, 2e-3, "drop a class when p < this", parse=probability),
+        Option("sides", int, 2, "one- or two-sided paired t-test", parse=int, choices=(1, 2)),
+        Option(
+            "t_order", str, "stratified", "timestep order", choices=tuple(TIMESTEP_ORDERS), what="timestep order"
+        ),
+    ),
+    make=_make,
+    check=lambda o, T, n_classes: TTestPolicy(
+        2, lambda i: 0, o["min_scores"], o["max_scores"], o["cutoff_pval"], o["sides"]
+    ),
+    max_samples=lambda o, T: o["max_scores"],
+    describe=_describe,
+    samples_option="max_scores",
+)
