@@ -111,7 +111,7 @@ if __name__ == "__main__":
 
 
 def render_table(data: dict, json_name: str) -> list[str]:
-    """README lines (used by bench/report.py): median wall and user + sys CPU time of fresh processes."""
+    """docs/performance.md lines (used by bench/report.py): median wall and user + sys CPU time of fresh processes."""
     rows = []
     for label, by_threads in data["runs"].items():
         for threads, run in by_threads.items():
@@ -121,7 +121,7 @@ def render_table(data: dict, json_name: str) -> list[str]:
                     rows.append(f"| {label} | {threads.removeprefix('threads=')} | `{cmd}` | {s['wall_median_s']:.2f} | {s['cpu_median_s']:.2f} |")
     return [
         f"**Cold start** — median of {data['runs'][next(iter(data['runs']))]['threads=default']['help']['runs']} fresh processes "
-        f"(`python -m diffcls_fast.cli`, the package not installed), {data['device']}, {data['date']} ([json](bench/results/{json_name})):",
+        f"(`python -m diffcls_fast.cli`, the package not installed), {data['device']}, {data['date']} ([json](../bench/results/{json_name})):",
         "",
         "| tree | torch threads | command | wall s | user+sys s |",
         "|---|---|---|---|---|",

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     THREADS["n"] = args.threads
     torch.set_num_threads(args.threads)
     if not (args.build / "diffcls-run").is_file():
-        raise SystemExit(f"{args.build}/diffcls-run not found; build it first (README, 'Native deployment')")
+        raise SystemExit(f"{args.build}/diffcls-run not found; build it first (csrc/README.md)")
     load_before = os.getloadavg()
     export_s = None
     if not (args.export / "manifest.json").is_file():

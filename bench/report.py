@@ -1,6 +1,6 @@
-"""Regenerate the README's "Performance" tables from the committed results in bench/results/.
+"""Regenerate the docs' generated tables: performance from bench/results/, policy options from the code.
 
-python -m bench.report      # rewrites the block between the perf markers in README.md
+python -m bench.report      # rewrites the perf block of docs/performance.md and the options table of docs/policies.md
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _front(model: str, ave: dict) -> list[str]:
     dates = sorted({r.get("date", ave["date"]) for r in rows})
     out += [
         f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)}, {', '.join(dates)} "
-        f"([json](bench/results/{ave['_file']}), [plot](bench/results/{ave['_file'].replace('.json', '.png')})):",
+        f"([json](../bench/results/{ave['_file']}), [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):",
         "",
         "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
         "|---|---|---|---|---|---|",
@@ -98,7 +98,7 @@ def _render_rest(out: list[str]) -> str:
     if floors:
         d, b = floors["diffusion"], floors["svc_baseline"]
         out += [
-            f"**numbers floors** — {d['images']} held-out pairs, {floors['device']}, {floors['date']} ([json](bench/results/{floors['_file']})):",
+            f"**numbers floors** — {d['images']} held-out pairs, {floors['device']}, {floors['date']} ([json](../bench/results/{floors['_file']})):",
             "",
             "| classifier | pairs | pair accuracy | first digit | second digit | evals / image |",
             "|---|---|---|---|---|---|",
@@ -113,7 +113,7 @@ def _render_rest(out: list[str]) -> str:
             continue
         files = sorted({f for _, f in rows})
         devices = sorted({d["device"] for d in (json.loads((ROOT / "bench" / "results" / f).read_text()) for f in files)})
-        links = ", ".join(f"[{f.removesuffix('.json').rsplit('_', 1)[-1]}](bench/results/{f})" for f in files)
+        links = ", ".join(f"[{f.removesuffix('.json').rsplit('_', 1)[-1]}](../bench/results/{f})" for f in files)
         out += [
             f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL on held-out images, {'; '.join(devices)} (json: {links}):",
             "",
@@ -132,7 +132,7 @@ def _render_rest(out: list[str]) -> str:
         s = thr["summary"]
         out += [
             f"**Engine vs the reference loop** — digits, {thr['images']} held-out images, backend {thr['backend']}, {thr['device']}, {thr['date']} "
-            f"([json](bench/results/{thr['_file']}), [plot](bench/results/{thr['_file'].replace('.json', '.png')})):",
+            f"([json](../bench/results/{thr['_file']}), [plot](../bench/results/{thr['_file'].replace('.json', '.png')})):",
             "",
             "| system | policy | accuracy | images/s | evals/s | evals/image | batch fill |",
             "|---|---|---|---|---|---|---|",
@@ -151,7 +151,7 @@ def _render_rest(out: list[str]) -> str:
     gpu = _latest_gpu()
     if gpu:
         out += render_gpu(gpu, gpu["_file"])
-    for prefix, module in (("cold_start", "bench.cold_start"), ("serve_load_digits", "bench.serve_load")):  # issue 15
+    for prefix, module in (("cold_start", "bench.cold_start"), ("serve_load_digits", "bench.serve_load")):
         res = _latest(prefix)
         if res:
             import importlib
@@ -163,7 +163,7 @@ def _render_rest(out: list[str]) -> str:
         out += [
             f"**Native runner** — digits, {pi['native']['n']} held-out images one at a time, {nat['policy']}, same noise and seed, "
             f"{nat['threads']} intra-op thread(s) per process, {nat['device']} (shared, load average {nat['loadavg_before_after'][0]}-{nat['loadavg_before_after'][1]}), {nat['date']} "
-            f"([json](bench/results/{nat['_file']})):",
+            f"([json](../bench/results/{nat['_file']})):",
             "",
             "| system | latency / image, median (ms) | p90 (ms) | evals / image (needed) | spent | start-up (s) |",
             "|---|---|---|---|---|---|",
@@ -190,7 +190,7 @@ def _render_rest(out: list[str]) -> str:
         out.append("")
     kern = _latest("kernels")
     if kern:
-        out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](bench/results/{kern['_file']})).", ""]
+        out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](../bench/results/{kern['_file']})).", ""]
     elif not gpu:
         out += [
             "**Kernels and GPU backends**: no GPU was available to this project's sessions so far; "
@@ -223,7 +223,7 @@ def render_gpu(p: dict, file: str) -> list[str]:
     png = file.replace(".json", ".png")
     out = [
         f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit {p['commit']}{' (--quick)' if p.get('quick') else ''} "
-        f"([json](bench/results/{file}), [plot](bench/results/{png})). Ceilings measured in the same run: device-to-device copy "
+        f"([json](../bench/results/{file}), [plot](../bench/results/{png})). Ceilings measured in the same run: device-to-device copy "
         f"{_f(c['copy_GBps'], '.0f')} GB/s, 8192³ bf16 matmul {_f(c['matmul_bf16_tflops'], '.0f')} TFLOP/s (datasheet {_f(c['spec_bf16_tflops'], '.0f')}).",
         "",
     ]
@@ -275,15 +275,22 @@ def render_gpu(p: dict, file: str) -> list[str]:
     return out
 
 
+def _replace_block(path: Path, begin: str, end: str, body: str) -> None:
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path.relative_to(ROOT)} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + begin + "\n" + body + "\n" + end + tail)
+    print(f"{path.relative_to(ROOT)} updated")
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit("README.md has no perf markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + BEGIN + "\n" + render() + "\n" + END + tail)
-    print("README.md performance section updated")
+    from diffcls_fast.engine.policies import options_table
+
+    _replace_block(ROOT / "docs" / "performance.md", BEGIN, END, render())
+    policy_begin, policy_end = "<!-- policy-options:begin -->", "<!-- policy-options:end -->"
+    _replace_block(ROOT / "docs" / "policies.md", policy_begin, policy_end, "\n".join(options_table()))
 
 
 if __name__ == "__main__":

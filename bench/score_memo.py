@@ -45,8 +45,8 @@ class MemoRunner(Runner):
 
     def _keys(self, batch: Batch, states: dict) -> list[tuple[int, int, int, int, int]]:
         keys = []
-        for r, c, s in zip(batch.request.tolist(), batch.classes.tolist(), batch.samples.tolist()):
-            st = states[batch.request_ids[r]]
+        for r, c, s in zip(batch.image.tolist(), batch.classes.tolist(), batch.samples.tolist()):
+            st = states[batch.image_ids[r]]
             keys.append((st.bank.seed, st.key, s, st.policy.timestep(s), c))
         return keys
 
@@ -65,12 +65,12 @@ class MemoRunner(Runner):
 
 def _subset(batch: Batch, keep: np.ndarray, states: dict) -> Batch:
     """The queries of ``batch`` where ``keep``, as a batch of the same bucket size (the runner pads it)."""
-    req = batch.request[keep]
+    req = batch.image[keep]
     present, req = np.unique(req, return_inverse=True)  # images left with no query drop out of the batch
-    ids = [batch.request_ids[int(i)] for i in present]
+    ids = [batch.image_ids[int(i)] for i in present]
     cls = batch.classes[keep]
-    rows = sum(int(states[ids[r]].rows.cost[c]) for r, c in zip(req.tolist(), cls.tolist()))
-    return replace(batch, request_ids=ids, request=req.astype(np.int64), classes=cls, samples=batch.samples[keep], rows=rows)
+    rows = sum(int(states[ids[r]].conditions.cost[c]) for r, c in zip(req.tolist(), cls.tolist()))
+    return replace(batch, image_ids=ids, image=req.astype(np.int64), classes=cls, samples=batch.samples[keep], rows=rows)
 
 
 class MemoClassifier(DiffusionClassifier):

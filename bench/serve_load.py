@@ -153,10 +153,10 @@ def plot(data: dict, path: Path) -> None:
 
 
 def render_table(data: dict, json_name: str) -> list[str]:
-    """README lines (used by bench/report.py)."""
+    """docs/performance.md lines (used by bench/report.py)."""
     out = [
         f"**Server under load** — {data['model']}, one digit per request, N concurrent HTTP clients on loopback, {data['device']}, {data['date']} "
-        f"([json](bench/results/{json_name}), [plot](bench/results/{json_name.replace('.json', '.png')})):",
+        f"([json](../bench/results/{json_name}), [plot](../bench/results/{json_name.replace('.json', '.png')})):",
         "",
         "| policy | clients | requests | requests/s | vs 1 client | p50 s | p95 s | p99 s | evals/s | evals / request | batch fill | accuracy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -183,7 +183,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
 
 def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scale-out (see README, Scaling out)")
+    g = p.add_argument_group("scale-out (see docs/scale-out.md)")
     g.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (0-based, interleaved); --out becomes OUT.shard-I-of-N.jsonl. Under torchrun: RANK/WORLD_SIZE")
     g.add_argument("--ray", action="store_true", help="score on Ray Data actors (a local Ray instance, or --ray-address)")
     g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: $RAY_ADDRESS, else a new local instance)")

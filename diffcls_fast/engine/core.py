@@ -21,7 +21,7 @@ beyond the floating-point tolerance of batch composition (docs, "Determinism").
 Requests with different class lists share batches through one condition table:
 the union of the live requests' prompt embeddings, keyed by prompt content (two
 requests naming the same prompt share its row). Each in-flight image knows its
-request's class -> table-row map (:class:`ClassRows`), and the runner looks the
+request's class -> table-row map (:class:`ClassConditions`), and the runner looks the
 rows up per query. Rows are reference-counted and reused once no live request
 needs them, so a long-running server's table holds only what is in flight.
 
@@ -50,7 +50,7 @@ from .noise import image_key
 from .options import EngineConfig, RequestOptions
 from .prompts import ClassSpec
 from .results import ClassificationResult, RunStats, failed_result, image_result
-from .runner import ClassRows, ImageState
+from .runner import ClassConditions, ImageState
 from .scheduler import Scheduler, SchedulerStats
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class Request:
     warning: str | None  # the unknown-words sentence, if any (classify_iter issues it as a DiffclsWarning)
     chunk: int
     images: Iterator[tuple[int, Any]]
-    rows: ClassRows | None = None  # None for a one-class request (answered without the model)
+    conditions: ClassConditions | None = None  # None for a one-class request (answered without the model)
     peeked: list = field(default_factory=list)  # the next (index, image), pulled ahead of its chunk
     exhausted: bool = False  # every input image has been pulled from ``images``
     inputs: int = 0  # images pulled so far
@@ -181,15 +181,15 @@ class Engine:
         spec = class_spec(self.model, classes, self.config.max_batch)
         req = Request(next(self._ids), options, spec, None, max(1, int(chunk)), iter(enumerate(images)))
         if len(spec) > 1:
-            cond, unknown = self.conditions(spec, options.distinct_classes)
+            cond, unknown = self.encode_classes(spec, options.distinct_classes)
             req.warning = unknown[0] if unknown is not None else None
             prompt_rows = self.table.acquire(spec.prompts, cond)
-            req.rows = ClassRows.from_class_prompts(spec.class_prompts, prompt_rows)
+            req.conditions = ClassConditions.from_class_prompts(spec.class_prompts, prompt_rows)
             self.runner.cond_table = self.table.tensor
         self._requests[req.id] = req
         return req
 
-    def conditions(self, spec: ClassSpec, distinct: bool = True) -> tuple[torch.Tensor, UnknownWords | None]:
+    def encode_classes(self, spec: ClassSpec, distinct: bool = True) -> tuple[torch.Tensor, UnknownWords | None]:
         """The spec's condition rows and unknown words, checked (memoised: a server sees the same
         class lists again and again). ``distinct``: refuse classes that encode alike."""
         prompt_ids = tuple(tuple(int(i) for i in c) for c in spec.class_prompts)
@@ -224,9 +224,9 @@ class Engine:
 
     def _close(self, req: Request) -> None:
         self._requests.pop(req.id, None)
-        if req.rows is not None:
+        if req.conditions is not None:
             self.table.release(req.spec.prompts)
-            req.rows = None
+            req.conditions = None
 
     def _drop(self, uid: int) -> None:
         self.states.pop(uid, None)
@@ -271,7 +271,7 @@ class Engine:
                     raise RuntimeError("scheduler stalled with no in-flight image to fail")
         else:
             now = time.perf_counter()
-            for uid in batch.request_ids:
+            for uid in batch.image_ids:
                 self._started.setdefault(uid, now)
             errors = self.runner.run(batch, self.states)
             finished = self.sched.update(batch, errors)
@@ -295,7 +295,7 @@ class Engine:
     def _refill(self) -> None:
         """Keep enough images encoded and waiting to fill the in-flight slots (oldest request first)."""
         for req in list(self._requests.values()):
-            if req.rows is None:  # one-class request: answered as pulled, a chunk per step (a generator streams)
+            if req.conditions is None:  # one-class request: answered as pulled, a chunk per step (a generator streams)
                 if not req.exhausted and not self._ready:
                     self._pull(req)
             else:
@@ -332,7 +332,7 @@ class Engine:
                     raise
                 self._ready.append((req, i, self._failed(req, f"{e}; it was not scored")))
                 continue
-            if req.rows is None:  # one candidate: the answer is certain, the model is not run
+            if req.conditions is None:  # one candidate: the answer is certain, the model is not run
                 self._ready.append((req, i, self._result(req, None, 0, 0.0)))
                 continue
             pix.append(px)
@@ -349,9 +349,9 @@ class Engine:
             # last bits) on how images are batched, and the noise must not.
             key = image_key(px)
             opts = req.options
-            pol = opts.policy.make(i, len(req.spec), m.num_timesteps, opts.bank, key, req.rows.cost)
+            pol = opts.policy.make(i, len(req.spec), m.num_timesteps, opts.bank, key, req.conditions.cost)
             uid = next(self._uids)
-            self.states[uid] = ImageState(key, x, pol, bank=opts.bank, rows=req.rows)
+            self.states[uid] = ImageState(key, x, pol, bank=opts.bank, conditions=req.conditions)
             self._owner[uid] = (req, i)
             self.sched.add(uid, pol)
 

@@ -7,7 +7,7 @@ per-query errors (the batch's only sync).
 
 Images of one batch may belong to requests with different class lists and
 seeds: each :class:`ImageState` carries its request's noise bank
-and :class:`ClassRows` (class -> rows of the shared condition table).
+and :class:`ClassConditions` (class -> rows of the shared condition table).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ LOSSES = ("l2", "l1", "huber", "x0")
 
 
 @dataclass(eq=False)
-class ClassRows:
+class ClassConditions:
     """A class list in a condition table: class c is scored with table rows ``prompt_ids[prompt_ptr[c]:prompt_ptr[c + 1]]``
     (a prompt ensemble when there are several; the query's error is their mean)."""
 
@@ -36,7 +36,7 @@ class ClassRows:
     prompt_ids: np.ndarray  # int64: condition-table rows, class after class
 
     @classmethod
-    def from_class_prompts(cls, class_prompts: list[np.ndarray], table_rows: np.ndarray | None = None) -> ClassRows:
+    def from_class_prompts(cls, class_prompts: list[np.ndarray], table_rows: np.ndarray | None = None) -> ClassConditions:
         """``class_prompts[c]`` indexes the spec's prompts; ``table_rows[k]`` is prompt k's table row (default: k)."""
         cost = np.array([len(p) for p in class_prompts], dtype=np.int64)
         ids = np.concatenate(class_prompts).astype(np.int64)
@@ -54,7 +54,7 @@ class ImageState:
     x0: torch.Tensor  # [C, H, W] float32 on the model's device
     policy: Policy
     bank: NoiseBank
-    rows: ClassRows
+    conditions: ClassConditions
     noise: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -103,13 +103,13 @@ class Runner:
     @torch.no_grad()
     def run(self, batch: Batch, states: dict) -> np.ndarray:
         """Per-query errors (float64, in batch order)."""
-        req, cls, smp = batch.request, batch.classes, batch.samples
+        img, cls, smp = batch.image, batch.classes, batch.samples
         # Unique (image, sample) pairs share one noise row and one timestep.
         n_smp = int(smp.max()) + 1
-        pair_key, noise_of_query = np.unique(req * n_smp + smp, return_inverse=True)
-        pair_req, pair_smp = pair_key // n_smp, pair_key % n_smp
-        st_of = [states[rid] for rid in batch.request_ids]
-        pairs = [(st_of[r], int(s)) for r, s in zip(pair_req, pair_smp)]
+        pair_key, noise_of_query = np.unique(img * n_smp + smp, return_inverse=True)
+        pair_img, pair_smp = pair_key // n_smp, pair_key % n_smp
+        st_of = [states[rid] for rid in batch.image_ids]
+        pairs = [(st_of[r], int(s)) for r, s in zip(pair_img, pair_smp)]
         eps = self._eps(pairs)
         t_pair = np.array([st.policy.timestep(s) for st, s in pairs], dtype=np.int64)
         x0 = torch.stack([st.x0 for st in st_of])
@@ -118,11 +118,11 @@ class Runner:
         # prompts up in the class rows of each query's image (runs of images sharing them at once).
         counts = np.empty(len(cls), dtype=np.int64)
         cond_parts = []
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(req)) + 1, [len(req)]])
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(img)) + 1, [len(img)]])
         start = 0
         for k in range(len(st_of)):
-            cr = st_of[k].rows
-            if k + 1 < len(st_of) and st_of[k + 1].rows is cr:
+            cr = st_of[k].conditions
+            if k + 1 < len(st_of) and st_of[k + 1].conditions is cr:
                 continue  # the next image shares the class rows: one lookup for the run
             lo, hi = bounds[start], bounds[k + 1]
             c = cls[lo:hi]
@@ -135,7 +135,7 @@ class Runner:
         row_query = np.repeat(np.arange(len(cls)), counts)
         rows = len(row_query)
         pad = batch.size - rows
-        img_idx = np.concatenate([req[row_query], np.zeros(pad, np.int64)])
+        img_idx = np.concatenate([img[row_query], np.zeros(pad, np.int64)])
         noise_idx = np.concatenate([noise_of_query[row_query], np.zeros(pad, np.int64)])
         cond_idx = np.concatenate([cond_idx, np.full(pad, cond_idx[0], np.int64)])
         t_rows = t_pair[noise_idx]

@@ -48,8 +48,8 @@ def power_of_two_buckets(max_batch: int, smallest: int = 8) -> list[int]:
 class Batch:
     """One denoiser step. Rows ``[0, n_queries)`` are real; the rest up to ``size`` are padding."""
 
-    request_ids: list[Any]  # the requests in this batch
-    request: np.ndarray  # int64 [n]: index into request_ids of each query
+    image_ids: list[Any]  # the in-flight images in this batch (the ids they were added with)
+    image: np.ndarray  # int64 [n]: index into image_ids of each query
     classes: np.ndarray  # int64 [n]: class id of each query
     samples: np.ndarray  # int64 [n]: sample id of each query (noise and timestep)
     rows: int  # denoiser rows of the real queries (prompt ensembles make this > n)
@@ -90,19 +90,19 @@ class Scheduler:
         self.running: OrderedDict[Any, Policy] = OrderedDict()  # insertion order = age
         self.stats = SchedulerStats()
 
-    # -- requests ----------------------------------------------------------------------
-    def add(self, request_id: Any, policy: Policy) -> None:
-        self.waiting.append((request_id, policy))
+    # -- images ------------------------------------------------------------------------
+    def add(self, image_id: Any, policy: Policy) -> None:
+        self.waiting.append((image_id, policy))
 
-    def remove(self, request_ids) -> None:
-        """Drop requests (waiting or in flight) for good: no query of theirs is scheduled again
-        (a cancelled or timed-out server request). Call between steps, never inside one."""
-        gone = set(request_ids)
+    def remove(self, image_ids) -> None:
+        """Drop images (waiting or in flight) for good: no query of theirs is scheduled again
+        (their request was cancelled or timed out). Call between steps, never inside one."""
+        gone = set(image_ids)
         if not gone:
             return
-        self.waiting = deque((rid, pol) for rid, pol in self.waiting if rid not in gone)
-        for rid in gone:
-            self.running.pop(rid, None)
+        self.waiting = deque((iid, pol) for iid, pol in self.waiting if iid not in gone)
+        for iid in gone:
+            self.running.pop(iid, None)
 
     @property
     def has_work(self) -> bool:
@@ -120,36 +120,36 @@ class Scheduler:
         used = 0  # denoiser rows taken so far
         parts: list[tuple[Any, np.ndarray, np.ndarray]] = []
 
-        def take_from(rid: Any, pol: Policy, speculate: bool, limit: int) -> None:
+        def take_from(iid: Any, pol: Policy, speculate: bool, limit: int) -> None:
             nonlocal used
             c, s = pol.take(limit - used, speculate=speculate)
             if len(c):
-                parts.append((rid, c, s))
+                parts.append((iid, c, s))
                 used += int(pol.cost[c].sum())
 
-        for rid, pol in self.running.items():
+        for iid, pol in self.running.items():
             if used >= self.max_batch:
                 break
-            take_from(rid, pol, False, self.max_batch)
+            take_from(iid, pol, False, self.max_batch)
         while used < self.max_batch and self.waiting and len(self.running) < self.max_inflight:
-            rid, pol = self.waiting.popleft()
-            self.running[rid] = pol
-            take_from(rid, pol, False, self.max_batch)
+            iid, pol = self.waiting.popleft()
+            self.running[iid] = pol
+            take_from(iid, pol, False, self.max_batch)
         if self.speculate != "none" and used < self.max_batch:
             target = self.max_batch if self.speculate == "fill" else (self.bucket_for(used) if used else 0)
             before = used
-            for rid, pol in self.running.items():
+            for iid, pol in self.running.items():
                 if used >= target:
                     break
-                take_from(rid, pol, True, target)
+                take_from(iid, pol, True, target)
             self.stats.speculative_rows += used - before
         if not parts:
             return None
         rows = used
         size = self.bucket_for(rows)
         batch = Batch(
-            request_ids=[rid for rid, _, _ in parts],
-            request=np.concatenate([np.full(len(c), i, dtype=np.int64) for i, (_, c, _) in enumerate(parts)]),
+            image_ids=[iid for iid, _, _ in parts],
+            image=np.concatenate([np.full(len(c), i, dtype=np.int64) for i, (_, c, _) in enumerate(parts)]),
             classes=np.concatenate([c for _, c, _ in parts]),
             samples=np.concatenate([s for _, _, s in parts]),
             rows=rows,
@@ -162,26 +162,26 @@ class Scheduler:
         return batch
 
     def update(self, batch: Batch, errors: np.ndarray) -> list[Any]:
-        """Feed per-query errors back; returns the request ids that finished."""
+        """Feed per-query errors back; returns the ids of the images that finished."""
         errors = np.asarray(errors, dtype=np.float64)
-        bounds = np.flatnonzero(np.diff(batch.request)) + 1
+        bounds = np.flatnonzero(np.diff(batch.image)) + 1
         starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [len(batch.request)]])
+        ends = np.concatenate([bounds, [len(batch.image)]])
         for st, en in zip(starts, ends):
-            rid = batch.request_ids[int(batch.request[st])]
-            pol = self.running[rid]
+            iid = batch.image_ids[int(batch.image[st])]
+            pol = self.running[iid]
             pol.observe(batch.classes[st:en], batch.samples[st:en], errors[st:en])
         return self.retire()
 
     def retire(self) -> list[Any]:
-        """Remove and return the in-flight requests whose policies are done."""
-        finished = [rid for rid, pol in self.running.items() if pol.done]
-        for rid in finished:
-            del self.running[rid]
+        """Remove and return the in-flight images whose policies are done."""
+        finished = [iid for iid, pol in self.running.items() if pol.done]
+        for iid in finished:
+            del self.running[iid]
         return finished
 
     def fail_stalled(self) -> list[Any]:
-        """Safety net for a policy bug: fail, and retire, the in-flight requests whose policies are
+        """Safety net for a policy bug: fail, and retire, the in-flight images whose policies are
         neither done nor asking for work (call when :meth:`schedule` returned None and
         :meth:`retire` nothing). No policy should ever get here; the tests check that."""
         for pol in self.running.values():

@@ -23,7 +23,7 @@ def strided_subset(n_grid: int, n: int) -> np.ndarray:
 
     The stride is ``n_grid // n`` and the subset is centred in each stride
     (offset ``stride // 2``), which is what reproduces the official code's
-    evaluation counts (see README, "Evaluation counts").
+    evaluation counts (see docs/policies.md, "Evaluation counts").
     """
     if not 1 <= n <= n_grid:
         raise ValueError(f"a stage cannot take {n} of {n_grid} grid points")

@@ -295,7 +295,7 @@ def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
     """Save preprocessed pixels (``[C, H, W]`` or ``[N, C, H, W]`` float32 in [-1, 1]) as the runner's tensor image file.
 
     The file is safetensors with one tensor ``image`` ([C, H, W]) or ``images`` ([N, C, H, W]);
-    ``diffcls-run`` reads it without PNG support (see README, "Native deployment").
+    ``diffcls-run`` reads it without PNG support (see csrc/README.md).
     """
     from safetensors.torch import save_file
 

@@ -238,7 +238,7 @@ class EngineLoop:
         clf, m = self.clf, self.clf.model
         if m.class_names:
             try:
-                self.engine.conditions(clf.class_spec(None))
+                self.engine.encode_classes(clf.class_spec(None))
             except UserError as e:
                 log.warning("diffcls-fast: warning: the model's own class list: %s", e)
         cond = None

@@ -36,3 +36,52 @@ def run_policy(policy, true_class: int, n_classes: int, image: int = 0, chunk: i
         assert len(c), "policy stalled"
         policy.observe(c, s, fake_errors(image, c, s, true_class, n_classes))
     return policy.outcome()
+
+
+def fake_bundle(n_classes: int = 5, size: int = 4, T: int = 100, seed: int = 0):
+    """A :class:`ModelBundle` with no weights: class c's images are one prototype, and the denoiser is
+    the exact eps-predictor for that prototype, ``(x_t - sqrt(abar_t) mu_c) / sqrt(1 - abar_t)``.
+
+    The error of class c is then ``abar_t / (1 - abar_t) * |x0 - mu_c|^2`` plus nothing: the true
+    class scores 0, every other class more. It drives the engine end to end (images, conditions,
+    kernels, scheduler, policies) in milliseconds; ``prototypes[c]`` in [-1, 1] is an image of class c.
+    """
+    import torch
+
+    from diffcls_fast.models.bundle import ModelBundle
+
+    gen = torch.Generator().manual_seed(seed)
+    protos = torch.rand((n_classes, 1, size, size), generator=gen) * 2 - 1
+    acp = torch.linspace(0.999, 0.01, T, dtype=torch.float64)
+    a_tab, b_tab = acp.sqrt().float(), (1 - acp).sqrt().float()
+
+    def encode_images(pixels):
+        return torch.stack([torch.as_tensor(p, dtype=torch.float32) for p in pixels])
+
+    def encode_prompts(prompts):
+        return torch.tensor([int(p) for p in prompts], dtype=torch.long)
+
+    def denoise(x_t, t, cond):
+        a, b = a_tab[t].view(-1, 1, 1, 1), b_tab[t].view(-1, 1, 1, 1)
+        return (x_t - a * protos[cond]) / b
+
+    bundle = ModelBundle(
+        name="fake",
+        cond_kind="class",
+        latent_shape=(1, size, size),
+        image_resolution=size,
+        image_channels=1,
+        alphas_cumprod=acp,
+        prediction_type="epsilon",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        fingerprint=f"fake-{n_classes}-{size}-{T}-{seed}",
+        text_fingerprint="",
+        encode_images=encode_images,
+        encode_prompts=encode_prompts,
+        denoise=denoise,
+        family="class-unet",
+        class_names=[str(c) for c in range(n_classes)],
+        default_prompts=[str(c) for c in range(n_classes)],
+    )
+    return bundle, protos

@@ -54,7 +54,7 @@ def test_seed_changes_noise_but_not_the_easy_answer(model, heldout):
     assert not np.allclose(np.nan_to_num(a.mean_errors), np.nan_to_num(b.mean_errors))
 
 
-ACCURACY_FLOOR = 0.96  # ttest on the first 100 held-out images; the full split measures 1.000 (README)
+ACCURACY_FLOOR = 0.96  # ttest on the first 100 held-out images; the full split measures 1.000 (docs/performance.md)
 
 
 def test_accuracy_floor_on_fixed_heldout_subset(model, heldout):

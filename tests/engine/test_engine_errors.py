@@ -203,7 +203,7 @@ def test_unknown_words_warn_once_naming_them(model, pil):
 
 
 def test_batch_size_changes_mean_errors_only_in_the_last_bits(model, pil):
-    # README "Determinism": the CPU BLAS picks GEMM kernels by batch rows (the timestep-embedding MLP), so
+    # docs/performance.md, "Determinism": the CPU BLAS picks GEMM kernels by batch rows (the timestep-embedding MLP), so
     # buckets below 16 rows can differ from larger ones in the last float32 bits; labels and counts do not.
     imgs = pil[:3]
     ref = DiffusionClassifier(model, batch_size=64, **{k: v for k, v in FAST.items() if k != "batch_size"}).classify(imgs)

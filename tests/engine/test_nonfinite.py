@@ -50,8 +50,8 @@ def drive(n_images, cfg, bad=None, batch_size=64, max_inflight=8, speculate="pad
             finished += got
             continue
         errs = np.empty(b.n_queries)
-        for idx, rid in enumerate(b.request_ids):
-            m = b.request == idx
+        for idx, rid in enumerate(b.image_ids):
+            m = b.image == idx
             errs[m] = poisoned_errors(rid, b.classes[m], b.samples[m], bad)
             delivered[rid] += int((~np.isfinite(errs[m])).sum())
         finished += sched.update(b, errs)
@@ -188,7 +188,7 @@ def test_a_stalled_policy_fails_its_image_not_the_run():
             assert got
             finished += got
             continue
-        errs = np.concatenate([fake_errors(1, b.classes[b.request == k], b.samples[b.request == k], 1, N_CLS) for k in range(len(b.request_ids))])
+        errs = np.concatenate([fake_errors(1, b.classes[b.image == k], b.samples[b.image == k], 1, N_CLS) for k in range(len(b.image_ids))])
         finished += sched.update(b, errs)
     assert sorted(finished) == ["good", "stuck"]
     assert good.failure is None and good.outcome().label == 1

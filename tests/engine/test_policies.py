@@ -27,7 +27,7 @@ def test_ttest_pvalue_degenerate_rows():
     assert p[0] == 1.0 and p[1] == 0.0
 
 
-# Li et al.'s published settings and the counts the official code spends (see README).
+# Li et al.'s published settings and the counts the official code spends (see docs/policies.md).
 @pytest.mark.parametrize(
     "n_classes, n_samples, to_keep, expected",
     [

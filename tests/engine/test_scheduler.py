@@ -32,10 +32,10 @@ def drive(n_images, cfg, batch_size=256, max_inflight=64, speculate="pad", n_cla
         assert b.rows <= b.size and b.size in sched.buckets
         sizes.append(b.size)
         errs = np.empty(b.n_queries)
-        rids = np.asarray(b.request_ids)[b.request]
+        rids = np.asarray(b.image_ids)[b.image]
         seen.update(zip(rids.tolist(), b.classes.tolist(), b.samples.tolist()))
-        for idx, rid in enumerate(b.request_ids):
-            m = b.request == idx
+        for idx, rid in enumerate(b.image_ids):
+            m = b.image == idx
             errs[m] = fake_errors(rid, b.classes[m], b.samples[m], true_class=rid % n_classes, n_classes=n_classes)
         finished += sched.update(b, errs)
     return sched, pols, seen, finished

@@ -2,7 +2,7 @@
 
 Both are slow on a 2-core CPU (the AOTI compile of the digits UNet takes ~35 s alone, ~95 s on a
 busy machine; the C++ build ~40-60 s), so every test here shares them. The build needs cmake and a
-C++ compiler from the system (CI machines have them; see README, "Native deployment"); without
+C++ compiler from the system (CI machines have them; see csrc/README.md); without
 them the C++ tests skip, saying so.
 """
 

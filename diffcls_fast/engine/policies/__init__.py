@@ -109,10 +109,9 @@ def options_table() -> list[str]:
     lines = ["| policy | option | type | default | meaning |", "|---|---|---|---|---|"]
     for spec in REGISTRY.values():
         for o in spec.options:
-            kind = o.type.__name__ + ("s" if o.is_list else "")
-            if o.choices:
-                kind += " (" + ", ".join(map(str, o.choices)) + ")"
-            lines.append(f"| `{spec.name}` | `{o.flag}` | {kind} | `{o.default_text()}` | {o.help} |")
+            flag = " ".join([o.flag, *(o.metavar or ())])
+            row = [spec.name, f"`{o.name}` (`{flag}`)", o.kind_text(), o.default_text(), o.help]
+            lines.append("| " + " | ".join(row) + " |")
     return lines
 
 

@@ -101,6 +101,17 @@ class Option:
     def default_text(self) -> str:
         return " ".join(_fmt(x) for x in self.default) if self.is_list else _fmt(self.default)
 
+    def kind_text(self) -> str:
+        """What a value is, in words (the docs' table)."""
+        if self.choices is not None:
+            shown = [f"`{c}`" if isinstance(c, str) else str(c) for c in self.choices]
+            return ("integer, " if self.type is int else "") + " or ".join(shown)
+        one = {positive_int: "positive integer", probability: "probability in (0, 1)"}.get(self.parse)
+        one = one or {int: "integer", float: "number"}[self.type]
+        if self.nargs == "+":
+            return f"list of {one}s"
+        return f"{_count(self.nargs)} {one}s" if self.nargs else one
+
     def coerce(self, v: Any) -> Any:
         """``v`` as plain Python values of the declared type, or a ValueError naming the option.
 
