@@ -1,4 +1,4 @@
-"""The engine: noise bank, policies, scheduler, runner, embedding cache and the classifier API.
+"""The engine: noise bank, policies, scheduler, runner, the engine core, embedding cache and the classifier facade.
 
 Names are imported on first use, so importing a light submodule (``engine.prompts``) does not import torch.
 """
@@ -15,9 +15,21 @@ _EXPORTS = {
     "RunStats": ".results",
     "DiffusionClassifier": ".classifier",
     "Engine": ".core",
+    "EngineConfig": ".options",
+    "RequestOptions": ".options",
 }
 
-__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "Engine", "RunStats", "parse_class_list", "read_prompts_csv"]
+__all__ = [
+    "ClassSpec",
+    "ClassificationResult",
+    "DiffusionClassifier",
+    "Engine",
+    "EngineConfig",
+    "RequestOptions",
+    "RunStats",
+    "parse_class_list",
+    "read_prompts_csv",
+]
 
 
 def __getattr__(name: str):
