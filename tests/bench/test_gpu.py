@@ -17,7 +17,7 @@ import bench.gpu_measure as gm
 from bench.gpu_measure import Recorder, finalize, read_records
 from bench.report import _latest_gpu, render_gpu
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_preset_flops_match_the_papers():
