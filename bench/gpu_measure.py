@@ -1,11 +1,42 @@
-"""Timers, ceilings, FLOP counts and profiles for the GPU suite (they also run on the CPU)."""
+"""The GPU suite's measuring tools (they also run on the CPU) and its result file.
+
+Sections append raw measurements, one JSON line each; :func:`finalize` turns them into the result file that
+``bench/report.py`` renders. Derived figures (GB/s, evaluations/s, MFU, ratios) and the targets are computed there
+and only there, so the tests check them on synthetic records.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import statistics
 import time
+from operator import attrgetter
+from pathlib import Path
 
 import torch
+
+SCHEMA = 1
+# Dense bf16 tensor-core peaks (the datasheets quote 2:4 sparsity, twice these); fp16's are the same.
+SPEC_BF16_TFLOPS = [("H200", 989.5, "H200 SXM"), ("H100 PCIE", 756.5, "H100 PCIe"), ("H100", 989.5, "H100 SXM")]
+# Li et al. 2023: their schedules, and their seconds per image on an RTX 3090 with SD 2.0.
+LI_SCHEDULES = {
+    "cifar10": dict(name="Li et al. CIFAR-10", n_classes=10, n_samples=[50, 500], to_keep=[5, 1], li_seconds=30.0),
+    "imagenet": dict(
+        name="Li et al. ImageNet",
+        n_classes=1000,
+        n_samples=[50, 100, 500, 1000],
+        to_keep=[500, 50, 10, 1],
+        li_seconds=1000.0,
+    ),
+}
+TARGETS = {  # key: (threshold, what); engine_overhead is met below its threshold, the others at or above it
+    "engine_vs_reference": (3.0, "engine >= 3x the reference loop's evaluations/s at equal work (preset:sd2-base)"),
+    "mfu": (0.5, "best backend >= 50% of the measured bf16 matmul rate at batch >= 64 on preset:sd2-base"),
+    "kernel_bandwidth": (0.8, "fused kernels >= 80% of the device-to-device copy bandwidth (SD latents, Q 64-256)"),
+    "engine_overhead": (0.05, "engine overhead < 5% over bare denoiser calls at the same batch size"),
+}
 
 
 def sync(device: torch.device) -> None:
@@ -13,39 +44,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn, device: torch.device, warmup: int = 2, target_s: float = 0.6, min_calls: int = 3, max_calls: int = 50, deadline: float | None = None) -> dict:
-    """Median milliseconds of ``fn()``: ``warmup`` untimed calls (their seconds reported), then enough
-    timed calls for about ``target_s`` seconds (at least ``min_calls``, fewer only past ``deadline``).
-
-    On CUDA each call is timed with device events and synchronized, as the engine synchronizes once
-    per batch; on the CPU with the host clock.
-    """
+def time_fn(fn, device, warmup=2, target_s=0.6, min_calls=3, max_calls=50, deadline: float | None = None) -> dict:
+    """Median ms of ``fn()`` after ``warmup`` untimed calls, over calls for about ``target_s`` seconds (at least
+    ``min_calls``, fewer only past ``deadline``), each synchronized, as the engine synchronizes once per batch."""
     sync(device)
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     sync(device)
-    warm = time.perf_counter() - t0
-    est = warm / warmup if warmup else None
-    times: list[float] = []
-    n = max_calls if est is None else max(min_calls, min(max_calls, int(target_s / max(est, 1e-6))))
-    for _ in range(n):
-        if device.type == "cuda":
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            fn()
-            e1.record()
-            e1.synchronize()
-            times.append(e0.elapsed_time(e1))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
+    warm, times = time.perf_counter() - t0, []
+    for _ in range(max(min_calls, min(max_calls, int(target_s / max(warm / warmup, 1e-6))))):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
         if deadline is not None and time.time() > deadline:
             break
-        if est is None and sum(times) > target_s * 1e3 and len(times) >= min_calls:
-            break
-    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "calls": len(times), "warmup_s": round(warm, 4)}
+    return dict(ms=statistics.median(times), ms_min=min(times), ms_max=max(times), calls=len(times), warmup_s=warm)
 
 
 def bench_ms(fn, device: torch.device) -> float:
@@ -54,29 +69,25 @@ def bench_ms(fn, device: torch.device) -> float:
         from triton.testing import do_bench
 
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    return time_fn(fn, device, warmup=1, target_s=0.2, min_calls=3)["ms"]
+    return time_fn(fn, device, warmup=1, target_s=0.2)["ms"]
 
 
 def copy_gbps(device: torch.device, nbytes: int) -> float:
-    """Device-to-device copy bandwidth, counting bytes read plus bytes written (random fp16 data)."""
+    """Device-to-device copy bandwidth, bytes read plus bytes written."""
     src = torch.randn(nbytes // 2, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), device)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+    return 2 * nbytes / bench_ms(lambda: dst.copy_(src), device) / 1e6
 
 
 def matmul_tflops(device: torch.device, n: int, dtype: torch.dtype) -> float:
-    """Dense n x n x n matmul rate on random data: 3 warm-ups, median of 10 timed products."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    """n x n x n matmul rate on random data (zeros run faster): 3 warm-ups, median of 10 products."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     c = torch.empty(n, n, device=device, dtype=dtype)
-    t = time_fn(lambda: torch.mm(a, b, out=c), device, warmup=3, target_s=0.0, min_calls=10, max_calls=10)
-    return 2 * n**3 / (t["ms"] * 1e-3) / 1e12
+    return 2 * n**3 / time_fn(lambda: torch.mm(a, b, out=c), device, 3, 0, 10, 10)["ms"] / 1e9
 
 
 def count_flops(fn) -> float:
-    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter.FlopCounterMode`` counts them
-    (matmuls, convolutions, attention; elementwise ops are not counted)."""
+    """FLOPs of one call as FlopCounterMode counts them (matmuls, convolutions, attention; not elementwise ops)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
@@ -85,75 +96,205 @@ def count_flops(fn) -> float:
 
 
 def preset_flops(name: str, batch: int, dtype: torch.dtype = torch.float16) -> float:
-    """FLOPs of one denoiser call of ``preset:name`` at ``batch`` rows, counted on the meta device
-    (no memory, no device time: the count depends only on shapes)."""
+    """FLOPs of one ``preset:name`` denoiser call, counted on the meta device: no memory, no device time."""
     from diffcls_fast.models.presets import PRESETS, preset_network
 
     p = PRESETS[name]
-    net = preset_network(name, device="meta", dtype=dtype)
+    cfg, net = p.get("unet", p.get("net")), preset_network(name, device="meta", dtype=dtype)
     with torch.device("meta"):
-        if p["kind"] == "unet":
-            hw = int(p["unet"]["sample_size"])
-            x = torch.randn(batch, int(p["unet"]["in_channels"]), hw, hw, dtype=dtype)
-            c = torch.randn(batch, *p["text"], dtype=dtype)
-            t = torch.randint(0, 1000, (batch,))
-            return count_flops(lambda: net(x, t, encoder_hidden_states=c))
-        hw = int(p["net"]["sample_size"])
-        x = torch.randn(batch, int(p["net"]["in_channels"]), hw, hw, dtype=dtype)
+        x = torch.randn(batch, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"], dtype=dtype)
         t = torch.randint(0, 1000, (batch,))
-        c = torch.randint(0, 1000, (batch,))
-        return count_flops(lambda: net(x, t, class_labels=c))
+        if p["kind"] == "unet":
+            return count_flops(lambda: net(x, t, encoder_hidden_states=torch.randn(batch, *p["text"], dtype=dtype)))
+        return count_flops(lambda: net(x, t, class_labels=torch.randint(0, 1000, (batch,))))
 
 
 def random_inputs(model, batch: int, seed: int = 0):
-    """(x_t, t, cond) of ``batch`` rows for ``model.denoise``: random latents and timesteps, conditions
-    drawn from 10 prompts (text) or random class ids. Never zeros."""
+    """(x_t, t, cond) for ``model.denoise``: random latents and timesteps, conditions from 10 prompts or random
+    class ids. Never zeros, which some kernels run faster on."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *model.latent_shape, generator=g).to(model.device, model.dtype)
     t = torch.randint(0, model.num_timesteps, (batch,), generator=g).to(model.device)
     if model.cond_kind == "class":
-        c = torch.randint(0, max(1, len(model.class_names)), (batch,), generator=g).to(model.device)
-    else:
-        names = model.class_names[:10] if len(model.class_names) >= 2 else [f"thing {i}" for i in range(10)]
-        prompts = model.default_prompts[: len(names)] if model.default_prompts else [model.prompt_template.format(n) for n in names]
-        table = model.encode_prompts(prompts)
-        c = table[torch.randint(0, len(prompts), (batch,), generator=g).to(table.device)]
-    return x, t, c
+        return x, t, torch.randint(0, max(1, len(model.class_names)), (batch,), generator=g).to(model.device)
+    names = model.class_names[:10] if len(model.class_names) >= 2 else [f"thing {i}" for i in range(10)]
+    prompts = model.default_prompts[: len(names)] or [model.prompt_template.format(n) for n in names]
+    table = model.encode_prompts(prompts)
+    return x, t, table[torch.randint(0, len(table), (batch,), generator=g).to(table.device)]
 
 
-def _self_device_us(e) -> float:
-    for attr in ("self_device_time_total", "self_cuda_time_total"):
-        v = getattr(e, attr, None)
-        if v is not None:
-            return float(v)
-    return 0.0
+def kernel_inputs(q: int, shape, device, n_img: int, n_noise: int, seed: int = 0, a=None) -> tuple:
+    """The arguments (x0, eps, img_idx, noise_idx, a, b) of ``make_noisy`` for ``q`` queries, float32 rows."""
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = (torch.randn(n, *shape, generator=g).to(device) for n in (n_img, n_noise))
+    idx = [torch.randint(0, n, (q,), generator=g).to(device) for n in (n_img, n_noise)]
+    a = torch.rand(q, generator=g).to(device) if a is None else a
+    return x0, eps, *idx, a, (1 - a * a).sqrt()
 
 
 def profile_top(fn, device: torch.device, calls: int = 3, top: int = 15) -> dict:
-    """torch.profiler over ``calls`` calls of ``fn``: the top ops by self device time (CUDA) and by
-    self CPU time, as lists of {name, self_ms, calls}."""
+    """torch.profiler over ``calls`` calls after a warm one: {"cpu": the top ops by self CPU time, "device": by self
+    device time (CUDA only)}, each a list of {name, self_ms, calls}."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    fn()  # warm: the profile shows the steady state
+    cuda = device.type == "cuda"
+    fn()
     sync(device)
-    with profile(activities=acts) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
         for _ in range(calls):
             fn()
         sync(device)
-    evs = list(prof.key_averages())
-
-    def rows(key):
-        ranked = sorted(evs, key=key, reverse=True)
-        return [{"name": e.key[:140], "self_ms": round(key(e) / 1e3, 4), "calls": int(e.count)} for e in ranked[:top] if key(e) > 0]
-
-    out = {"cpu": rows(lambda e: float(e.self_cpu_time_total))}
-    if device.type == "cuda":
-        out["device"] = rows(_self_device_us)
+    out, keys = {}, {"cpu": "self_cpu_time_total"} | ({"device": "self_device_time_total"} if cuda else {})
+    for where, us in ((w, attrgetter(a)) for w, a in keys.items()):
+        ranked = [e for e in sorted(prof.key_averages(), key=us, reverse=True)[:top] if us(e) > 0]
+        out[where] = [{"name": e.key[:140], "self_ms": us(e) / 1e3, "calls": e.count} for e in ranked]
     return out
 
 
-def format_top(title: str, top: list[dict]) -> str:
-    lines = [title, f"{'self ms':>10s} {'calls':>7s}  name"]
-    lines += [f"{r['self_ms']:10.3f} {r['calls']:7d}  {r['name']}" for r in top]
-    return "\n".join(lines) + "\n"
+def _plain(o):
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+class Recorder:
+    """``rec(kind, **fields)`` appends one JSON line, flushed and synced at once: a section killed at its budget
+    keeps everything it measured."""
+
+    def __init__(self, path: str | Path, section: str):
+        self.path, self.section = Path(path), section
+
+    def __call__(self, kind: str, **fields) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"section": self.section, "kind": kind, **fields}, default=_plain) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file; a torn line (a section killed mid-write) is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def write_payload(path: str | Path, payload: dict) -> None:
+    """Atomically: a kill never leaves half a file."""
+    Path(f"{path}.tmp").write_text(json.dumps(payload, indent=1, default=_plain) + "\n")
+    os.replace(f"{path}.tmp", path)
+
+
+def _r(x, nd: int | None = None):
+    """``x`` to ``nd`` decimals, else to 4 significant figures (a loaded CPU's bf16 matmul can be under 0.05 TFLOP/s,
+    which a fixed decimal would round to 0); None when missing or not finite."""
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), nd if nd is not None else (3 - math.floor(math.log10(abs(x))) if x else 0))
+
+
+def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
+    """The result file from the raw records; pure."""
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["kind"], []).append({k: v for k, v in r.items() if k != "kind"})
+    ceil = {r["name"]: r for r in by.get("ceiling", [])}
+    copy, mm, mm16 = (ceil[k]["value"] if k in ceil else None for k in ("copy", "matmul_bf16", "matmul_fp16"))
+    peak, src = next(((v, s) for k, v, s in SPEC_BF16_TFLOPS if k in meta.get("device", "").upper()), (None, None))
+    p = {"benchmark": "gpu", "schema": SCHEMA, **meta, "sections": sections, "tests": None}
+    p["ceilings"] = {"copy_GBps": _r(copy), "matmul_bf16_tflops": _r(mm), "matmul_fp16_tflops": _r(mm16)}
+    p["ceilings"] |= {"spec_bf16_tflops": peak, "spec_source": src and f"NVIDIA {src} datasheet, dense"}
+    p["ceilings"]["details"] = {k: v["detail"] for k, v in ceil.items()}
+    if "test" in by or "tests" in by:  # outcomes one by one; a "tests" record once pytest has finished
+        outcomes = {r["id"]: r["outcome"] for r in by.get("test", [])}
+        counts = {o: list(outcomes.values()).count(o) for o in sorted(set(outcomes.values()))}
+        summary = ", ".join(f"{n} {o}" for o, n in counts.items()) or "no test ran"
+        p["tests"] = {"marker": None, "rc": None} | (by.get("tests") or [{}])[-1] | {"counts": counts}
+        p["tests"]["summary"] = summary if "tests" in by else f"cut off after {summary}"
+        p["tests"]["failures"] = [i for i, o in outcomes.items() if o in ("failed", "error")][:60]
+        p["tests"]["skip_reasons"] = list(dict.fromkeys(r["reason"] for r in by.get("test", []) if r["reason"]))[:12]
+    p["kernels"] = []
+    for r in by.get("kernel", []):
+        fused, eager = (r["nbytes"] / r[k] / 1e6 for k in ("fused_ms", "eager_ms"))  # bytes / ms / 1e6: GB/s
+        r |= {"fused_GBps": _r(fused, 1), "eager_GBps": _r(eager, 1), "speedup": _r(fused / eager, 2)}
+        p["kernels"].append(r | {"fraction_of_copy": _r(copy and fused / copy, 3)})
+    p["flops"] = by.get("flops", [])
+    flops_of = {(r["model"], r["batch"]): r["flops"] for r in p["flops"]}
+    p["denoisers"] = []
+    for r in by.get("denoiser", []):
+        r = {"compile_s": None, "rel_diff_vs_eager": None, "flops_per_call": flops_of.get((r["model"], r["batch"]))} | r
+        tflops = r["flops_per_call"] and r["flops_per_call"] / r["ms"] / 1e9
+        r |= {"evals_per_s": _r(r["batch"] / r["ms"] * 1e3, 1), "achieved_tflops": _r(tflops, 1)}
+        r["mfu_vs_matmul"] = _r(mm and tflops and tflops / mm, 3)
+        r["mfu_vs_spec"] = _r(peak and tflops and tflops / peak, 3)
+        p["denoisers"].append(r)
+    p["steps"] = [r | {"kernel_share": _r(1 - r["denoise_ms"] / r["step_ms"], 4)} for r in by.get("step", [])]
+    p["engine"] = _engine(by)
+    p["per_image"] = _per_image(by, p["engine"] or {})
+    p["profiles"], p["not_run"], p["errors"] = by.get("profile", []), by.get("not_run", []), by.get("error", [])
+    p["notes"] = [r["text"] for r in by.get("note", [])]
+    p["targets"] = check_targets(p)
+    return p
+
+
+def _engine(by: dict) -> dict | None:
+    runs = {r["system"]: r for r in by.get("engine", [])}  # the last record of each: the reference's, every image
+    out = {s: r | {"evals_per_s": _r(r["evals"] / r["seconds"], 1)} for s, r in runs.items()}
+    for r in out.values():
+        r["seconds_per_image"] = _r(r["seconds"] / r["images"], 3)
+    ref, eng = runs.get("reference"), runs.get("engine")
+    if ref and eng:
+        out["same_work"] = ref["evals"] / ref["images"] == eng["evals"] / eng["images"]
+        out["labels_agree"] = f"{sum(a == b for a, b in zip(ref['labels'], eng['labels']))}/{len(eng['labels'])}"
+        out["ratio_evals_per_s"] = _r(eng["evals"] / eng["seconds"] / (ref["evals"] / ref["seconds"]), 3)
+    bare = [r for r in by.get("bare", []) if eng and (r["model"], r["batch"]) == (eng["model"], eng["batch_size"])]
+    if bare:  # the engine's seconds over those of its evaluations in full bare batches
+        out["bare_ms_per_batch"] = ms = bare[-1]["ms"]
+        out["overhead_vs_bare"] = _r(eng["seconds"] / (ms * 1e-3 * eng["evals"] / eng["batch_size"]) - 1, 4)
+    return out or None
+
+
+def _per_image(by: dict, engine: dict) -> list[dict]:
+    from diffcls_fast.engine.policies.stages import stage_evaluations
+
+    out = []
+    for system, e in ((s, engine[s]) for s in ("engine", "reference") if s in engine):
+        sch = LI_SCHEDULES.get(e.get("schedule"), dict(name=f"CPU smoke schedule ({e['policy']})", n_classes=None))
+        row = dict(schedule=sch["name"], system=system, model=e["model"], classes=sch["n_classes"])
+        row |= dict(evals_per_image=e["evals"] / e["images"], seconds_per_image=e["seconds_per_image"])
+        out.append(row | dict(how=f"measured: {e['images']} whole image(s)", li_rtx3090_s=sch.get("li_seconds")))
+    for r in by.get("slice", []):  # Li's ImageNet schedule is too long to run whole: a timed slice, extrapolated
+        sch = LI_SCHEDULES[r["schedule"]]
+        total = stage_evaluations(1000, sch["n_samples"], sch["to_keep"], sch["n_classes"])
+        rate = r["evals"] / r["seconds"]
+        how = f"extrapolated: {r['evals']} evaluations measured ({r['policy']}, {r['classes']} classes)"
+        row = dict(schedule=sch["name"], system="engine", model=r["model"], classes=sch["n_classes"])
+        row |= dict(evals_per_image=total, seconds_per_image=_r(total / rate, 2), li_rtx3090_s=sch["li_seconds"])
+        out.append(row | dict(how=f"{how} at {rate:.0f} evals/s, times {total}"))
+    return out
+
+
+def check_targets(p: dict) -> list[dict]:
+    """Each target with its value, and met: True, False, or None where it was not measured (on a CPU, say)."""
+    e, found = p["engine"] or {}, {}
+    if e.get("engine", {}).get("model") == "preset:sd2-base":
+        if e.get("same_work") and "ratio_evals_per_s" in e:
+            found["engine_vs_reference"] = e["ratio_evals_per_s"], f"{e['labels_agree']} labels agree"
+        if "overhead_vs_bare" in e:
+            bare = f"bare call {e['bare_ms_per_batch']:.1f} ms at batch {e['engine']['batch_size']}"
+            found["engine_overhead"] = e["overhead_vs_bare"], bare
+    rows = [d for d in p["denoisers"] if d["model"] == "preset:sd2-base" and d["batch"] >= 64 and d["mfu_vs_matmul"]]
+    if best := max(rows, key=lambda d: d["mfu_vs_matmul"], default=None):
+        how = "{variant} {dtype} batch {batch}, {achieved_tflops} TFLOP/s".format(**best)
+        found["mfu"] = best["mfu_vs_matmul"], how
+    ks = [k for k in p["kernels"] if k["latent"] == "sd" and 64 <= k["Q"] <= 256 and k["fraction_of_copy"]]
+    if worst := min(ks, key=lambda k: k["fraction_of_copy"], default=None):
+        how = "worst: {op} {dtype} Q={Q} at {fused_GBps} GB/s".format(**worst)
+        found["kernel_bandwidth"] = worst["fraction_of_copy"], how
+    out = []
+    for key, (threshold, text) in TARGETS.items():
+        value, detail = found.get(key, (None, "not measured"))
+        met = None if value is None else value < threshold if key == "engine_overhead" else value >= threshold
+        out.append(dict(target=key, text=text, threshold=threshold, value=value, met=met, detail=detail))
+    return out

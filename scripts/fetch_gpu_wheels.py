@@ -1,4 +1,4 @@
-"""Download the wheels the H200 device machine lacks into .whl/ (git-ignored), within the 64 MiB that may travel.
+"""Download the wheels the GPU machine (H100 or H200) lacks into .whl/ (git-ignored), in the 64 MiB that travel.
 
     python scripts/fetch_gpu_wheels.py            # download, check, write .whl/manifest.json
     python scripts/fetch_gpu_wheels.py --check    # only re-check what is in .whl/ against the budget
@@ -6,7 +6,7 @@
 The device tool copies the working tree (tracked + untracked-not-ignored files) and
 the carried paths, 64 MiB in all; nothing there can reach a registry. Its python3 is
 3.12 with torch 2.11, triton, transformers, tokenizers, safetensors and
-huggingface_hub, but no diffusers or xformers (/work/.library/device/KINDS.md,
+huggingface_hub, but no diffusers or xformers (the device tool's KINDS.md,
 package list of 2026-11-17). So we carry:
 
 * diffusers, the version CI uses here (the image's huggingface_hub 1.33 and
