@@ -421,7 +421,7 @@ def record_not_run(rec: Recorder) -> None:
             rec("not_run", what=what, reason=f"{dist} {_version(dist)} is installed, but this suite does not run it")
 
 
-class Runner:
+class SectionRunner:
     """Runs the sections, each in a child process with its own budget; rewrites the result file after each."""
 
     def __init__(self, out: Path, base: str, quick: bool, budget: float, scale: float = 1.0, meta: dict | None = None):
@@ -487,7 +487,7 @@ class Runner:
             self.say(f"plot failed: {type(e).__name__}: {e}")
         from .report import render_gpu
 
-        # The README's table (bench/report.py), then each section's status (what was skipped here, and why).
+        # The docs' GPU table (bench/report.py), then each section's status (what was skipped here, and why).
         self.say("\n".join(render_gpu(p, Path(f"{self.base}.json").name)))
         self.say("\n".join(f"section {k}: {v['status']} ({v['seconds']:.0f} s)" for k, v in p["sections"].items()))
         self.say("\n".join(f"ERROR in {e['section']}: {e['text'].strip().splitlines()[-1]}" for e in p["errors"]))
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = a.budget if a.budget is not None else (190 if a.quick else 510) * a.budget_scale
     Path(a.out).mkdir(parents=True, exist_ok=True)
     meta = run_meta(a.quick, budget)
-    Runner(Path(a.out), f"gpu_{meta['device_tag']}_{meta['date']}", a.quick, budget, a.budget_scale, meta).run(selected)
+    SectionRunner(Path(a.out), f"gpu_{meta['device_tag']}_{meta['date']}", a.quick, budget, a.budget_scale, meta).run(selected)
     return 0
 
 

@@ -218,7 +218,7 @@ def _f(x, spec="") -> str:
 
 
 def render_gpu(p: dict, file: str) -> list[str]:
-    """The README's GPU block from one ``bench.gpu`` result (``bench.gpu_measure.finalize`` writes it)."""
+    """The docs' GPU block (docs/performance.md) from one ``bench.gpu`` result (``bench.gpu_measure.finalize`` writes it)."""
     c = p["ceilings"]
     png = file.replace(".json", ".png")
     out = [

@@ -1,5 +1,5 @@
 """The GPU suite's CPU-checkable parts: FLOP counts, the tests section's outcomes, kill-at-budget, the result file
-and its README table, an end-to-end ``python -m bench.gpu --quick`` on the CPU, and a dry run of the CUDA branches."""
+and its docs table, an end-to-end ``python -m bench.gpu --quick`` on the CPU, and a dry run of the CUDA branches."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ print(g.section_tests(rec, g.Ctx(torch.device("cpu"), False, time.time() + 60, {
 
 
 def test_a_child_is_killed_at_its_budget(tmp_path):
-    r = gpu.Runner(tmp_path, "gpu_t", quick=True, budget=60)
+    r = gpu.SectionRunner(tmp_path, "gpu_t", quick=True, budget=60)
     t0 = time.time()
     rc, killed = r.stream([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 3)
     assert killed and rc is not None and time.time() - t0 < 20
@@ -139,7 +139,7 @@ def test_readme_gpu_table_renders_the_written_file(tmp_path):
     latest = _latest_gpu(results)
     assert latest["_file"] == "gpu_h200_2026-12-02.json"
     md = "\n".join(render_gpu(latest, latest["_file"]))
-    assert "**GPU: NVIDIA H200**" in md and "[json](bench/results/gpu_h200_2026-12-02.json)" in md
+    assert "**GPU: NVIDIA H200**" in md and "[json](../bench/results/gpu_h200_2026-12-02.json)" in md
     assert "| preset:sd2-base | compile-cudagraphs | float16 | 64 | 100.0 | 640 | 515 | 0.65 | 0.52 | 80 |" in md
     assert "| make_noisy | float16 | 256 | 4194 |" in md
     assert "**1.20x**" in md and "| Li et al. ImageNet | engine | preset:sd2-base | 124500 | 249.00 |" in md

@@ -59,4 +59,4 @@ def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monke
     got = {r["policy"]: (r["heldout_after"]["ece"], f) for r, f in report._calibration_rows("digits")}
     assert got == {"ttest": (0.03, "calibration_digits_cpu_2026-12-06.json"), "halving": (0.02, "calibration_digits_cpu_2026-11-23.json"), "adaptive": (0.01, "calibration_digits_cpu_2026-12-06.json")}
     text = report._render_rest([])
-    assert "| adaptive(...) | 400 |" in text and "| 2026-11-23 |" in text and "[2026-12-06](bench/results/calibration_digits_cpu_2026-12-06.json)" in text
+    assert "| adaptive(...) | 400 |" in text and "| 2026-11-23 |" in text and "[2026-12-06](../bench/results/calibration_digits_cpu_2026-12-06.json)" in text
