@@ -41,7 +41,6 @@ import torch
 
 from diffcls_fast import ClassSpec, DiffclsWarning, DiffusionClassifier, load_model
 from diffcls_fast.data import digits, numbers
-from diffcls_fast.engine.match import iter_match_groups
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +128,8 @@ def _classifier(model: str, policy: str, **kw: Any) -> DiffusionClassifier:
 
 
 # -- Per-request options adapter ----------------------------------------------------------
-# The only code that names the per-request options API. A refactor that replaces
-# ``with_options`` views (e.g. by a Request/options object) changes these two functions,
-# and nothing else in this file.
+# The only code that names the per-request options API (``with_options`` views, whose
+# ``.options`` an engine admits a request with).
 def classify_with_options(clf: DiffusionClassifier, images, classes=None, **options: Any) -> list:
     """``clf.classify`` with per-request ``options`` (policy and its options, seed, temperature, posterior_floor)."""
     return clf.with_options(**options).classify(list(images), classes)
@@ -143,13 +141,11 @@ def run_engine_requests(clf: DiffusionClassifier, requests: list[tuple[list, Any
     Returns each request's results in input order, and the most images that were in
     flight at once (more than the first request's images: the requests shared batches).
     """
-    from diffcls_fast.engine import Engine
-
-    engine = Engine(clf)
+    engine = clf.engine()
     # chunk=1: requests interleave at image granularity, as a server's do
     handles = []
     for ims, classes, opts in requests:
-        handles.append(engine.submit(list(ims), classes, options=clf.with_options(**opts), chunk=1))
+        handles.append(engine.submit(list(ims), classes, options=clf.with_options(**opts).options, chunk=1))
     results = [[None] * len(ims) for ims, _, _ in requests]
     peak = 0
     while engine.has_work:
@@ -335,7 +331,7 @@ def _match_3x3():
 @case("numbers/match/groups")
 def _match_groups():
     groups = [(list(ims), list(caps)) for ims, caps in _swap_groups()]
-    out = list(iter_match_groups(_classifier("numbers", "ttest"), groups, n_grid=MATCH_GRID))
+    out = list(_classifier("numbers", "ttest").match_groups(groups, n_grid=MATCH_GRID))
     return {"order": [g for g, _ in out], "groups": [_match(m) for _, m in sorted(out, key=lambda e: e[0])]}
 
 
