@@ -20,37 +20,30 @@ import numpy as np
 
 
 # -- argparse types: one value as typed on the command line -------------------------------------
+def _typed(text: str, convert: Callable[[str], Any], expected: str, ok: Callable[[Any], bool], must: str) -> Any:
+    """``convert(text)``, or an argparse error saying what was expected or which bound it broke."""
+    try:
+        v = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {must}, got {v if convert is int else text}")
+    return v
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _typed(text, int, "a positive integer", lambda v: v >= 1, ">= 1")
 
 
 def positive_float(text: str) -> float:
     """A finite float > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
+    return _typed(text, float, "a positive number", lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def probability(text: str) -> float:
     """A p-value cutoff in (0, 1)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return v
+    return _typed(text, float, "a number in (0, 1)", lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def _integer(v: Any) -> bool:
