@@ -333,7 +333,7 @@ def section_compile(rec: Recorder, ctx: Ctx) -> str:
         return NO_CUDA + " (the compile backend's CUDA graphs exist only on CUDA)"
     from diffcls_fast import load_model
     from diffcls_fast.export.backends import apply_backend
-    from diffcls_fast.models.loader import make_unet_denoiser, raw_network_call
+    from diffcls_fast.models.common import make_unet_denoiser, raw_network_call
 
     dev = ctx.device
     model = load_model(ENGINE_MODEL, device=dev, dtype=torch.float16)

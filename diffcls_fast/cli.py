@@ -145,10 +145,10 @@ def _check_engine_args(a: argparse.Namespace):
     Runs before any model is loaded (a load takes seconds), so a bad --device, --dtype,
     --backend or --noise-path costs nothing.
     """
-    from .models.loader import _resolve_dtype, resolve_device
+    from .models.common import resolve_device, resolve_dtype
 
     dev = resolve_device(a.device)
-    _resolve_dtype(a.dtype, dev)
+    resolve_dtype(a.dtype, dev)
     _check_backend(a.backend, a.xformers, dev, a.cache_dir)
     cfg = None
     if getattr(a, "policy", None) is not None:
