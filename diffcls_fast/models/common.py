@@ -367,7 +367,7 @@ def make_class_encoder(names: list[str], device: torch.device):
             p = p.strip()
             if p in lookup:
                 ids.append(lookup[p])
-            elif p.isdigit() and int(p) < n:
+            elif p.isdecimal() and int(p) < n:  # isdigit() also passes "²", which int() refuses
                 ids.append(int(p))
             else:
                 hint = f"give a name from its list or an id 0..{n - 1}"

@@ -121,3 +121,5 @@ def test_class_prompts_are_names_or_ids():
     assert encode(["dog", " car ", "0", "2"]).tolist() == [1, 2, 0, 2]
     with pytest.raises(UserError, match=r"'3' is not one of this model's 3 classes \(give a name .* or an id 0..2\)"):
         encode(["3"])
+    with pytest.raises(UserError, match="'²' is not one of this model's 3 classes"):
+        encode(["²"])  # a digit to str.isdigit(), but not to int()
