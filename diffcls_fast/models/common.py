@@ -91,10 +91,14 @@ _LAYOUT = "a diffusers folder with unet/, scheduler/, text_encoder/, tokenizer/ 
 
 
 def read_json(p: Path) -> dict:
+    """A JSON object from ``p``: every file read this way is a config that its readers look keys up in."""
     try:
-        return json.loads(p.read_text())
+        d = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: cannot read JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p}: expected a JSON object ({{...}}), found {type(d).__name__} {d!r:.40}")
+    return d
 
 
 def component_config(folder: Path, sub: str) -> dict:

@@ -50,6 +50,15 @@ def test_fp16_variant_only_folders_load(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_a_config_that_is_not_a_json_object_is_one_line(tmp_path):
+    # each used to fail with AttributeError ('list' object has no attribute 'get'), an internal error to the CLI
+    cases = [("diffcls.json", "[]"), ("model_index.json", "[1]"), ("scheduler/scheduler_config.json", '"x"')]
+    for i, (file, text) in enumerate(cases):
+        m = digits_copy(tmp_path / str(i))
+        (m / file).write_text(text)
+        refused(m, rf"{file}: expected a JSON object \({{...}}\), found (list|str)")
+
+
 def test_zero_terminal_snr_and_non_beta_schedules():
     acp = alphas_cumprod_from_config
     base = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
