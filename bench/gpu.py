@@ -308,7 +308,7 @@ def section_compile(rec: Recorder, ctx: Ctx) -> str:
         return f"{NO_CUDA} (the compile backend's CUDA graphs exist only on CUDA)"
     from diffcls_fast import load_model
     from diffcls_fast.export.backends import apply_backend
-    from diffcls_fast.models.loader import make_unet_denoiser, raw_network_call
+    from diffcls_fast.models.common import make_unet_denoiser, raw_network_call
 
     dev, model, eager = ctx.device, load_model(SD2, device=ctx.device, dtype=fp16), {}
     for b in ctx.size["compile_batches"]:

@@ -64,10 +64,10 @@ def classifier_from_args(a: argparse.Namespace, noise: Any = None):
 def check_engine_args(a: argparse.Namespace):
     """Everything about the engine options that can be checked without the model; returns the saved
     noise (or None). Runs before any model is loaded."""
-    from .models.loader import _resolve_dtype, resolve_device
+    from .models.common import resolve_device, resolve_dtype
 
     dev = resolve_device(a.device)
-    _resolve_dtype(a.dtype, dev)
+    resolve_dtype(a.dtype, dev)
     check_backend(a.backend, a.xformers, dev, a.cache_dir)
     cfg = None
     if getattr(a, "policy", None) is not None:

@@ -55,7 +55,7 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
 ROW_FORMAT = 3  # bump when a row's meaning changes: older files then refuse to mix
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
@@ -90,14 +90,14 @@ def classifier_settings(clf: Any, spec: Any) -> dict:
         "noise": noise_digest(clf),
         "temperature": float(clf.temperature),
         "posterior_floor": float(clf.posterior_floor),
-        "classes": _digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
+        "classes": digest([spec.names, spec.prompts, [np.asarray(c).tolist() for c in spec.class_prompts]]),
     }
 
 
 def data_digest(ids: list[str], labels: np.ndarray, images: list) -> str:
     """Every image id of the split, its label and, for files, its size."""
     sizes = [_file_size(p) if isinstance(p, (str, Path)) else None for p in images]
-    return _digest([list(ids), [int(x) for x in labels], sizes])
+    return digest([list(ids), [int(x) for x in labels], sizes])
 
 
 def noise_digest(clf: Any) -> str | None:
@@ -113,8 +113,8 @@ def _file_size(path: str | Path) -> int | None:
         return None
 
 
-def _config_key(settings: dict) -> str:
-    return _digest(settings)
+def config_key(settings: dict) -> str:
+    return digest(settings)
 
 
 def same_settings(old: Any, new: Any) -> bool:
@@ -131,7 +131,7 @@ def same_settings(old: Any, new: Any) -> bool:
     return comparable(old) == comparable(new)
 
 
-def _settings_diff(old: Any, new: dict) -> str:
+def settings_diff(old: Any, new: dict) -> str:
     if not isinstance(old, dict):
         return "written by an older diffcls-fast"
     keys = [k for k in new if old.get(k) != new[k]]
@@ -234,7 +234,7 @@ class OutFile:
         """The rows already written, after checking each was computed with these settings."""
         for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
             if row["config"] != config and not same_settings(row.get("settings"), settings):
-                why = _settings_diff(row.get("settings"), settings)
+                why = settings_diff(row.get("settings"), settings)
                 raise UserError(f"{self.path}:{lineno}: written with different settings ({why}); use another --out, or rerun with the same settings")
         return {k: row for k, (_, row) in self.rows.items()}
 
@@ -318,7 +318,7 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
         raise UserError(f"{clf.model.describe()}: refusing to report accuracy for random weights")
     all_images, all_labels, all_ids = full
     settings = eval_settings(clf, spec, all_ids, all_labels, all_images)
-    config = _config_key(settings)
+    config = config_key(settings)
     done = out.done(config, settings) if out else {}
     todo = [i for i in range(len(images)) if ids[i] not in done]
     correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]

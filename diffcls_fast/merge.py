@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .evaluate import OutFile, _settings_diff, append_line, same_settings
+from .evaluate import OutFile, settings_diff, append_line, same_settings
 
 
 def _ranges(xs: list[int], limit: int = 8) -> str:
@@ -48,7 +48,7 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
     by_id: dict[str, tuple[Path, int]] = {}
     for part, lineno, row in rows:
         if row["config"] != ref["config"] and not same_settings(ref.get("settings"), row.get("settings")):
-            why = _settings_diff(ref.get("settings"), row.get("settings")) if isinstance(row.get("settings"), dict) else "written by an older diffcls-fast"
+            why = settings_diff(ref.get("settings"), row.get("settings")) if isinstance(row.get("settings"), dict) else "written by an older diffcls-fast"
             raise UserError(f"{part}:{lineno}: written with different settings than {part0}:{line0} ({why}); merge only shards of one run")
         index, total = row.get("index"), row.get("total")
         if not (isinstance(index, int) and isinstance(total, int)) or isinstance(index, bool) or not 0 <= index < total:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import UserError
-from .evaluate import OutFile, _digest, noise_digest
+from .evaluate import OutFile, digest, noise_digest
 
 SWAP_ROW = (("id", str), ("config", str), ("text", bool), ("image", bool), ("group", bool), ("evaluations", int))
 
@@ -43,7 +43,7 @@ def swap_settings(clf: Any, groups: list[dict], n_grid: int, shared: bool) -> di
         "shared_noise": shared,
         "seed": int(clf.seed),
         "noise": noise_digest(clf),
-        "groups": _digest([[g["id"], g["captions"]] for g in groups]),
+        "groups": digest([[g["id"], g["captions"]] for g in groups]),
     }
 
 
@@ -73,7 +73,7 @@ def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
         raise UserError(f"{clf.model.describe()}: refusing to report scores for random weights")
     shared = bool(getattr(a, "shared_noise", False))
     settings = swap_settings(clf, all_groups, a.n_grid, shared)
-    config = _digest(settings)
+    config = digest(settings)
     done = out.done(config, settings) if out else {}
     todo = [g for g in groups if g["id"] not in done]
     scores = [WinogroundScores(bool(done[g["id"]]["text"]), bool(done[g["id"]]["image"]), bool(done[g["id"]]["group"])) for g in groups if g["id"] in done]

@@ -13,7 +13,7 @@ import torch
 from diffcls_fast import UserError
 from diffcls_fast.engine import ClassSpec
 from diffcls_fast.engine.policies import PolicyConfig
-from diffcls_fast.evaluate import OutFile, _config_key, eval_settings
+from diffcls_fast.evaluate import OutFile, config_key, eval_settings
 
 
 def _row(i, config="k1", **extra):
@@ -97,12 +97,12 @@ def test_rows_with_other_settings_are_refused_with_the_difference(tmp_path):
     p = tmp_path / "out.jsonl"
     old = {"format": 2, "dtype": "float32", "temperature": 0.01, "model": "m1"}
     new = {**old, "dtype": "bfloat16", "temperature": 0.5}
-    _write_rows(p, [_row(0, config=_config_key(old), settings=old)])
+    _write_rows(p, [_row(0, config=config_key(old), settings=old)])
     out = OutFile(p)
     try:
-        msg = _err(lambda: out.done(_config_key(new), new))
+        msg = _err(lambda: out.done(config_key(new), new))
         assert f"{p}:1: written with different settings" in msg and "dtype 'float32' -> 'bfloat16'" in msg and "temperature 0.01 -> 0.5" in msg, msg
-        assert list(out.done(_config_key(old), old)) == ["digits/heldout/0"]
+        assert list(out.done(config_key(old), old)) == ["digits/heldout/0"]
     finally:
         out.close()
 
@@ -152,7 +152,7 @@ def test_settings_key_covers_every_number_in_a_row(tmp_path):
     ids, labels, images = ["a", "b", "c"], np.array([0, 1, 0]), [None, None, None]
 
     def key(clf=None, spec=spec, ids=ids, labels=labels, images=images):
-        return _config_key(eval_settings(clf or _fake_clf(), spec, ids, labels, images))
+        return config_key(eval_settings(clf or _fake_clf(), spec, ids, labels, images))
 
     k0 = key()
     assert key() == k0  # deterministic

@@ -15,7 +15,7 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
     from ..engine import DiffusionClassifier, parse_class_list, read_prompts_csv
     from ..engine.noise import check_seed, load_noise_file
     from ..models import load_model
-    from ..models.loader import resolve_device
+    from ..models.common import resolve_device
     from .aoti_export import export_aoti, require_aoti
     from .backends import artifact_dir
     from .onnx_export import writable_dir

@@ -17,7 +17,7 @@ import torch
 from ..engine.cache import default_cache_dir
 from ..errors import BackendUnavailable, UserError
 from ..models.bundle import ModelBundle
-from ..models.loader import make_unet_denoiser
+from ..models.common import make_unet_denoiser
 
 BACKENDS = ("torch", "compile", "onnx", "tensorrt", "aoti")
 
@@ -69,7 +69,7 @@ def enable_xformers(bundle: ModelBundle) -> None:
 
 def compiled_raw(bundle: ModelBundle, class_cond: bool):
     """torch.compile; on CUDA mode="reduce-overhead" captures one CUDA graph per bucket size."""
-    from ..models.loader import raw_network_call
+    from ..models.common import raw_network_call
 
     mode = "reduce-overhead" if bundle.device.type == "cuda" else "default"
     # dynamic=False: each bucket size is its own static graph (and CUDA graph); the bucket set is small.

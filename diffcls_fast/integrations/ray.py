@@ -115,9 +115,9 @@ class ClassifyBatch:
         self.spec = self.clf.class_spec(classes)
         self.column, self.top_k, self.keep_image, self.driver_columns = column, top_k, keep_image, driver_columns
         if driver_columns:
-            from ..evaluate import _config_key
+            from ..evaluate import config_key
 
-            self.settings_key = _config_key(_info(self.clf, self.spec)["settings"])
+            self.settings_key = config_key(_info(self.clf, self.spec)["settings"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once()
@@ -406,11 +406,11 @@ class RayClassifier:
 
     def classify_iter(self, images: Sequence[Any], classes: Any, progress: Any = None) -> Iterator[tuple[int, Any]]:
         from ..engine.results import RunStats
-        from ..evaluate import _config_key
+        from ..evaluate import config_key
 
         ray = require_ray()
         info = self._probe(classes)
-        want = _config_key(info["settings"])
+        want = config_key(info["settings"])
         stats = self.last_stats = RunStats(backend=info["backend"], dtype=info["dtype"], kernels=info["kernels"])
         if not len(images):
             return

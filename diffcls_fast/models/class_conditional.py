@@ -8,7 +8,6 @@ A prompt for such a model is a class name or an id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,23 +15,42 @@ import torch
 from ..errors import UserError
 from ..images import as_hw
 from .bundle import ModelBundle
-from .fingerprint import fingerprint_paths
-from .loader import (
-    _need,
-    _read_json,
-    _resolution,
-    _scheduler_config,
+from .common import (
     alphas_cumprod_from_config,
     check_pixel_channels,
     check_vae_folder,
+    component_config,
     load_weights,
+    make_class_encoder,
     make_image_encoder,
     make_unet_denoiser,
+    need_component,
+    parse_resolution,
     quiet_loading,
     raw_network_call,
+    read_json,
+    scheduler_config,
     vae_dtype,
     vae_resolution,
 )
+from .fingerprint import fingerprint_paths
+
+
+def check_dit(folder: Path) -> None:
+    """transformer/ is a DiT only if its config says so: an SD3/Flux/PixArt transformer loaded as
+    a DiT would run with half its weights missing."""
+    cfg = component_config(folder, "transformer")
+    cls = cfg.get("_class_name", "")
+    if cls == "DiTTransformer2DModel":
+        return
+    if cls == "Transformer2DModel" and cfg.get("norm_type") == "ada_norm_zero" and cfg.get("num_embeds_ada_norm"):
+        return
+    if cls == "Transformer2DModel":
+        what = f"{cls} (norm_type {cfg.get('norm_type')!r})"
+    else:
+        what = cls or "an unreadable config"
+    only = "transformer/ folders are supported for DiT only"
+    raise UserError(f"{folder}/transformer: {what} is not a class-conditional DiT; {only}")
 
 
 def class_names_of(folder: Path, n_classes: int) -> list[str]:
@@ -48,7 +66,7 @@ def class_names_of(folder: Path, n_classes: int) -> list[str]:
         return names
     idx = folder / "model_index.json"
     if idx.is_file():
-        id2label = _read_json(idx).get("id2label")
+        id2label = read_json(idx).get("id2label")
         if isinstance(id2label, dict) and len(id2label) == n_classes:
             if set(id2label) != {str(i) for i in range(n_classes)}:
                 raise UserError(f'{idx}: id2label\'s keys must be the class ids "0" .. "{n_classes - 1}"')
@@ -57,50 +75,34 @@ def class_names_of(folder: Path, n_classes: int) -> list[str]:
     return [str(i) for i in range(n_classes)]
 
 
-def make_class_encoder(names: list[str], device: torch.device):
-    lookup = {n: i for i, n in enumerate(names)}
-    n = len(names)
-
-    def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
-        ids = []
-        for p in prompts:
-            p = p.strip()
-            if p in lookup:
-                ids.append(lookup[p])
-            elif p.isdigit() and int(p) < n:
-                ids.append(int(p))
-            else:
-                raise UserError(f"class {p!r} is not one of this model's {n} classes (give a name from its list or an id 0..{n - 1})")
-        return torch.tensor(ids, dtype=torch.int64, device=device)
-
-    return encode_prompts
-
-
 def load_class_conditional(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
-    sched_cfg = _scheduler_config(folder)
+    if (folder / "transformer").is_dir():
+        check_dit(folder)
+    sched_cfg = scheduler_config(folder)
     has_vae = check_vae_folder(folder)
     kw = {"low_cpu_mem_usage": False, "torch_dtype": dtype}
     with quiet_loading():
         if (folder / "transformer").is_dir():
             from diffusers import DiTTransformer2DModel
 
-            net_dir = _need(folder, "transformer", "the DiT denoiser")
+            net_dir = need_component(folder, "transformer", "the DiT denoiser")
             net = load_weights(DiTTransformer2DModel, net_dir, "the DiT denoiser", **kw)
             n_classes, family = int(net.config.num_embeds_ada_norm), "dit"
         else:
             from diffusers import UNet2DModel
 
-            net_dir = _need(folder, "unet", "the denoiser")
+            net_dir = need_component(folder, "unet", "the denoiser")
             net = load_weights(UNet2DModel, net_dir, "the denoiser", **kw)
             if not net.config.num_class_embeds:
                 raise UserError(f"{net_dir}: a UNet2DModel without class embeddings (num_class_embeds) cannot classify")
             n_classes, family = int(net.config.num_class_embeds), "class-unet"
-        latent_ch, latent_hw = int(net.config.in_channels), as_hw(_resolution(net.config.sample_size))
+        latent_ch = int(net.config.in_channels)
+        latent_hw = as_hw(parse_resolution(net.config.sample_size))
         vae = None
         if has_vae:
             from diffusers import AutoencoderKL
 
-            vae_dir = _need(folder, "vae", "the autoencoder")
+            vae_dir = need_component(folder, "vae", "the autoencoder")
             vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", **{**kw, "torch_dtype": vae_dtype(vae_dir, dtype)})
     net.to(device).eval().requires_grad_(False)
     if vae is not None:

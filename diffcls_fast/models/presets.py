@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import UserError
 from ..images import preprocess
 from .bundle import ModelBundle
-from .loader import alphas_cumprod_from_config, make_unet_denoiser, raw_network_call
+from .common import alphas_cumprod_from_config, make_class_encoder, make_unet_denoiser, quiet_loading, raw_network_call
 
 _SD_COMMON = dict(
     sample_size=64,
@@ -62,8 +62,6 @@ def preset_network(name: str, device: str | torch.device = "meta", dtype: torch.
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join('preset:' + k for k in PRESETS)}")
     p = PRESETS[name]
-    from .loader import quiet_loading
-
     with torch.device(device), quiet_loading():
         if p["kind"] == "unet":
             from diffusers import UNet2DConditionModel
@@ -92,8 +90,6 @@ def load_preset(name: str, *, device: torch.device, dtype: torch.dtype) -> Model
     if class_cond:
         latent = (4, int(p["net"]["sample_size"]), int(p["net"]["sample_size"]))
         n_classes = int(p["net"]["num_embeds_ada_norm"])
-        from .class_conditional import make_class_encoder
-
         names = [str(i) for i in range(n_classes)]
         encode_prompts = make_class_encoder(names, device)
         cond_shape: tuple[int, ...] = ()

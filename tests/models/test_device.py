@@ -1,4 +1,4 @@
-"""--device / load_model(device=...): one clear UserError for a device this machine cannot use."""
+"""--device / resolve_device: one clear UserError for a device this machine cannot use."""
 
 import subprocess
 import sys
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffcls_fast import UserError, load_model
-from diffcls_fast.models.loader import resolve_device
+from diffcls_fast import UserError
+from diffcls_fast.models.common import resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,14 +74,6 @@ def test_mps_unavailable(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(UserError, match="MPS is not available"):
         resolve_device("mps")
-
-
-def test_load_model_checks_the_device_before_loading(cpu_build):
-    # checked first: no folder lookup, no weights read
-    with pytest.raises(UserError, match="no CUDA"):
-        load_model("/no/such/model", device="cuda")
-    with pytest.raises(UserError, match="not a device"):
-        load_model("digits", device="bogus")
 
 
 @pytest.mark.parametrize("dev, fragment", [("bogus", "not a device"), ("cuda:7", "cuda:7")])

@@ -1,13 +1,23 @@
-"""The bundled numbers model (100 ordered-pair classes) loads and classifies held-out pairs."""
+"""The bundled models: digits (ten classes, square) and numbers (100 ordered-pair classes, non-square) load by
+name with their shipped defaults, and numbers classifies held-out pairs."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.cli import main
 from diffcls_fast.data import numbers
+
+
+def test_digits_bundle():
+    m = load_model("digits", device="cpu")
+    assert m.cond_kind == "text" and m.latent_shape == (1, 8, 8) and m.num_timesteps == 1000
+    assert m.dtype == torch.float32 and m.device.type == "cpu" and not m.random_weights
+    assert m.class_names[7] == "seven" and len(m.default_prompts) == 10
+    assert torch.all(m.alphas_cumprod[1:] < m.alphas_cumprod[:-1])
 
 
 @pytest.fixture(scope="module")
