@@ -1,35 +1,24 @@
-"""The GPU suite's measuring tools (they also run on the CPU) and its result file.
-
-Sections append raw measurements, one JSON line each; :func:`finalize` turns them into the result file that
-``bench/report.py`` renders. Derived figures (GB/s, evaluations/s, MFU, ratios) and the targets are computed there
-and only there, so the tests check them on synthetic records.
-"""
+"""The GPU suite's measuring tools (they also run on the CPU) and its result file: sections record raw measurements,
+one JSON line each; :func:`finalize` alone derives figures and checks targets, so tests check it on synthetic ones."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import statistics
 import time
-from operator import attrgetter
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-SCHEMA = 1
 # Dense bf16 tensor-core peaks (the datasheets quote 2:4 sparsity, twice these); fp16's are the same.
 SPEC_BF16_TFLOPS = [("H200", 989.5, "H200 SXM"), ("H100 PCIE", 756.5, "H100 PCIe"), ("H100", 989.5, "H100 SXM")]
-# Li et al. 2023: their schedules, and their seconds per image on an RTX 3090 with SD 2.0.
-LI_SCHEDULES = {
-    "cifar10": dict(name="Li et al. CIFAR-10", n_classes=10, n_samples=[50, 500], to_keep=[5, 1], li_seconds=30.0),
-    "imagenet": dict(
-        name="Li et al. ImageNet",
-        n_classes=1000,
-        n_samples=[50, 100, 500, 1000],
-        to_keep=[500, 50, 10, 1],
-        li_seconds=1000.0,
-    ),
+# Li et al. 2023: name, classes, n_samples, to_keep, and their seconds per image on an RTX 3090 with SD 2.0.
+LI = {
+    "cifar10": ("Li et al. CIFAR-10", 10, [50, 500], [5, 1], 30.0),
+    "imagenet": ("Li et al. ImageNet", 1000, [50, 100, 500, 1000], [500, 50, 10, 1], 1000.0),
 }
 TARGETS = {  # key: (threshold, what); engine_overhead is met below its threshold, the others at or above it
     "engine_vs_reference": (3.0, "engine >= 3x the reference loop's evaluations/s at equal work (preset:sd2-base)"),
@@ -45,8 +34,7 @@ def sync(device: torch.device) -> None:
 
 
 def time_fn(fn, device, warmup=2, target_s=0.6, min_calls=3, max_calls=50, deadline: float | None = None) -> dict:
-    """Median ms of ``fn()`` after ``warmup`` untimed calls, over calls for about ``target_s`` seconds (at least
-    ``min_calls``, fewer only past ``deadline``), each synchronized, as the engine synchronizes once per batch."""
+    """Median ms of ``fn()`` over ~``target_s`` s of calls, each synchronized as the engine synchronizes each batch."""
     sync(device)
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -72,54 +60,28 @@ def bench_ms(fn, device: torch.device) -> float:
     return time_fn(fn, device, warmup=1, target_s=0.2)["ms"]
 
 
-def copy_gbps(device: torch.device, nbytes: int) -> float:
-    """Device-to-device copy bandwidth, bytes read plus bytes written."""
-    src = torch.randn(nbytes // 2, dtype=torch.float16, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / bench_ms(lambda: dst.copy_(src), device) / 1e6
-
-
-def matmul_tflops(device: torch.device, n: int, dtype: torch.dtype) -> float:
-    """n x n x n matmul rate on random data (zeros run faster): 3 warm-ups, median of 10 products."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / time_fn(lambda: torch.mm(a, b, out=c), device, 3, 0, 10, 10)["ms"] / 1e9
-
-
-def count_flops(fn) -> float:
-    """FLOPs of one call as FlopCounterMode counts them (matmuls, convolutions, attention; not elementwise ops)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return float(fc.get_total_flops())
-
-
 def preset_flops(name: str, batch: int, dtype: torch.dtype = torch.float16) -> float:
     """FLOPs of one ``preset:name`` denoiser call, counted on the meta device: no memory, no device time."""
     from diffcls_fast.models.presets import PRESETS, preset_network
 
     p = PRESETS[name]
     cfg, net = p.get("unet", p.get("net")), preset_network(name, device="meta", dtype=dtype)
-    with torch.device("meta"):
+    with torch.device("meta"), FlopCounterMode(display=False) as fc:  # matmuls, convolutions, attention
         x = torch.randn(batch, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"], dtype=dtype)
-        t = torch.randint(0, 1000, (batch,))
-        if p["kind"] == "unet":
-            return count_flops(lambda: net(x, t, encoder_hidden_states=torch.randn(batch, *p["text"], dtype=dtype)))
-        return count_flops(lambda: net(x, t, class_labels=torch.randint(0, 1000, (batch,))))
+        t, c = torch.randint(0, 1000, (batch,)), torch.randn(batch, *p.get("text", ()), dtype=dtype)
+        net(x, t, encoder_hidden_states=c) if "text" in p else net(x, t, class_labels=t)  # the UNets, the DiT
+    return float(fc.get_total_flops())
 
 
 def random_inputs(model, batch: int, seed: int = 0):
-    """(x_t, t, cond) for ``model.denoise``: random latents and timesteps, conditions from 10 prompts or random
-    class ids. Never zeros, which some kernels run faster on."""
+    """(x_t, t, cond) for ``model.denoise``: random (zeros run faster in some kernels); 10 prompts or random classes."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *model.latent_shape, generator=g).to(model.device, model.dtype)
     t = torch.randint(0, model.num_timesteps, (batch,), generator=g).to(model.device)
     if model.cond_kind == "class":
         return x, t, torch.randint(0, max(1, len(model.class_names)), (batch,), generator=g).to(model.device)
     names = model.class_names[:10] if len(model.class_names) >= 2 else [f"thing {i}" for i in range(10)]
-    prompts = model.default_prompts[: len(names)] or [model.prompt_template.format(n) for n in names]
-    table = model.encode_prompts(prompts)
+    table = model.encode_prompts(model.default_prompts[:10] or [model.prompt_template.format(n) for n in names])
     return x, t, table[torch.randint(0, len(table), (batch,), generator=g).to(table.device)]
 
 
@@ -132,63 +94,24 @@ def kernel_inputs(q: int, shape, device, n_img: int, n_noise: int, seed: int = 0
     return x0, eps, *idx, a, (1 - a * a).sqrt()
 
 
-def profile_top(fn, device: torch.device, calls: int = 3, top: int = 15) -> dict:
-    """torch.profiler over ``calls`` calls after a warm one: {"cpu": the top ops by self CPU time, "device": by self
-    device time (CUDA only)}, each a list of {name, self_ms, calls}."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    fn()
-    sync(device)
-    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
-        for _ in range(calls):
-            fn()
-        sync(device)
-    out, keys = {}, {"cpu": "self_cpu_time_total"} | ({"device": "self_device_time_total"} if cuda else {})
-    for where, us in ((w, attrgetter(a)) for w, a in keys.items()):
-        ranked = [e for e in sorted(prof.key_averages(), key=us, reverse=True)[:top] if us(e) > 0]
-        out[where] = [{"name": e.key[:140], "self_ms": us(e) / 1e3, "calls": e.count} for e in ranked]
-    return out
-
-
-def _plain(o):
-    return o.item() if hasattr(o, "item") else str(o)
-
-
-class Recorder:
-    """``rec(kind, **fields)`` appends one JSON line, flushed and synced at once: a section killed at its budget
-    keeps everything it measured."""
-
-    def __init__(self, path: str | Path, section: str):
-        self.path, self.section = Path(path), section
-
-    def __call__(self, kind: str, **fields) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"section": self.section, "kind": kind, **fields}, default=_plain) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+def record(path: str | Path, section: str, kind: str, **fields) -> None:
+    """Append one JSON line at once (a section's ``rec``): a section killed at its budget keeps all it measured."""
+    line = json.dumps({"section": section, "kind": kind, **fields}, default=lambda o: str(o).removeprefix("torch."))
+    with open(path, "a") as f:  # (torch.float16 as "float16")
+        f.write(line + "\n")
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file; a torn line (a section killed mid-write) is skipped."""
+    """The records of a JSON-lines file, less a torn line (a section killed mid-write)."""
     out = []
     for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
     return out
 
 
-def write_payload(path: str | Path, payload: dict) -> None:
-    """Atomically: a kill never leaves half a file."""
-    Path(f"{path}.tmp").write_text(json.dumps(payload, indent=1, default=_plain) + "\n")
-    os.replace(f"{path}.tmp", path)
-
-
 def _r(x, nd: int | None = None):
-    """``x`` to ``nd`` decimals, else to 4 significant figures (a loaded CPU's bf16 matmul can be under 0.05 TFLOP/s,
-    which a fixed decimal would round to 0); None when missing or not finite."""
+    """``x`` to ``nd`` decimals, else to 4 significant figures (a CPU's TFLOP/s can be < 0.05); None if not finite."""
     if x is None or not math.isfinite(x):
         return None
     return round(float(x), nd if nd is not None else (3 - math.floor(math.log10(abs(x))) if x else 0))
@@ -202,7 +125,7 @@ def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
     ceil = {r["name"]: r for r in by.get("ceiling", [])}
     copy, mm, mm16 = (ceil[k]["value"] if k in ceil else None for k in ("copy", "matmul_bf16", "matmul_fp16"))
     peak, src = next(((v, s) for k, v, s in SPEC_BF16_TFLOPS if k in meta.get("device", "").upper()), (None, None))
-    p = {"benchmark": "gpu", "schema": SCHEMA, **meta, "sections": sections, "tests": None}
+    p = {"benchmark": "gpu", "schema": 1, **meta, "sections": sections, "tests": None}
     p["ceilings"] = {"copy_GBps": _r(copy), "matmul_bf16_tflops": _r(mm), "matmul_fp16_tflops": _r(mm16)}
     p["ceilings"] |= {"spec_bf16_tflops": peak, "spec_source": src and f"NVIDIA {src} datasheet, dense"}
     p["ceilings"]["details"] = {k: v["detail"] for k, v in ceil.items()}
@@ -226,14 +149,12 @@ def finalize(records: list[dict], meta: dict, sections: dict) -> dict:
         r = {"compile_s": None, "rel_diff_vs_eager": None, "flops_per_call": flops_of.get((r["model"], r["batch"]))} | r
         tflops = r["flops_per_call"] and r["flops_per_call"] / r["ms"] / 1e9
         r |= {"evals_per_s": _r(r["batch"] / r["ms"] * 1e3, 1), "achieved_tflops": _r(tflops, 1)}
-        r["mfu_vs_matmul"] = _r(mm and tflops and tflops / mm, 3)
-        r["mfu_vs_spec"] = _r(peak and tflops and tflops / peak, 3)
+        r["mfu_vs_matmul"], r["mfu_vs_spec"] = (_r(c and tflops and tflops / c, 3) for c in (mm, peak))
         p["denoisers"].append(r)
     p["steps"] = [r | {"kernel_share": _r(1 - r["denoise_ms"] / r["step_ms"], 4)} for r in by.get("step", [])]
     p["engine"] = _engine(by)
     p["per_image"] = _per_image(by, p["engine"] or {})
     p["profiles"], p["not_run"], p["errors"] = by.get("profile", []), by.get("not_run", []), by.get("error", [])
-    p["notes"] = [r["text"] for r in by.get("note", [])]
     p["targets"] = check_targets(p)
     return p
 
@@ -260,17 +181,16 @@ def _per_image(by: dict, engine: dict) -> list[dict]:
 
     out = []
     for system, e in ((s, engine[s]) for s in ("engine", "reference") if s in engine):
-        sch = LI_SCHEDULES.get(e.get("schedule"), dict(name=f"CPU smoke schedule ({e['policy']})", n_classes=None))
-        row = dict(schedule=sch["name"], system=system, model=e["model"], classes=sch["n_classes"])
+        name, classes, *_, li_s = LI.get(e["schedule"], (f"CPU smoke schedule ({e['policy']})", None, None))
+        row = dict(schedule=name, system=system, model=e["model"], classes=classes, li_rtx3090_s=li_s)
         row |= dict(evals_per_image=e["evals"] / e["images"], seconds_per_image=e["seconds_per_image"])
-        out.append(row | dict(how=f"measured: {e['images']} whole image(s)", li_rtx3090_s=sch.get("li_seconds")))
+        out.append(row | dict(how=f"measured: {e['images']} whole image(s)"))
     for r in by.get("slice", []):  # Li's ImageNet schedule is too long to run whole: a timed slice, extrapolated
-        sch = LI_SCHEDULES[r["schedule"]]
-        total = stage_evaluations(1000, sch["n_samples"], sch["to_keep"], sch["n_classes"])
-        rate = r["evals"] / r["seconds"]
+        name, classes, n_samples, to_keep, li_s = LI[r["schedule"]]
+        total, rate = stage_evaluations(1000, n_samples, to_keep, classes), r["evals"] / r["seconds"]
+        row = dict(schedule=name, system="engine", model=r["model"], classes=classes, li_rtx3090_s=li_s)
+        row |= dict(evals_per_image=total, seconds_per_image=_r(total / rate, 2))
         how = f"extrapolated: {r['evals']} evaluations measured ({r['policy']}, {r['classes']} classes)"
-        row = dict(schedule=sch["name"], system="engine", model=r["model"], classes=sch["n_classes"])
-        row |= dict(evals_per_image=total, seconds_per_image=_r(total / rate, 2), li_rtx3090_s=sch["li_seconds"])
         out.append(row | dict(how=f"{how} at {rate:.0f} evals/s, times {total}"))
     return out
 

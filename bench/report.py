@@ -220,10 +220,9 @@ def _f(x, spec="") -> str:
 def render_gpu(p: dict, file: str) -> list[str]:
     """The docs' GPU block (docs/performance.md) from one ``bench.gpu`` result (``bench.gpu_measure.finalize`` writes it)."""
     c = p["ceilings"]
-    png = file.replace(".json", ".png")
     out = [
         f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit {p['commit']}{' (--quick)' if p.get('quick') else ''} "
-        f"([json](../bench/results/{file}), [plot](../bench/results/{png})). Ceilings measured in the same run: device-to-device copy "
+        f"([json](../bench/results/{file})). Ceilings measured in the same run: device-to-device copy "
         f"{_f(c['copy_GBps'], '.0f')} GB/s, 8192³ bf16 matmul {_f(c['matmul_bf16_tflops'], '.0f')} TFLOP/s (datasheet {_f(c['spec_bf16_tflops'], '.0f')}).",
         "",
     ]
