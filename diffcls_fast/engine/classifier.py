@@ -239,7 +239,13 @@ class DiffusionClassifier:
         self.last_stats = RunStats()
         n_grid = self.policy_cfg.n_grid if n_grid is None else n_grid
         return iter_match_groups(
-            self.engine(), groups, n_grid=n_grid, shared_noise=shared_noise, progress=progress, stats=self.last_stats
+            self.engine(),
+            groups,
+            n_grid=n_grid,
+            shared_noise=shared_noise,
+            progress=progress,
+            stats=self.last_stats,
+            on_warning=_warn,
         )
 
 

@@ -234,9 +234,11 @@ def iter_match_groups(
     shared_noise: bool = False,
     progress: Any = None,
     stats: RunStats | None = None,
+    on_warning: Any = None,
 ) -> Iterator[tuple[int, MatchResult]]:
     """Run groups of ``(images, captions)`` as one request on ``engine`` (its default options give
-    the noise); yield ``(group index, MatchResult)`` as groups finish."""
+    the noise); yield ``(group index, MatchResult)`` as groups finish. ``on_warning(sentence)``
+    hears the words of the captions the tokenizer does not know."""
     base = engine.options
     n_grid = check_n_grid(n_grid, engine.model.num_timesteps, base)
     caption_lists = [caps for _, caps in groups]
@@ -249,7 +251,7 @@ def iter_match_groups(
         yield g, plan.result(g, [])
     if not flat:
         return
-    for k, r in engine.run(flat, plan.spec, plan.options(base), stats=stats, progress=progress):
+    for k, r in engine.run(flat, plan.spec, plan.options(base), stats=stats, progress=progress, on_warning=on_warning):
         g = plan.owner[k]
         rows[g][k - plan.first[g]] = r
         remaining[g] -= 1

@@ -280,7 +280,7 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
                         "seed": clf.seed,
                         "loss": clf.loss,
                         "buckets": list(clf.buckets),
-                        "max_inflight": clf.max_inflight,
+                        "max_inflight": clf.config.max_inflight,
                         "backend": m.backend,
                         "device": str(m.device),
                         "dtype": str(m.dtype).removeprefix("torch."),

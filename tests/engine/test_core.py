@@ -6,7 +6,7 @@ import torch
 
 from diffcls_fast import ClassSpec, DiffusionClassifier, load_model
 from diffcls_fast.data.digits import load_split
-from diffcls_fast.engine.core import ConditionTable, Engine
+from diffcls_fast.engine.core import ConditionTable
 from diffcls_fast.errors import UserError
 
 
@@ -39,8 +39,8 @@ def test_requests_with_different_classes_policies_and_seeds_share_batches_and_ma
         (["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], clf.with_options(policy="ttest", min_scores=4, max_scores=12, temperature=0.02)),
     ]
     expected = [view.classify(pil, classes) for classes, view in configs]
-    engine = Engine(clf)
-    reqs = [engine.submit(pil, classes, options=view, chunk=2) for classes, view in configs]  # small chunks: requests interleave
+    engine = clf.engine()
+    reqs = [engine.submit(pil, classes, options=view.options, chunk=2) for classes, view in configs]  # small chunks: requests interleave
     got = {id(r): [None] * len(pil) for r in reqs}
     mixed = 0
     while engine.has_work:
@@ -58,8 +58,8 @@ def test_requests_with_different_classes_policies_and_seeds_share_batches_and_ma
 
 def test_cancel_removes_the_requests_queries_and_frees_its_rows(clf, digits):
     pil, _ = digits
-    engine = Engine(clf)
-    slow = engine.submit(pil, None, options=clf.with_options(policy="exhaustive", n_grid=50))
+    engine = clf.engine()
+    slow = engine.submit(pil, None, options=clf.with_options(policy="exhaustive", n_grid=50).options)
     fast = engine.submit(pil[:2], ["one", "seven"])
     engine.step()
     assert slow.inputs > 0 and any(r is slow for r, _ in engine._owner.values())
@@ -76,7 +76,7 @@ def test_cancel_removes_the_requests_queries_and_frees_its_rows(clf, digits):
 
 def test_a_bad_class_list_fails_its_submit_only(clf, digits):
     pil, _ = digits
-    engine = Engine(clf)
+    engine = clf.engine()
     ok = engine.submit(pil[:1], ["one", "seven"])
     with pytest.raises(UserError, match="identical prompt embeddings"):
         engine.submit(pil[:1], ["cat", "dog"])  # both encode as [UNK]

@@ -130,11 +130,9 @@ def test_finish_survives_a_cancel_racing_it():
 def test_a_stale_cancel_never_touches_a_live_request():
     """Handles outlive an engine reset: cancelling an old handle must not cancel a new request,
     whatever its id (the ids are process-wide, and cancel checks the handle itself)."""
-    from diffcls_fast.engine.core import Engine
-
     clf = make_classifier("halving")
     px = _pixels(clf, 1)
-    old_engine, new_engine = Engine(clf), Engine(clf)
+    old_engine, new_engine = clf.engine(), clf.engine()
     old = old_engine.submit(px, ["zero", "one", "seven"])
     new = new_engine.submit(px, ["zero", "one", "seven"])
     assert old.id != new.id
