@@ -1,25 +1,27 @@
 """Held-out accuracy against mean evaluations per image, for every policy family.
 
-    python -m bench.accuracy_vs_evals                                  # digits, full held-out split (about 15 CPU minutes)
-    python -m bench.accuracy_vs_evals --model numbers --limit 100      # numbers, 1 pair per class (about 40 CPU minutes)
-    python -m bench.accuracy_vs_evals --limit 40 --quick               # smoke run
+    python -m bench.accuracy_vs_evals                               # digits, full held-out split (~15 CPU minutes)
+    python -m bench.accuracy_vs_evals --model numbers --limit 100   # numbers, 1 pair per class (~40 CPU minutes)
+    python -m bench.accuracy_vs_evals --limit 40 --quick            # smoke run
     python -m bench.accuracy_vs_evals --model numbers --backend aoti --tag numbers_1000 --resume \
-        --only halving exhaustive-50                                   # a long run in parts, in this order
+        --only halving exhaustive-50                                # a long run in parts, in this order
+    # the strictest t-test first: the others reuse its queries
     python -m bench.accuracy_vs_evals --model numbers --memo --only "ttest p<1e-4" "ttest p<2e-3" "ttest p<1e-2"
-                                                                       # the strictest t-test first: the others reuse its queries
-    python -m bench.accuracy_vs_evals --model numbers --tag numbers_1000 --resume --chunk 100 --only "adaptive 20 50 100 500"
-                                                                       # a long configuration saved every 100 images
+    # a long configuration saved every 100 images
+    python -m bench.accuracy_vs_evals --model numbers --tag numbers_1000 --resume --chunk 100 \
+        --only "adaptive 20 50 100 500"
 
 Finishing a front on the H200 of the device tool (one call; the committed rows travel with
 the working tree and are kept, the missing ones are run in fp32 without TF32, so the two
 devices' rows compare)::
 
-    run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/diffusers-*.whl "
+    run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+                "--target /tmp/site .whl/diffusers-*.whl "
                 "&& export PYTHONPATH=/tmp/site:$PWD && mkdir -p $OUT/per_image "
                 "&& cp bench/results/accuracy_vs_evals_numbers_heldout1000.json $OUT/ "
                 "&& cp bench/results/per_image/accuracy_vs_evals_numbers_heldout1000.npz $OUT/per_image/ "
-                "&& python3 -m bench.accuracy_vs_evals --model numbers --tag numbers_heldout1000 --resume --device cuda "
-                "--batch-size 1024 --results-dir $OUT",
+                "&& python3 -m bench.accuracy_vs_evals --model numbers --tag numbers_heldout1000 --resume "
+                "--device cuda --batch-size 1024 --results-dir $OUT",
         carry=[".whl"], timeout_s=560)
 
 then copy the three files back over the committed ones and run ``python -m bench.report``.

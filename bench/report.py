@@ -218,7 +218,8 @@ def _f(x, spec="") -> str:
 
 
 def render_gpu(p: dict, file: str) -> list[str]:
-    """The docs' GPU block (docs/performance.md) from one ``bench.gpu`` result (``bench.gpu_measure.finalize`` writes it)."""
+    """The docs' GPU block (docs/performance.md) from one ``bench.gpu`` result (``bench.gpu_measure.finalize`` writes
+    it)."""
     c = p["ceilings"]
     out = [
         f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit {p['commit']}{' (--quick)' if p.get('quick') else ''} "

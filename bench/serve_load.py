@@ -1,6 +1,7 @@
 """Load test of ``diffcls-fast serve``: N concurrent clients on loopback, against one request at a time.
 
-python -m bench.serve_load [--model digits] [--policy ttest halving] [--clients 1 4 16 64] [--requests 64] [--seconds 60]
+python -m bench.serve_load [--model digits] [--policy ttest halving] [--clients 1 4 16 64] [--requests 64] \
+    [--seconds 60]
 
 For each policy it starts one server process (``diffcls-fast serve --port 0 --policy P``),
 waits for ``/healthz``, sends one warm-up request (reported separately), then for each

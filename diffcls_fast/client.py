@@ -111,7 +111,8 @@ class Client:
     def match(
         self, images: Any, captions: Sequence[str], *, n_grid: int | None = None, shared_noise: bool = False, seed: int | None = None, timeout: float | None = None, names: Sequence[str] | None = None
     ) -> dict:
-        """The ``match --json`` object: ``errors`` [images x captions] (lower = better match), ``winoground`` for 2 x 2, ..."""
+        """The ``match --json`` object: ``errors`` [images x captions] (lower = better match), ``winoground`` for 2 x 2,
+        ..."""
         files = [("images", (name, data, "application/octet-stream")) for name, data in _encode_images(images, names)]
         params: dict[str, Any] = {"captions": list(captions), "shared_noise": shared_noise}
         for k, v in (("n_grid", n_grid), ("seed", seed), ("timeout", timeout)):

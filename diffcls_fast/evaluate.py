@@ -351,7 +351,8 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
                 calib.append((confidence, ok, p_true))
             if out is not None:
                 row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, "p_true": p_true, "confidence": confidence, **r.to_dict(top_k=3)}
-                # index / total / shard: where the image sits in the run, so `diffcls-fast merge` can find gaps without the model
+                # index / total / shard: where the image sits in the run, so `diffcls-fast merge` can find gaps
+                # without the model
                 row.update(index=positions[i], total=total, shard=shard)
                 out.append({**row, **ran_on, "kernels": getattr(clf, "kernels_backend", None) or kernels.active_backend(), "settings": settings})
     finally:

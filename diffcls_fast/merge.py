@@ -40,7 +40,8 @@ def read_parts(parts: list[str | Path]) -> list[tuple[Path, int, dict]]:
 
 
 def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
-    """The rows in split order, after the settings, overlap and gap checks (a :class:`UserError` naming part and line)."""
+    """The rows in split order, after the settings, overlap and gap checks (a :class:`UserError` naming part and
+    line)."""
     if not rows:
         raise UserError("merge: the parts hold no rows")
     part0, line0, ref = rows[0]

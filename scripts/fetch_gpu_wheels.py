@@ -49,9 +49,10 @@ WHEELS = [
 ]
 # Python packages on the device image (KINDS.md, read 2026-11-17), normalised names.
 DEVICE_HAS = set(
-    """accelerate attrs certifi charset-normalizer filelock fsspec hf-xet huggingface-hub idna jinja2 markupsafe numpy onnx onnxruntime packaging pillow
-    protobuf psutil pyyaml regex requests safetensors scipy scikit-learn sentencepiece setuptools tokenizers torch tqdm transformers triton typing-extensions
-    urllib3 zipp matplotlib pytest""".split()
+    """accelerate attrs certifi charset-normalizer filelock fsspec hf-xet huggingface-hub idna jinja2 markupsafe
+    numpy onnx onnxruntime packaging pillow protobuf psutil pyyaml regex requests safetensors scipy scikit-learn
+    sentencepiece setuptools tokenizers torch tqdm transformers triton typing-extensions urllib3 zipp matplotlib
+    pytest""".split()
 )
 # Requirements a carried wheel declares that the device does not need, with the reason.
 NOT_NEEDED = {"importlib-metadata": "diffusers imports importlib.metadata on Python >= 3.8 (diffusers/utils/import_utils.py)"}

@@ -1,4 +1,5 @@
-"""--shard I/N and torchrun's RANK/WORLD_SIZE: parsing, slices, part names, and the checks made before any model loads."""
+"""--shard I/N and torchrun's RANK/WORLD_SIZE: parsing, slices, part names, and the checks made before any model
+loads."""
 
 import argparse
 

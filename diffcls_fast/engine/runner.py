@@ -28,7 +28,8 @@ LOSSES = ("l2", "l1", "huber", "x0")
 
 @dataclass(eq=False)
 class ClassConditions:
-    """A class list in a condition table: class c is scored with table rows ``prompt_ids[prompt_ptr[c]:prompt_ptr[c + 1]]``
+    """A class list in a condition table: class c is scored with table rows ``prompt_ids[prompt_ptr[c]:prompt_ptr[c +
+    1]]``
     (a prompt ensemble when there are several; the query's error is their mean)."""
 
     cost: np.ndarray  # int64 [C]: denoiser rows per query of each class

@@ -87,7 +87,8 @@ def require_aoti() -> None:
 
 
 def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float:
-    """Export ``bundle``'s raw network with a dynamic batch axis over ``rng`` and AOT-compile it to ``path``; seconds taken."""
+    """Export ``bundle``'s raw network with a dynamic batch axis over ``rng`` and AOT-compile it to ``path``; seconds
+    taken."""
     spec = spec_for(bundle)
     module = RawNetwork(bundle.network, bundle.cond_kind == "class").eval()
     args = spec.sample_input(rng.trace_batch(), bundle.device, bundle.dtype)
@@ -116,7 +117,8 @@ def load_package(path: str | Path):
 
 @contextlib.contextmanager
 def _quiet_pytree():
-    """torch 2.13's own pytree (un)pickling trips its ``LeafSpec`` FutureWarning on export and load; nothing to act on."""
+    """torch 2.13's own pytree (un)pickling trips its ``LeafSpec`` FutureWarning on export and load; nothing to act
+    on."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         yield
@@ -151,7 +153,8 @@ def _key(bundle: ModelBundle, rng: PackageRange) -> str:
 
 
 def compile_cached(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int], force: bool = False) -> list[tuple[PackageRange, Path, float | None]]:
-    """The packages for ``batch_sizes`` under ``art_dir``, compiled unless present: (range, path, compile seconds or None if cached)."""
+    """The packages for ``batch_sizes`` under ``art_dir``, compiled unless present: (range, path, compile seconds or
+    None if cached)."""
     require_aoti()
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
@@ -168,7 +171,8 @@ def compile_cached(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int], f
 
 
 def cached_packages(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]) -> tuple[PackageSet, list[dict]]:
-    """``--backend aoti``: the packages for ``batch_sizes`` (compiled once into ``art_dir``), as one callable, and what was done."""
+    """``--backend aoti``: the packages for ``batch_sizes`` (compiled once into ``art_dir``), as one callable, and what
+    was done."""
     done = compile_cached(bundle, art_dir, batch_sizes)
     runner = PackageSet([(rng, load_package(path)) for rng, path, _ in done])
     return runner, [{"path": str(path), "range": [rng.lo, rng.hi], "compile_seconds": s} for rng, path, s in done]
@@ -292,7 +296,8 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
-    """Save preprocessed pixels (``[C, H, W]`` or ``[N, C, H, W]`` float32 in [-1, 1]) as the runner's tensor image file.
+    """Save preprocessed pixels (``[C, H, W]`` or ``[N, C, H, W]`` float32 in [-1, 1]) as the runner's tensor image
+    file.
 
     The file is safetensors with one tensor ``image`` ([C, H, W]) or ``images`` ([N, C, H, W]);
     ``diffcls-run`` reads it without PNG support (see csrc/README.md).

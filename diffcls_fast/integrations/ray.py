@@ -4,7 +4,9 @@
     from diffcls_fast.integrations.ray import classify_dataset
 
     ds = ray.data.read_images("s3://bucket/images/", include_paths=True)  # column "image": HWC uint8 arrays
-    out = classify_dataset(ds, model="/models/sd-2-1", classes=["cat", "dog"], policy="ttest", concurrency=8, num_gpus=1, batch_size=64)
+    out = classify_dataset(
+        ds, model="/models/sd-2-1", classes=["cat", "dog"], policy="ttest", concurrency=8, num_gpus=1, batch_size=64
+    )
     out.write_parquet("s3://bucket/predictions/")
 
 Each actor loads the model once (in ``__init__``) and runs the engine's continuous
@@ -42,7 +44,8 @@ from ..errors import BackendUnavailable, UserError
 IMAGE_COLUMN = "image"
 # Output columns (one row per input row). probabilities, mean_errors and n_scores are [C] per row, in class order.
 RESULT_COLUMNS = ("label", "label_name", "top_classes", "top_probabilities", "probabilities", "mean_errors", "n_scores", "evaluations", "evaluations_spent", "seconds", "error")
-# Fault injection for the tests: when this file exists, the first actor call to remove it kills its own process (SIGKILL).
+# Fault injection for the tests: when this file exists, the first actor call to remove it kills its own process
+# (SIGKILL).
 KILL_ONCE_ENV = "DIFFCLS_RAY_KILL_ONCE"
 
 

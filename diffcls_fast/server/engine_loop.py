@@ -52,7 +52,8 @@ class Job:
 
 
 class EngineLoop:
-    """``load()`` builds the classifier (in the loop thread: loading takes seconds and the HTTP server answers /healthz meanwhile)."""
+    """``load()`` builds the classifier (in the loop thread: loading takes seconds and the HTTP server answers /healthz
+    meanwhile)."""
 
     def __init__(self, load: Callable[[], Any], metrics: Metrics, max_queue: int = 256, warmup: bool = True):
         self._load = load

@@ -22,7 +22,8 @@ def digits():
 
 
 def assert_same(a, b):
-    """Labels, counts and evaluations exactly; mean errors within the batch-composition tolerance (docs/performance.md, Determinism)."""
+    """Labels, counts and evaluations exactly; mean errors within the batch-composition tolerance (docs/performance.md,
+    Determinism)."""
     assert (a.label, a.label_name, a.class_names, a.evaluations, a.error) == (b.label, b.label_name, b.class_names, b.evaluations, b.error)
     np.testing.assert_array_equal(a.n_scores, b.n_scores)
     np.testing.assert_allclose(np.nan_to_num(a.mean_errors, nan=-1), np.nan_to_num(b.mean_errors, nan=-1), rtol=1e-5, atol=1e-7)

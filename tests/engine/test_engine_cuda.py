@@ -45,7 +45,8 @@ def _classify(model, images, **kw):
 
 
 class _NoTF32:
-    """fp32 on the GPU without TF32 (cuDNN uses it for convolutions by default): summation order differs, nothing else."""
+    """fp32 on the GPU without TF32 (cuDNN uses it for convolutions by default): summation order differs, nothing
+    else."""
 
     def __enter__(self):
         self.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

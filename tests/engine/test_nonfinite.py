@@ -30,7 +30,8 @@ def poisoned_errors(image, classes, samples, bad):
 
 
 def drive(n_images, cfg, bad=None, batch_size=64, max_inflight=8, speculate="pad", extra=None):
-    """Run the scheduler to completion; asserts it never stalls. Returns {image: outcome}, non-finite scores delivered."""
+    """Run the scheduler to completion; asserts it never stalls. Returns {image: outcome}, non-finite scores
+    delivered."""
     bad = bad or {}
     bank = NoiseBank((1, 2, 2), seed=0)
     sched = Scheduler(power_of_two_buckets(batch_size), max_inflight, speculate)

@@ -1,4 +1,5 @@
-"""Ray Data on a local 2-CPU instance: classify_dataset and eval --ray give a single process's results, also after an actor is killed."""
+"""Ray Data on a local 2-CPU instance: classify_dataset and eval --ray give a single process's results, also after an
+actor is killed."""
 
 import json
 import os

@@ -82,7 +82,8 @@ def _cuda(*ts):
     return [t.to(DEV) for t in ts]
 
 
-# (x_t dtype, atol, rtol, layout): "engine" takes float32 x0 and eps (what the runner passes), "same-dtype" all in the dtype
+# (x_t dtype, atol, rtol, layout): "engine" takes float32 x0 and eps (what the runner passes), "same-dtype" all in the
+# dtype
 LAYOUTS = [(*d, "engine") for d in DTYPES] + [(*d, "same-dtype") for d in DTYPES[1:]]
 
 

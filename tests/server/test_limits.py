@@ -1,4 +1,5 @@
-"""A server with tight limits: 413 (body, pixels, images, classes, prompts), 429 (queue full), 504 (deadline, work dropped)."""
+"""A server with tight limits: 413 (body, pixels, images, classes, prompts), 429 (queue full), 504 (deadline, work
+dropped)."""
 
 import base64
 import concurrent.futures

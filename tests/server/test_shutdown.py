@@ -1,4 +1,5 @@
-"""``diffcls-fast serve`` as a real process: it binds loopback, answers, and on SIGTERM finishes the requests in flight."""
+"""``diffcls-fast serve`` as a real process: it binds loopback, answers, and on SIGTERM finishes the requests in
+flight."""
 
 import concurrent.futures
 import os

@@ -130,6 +130,7 @@ __all__ = [
     "StagedPolicy",
     "TTestPolicy",
     "check_halving",
+    "exhaustive",
     "halving_evaluations",
     "make_policy",
     "options_table",

@@ -61,7 +61,8 @@ class StagedPolicy(Policy):
         self._start(n_classes, cost, plan, np.concatenate([grid[idx] for idx, _ in plan]))
 
     def _start(self, n_classes: int, cost: np.ndarray | None, plan: list[tuple[np.ndarray, int]], t_of_sample: np.ndarray) -> None:
-        """Begin with ``plan`` (each stage's new points and the classes it keeps) and sample i's timestep ``t_of_sample[i]``."""
+        """Begin with ``plan`` (each stage's new points and the classes it keeps) and sample i's timestep
+        ``t_of_sample[i]``."""
         super().__init__(n_classes, cost)
         self.plan = plan
         self._t_of_sample = np.asarray(t_of_sample, dtype=np.int64)
