@@ -58,7 +58,8 @@ def _summary(args: list[str], walls, cpus, threads) -> dict:
 
 
 def measure(runs: int, roots: dict[str, Path], threads: int | None) -> dict[str, dict]:
-    """Each command ``runs`` times per tree, the trees alternating run by run (drift on a shared CPU hits both alike)."""
+    """Each command ``runs`` times per tree, the trees alternating run by run (drift on a shared CPU hits
+    both alike)."""
     out: dict[str, dict] = {label: {} for label in roots}
     for name, args in COMMANDS.items():
         for root in roots.values():

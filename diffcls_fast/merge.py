@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .evaluate import OutFile, settings_diff, append_line, same_settings
+from .evaluate import OutFile, append_line, same_settings, settings_diff
 
 
 def _ranges(xs: list[int], limit: int = 8) -> str:

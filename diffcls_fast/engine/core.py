@@ -210,7 +210,8 @@ class Engine:
         return cond, unknown
 
     def cancel(self, req: Request) -> None:
-        """Stop work on ``req``: its images leave the scheduler (no more of their queries run) and its rows the table."""
+        """Stop work on ``req``: its images leave the scheduler (no more of their queries run) and its
+        rows the table."""
         if req.cancelled or self._requests.get(req.id) is not req:
             req.cancelled = True
             return

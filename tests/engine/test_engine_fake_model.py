@@ -11,8 +11,8 @@ import torch
 
 from diffcls_fast import DiffusionClassifier
 from diffcls_fast.engine.core import Engine
-from diffcls_fast.engine.options import EngineConfig, RequestOptions
 from diffcls_fast.engine.noise import NoiseBank
+from diffcls_fast.engine.options import EngineConfig, RequestOptions
 
 from .fakes import fake_bundle
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffcls_fast.engine.conditions import encode_conditions
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.data.digits import CLASS_NAMES, load_split
+from diffcls_fast.engine.conditions import encode_conditions
 from diffcls_fast.export import apply_backend
 from diffcls_fast.export.aoti_export import PackageRange, PackageSet, has_upsample_guard, package_ranges
 

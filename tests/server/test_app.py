@@ -1,4 +1,5 @@
-"""A real server (loopback, ephemeral port, real HTTP): results equal to classify, concurrency, auth, errors, metrics."""
+"""A real server (loopback, ephemeral port, real HTTP): results equal to classify, concurrency, auth,
+errors, metrics."""
 
 import base64
 import concurrent.futures

@@ -94,7 +94,8 @@ class ScoreTable:
         self.scored[classes, samples] = True
 
     def first_non_finite(self, classes: np.ndarray, start: int, stop: int) -> Failure | None:
-        """The first non-finite score among ``classes`` x samples [start, stop), sample-major; None if all are finite."""
+        """The first non-finite score among ``classes`` x samples [start, stop), sample-major; None if
+        all are finite."""
         block = self.err[np.asarray(classes)[:, None], np.arange(start, stop)[None, :]]
         bad = np.argwhere(~np.isfinite(block.T))  # rows (sample offset, class position), sample-major
         if not len(bad):

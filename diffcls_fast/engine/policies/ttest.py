@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from ..timesteps import RandomTimesteps, StratifiedTimesteps
 from .base import Outcome, Policy
 from .options import Option, PolicySpec, positive_int, probability
