@@ -2,7 +2,12 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-SERVE = ["starlette>=0.40", "uvicorn>=0.30", "httpx>=0.27", "python-multipart>=0.0.9"]  # diffcls-fast serve and its client
+SERVE = [
+    "starlette>=0.40",
+    "uvicorn>=0.30",
+    "httpx>=0.27",
+    "python-multipart>=0.0.9",
+]  # diffcls-fast serve and its client
 
 setup(
     name="diffcls-fast",
@@ -13,7 +18,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["diffcls_fast", "diffcls_fast.*"]),
     package_data={
-        "diffcls_fast": ["data/*.json", "models/digits/*.json", "models/digits/*/*", "models/numbers/*.json", "models/numbers/*/*"],
+        "diffcls_fast": [
+            "data/*.json",
+            "models/digits/*.json",
+            "models/digits/*/*",
+            "models/numbers/*.json",
+            "models/numbers/*/*",
+        ],
     },
     install_requires=[
         "torch>=2.4",
@@ -33,12 +44,25 @@ setup(
         "xformers": ["xformers>=0.0.26"],
         "triton": ["triton>=3.0"],
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4.0"],
-        # <2.64: Ray 2.64 drops map_batches' **ray_remote_args, where max_restarts / max_task_retries go (integrations/ray.py)
+        # <2.64: Ray 2.64 drops map_batches' **ray_remote_args, where max_restarts / max_task_retries go
+        # (integrations/ray.py)
         "ray": ["ray[data]>=2.40,<2.64"],
         "serve": SERVE,
-        "test": ["pytest>=8", "pytest-benchmark>=4.0", "ruff>=0.5", "triton>=3.0", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "matplotlib>=3.7", "mpmath>=1.3"]
-        + ["ray[data]>=2.40,<2.64"]
-        + SERVE,
+        "test": (
+            [
+                "pytest>=8",
+                "pytest-benchmark>=4.0",
+                "ruff>=0.5",
+                "triton>=3.0",
+                "onnx>=1.16",
+                "onnxruntime>=1.18",
+                "onnxscript>=0.1",
+                "matplotlib>=3.7",
+                "mpmath>=1.3",
+            ]
+            + ["ray[data]>=2.40,<2.64"]
+            + SERVE
+        ),
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},
 )

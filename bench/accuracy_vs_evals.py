@@ -83,17 +83,36 @@ NUMBERS_CONFIGS = [
     ("exhaustive-10", "exhaustive", dict(n_grid=10)),
     ("exhaustive-20", "exhaustive", dict(n_grid=20)),
     ("exhaustive-50", "exhaustive", dict(n_grid=50)),
-    ("adaptive 20 50 100 500 / 20 10 5 1 (Li, Food-101)", "adaptive", dict(n_samples=[20, 50, 100, 500], to_keep=[20, 10, 5, 1])),
+    (
+        "adaptive 20 50 100 500 / 20 10 5 1 (Li, Food-101)",
+        "adaptive",
+        dict(n_samples=[20, 50, 100, 500], to_keep=[20, 10, 5, 1]),
+    ),
     ("adaptive 10 50 / 10 1", "adaptive", dict(n_samples=[10, 50], to_keep=[10, 1])),
     ("adaptive 5 25 / 5 1", "adaptive", dict(n_samples=[5, 25], to_keep=[5, 1])),
     ("ttest p<1e-2 stratified", "ttest", dict(cutoff_pval=1e-2)),
     ("ttest p<2e-3 stratified", "ttest", dict(cutoff_pval=2e-3)),
     ("ttest p<1e-4 stratified", "ttest", dict(cutoff_pval=1e-4)),
     ("ttest p<2e-3 min 10", "ttest", dict(cutoff_pval=2e-3, min_scores=10)),
-    *[(f"halving {' '.join(map(str, r))} / {' '.join(map(str, k))}" + ("" if b == [0.15, 0.6] else f" band {b[0]}-{b[1]}"), "halving", dict(rounds=r, keep=k, t_band=b)) for r, k, b in HALVING],
+    *[
+        (
+            f"halving {' '.join(map(str, r))} / {' '.join(map(str, k))}"
+            + ("" if b == [0.15, 0.6] else f" band {b[0]}-{b[1]}"),
+            "halving",
+            dict(rounds=r, keep=k, t_band=b),
+        )
+        for r, k, b in HALVING
+    ],
 ]
 CONFIGS = {"digits": DIGITS_CONFIGS, "numbers": NUMBERS_CONFIGS}
-QUICK = {"exhaustive-10", "exhaustive-50", "adaptive 10 50 / 3 1", "adaptive 10 50 / 10 1", "ttest p<2e-3 stratified", "ttest p<2e-3 random"}
+QUICK = {
+    "exhaustive-10",
+    "exhaustive-50",
+    "adaptive 10 50 / 3 1",
+    "adaptive 10 50 / 10 1",
+    "ttest p<2e-3 stratified",
+    "ttest p<2e-3 random",
+}
 
 
 def main() -> None:
@@ -104,22 +123,42 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="configuration names to leave out")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--only", nargs="*", default=[], help="only configurations whose name contains one of these, run in this order")
+    ap.add_argument(
+        "--only", nargs="*", default=[], help="only configurations whose name contains one of these, run in this order"
+    )
     ap.add_argument("--resume", action="store_true", help="keep the configurations already in the result file")
-    ap.add_argument("--tag", default=None, help="result file name after accuracy_vs_evals_ (default: <model>_<device>_<date>)")
+    ap.add_argument(
+        "--tag", default=None, help="result file name after accuracy_vs_evals_ (default: <model>_<device>_<date>)"
+    )
     ap.add_argument("--backend", default="torch", help="denoiser backend (torch, compile, aoti, ...); recorded per row")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16")
+    ap.add_argument(
+        "--dtype", default="fp32", help="fp32 (default: the accuracies are comparable across devices), fp16 or bf16"
+    )
     ap.add_argument(
         "--chunk",
         type=int,
         default=0,
         metavar="N",
-        help="run each configuration N images at a time, saving its finished images after each part, so --resume continues a long configuration where a killed run stopped (picks do not depend on it)",
+        help=(
+            "run each configuration N images at a time, saving its finished images after each part, so --resume"
+            " continues a long configuration where a killed run stopped (picks do not depend on it)"
+        ),
     )
-    ap.add_argument("--memo", action="store_true", help="answer queries a configuration of this run already asked from memory (bench/score_memo.py); rows record the queries really run")
+    ap.add_argument(
+        "--memo",
+        action="store_true",
+        help=(
+            "answer queries a configuration of this run already asked from memory (bench/score_memo.py); rows record"
+            " the queries really run"
+        ),
+    )
     ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the PNG of a result file, then exit")
-    ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)")
+    ap.add_argument(
+        "--results-dir",
+        default=str(RESULTS),
+        help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)",
+    )
     a = ap.parse_args()
     if a.chunk < 0:
         ap.error(f"--chunk must be >= 0 (0: a configuration in one part), got {a.chunk}")
@@ -193,13 +232,29 @@ def main() -> None:
             row["memo"] = "queries asked earlier in the same run were answered from memory (bench/score_memo.py)"
         rows.append(row)
         per_image[name] = {k: done[k] for k in PER_IMAGE}
-        print(f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f} spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}", flush=True)
+        print(
+            f"{name:34s} acc {acc:.4f}  evals/img {row['evals_per_image']:8.1f}  ({row['evals_spent_per_image']:.1f}"
+            f" spent)  {wall:6.1f}s  fill {row['batch_fill']:.3f}",
+            flush=True,
+        )
         # written after every configuration: a long run killed midway keeps what it measured (--resume)
-        payload = {"benchmark": "accuracy_vs_evals", "model": a.model, "split": "heldout", "images": len(y), **env, "labels": [int(t) for t in y], "results": rows}
+        payload = {
+            "benchmark": "accuracy_vs_evals",
+            "model": a.model,
+            "split": "heldout",
+            "images": len(y),
+            **env,
+            "labels": [int(t) for t in y],
+            "results": rows,
+        }
         results.mkdir(parents=True, exist_ok=True)
         (results / (tag + ".json")).write_text(json.dumps(payload, indent=2) + "\n")
         per_image_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(per_image_path, names=np.array(list(per_image)), **{f"c{i}_{k}": v for i, d in enumerate(per_image.values()) for k, v in d.items()})
+        np.savez_compressed(
+            per_image_path,
+            names=np.array(list(per_image)),
+            **{f"c{i}_{k}": v for i, d in enumerate(per_image.values()) for k, v in d.items()},
+        )
         part_path.unlink(missing_ok=True)
     print(f"wrote {results / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
@@ -222,7 +277,10 @@ def _ordered(configs: list, only: list[str]) -> list:
         return list(configs)
     names = {c[0] for c in configs}
     # an entry that is a configuration's full name picks that one only ("exhaustive-5", not also "exhaustive-50")
-    first = {c[0]: min((k for k, o in enumerate(only) if (o == c[0] if o in names else o in c[0])), default=None) for c in configs}
+    first = {
+        c[0]: min((k for k, o in enumerate(only) if (o == c[0] if o in names else o in c[0])), default=None)
+        for c in configs
+    }
     return sorted((c for c in configs if first[c[0]] is not None), key=lambda c: first[c[0]])
 
 
@@ -250,7 +308,9 @@ def _extend(done: dict | None, new: dict, seconds: float, rows: int, padded: int
 
 def _part_path(per_image_path: Path, name: str) -> Path:
     """Where the finished images of an unfinished configuration wait (next to the per_image NPZ)."""
-    return per_image_path.with_name(f"{per_image_path.stem}.partial-{hashlib.sha256(name.encode()).hexdigest()[:10]}.npz")
+    return per_image_path.with_name(
+        f"{per_image_path.stem}.partial-{hashlib.sha256(name.encode()).hexdigest()[:10]}.npz"
+    )
 
 
 def _save_part(path: Path, name: str, done: dict, device: str) -> None:
@@ -300,14 +360,29 @@ def plot(rows: list[dict], path: Path, env: dict, n: int, model: str = "digits")
     ex = sorted((r["evals_per_image"], r["accuracy"], r["name"]) for r in rows if r["name"].startswith("exhaustive"))
     if ex:
         xs, ys, names = zip(*ex)
-        ax.plot(xs, ys, "o-", color="tab:gray", label="exhaustive (n_grid " + ", ".join(nm.split("-")[1] for nm in names) + ")")
+        ax.plot(
+            xs,
+            ys,
+            "o-",
+            color="tab:gray",
+            label="exhaustive (n_grid " + ", ".join(nm.split("-")[1] for nm in names) + ")",
+        )
     families = {"adaptive": ("s", plt.cm.Blues), "ttest": ("^", plt.cm.Reds), "halving": ("D", plt.cm.Greens)}
     for fam, (marker, cmap) in families.items():
         pts = [r for r in rows if r["name"].startswith(fam)]
         for k, r in enumerate(pts):
             color = cmap(0.45 + 0.5 * k / max(1, len(pts) - 1))
             label = f"{r['name']}  ({r['evals_per_image']:.0f} evals, {r['accuracy']:.3f})"
-            ax.plot(r["evals_per_image"], r["accuracy"], marker, color=color, markersize=8, markeredgecolor="black", markeredgewidth=0.5, label=label)
+            ax.plot(
+                r["evals_per_image"],
+                r["accuracy"],
+                marker,
+                color=color,
+                markersize=8,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                label=label,
+            )
     ax.set_xscale("log")
     # plain numbers at 1-2-5 steps: matplotlib's minor labels (3x10^2, 4x10^2, ...) collide on a short axis
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter

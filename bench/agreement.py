@@ -44,7 +44,10 @@ class Agreement:
         return not self.confident_mismatches and not self.error_mismatches
 
     def describe(self) -> str:
-        s = f"{self.same_labels}/{self.images} same labels, max relative error difference {self.max_rel_error_diff:.2e} (rtol {self.rtol:g})"
+        s = (
+            f"{self.same_labels}/{self.images} same labels, max relative error difference {self.max_rel_error_diff:.2e}"
+            f" (rtol {self.rtol:g})"
+        )
         if self.tie_flips:
             s += f"; {len(self.tie_flips)} near-tie flip(s) at images {self.tie_flips[:8]}"
         if self.confident_mismatches:
@@ -97,7 +100,9 @@ def compare_runs(
             if ea.shape != eb.shape:
                 raise ValueError(f"image {i}: error arrays of shapes {ea.shape} and {eb.shape}")
             both = np.isfinite(ea) & np.isfinite(eb)
-            if not np.array_equal(np.isnan(ea), np.isnan(eb)) or not np.all(np.abs(ea[both] - eb[both]) <= atol + rtol * np.abs(ea[both])):
+            if not np.array_equal(np.isnan(ea), np.isnan(eb)) or not np.all(
+                np.abs(ea[both] - eb[both]) <= atol + rtol * np.abs(ea[both])
+            ):
                 ag.error_mismatches.append(i)
             if both.any():
                 rel = np.abs(ea[both] - eb[both]) / np.maximum(np.abs(ea[both]), 1e-30)
@@ -114,4 +119,6 @@ def compare_runs(
 
 def compare_results(a: Sequence, b: Sequence, rtol: float, atol: float = 1e-6) -> Agreement:
     """:func:`compare_runs` on two lists of :class:`ClassificationResult`."""
-    return compare_runs([r.label for r in a], [r.mean_errors for r in a], [r.label for r in b], [r.mean_errors for r in b], rtol, atol)
+    return compare_runs(
+        [r.label for r in a], [r.mean_errors for r in a], [r.label for r in b], [r.mean_errors for r in b], rtol, atol
+    )

@@ -34,7 +34,13 @@ def run_once(args: list[str], root: Path = ROOT, threads: int | None = None) -> 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffcls_fast.cli", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")
@@ -72,18 +78,38 @@ def measure(runs: int, roots: dict[str, Path], threads: int | None) -> dict[str,
             walls, cpus = zip(*samples[label])
             out[label][name] = _summary(args, walls, cpus, threads)
             s = out[label][name]
-            print(f"{label} {name}: wall median {s['wall_median_s']:.2f} s, user+sys median {s['cpu_median_s']:.2f} s  ({runs} fresh processes)")
+            print(
+                f"{label} {name}: wall median {s['wall_median_s']:.2f} s, user+sys median {s['cpu_median_s']:.2f} s "
+                f" ({runs} fresh processes)"
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--label", default="after", help="key for this tree's numbers in the JSON file (e.g. before, after)")
-    ap.add_argument("--compare", nargs=2, metavar=("LABEL", "DIR"), default=None, help="also measure the checkout in DIR (e.g. the commit before a change) under LABEL, alternating")
-    ap.add_argument("--server", default=None, metavar="URL", help="also time 'classify --server URL' of the same digit (a warm diffcls-fast serve at URL)")
-    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the measured processes (default: torch's)")
-    ap.add_argument("--note", default="", help="free text stored with this run (e.g. the commit, whether the CPU was shared)")
+    ap.add_argument(
+        "--label", default="after", help="key for this tree's numbers in the JSON file (e.g. before, after)"
+    )
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("LABEL", "DIR"),
+        default=None,
+        help="also measure the checkout in DIR (e.g. the commit before a change) under LABEL, alternating",
+    )
+    ap.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="also time 'classify --server URL' of the same digit (a warm diffcls-fast serve at URL)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS of the measured processes (default: torch's)"
+    )
+    ap.add_argument(
+        "--note", default="", help="free text stored with this run (e.g. the commit, whether the CPU was shared)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cold_start_cpu_2026-12-01.json"))
     a = ap.parse_args(argv)
     import platform
@@ -100,8 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     data["PYTHONDONTWRITEBYTECODE"] = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
     key = f"threads={a.threads}" if a.threads else "threads=default"
     for label, root in roots.items():
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip() or "not a git checkout"
-        data.setdefault("runs", {}).setdefault(label, {})[key] = {"tree": str(root), "commit": commit, "note": a.note, **res[label]}
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
+            ).stdout.strip()
+            or "not a git checkout"
+        )
+        data.setdefault("runs", {}).setdefault(label, {})[key] = {
+            "tree": str(root),
+            "commit": commit,
+            "note": a.note,
+            **res[label],
+        }
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {p}")
@@ -119,10 +155,16 @@ def render_table(data: dict, json_name: str) -> list[str]:
             for s in run.values():
                 if isinstance(s, dict) and "wall_median_s" in s:
                     cmd = s["command"].replace("python -m diffcls_fast.cli", "diffcls-fast")
-                    rows.append(f"| {label} | {threads.removeprefix('threads=')} | `{cmd}` | {s['wall_median_s']:.2f} | {s['cpu_median_s']:.2f} |")
+                    rows.append(
+                        f"| {label} | {threads.removeprefix('threads=')} | `{cmd}` | {s['wall_median_s']:.2f} |"
+                        f" {s['cpu_median_s']:.2f} |"
+                    )
     return [
-        f"**Cold start** — median of {data['runs'][next(iter(data['runs']))]['threads=default']['help']['runs']} fresh processes "
-        f"(`python -m diffcls_fast.cli`, the package not installed), {data['device']}, {data['date']} ([json](../bench/results/{json_name})):",
+        (
+            f"**Cold start** — median of {data['runs'][next(iter(data['runs']))]['threads=default']['help']['runs']}"
+            f" fresh processes (`python -m diffcls_fast.cli`, the package not installed), {data['device']},"
+            f" {data['date']} ([json](../bench/results/{json_name})):"
+        ),
         "",
         "| tree | torch threads | command | wall s | user+sys s |",
         "|---|---|---|---|---|",

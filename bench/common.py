@@ -33,7 +33,9 @@ def device_tag(device: str | torch.device | None = None) -> str:
 
 def environment(device: str | torch.device | None = None) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     import diffusers

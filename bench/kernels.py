@@ -84,8 +84,18 @@ def main() -> None:
                 hat = torch.randn(q, *shape, generator=g).to(device, dtype)
                 size = torch.finfo(dtype).bits // 8
                 for op, fused, eager, nbytes in (
-                    ("make_noisy", lambda: tri_noisy(x0, eps, img_idx, noise_idx, a_, b_, out=out), lambda: reference.make_noisy(x0, eps, img_idx, noise_idx, a_, b_, out=out), 3 * q * e * size),
-                    ("query_errors", lambda: tri_errors(hat, eps, noise_idx), lambda: reference.query_errors(hat, eps, noise_idx), 2 * q * e * size),
+                    (
+                        "make_noisy",
+                        lambda: tri_noisy(x0, eps, img_idx, noise_idx, a_, b_, out=out),
+                        lambda: reference.make_noisy(x0, eps, img_idx, noise_idx, a_, b_, out=out),
+                        3 * q * e * size,
+                    ),
+                    (
+                        "query_errors",
+                        lambda: tri_errors(hat, eps, noise_idx),
+                        lambda: reference.query_errors(hat, eps, noise_idx),
+                        2 * q * e * size,
+                    ),
                 ):
                     t_f = _bench(fused, device, reps)
                     t_e = _bench(eager, device, reps)
@@ -105,12 +115,18 @@ def main() -> None:
                         "fraction_of_copy_bw": round(gbs_f / copy_gbs, 3),
                     }
                     rows.append(row)
-                    print(f"{op:13s} {lname:4s} {row['dtype']:8s} Q={q:5d}  fused {gbs_f:8.1f} GB/s  eager {gbs_e:8.1f} GB/s  x{row['speedup']:.2f}  {100 * row['fraction_of_copy_bw']:.0f}% of copy")
+                    print(
+                        f"{op:13s} {lname:4s} {row['dtype']:8s} Q={q:5d}  fused {gbs_f:8.1f} GB/s  eager {gbs_e:8.1f}"
+                        f" GB/s  x{row['speedup']:.2f}  {100 * row['fraction_of_copy_bw']:.0f}% of copy"
+                    )
     if a.smoke:
         print("smoke run: interpreter timings are not performance numbers; no result file written")
         return
     env = environment(device)
-    p = write_json(f"kernels_{device_tag(device)}_{env['date']}.json", {"benchmark": "kernels", **env, "copy_GBps": round(copy_gbs, 1), "results": rows})
+    p = write_json(
+        f"kernels_{device_tag(device)}_{env['date']}.json",
+        {"benchmark": "kernels", **env, "copy_GBps": round(copy_gbs, 1), "results": rows},
+    )
     print(f"wrote {p}")
 
 

@@ -40,7 +40,11 @@ BATCH = 32  # the export's largest batch (one package, dynamic 2..32), the Pytho
 
 def _ms(xs: list[float]) -> dict:
     xs = sorted(xs)
-    return {"median_ms": round(1e3 * statistics.median(xs), 2), "p90_ms": round(1e3 * xs[int(0.9 * (len(xs) - 1))], 2), "n": len(xs)}
+    return {
+        "median_ms": round(1e3 * statistics.median(xs), 2),
+        "p90_ms": round(1e3 * xs[int(0.9 * (len(xs) - 1))], 2),
+        "n": len(xs),
+    }
 
 
 THREADS = {"n": 1}
@@ -51,11 +55,23 @@ def _env() -> dict:
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *map(str, args)], capture_output=True, text=True, check=True, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(),
+    )
 
 
 def _native(build: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / "diffcls-run"), *map(str, args), "--threads", str(THREADS["n"])], capture_output=True, text=True, check=True, env=_env())
+    return subprocess.run(
+        [str(build / "diffcls-run"), *map(str, args), "--threads", str(THREADS["n"])],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(),
+    )
 
 
 def _wall(fn) -> float:
@@ -88,13 +104,18 @@ def per_image(args, export: Path, work: Path) -> dict:
     # -- native, one image at a time inside one process (its own per-image seconds) -------------
     r = _native(args.build, export, work / "warm_all.safetensors", "--json")
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    out["native"] = _ms([x["seconds"] for x in rows[1:]]) | {"evaluations_per_image": statistics.mean(x["evaluations"] for x in rows[1:])}
+    out["native"] = _ms([x["seconds"] for x in rows[1:]]) | {
+        "evaluations_per_image": statistics.mean(x["evaluations"] for x in rows[1:])
+    }
     out["native"]["evaluations_spent_per_image"] = statistics.mean(x["evaluations_spent"] for x in rows[1:])
     labels_native = [x["label_index"] for x in rows[1:]]
 
     # -- Python engine in-process, one image per classify() call ----------------------------------
     model = load_model("digits", device="cpu")
-    for name, bundle in (("python_torch", model), ("python_aoti", apply_backend(model, "aoti", batch_sizes=[8, 16, BATCH], cache_dir=args.cache_dir))):
+    for name, bundle in (
+        ("python_torch", model),
+        ("python_aoti", apply_backend(model, "aoti", batch_sizes=[8, 16, BATCH], cache_dir=args.cache_dir)),
+    ):
         clf = DiffusionClassifier(bundle, "ttest", batch_size=BATCH, noise=noise, seed=0)
         clf.classify([pil[0]])  # warm-up
         times, labels, evals, spent = [], [], [], []
@@ -105,11 +126,24 @@ def per_image(args, export: Path, work: Path) -> dict:
             labels.append(res.label)
             evals.append(res.evaluations)
             spent.append(res.evaluations_spent)
-        out[name] = _ms(times) | {"evaluations_per_image": statistics.mean(evals), "evaluations_spent_per_image": statistics.mean(spent), "same_labels_as_native": labels == labels_native}
+        out[name] = _ms(times) | {
+            "evaluations_per_image": statistics.mean(evals),
+            "evaluations_spent_per_image": statistics.mean(spent),
+            "same_labels_as_native": labels == labels_native,
+        }
 
     # -- process start-up: one command, one image ---------------------------------------------------
-    cold_native = [_wall(lambda: _native(args.build, export, work / "one.safetensors")) for _ in range(args.startup_repeats)]
-    cold_python = [_wall(lambda: _cli("classify", work / "one.png", "--noise-path", noise_path, "--batch-size", BATCH, "--device", "cpu")) for _ in range(args.startup_repeats)]
+    cold_native = [
+        _wall(lambda: _native(args.build, export, work / "one.safetensors")) for _ in range(args.startup_repeats)
+    ]
+    cold_python = [
+        _wall(
+            lambda: _cli(
+                "classify", work / "one.png", "--noise-path", noise_path, "--batch-size", BATCH, "--device", "cpu"
+            )
+        )
+        for _ in range(args.startup_repeats)
+    ]
     lat_native = out["native"]["median_ms"] / 1e3
     lat_python = out["python_torch"]["median_ms"] / 1e3
     out["startup"] = {
@@ -125,8 +159,15 @@ def per_image(args, export: Path, work: Path) -> dict:
     out["batch_command"] = {
         "images": len(pil),
         "native_wall_s": round(_wall(lambda: _native(args.build, export, work / "all.safetensors")), 3),
-        "python_wall_s": round(_wall(lambda: _cli("classify", *pngs, "--noise-path", noise_path, "--batch-size", BATCH, "--device", "cpu")), 3),
-        "note": "diffcls-run scores one image at a time; the Python engine packs the queries of many images into each batch",
+        "python_wall_s": round(
+            _wall(
+                lambda: _cli("classify", *pngs, "--noise-path", noise_path, "--batch-size", BATCH, "--device", "cpu")
+            ),
+            3,
+        ),
+        "note": (
+            "diffcls-run scores one image at a time; the Python engine packs the queries of many images into each batch"
+        ),
     }
     return out
 
@@ -140,7 +181,12 @@ def packages(args, work: Path) -> dict:
     model = load_model("digits", device="cpu")
     spec = spec_for(model)
     eager = RawNetwork(model.network, False).eval()
-    plans = {"dynamic 2-63": PackageRange(2, 63), "dynamic 64-256": PackageRange(64, 256), "static 16": PackageRange(16, 16), "static 128": PackageRange(128, 128)}
+    plans = {
+        "dynamic 2-63": PackageRange(2, 63),
+        "dynamic 64-256": PackageRange(64, 256),
+        "static 16": PackageRange(16, 16),
+        "static 128": PackageRange(128, 128),
+    }
     compiled, out = {}, {"compile_s": {}, "per_call_ms": {}}
     for name, rng in plans.items():
         path = work / f"pkg-{rng.lo}-{rng.hi}.pt2"
@@ -168,12 +214,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--build", type=Path, default=ROOT / "build", help="the CMake build folder holding diffcls-run")
-    ap.add_argument("--export", type=Path, default=ROOT / "bench" / "cache" / "aoti-digits", help="export folder (created when missing)")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=ROOT / "bench" / "cache" / "aoti-digits",
+        help="export folder (created when missing)",
+    )
     ap.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     ap.add_argument("--startup-repeats", type=int, default=3)
     ap.add_argument("--packages", action="store_true", help="also compare dynamic vs static packages (4 compiles)")
     ap.add_argument("--calls", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every process (default 1: on a shared CPU two OpenMP threads spin against other jobs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help=(
+            "intra-op threads of every process (default 1: on a shared CPU two OpenMP threads spin against other jobs)"
+        ),
+    )
     ap.add_argument("--date", default=None, help="date in the file name (default: today)")
     args = ap.parse_args(argv)
     THREADS["n"] = args.threads
@@ -183,7 +241,20 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     export_s = None
     if not (args.export / "manifest.json").is_file():
-        export_s = _wall(lambda: _cli("export", "--format", "aoti", "--batch-sizes", BATCH, "--out", args.export, "--cache-dir", args.cache_dir, "--force"))
+        export_s = _wall(
+            lambda: _cli(
+                "export",
+                "--format",
+                "aoti",
+                "--batch-sizes",
+                BATCH,
+                "--out",
+                args.export,
+                "--cache-dir",
+                args.cache_dir,
+                "--force",
+            )
+        )
     env = environment("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         result = {

@@ -56,11 +56,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="numbers", help="the bundled numbers model or a snapshot folder")
     ap.add_argument("--limit", type=int, default=1000, help="first N held-out pairs (N/100 per class)")
-    ap.add_argument("--n-grid", type=int, default=50, help="timestep grid of the exhaustive policy (default 50: 5,000 evaluations per image)")
+    ap.add_argument(
+        "--n-grid",
+        type=int,
+        default=50,
+        help="timestep grid of the exhaustive policy (default 50: 5,000 evaluations per image)",
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default=None)
     ap.add_argument("--tag", default="", help="suffix of the result file name")
-    ap.add_argument("--from-front", default=None, metavar="JSON", help="reuse the exhaustive-<n-grid> labels of a bench.accuracy_vs_evals result (and its per_image NPZ) instead of classifying again")
+    ap.add_argument(
+        "--from-front",
+        default=None,
+        metavar="JSON",
+        help=(
+            "reuse the exhaustive-<n-grid> labels of a bench.accuracy_vs_evals result (and its per_image NPZ) instead"
+            " of classifying again"
+        ),
+    )
     a = ap.parse_args()
 
     pairs = numbers.split_pairs("heldout")
@@ -68,7 +81,10 @@ def main() -> None:
     pil, y = pil[: a.limit], y[: a.limit]
 
     svc_all = svc_baseline(pairs)
-    baseline = {"all_1000": position_accuracy(svc_all, numbers.load_split("heldout")[1]), "same_pairs": position_accuracy(svc_all[: a.limit], y)}
+    baseline = {
+        "all_1000": position_accuracy(svc_all, numbers.load_split("heldout")[1]),
+        "same_pairs": position_accuracy(svc_all[: a.limit], y),
+    }
 
     if a.from_front:
         pred, diffusion, env = _from_front(a.from_front, a.n_grid, len(y))
@@ -82,18 +98,36 @@ def main() -> None:
         wall = time.perf_counter() - t0
         pred = np.array([r.label for r in results])
         diffusion = position_accuracy(pred, y)
-        diffusion.update(policy=clf.policy_cfg.describe(), evals_per_image=float(np.mean([r.evaluations for r in results])), seconds=round(wall, 1), run=clf.last_stats.to_dict())
+        diffusion.update(
+            policy=clf.policy_cfg.describe(),
+            evals_per_image=float(np.mean([r.evaluations for r in results])),
+            seconds=round(wall, 1),
+            run=clf.last_stats.to_dict(),
+        )
         env = environment(a.device)
     diffusion["predictions"] = pred.tolist()
 
     training = "" if a.from_front else getattr(model, "path", "")
-    payload = {"benchmark": "numbers_floors", "model": a.model, "training": training, **env, "diffusion": diffusion, "svc_baseline": baseline}
+    payload = {
+        "benchmark": "numbers_floors",
+        "model": a.model,
+        "training": training,
+        **env,
+        "diffusion": diffusion,
+        "svc_baseline": baseline,
+    }
     name = f"numbers_floors_{device_tag(a.device)}_{env['date']}" + (f"_{a.tag}" if a.tag else "")
     path = write_json(name + ".json", payload)
     d = diffusion
-    print(f"diffusion {d['policy']}: pair {d['pair']:.4f}  first {d['first']:.4f}  second {d['second']:.4f}  ({len(y)} pairs, {d['evals_per_image']:.0f} evals/image, {wall:.0f} s)")
+    print(
+        f"diffusion {d['policy']}: pair {d['pair']:.4f}  first {d['first']:.4f}  second {d['second']:.4f}  ({len(y)}"
+        f" pairs, {d['evals_per_image']:.0f} evals/image, {wall:.0f} s)"
+    )
     s = baseline["same_pairs"]
-    print(f"RBF SVC per half (same pairs): pair {s['pair']:.4f}  first {s['first']:.4f}  second {s['second']:.4f}; all 1,000 pairs: {baseline['all_1000']['pair']:.4f}")
+    print(
+        f"RBF SVC per half (same pairs): pair {s['pair']:.4f}  first {s['first']:.4f}  second {s['second']:.4f}; all"
+        f" 1,000 pairs: {baseline['all_1000']['pair']:.4f}"
+    )
     print(f"wrote {path}")
 
 
@@ -110,14 +144,25 @@ def _from_front(path: str, n_grid: int, n: int) -> tuple[np.ndarray, dict, dict]
     name = f"exhaustive-{n_grid}"
     row = next((r for r in payload["results"] if r["name"] == name), None)
     if row is None:
-        raise SystemExit(f"{p}: has no {name} row (run: python -m bench.accuracy_vs_evals --model numbers --only {name} ...)")
+        raise SystemExit(
+            f"{p}: has no {name} row (run: python -m bench.accuracy_vs_evals --model numbers --only {name} ...)"
+        )
     if payload["images"] < n:
         raise SystemExit(f"{p}: covers {payload['images']} pairs, fewer than --limit {n}")
     z = np.load(p.parent / "per_image" / (p.stem + ".npz"))
     k = list(z["names"]).index(name)
     labels = z[f"c{k}_label"][:n]
-    env = environment() | {"device": row.get("device", payload.get("device")), "date": row.get("date", payload.get("date"))}  # where the labels were computed
-    fields = {"policy": row["policy"], "evals_per_image": row["evals_per_image"], "seconds": row["seconds"], "from": p.name, "backend": row.get("backend")}
+    env = environment() | {
+        "device": row.get("device", payload.get("device")),
+        "date": row.get("date", payload.get("date")),
+    }  # where the labels were computed
+    fields = {
+        "policy": row["policy"],
+        "evals_per_image": row["evals_per_image"],
+        "seconds": row["seconds"],
+        "from": p.name,
+        "backend": row.get("backend"),
+    }
     return labels, fields, env
 
 

@@ -20,7 +20,9 @@ import argparse
 import numpy as np
 
 
-def halving(errors: np.ndarray, labels: np.ndarray, order: np.ndarray, rounds: list[tuple[int, int]]) -> tuple[float, float]:
+def halving(
+    errors: np.ndarray, labels: np.ndarray, order: np.ndarray, rounds: list[tuple[int, int]]
+) -> tuple[float, float]:
     """Accuracy and evaluations per image of successive halving on tables ``errors`` [N, C, G].
 
     ``order`` is the sample order (grid indices); ``rounds`` is ``[(samples, keep), ...]``
@@ -44,13 +46,17 @@ def halving(errors: np.ndarray, labels: np.ndarray, order: np.ndarray, rounds: l
     return float(np.mean(pred == labels)), evals / 1.0
 
 
-def point_report(errors: np.ndarray, labels: np.ndarray, timesteps: np.ndarray) -> list[tuple[int, float, float, float]]:
+def point_report(
+    errors: np.ndarray, labels: np.ndarray, timesteps: np.ndarray
+) -> list[tuple[int, float, float, float]]:
     """Per grid point: (t, top-1 accuracy, top-5 recall, top-20 recall) from that one sample."""
     rows = []
     for j, t in enumerate(timesteps):
         rank = np.argsort(errors[:, :, j], axis=1, kind="stable")
         hit = rank == labels[:, None]
-        rows.append((int(t), float(hit[:, :1].any(1).mean()), float(hit[:, :5].any(1).mean()), float(hit[:, :20].any(1).mean())))
+        rows.append(
+            (int(t), float(hit[:, :1].any(1).mean()), float(hit[:, :5].any(1).mean()), float(hit[:, :20].any(1).mean()))
+        )
     return rows
 
 
@@ -62,7 +68,10 @@ def main() -> None:
     z = np.load(a.tables)
     errors, labels, ts = z["errors"].astype(np.float64), z["labels"], z["timesteps"]
     n, c, g = errors.shape
-    print(f"{n} images, {c} classes, {g} grid points; exhaustive-{g} accuracy {np.mean(errors.mean(2).argmin(1) == labels):.3f}")
+    print(
+        f"{n} images, {c} classes, {g} grid points; exhaustive-{g} accuracy"
+        f" {np.mean(errors.mean(2).argmin(1) == labels):.3f}"
+    )
     print("t     top1   top5   top20")
     for t, a1, a5, a20 in point_report(errors, labels, ts):
         print(f"{t:4d}  {a1:.3f}  {a5:.3f}  {a20:.3f}")
@@ -76,7 +85,10 @@ def main() -> None:
             if rounds[-1][0] > len(band):
                 continue
             accs = [halving_per_image(errors, labels, orders, rounds) for orders in draws]
-            print(f"band [{lo:.2f}, {hi:.2f})  {rounds}: acc {np.mean([x[0] for x in accs]):.4f} (min {min(x[0] for x in accs):.3f}), {accs[0][1]:.0f} evals")
+            print(
+                f"band [{lo:.2f}, {hi:.2f})  {rounds}: acc {np.mean([x[0] for x in accs]):.4f} (min"
+                f" {min(x[0] for x in accs):.3f}), {accs[0][1]:.0f} evals"
+            )
 
 
 SCHEDULES = [
@@ -96,7 +108,9 @@ SCHEDULES = [
 ]
 
 
-def halving_per_image(errors: np.ndarray, labels: np.ndarray, orders: list[np.ndarray], rounds: list[tuple[int, int]]) -> tuple[float, float]:
+def halving_per_image(
+    errors: np.ndarray, labels: np.ndarray, orders: list[np.ndarray], rounds: list[tuple[int, int]]
+) -> tuple[float, float]:
     """:func:`halving` with a sample order per image."""
     hits, evals = [], 0.0
     for i, order in enumerate(orders):

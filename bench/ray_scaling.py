@@ -65,13 +65,27 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    results = [{"config": f"local {t} thread{'s' if t > 1 else ''}", "actors": 0, "threads": t, "seconds": v, "median_seconds": statistics.median(v)} for t, v in local.items()]
+    results = [
+        {
+            "config": f"local {t} thread{'s' if t > 1 else ''}",
+            "actors": 0,
+            "threads": t,
+            "seconds": v,
+            "median_seconds": statistics.median(v),
+        }
+        for t, v in local.items()
+    ]
     try:
         for actors, cpus in ((1, 1), (1, 2), (2, 1)):
             walls, steadies = [], []
             for _ in range(a.repeats):
-                ds = ray.data.from_items([{"i": i, "image": x} for i, x in enumerate(arrays)], override_num_blocks=max(1, len(arrays) // a.batch_size))
-                out = classify_dataset(ds, "digits", policy=a.policy, concurrency=actors, num_cpus=cpus, batch_size=a.batch_size, seed=0)
+                ds = ray.data.from_items(
+                    [{"i": i, "image": x} for i, x in enumerate(arrays)],
+                    override_num_blocks=max(1, len(arrays) // a.batch_size),
+                )
+                out = classify_dataset(
+                    ds, "digits", policy=a.policy, concurrency=actors, num_cpus=cpus, batch_size=a.batch_size, seed=0
+                )
                 t0 = time.perf_counter()
                 first, n, rows = None, 0, {}
                 for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
@@ -117,13 +131,23 @@ def main(argv: list[str] | None = None) -> dict:
         "ray": ray.__version__,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in _load()],
-        "note": "CPU shared with other jobs when loadavg exceeds the core count; Ray figures include actor start-up and model load (paid once per dataset)",
+        "note": (
+            "CPU shared with other jobs when loadavg exceeds the core count; Ray figures include actor start-up and"
+            " model load (paid once per dataset)"
+        ),
         "results": results,
     }
     path = write_json(f"ray_scaling_cpu_{env['date']}.json", payload)
     for r in results:
-        extra = f", steady {r['median_steady_images_per_second']:.2f} img/s" if "median_steady_images_per_second" in r else ""
-        print(f"{r['config']:>15}: {r['images_per_second']:.2f} img/s (median {r['median_seconds']:.1f} s{extra}), x{r['vs_ray_1x1']:.2f} vs ray 1x1")
+        extra = (
+            f", steady {r['median_steady_images_per_second']:.2f} img/s"
+            if "median_steady_images_per_second" in r
+            else ""
+        )
+        print(
+            f"{r['config']:>15}: {r['images_per_second']:.2f} img/s (median {r['median_seconds']:.1f} s{extra}),"
+            f" x{r['vs_ray_1x1']:.2f} vs ray 1x1"
+        )
     print(f"wrote {path}")
     return payload
 

@@ -21,7 +21,16 @@ from diffcls_fast.models.bundle import ModelBundle
 
 
 @torch.no_grad()
-def reference_classify(model: ModelBundle, x0: torch.Tensor, cond: torch.Tensor, n_samples: list[int], to_keep: list[int], key: int, seed: int = 0, batch_size: int = 32) -> tuple[int, int]:
+def reference_classify(
+    model: ModelBundle,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    n_samples: list[int],
+    to_keep: list[int],
+    key: int,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> tuple[int, int]:
     """(label, evaluations) for one image latent ``x0`` [C, H, W] and a condition table [K, ...].
 
     ``key`` is the engine's noise key of the image (``image_key`` of its input pixels).

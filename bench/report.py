@@ -22,7 +22,10 @@ def _calibration_rows(model: str) -> list[tuple[dict, str]]:
     fit of one policy (fit_calibration.py --policies adaptive) does not hide the others'."""
     newest: dict[str, tuple[dict, str]] = {}
     # oldest first by the date that ends each name (calibration_<model>_<device>_<date>.json), whatever the device
-    for f in sorted((ROOT / "bench" / "results").glob(f"calibration_{model}_*.json"), key=lambda f: (f.stem.rsplit("_", 1)[-1], f.name)):
+    for f in sorted(
+        (ROOT / "bench" / "results").glob(f"calibration_{model}_*.json"),
+        key=lambda f: (f.stem.rsplit("_", 1)[-1], f.name),
+    ):
         for r in json.loads(f.read_text())["results"]:
             newest[r["policy"]] = (r, f.name)
     return list(newest.values())
@@ -62,21 +65,28 @@ def _front(model: str, ave: dict) -> list[str]:
     where = sorted({f"{r['device']}, {r['backend']}, {r['dtype']}" for r in rows if "backend" in r}) or [ave["device"]]
     dates = sorted({r.get("date", ave["date"]) for r in rows})
     out += [
-        f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)}, {', '.join(dates)} "
-        f"([json](../bench/results/{ave['_file']}), [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):",
+        (
+            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)},"
+            f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}),"
+            f" [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):"
+        ),
         "",
         "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
         "|---|---|---|---|---|---|",
     ]
     out += [
-        f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} | {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {_seconds(r)} | {r['batch_fill']:.3f} |"
+        f"| {r['name']} | {r['accuracy']:.4f} | {r['evals_per_image']:.1f} |"
+        f" {r.get('evals_spent_per_image', r['evals_per_image']):.1f} | {_seconds(r)} | {r['batch_fill']:.3f} |"
         for r in sorted(rows, key=lambda r: r["evals_per_image"])
     ]
     if any("memo" in r for r in rows):
         out += [
             "",
-            "\\* ran with `--memo`: queries an earlier configuration of the same run had asked were answered from memory, "
-            "so these seconds cover only the queries it ran itself (per image, in brackets); accuracy and evaluation counts are unaffected.",
+            (
+                "\\* ran with `--memo`: queries an earlier configuration of the same run had asked were answered from"
+                " memory, so these seconds cover only the queries it ran itself (per image, in brackets); accuracy and"
+                " evaluation counts are unaffected."
+            ),
         ]
     missing = _not_measured(model, rows)
     if missing:
@@ -98,13 +108,25 @@ def _render_rest(out: list[str]) -> str:
     if floors:
         d, b = floors["diffusion"], floors["svc_baseline"]
         out += [
-            f"**numbers floors** — {d['images']} held-out pairs, {floors['device']}, {floors['date']} ([json](../bench/results/{floors['_file']})):",
+            (
+                f"**numbers floors** — {d['images']} held-out pairs, {floors['device']}, {floors['date']}"
+                f" ([json](../bench/results/{floors['_file']})):"
+            ),
             "",
             "| classifier | pairs | pair accuracy | first digit | second digit | evals / image |",
             "|---|---|---|---|---|---|",
-            f"| diffusion, {d['policy']} | {d['images']} | {d['pair']:.4f} | {d['first']:.4f} | {d['second']:.4f} | {d['evals_per_image']:.0f} |",
-            f"| RBF SVC on each half (same pairs) | {b['same_pairs']['images']} | {b['same_pairs']['pair']:.4f} | {b['same_pairs']['first']:.4f} | {b['same_pairs']['second']:.4f} | — |",
-            f"| RBF SVC on each half (all pairs) | {b['all_1000']['images']} | {b['all_1000']['pair']:.4f} | {b['all_1000']['first']:.4f} | {b['all_1000']['second']:.4f} | — |",
+            (
+                f"| diffusion, {d['policy']} | {d['images']} | {d['pair']:.4f} | {d['first']:.4f} | {d['second']:.4f} |"
+                f" {d['evals_per_image']:.0f} |"
+            ),
+            (
+                f"| RBF SVC on each half (same pairs) | {b['same_pairs']['images']} | {b['same_pairs']['pair']:.4f} |"
+                f" {b['same_pairs']['first']:.4f} | {b['same_pairs']['second']:.4f} | — |"
+            ),
+            (
+                f"| RBF SVC on each half (all pairs) | {b['all_1000']['images']} | {b['all_1000']['pair']:.4f} |"
+                f" {b['all_1000']['first']:.4f} | {b['all_1000']['second']:.4f} | — |"
+            ),
             "",
         ]
     for model in ("digits", "numbers"):
@@ -112,18 +134,27 @@ def _render_rest(out: list[str]) -> str:
         if not rows:
             continue
         files = sorted({f for _, f in rows})
-        devices = sorted({d["device"] for d in (json.loads((ROOT / "bench" / "results" / f).read_text()) for f in files)})
+        devices = sorted(
+            {d["device"] for d in (json.loads((ROOT / "bench" / "results" / f).read_text()) for f in files)}
+        )
         links = ", ".join(f"[{f.removesuffix('.json').rsplit('_', 1)[-1]}](../bench/results/{f})" for f in files)
         out += [
-            f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL on held-out images, {'; '.join(devices)} (json: {links}):",
+            (
+                f"**Calibration** — {model}: temperature T and floor fitted on the train split, ECE (15 bins) and NLL"
+                f" on held-out images, {'; '.join(devices)} (json: {links}):"
+            ),
             "",
-            "| policy | held-out images | accuracy | T | floor | ECE before | ECE after | NLL before | NLL after | fitted |",
+            (
+                "| policy | held-out images | accuracy | T | floor | ECE before | ECE after | NLL before | NLL after |"
+                " fitted |"
+            ),
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['heldout']['policy']} | {r['heldout']['images']} | {r['heldout_after']['accuracy']:.4f} | {r['temperature']:.3g} | {r['floor']:.3g} | "
-            f"{r['heldout_before']['ece']:.4f} | **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} | **{r['heldout_after']['nll']:.4f}** | "
-            f"{f.removesuffix('.json').rsplit('_', 1)[-1]} |"
+            f"| {r['heldout']['policy']} | {r['heldout']['images']} | {r['heldout_after']['accuracy']:.4f} |"
+            f" {r['temperature']:.3g} | {r['floor']:.3g} | {r['heldout_before']['ece']:.4f} |"
+            f" **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} |"
+            f" **{r['heldout_after']['nll']:.4f}** | {f.removesuffix('.json').rsplit('_', 1)[-1]} |"
             for r, f in rows
         ]
         out.append("")
@@ -131,21 +162,39 @@ def _render_rest(out: list[str]) -> str:
     if thr:
         s = thr["summary"]
         out += [
-            f"**Engine vs the reference loop** — digits, {thr['images']} held-out images, backend {thr['backend']}, {thr['device']}, {thr['date']} "
-            f"([json](../bench/results/{thr['_file']}), [plot](../bench/results/{thr['_file'].replace('.json', '.png')})):",
+            (
+                f"**Engine vs the reference loop** — digits, {thr['images']} held-out images, backend {thr['backend']},"
+                f" {thr['device']}, {thr['date']} ([json](../bench/results/{thr['_file']}),"
+                f" [plot](../bench/results/{thr['_file'].replace('.json', '.png')})):"
+            ),
             "",
             "| system | policy | accuracy | images/s | evals/s | evals/image | batch fill |",
             "|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['system']} | {r['policy']} | {r['accuracy']:.3f} | {r['images_per_s']:.2f} | {r['evals_per_s']:.0f} | {r['evals_per_image']:.0f} | {r['batch_fill']:.3f} |" for r in thr["results"]
+            f"| {r['system']} | {r['policy']} | {r['accuracy']:.3f} | {r['images_per_s']:.2f} | {r['evals_per_s']:.0f}"
+            f" | {r['evals_per_image']:.0f} | {r['batch_fill']:.3f} |"
+            for r in thr["results"]
         ]
         out += [
             "",
-            f"- Same policy (Li et al.'s 50 500 / 5 1): engine / reference images/s = **{s['speedup_same_policy_images_per_s']}x**.",
-            f"- At equal accuracy ({s['equal_accuracy_policy']}): **{s['speedup_equal_accuracy_images_per_s']}x** the reference loop's images/s.",
-            f"- Engine overhead over bare denoiser calls at batch {thr['batch_size']}: {100 * s['engine_overhead_vs_bare_denoiser']:.1f}% (bare call {s['bare_denoiser_ms_per_batch']:.1f} ms).",
-            f"- Single-image `ttest` latency: p50 {s['latency_ttest_single_image_p50_s']:.3f} s, p95 {s['latency_ttest_single_image_p95_s']:.3f} s.",
+            (
+                "- Same policy (Li et al.'s 50 500 / 5 1): engine / reference images/s ="
+                f" **{s['speedup_same_policy_images_per_s']}x**."
+            ),
+            (
+                f"- At equal accuracy ({s['equal_accuracy_policy']}): **{s['speedup_equal_accuracy_images_per_s']}x**"
+                " the reference loop's images/s."
+            ),
+            (
+                f"- Engine overhead over bare denoiser calls at batch {thr['batch_size']}:"
+                f" {100 * s['engine_overhead_vs_bare_denoiser']:.1f}% (bare call {s['bare_denoiser_ms_per_batch']:.1f}"
+                " ms)."
+            ),
+            (
+                f"- Single-image `ttest` latency: p50 {s['latency_ttest_single_image_p50_s']:.3f} s, p95"
+                f" {s['latency_ttest_single_image_p95_s']:.3f} s."
+            ),
             "",
         ]
     gpu = _latest_gpu()
@@ -161,9 +210,12 @@ def _render_rest(out: list[str]) -> str:
     if nat:
         pi, st = nat["per_image"], nat["per_image"]["startup"]
         out += [
-            f"**Native runner** — digits, {pi['native']['n']} held-out images one at a time, {nat['policy']}, same noise and seed, "
-            f"{nat['threads']} intra-op thread(s) per process, {nat['device']} (shared, load average {nat['loadavg_before_after'][0]}-{nat['loadavg_before_after'][1]}), {nat['date']} "
-            f"([json](../bench/results/{nat['_file']})):",
+            (
+                f"**Native runner** — digits, {pi['native']['n']} held-out images one at a time, {nat['policy']}, same"
+                f" noise and seed, {nat['threads']} intra-op thread(s) per process, {nat['device']} (shared, load"
+                f" average {nat['loadavg_before_after'][0]}-{nat['loadavg_before_after'][1]}), {nat['date']}"
+                f" ([json](../bench/results/{nat['_file']})):"
+            ),
             "",
             "| system | latency / image, median (ms) | p90 (ms) | evals / image (needed) | spent | start-up (s) |",
             "|---|---|---|---|---|---|",
@@ -171,30 +223,58 @@ def _render_rest(out: list[str]) -> str:
 
         def _row(label: str, r: dict, startup: float | None) -> str:
             up = "—" if startup is None else f"{startup:.2f}"
-            return f"| {label} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['evaluations_per_image']:.1f} | {r['evaluations_spent_per_image']:.1f} | {up} |"
+            return (
+                f"| {label} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['evaluations_per_image']:.1f} |"
+                f" {r['evaluations_spent_per_image']:.1f} | {up} |"
+            )
 
         out += [
             _row("`diffcls-run` (C++, AOTInductor)", pi["native"], st["native_startup_s"]),
             _row("Python engine, `--backend torch`", pi["python_torch"], st["python_startup_s"]),
             _row("Python engine, `--backend aoti`", pi["python_aoti"], None),
             "",
-            f"- One command, all {pi['batch_command']['images']} images: `diffcls-run` {pi['batch_command']['native_wall_s']:.1f} s, "
-            f"`diffcls-fast classify` {pi['batch_command']['python_wall_s']:.1f} s (start-up included; the engine batches images together, the runner scores one at a time).",
+            (
+                f"- One command, all {pi['batch_command']['images']} images: `diffcls-run`"
+                f" {pi['batch_command']['native_wall_s']:.1f} s, `diffcls-fast classify`"
+                f" {pi['batch_command']['python_wall_s']:.1f} s (start-up included; the engine batches images together,"
+                " the runner scores one at a time)."
+            ),
         ]
         if "packages" in nat:
             pk = nat["packages"]
-            out.append("- AOTInductor packages, compile seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in pk["compile_s"].items()) + "; per-call ms (median):")
-            out += ["", "| batch | " + " | ".join(["eager", *pk["compile_s"]]) + " |", "|---" * (2 + len(pk["compile_s"])) + "|"]
+            out.append(
+                "- AOTInductor packages, compile seconds: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in pk["compile_s"].items())
+                + "; per-call ms (median):"
+            )
+            out += [
+                "",
+                "| batch | " + " | ".join(["eager", *pk["compile_s"]]) + " |",
+                "|---" * (2 + len(pk["compile_s"])) + "|",
+            ]
             for b, row in pk["per_call_ms"].items():
-                out.append(f"| {b} | " + " | ".join(f"{row[k]:.2f}" if k in row else "—" for k in ["eager", *pk["compile_s"]]) + " |")
+                out.append(
+                    f"| {b} | "
+                    + " | ".join(f"{row[k]:.2f}" if k in row else "—" for k in ["eager", *pk["compile_s"]])
+                    + " |"
+                )
         out.append("")
     kern = _latest("kernels")
     if kern:
-        out += [f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s ([json](../bench/results/{kern['_file']})).", ""]
+        out += [
+            (
+                f"**Kernels** — {kern['device']}, {kern['date']}: copy bandwidth {kern['copy_GBps']} GB/s"
+                f" ([json](../bench/results/{kern['_file']}))."
+            ),
+            "",
+        ]
     elif not gpu:
         out += [
-            "**Kernels and GPU backends**: no GPU was available to this project's sessions so far; "
-            "`bench/kernels.py` and the preset comparisons have only run in smoke mode on the CPU. No GPU numbers are claimed.",
+            (
+                "**Kernels and GPU backends**: no GPU was available to this project's sessions so far;"
+                " `bench/kernels.py` and the preset comparisons have only run in smoke mode on the CPU. No GPU numbers"
+                " are claimed."
+            ),
             "",
         ]
     return "\n".join(out)
@@ -222,48 +302,82 @@ def render_gpu(p: dict, file: str) -> list[str]:
     it)."""
     c = p["ceilings"]
     out = [
-        f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit {p['commit']}{' (--quick)' if p.get('quick') else ''} "
-        f"([json](../bench/results/{file})). Ceilings measured in the same run: device-to-device copy "
-        f"{_f(c['copy_GBps'], '.0f')} GB/s, 8192³ bf16 matmul {_f(c['matmul_bf16_tflops'], '.0f')} TFLOP/s (datasheet {_f(c['spec_bf16_tflops'], '.0f')}).",
+        (
+            f"**GPU: {p['device']}**, {p['date']}, torch {p['torch']}, commit"
+            f" {p['commit']}{' (--quick)' if p.get('quick') else ''} ([json](../bench/results/{file})). Ceilings"
+            f" measured in the same run: device-to-device copy {_f(c['copy_GBps'], '.0f')} GB/s, 8192³ bf16 matmul"
+            f" {_f(c['matmul_bf16_tflops'], '.0f')} TFLOP/s (datasheet {_f(c['spec_bf16_tflops'], '.0f')})."
+        ),
         "",
     ]
     t = p.get("tests")
     if t:
-        out += [f"- CUDA tests (`pytest -m {t.get('marker', 'cuda')}`): {t['summary']}" + (f"; failed: {', '.join(t['failures'][:8])}" if t.get("failures") else "") + ".", ""]
+        out += [
+            f"- CUDA tests (`pytest -m {t.get('marker', 'cuda')}`): {t['summary']}"
+            + (f"; failed: {', '.join(t['failures'][:8])}" if t.get("failures") else "")
+            + ".",
+            "",
+        ]
     out += ["| target | value | met | detail |", "|---|---|---|---|"]
-    out += [f"| {g['text']} | {_f(g['value'])} | {({True: '**yes**', False: '**no**', None: 'not measured'})[g['met']]} | {g['detail']} |" for g in p["targets"]]
+    out += [
+        f"| {g['text']} | {_f(g['value'])} | {({True: '**yes**', False: '**no**', None: 'not measured'})[g['met']]} |"
+        f" {g['detail']} |"
+        for g in p["targets"]
+    ]
     out.append("")
     rows = [d for d in p["denoisers"] if d["batch"] in (64, 256)]
     if rows:
         out += [
-            "Denoiser calls, random weights (timing only), batch 64 and 256 (every batch size is in the json); MFU = achieved FLOP/s "
-            "(FlopCounterMode) over the measured bf16 matmul rate, and over the datasheet peak:",
+            (
+                "Denoiser calls, random weights (timing only), batch 64 and 256 (every batch size is in the json); MFU"
+                " = achieved FLOP/s (FlopCounterMode) over the measured bf16 matmul rate, and over the datasheet peak:"
+            ),
             "",
-            "| model | backend | dtype | batch | ms / call | evals / s | TFLOP/s | MFU (measured) | MFU (datasheet) | compile s |",
+            (
+                "| model | backend | dtype | batch | ms / call | evals / s | TFLOP/s | MFU (measured) | MFU (datasheet)"
+                " | compile s |"
+            ),
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {d['model']} | {d['variant']} | {d['dtype']} | {d['batch']} | {d['ms']:.1f} | {_f(d['evals_per_s'], '.0f')} | {_f(d['achieved_tflops'], '.0f')} | "
-            f"{_f(d['mfu_vs_matmul'], '.2f')} | {_f(d['mfu_vs_spec'], '.2f')} | {_f(d['compile_s'], '.0f')} |"
+            f"| {d['model']} | {d['variant']} | {d['dtype']} | {d['batch']} | {d['ms']:.1f} |"
+            f" {_f(d['evals_per_s'], '.0f')} | {_f(d['achieved_tflops'], '.0f')} | {_f(d['mfu_vs_matmul'], '.2f')} |"
+            f" {_f(d['mfu_vs_spec'], '.2f')} | {_f(d['compile_s'], '.0f')} |"
             for d in rows
         ]
         out.append("")
     ks = [k for k in p["kernels"] if k["latent"] == "sd"]
     if ks:
-        out += ["Fused kernels, SD latents (4×64×64; logical bytes, L2 flushed between calls):", "", "| op | dtype | Q | fused GB/s | torch GB/s | fused / copy |", "|---|---|---|---|---|---|"]
-        out += [f"| {k['op']} | {k['dtype']} | {k['Q']} | {_f(k['fused_GBps'], '.0f')} | {_f(k['eager_GBps'], '.0f')} | {_f(k['fraction_of_copy'], '.2f')} |" for k in ks]
+        out += [
+            "Fused kernels, SD latents (4×64×64; logical bytes, L2 flushed between calls):",
+            "",
+            "| op | dtype | Q | fused GB/s | torch GB/s | fused / copy |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {k['op']} | {k['dtype']} | {k['Q']} | {_f(k['fused_GBps'], '.0f')} | {_f(k['eager_GBps'], '.0f')} |"
+            f" {_f(k['fraction_of_copy'], '.2f')} |"
+            for k in ks
+        ]
         out.append("")
     e = p.get("engine")
     if e and "engine" in e:
         out.append(
-            f"- Engine vs the reference loop ({e['engine']['model']}, {e['engine']['policy']}, same noise): "
-            f"{_f(e.get('reference', {}).get('evals_per_s'), '.0f')} vs {_f(e['engine']['evals_per_s'], '.0f')} evals/s = **{_f(e.get('ratio_evals_per_s'), '.2f')}x**; "
-            f"labels agree {e.get('labels_agree', '—')}; engine overhead over bare batch-{e['engine']['batch_size']} calls {_f(e.get('overhead_vs_bare'), '.1%')}."
+            f"- Engine vs the reference loop ({e['engine']['model']}, {e['engine']['policy']}, same noise):"
+            f" {_f(e.get('reference', {}).get('evals_per_s'), '.0f')} vs {_f(e['engine']['evals_per_s'], '.0f')}"
+            f" evals/s = **{_f(e.get('ratio_evals_per_s'), '.2f')}x**; labels agree {e.get('labels_agree', '—')};"
+            f" engine overhead over bare batch-{e['engine']['batch_size']} calls"
+            f" {_f(e.get('overhead_vs_bare'), '.1%')}."
         )
     if p["per_image"]:
-        out += ["", "| schedule | system | model | evals / image | s / image | how | Li et al., RTX 3090 |", "|---|---|---|---|---|---|---|"]
         out += [
-            f"| {r['schedule']} | {r['system']} | {r['model']} | {r['evals_per_image']:.0f} | {_f(r['seconds_per_image'], '.2f')} | {r['how']} | {_f(r['li_rtx3090_s'], '.0f')} s |"
+            "",
+            "| schedule | system | model | evals / image | s / image | how | Li et al., RTX 3090 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['schedule']} | {r['system']} | {r['model']} | {r['evals_per_image']:.0f} |"
+            f" {_f(r['seconds_per_image'], '.2f')} | {r['how']} | {_f(r['li_rtx3090_s'], '.0f')} s |"
             for r in p["per_image"]
         ]
     if p["not_run"]:

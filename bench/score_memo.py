@@ -70,7 +70,9 @@ def _subset(batch: Batch, keep: np.ndarray, states: dict) -> Batch:
     ids = [batch.image_ids[int(i)] for i in present]
     cls = batch.classes[keep]
     rows = sum(int(states[ids[r]].conditions.cost[c]) for r, c in zip(req.tolist(), cls.tolist()))
-    return replace(batch, image_ids=ids, image=req.astype(np.int64), classes=cls, samples=batch.samples[keep], rows=rows)
+    return replace(
+        batch, image_ids=ids, image=req.astype(np.int64), classes=cls, samples=batch.samples[keep], rows=rows
+    )
 
 
 class MemoClassifier(DiffusionClassifier):

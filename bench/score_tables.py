@@ -45,7 +45,9 @@ class _Recording:
         return f"exhaustive(grid={self.n_grid})"
 
 
-def score_tables(model: str, split: str, limit: int, n_grid: int, batch_size: int = 256, device: str | None = None) -> dict:
+def score_tables(
+    model: str, split: str, limit: int, n_grid: int, batch_size: int = 256, device: str | None = None
+) -> dict:
     bundle = load_model(model, device=device)
     images, labels, class_names, _ = load_eval_split(model, split)
     images, labels = images[:limit], np.asarray(labels[:limit])
@@ -58,7 +60,13 @@ def score_tables(model: str, split: str, limit: int, n_grid: int, batch_size: in
     errors = np.stack([recording.policies[i].table.err[:, :n_grid] for i in range(len(images))]).astype(np.float32)
     assert np.isfinite(errors).all()
     acc = float(np.mean([r.label == y for r, y in zip(res, labels)]))
-    return {"errors": errors, "labels": labels, "timesteps": li_grid(bundle.num_timesteps, n_grid), "seconds": seconds, "accuracy": acc}
+    return {
+        "errors": errors,
+        "labels": labels,
+        "timesteps": li_grid(bundle.num_timesteps, n_grid),
+        "seconds": seconds,
+        "accuracy": acc,
+    }
 
 
 def main() -> None:

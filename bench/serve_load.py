@@ -36,7 +36,21 @@ def start_server(model: str, policy: str, extra: list[str], threads: int | None 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the server process
-    cmd = [sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", "--model", model, "--policy", policy, "--max-queue", "4096", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffcls_fast.cli",
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--policy",
+        policy,
+        "--max-queue",
+        "4096",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"serving on (http://\S+) ", line)
@@ -77,7 +91,9 @@ def metrics(url: str) -> dict[str, float]:
         return parse(c.metrics())
 
 
-def run_level(url: str, n_clients: int, pngs: list[bytes], labels: list[int], max_requests: int, max_seconds: float) -> dict:
+def run_level(
+    url: str, n_clients: int, pngs: list[bytes], labels: list[int], max_requests: int, max_seconds: float
+) -> dict:
     from diffcls_fast.client import Client
 
     lock = threading.Lock()
@@ -156,18 +172,26 @@ def plot(data: dict, path: Path) -> None:
 def render_table(data: dict, json_name: str) -> list[str]:
     """docs/performance.md lines (used by bench/report.py)."""
     out = [
-        f"**Server under load** — {data['model']}, one digit per request, N concurrent HTTP clients on loopback, {data['device']}, {data['date']} "
-        f"([json](../bench/results/{json_name}), [plot](../bench/results/{json_name.replace('.json', '.png')})):",
+        (
+            f"**Server under load** — {data['model']}, one digit per request, N concurrent HTTP clients on loopback,"
+            f" {data['device']}, {data['date']} ([json](../bench/results/{json_name}),"
+            f" [plot](../bench/results/{json_name.replace('.json', '.png')})):"
+        ),
         "",
-        "| policy | clients | requests | requests/s | vs 1 client | p50 s | p95 s | p99 s | evals/s | evals / request | batch fill | accuracy |",
+        (
+            "| policy | clients | requests | requests/s | vs 1 client | p50 s | p95 s | p99 s | evals/s | evals /"
+            " request | batch fill | accuracy |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in data["runs"]:
         base = run["levels"][0]["requests_per_s"]
         for lv in run["levels"]:
             out.append(
-                f"| {run['policy']} | {lv['clients']} | {lv['requests']} | {lv['requests_per_s']:.2f} | {lv['requests_per_s'] / base:.2f}x | {lv['latency_p50_s']:.3f} | "
-                f"{lv['latency_p95_s']:.3f} | {lv['latency_p99_s']:.3f} | {lv['evals_per_s']:.0f} | {lv['evals_spent_per_request']:.0f} | {lv['batch_fill']:.3f} | {lv['accuracy']:.3f} |"
+                f"| {run['policy']} | {lv['clients']} | {lv['requests']} | {lv['requests_per_s']:.2f} |"
+                f" {lv['requests_per_s'] / base:.2f}x | {lv['latency_p50_s']:.3f} | {lv['latency_p95_s']:.3f} |"
+                f" {lv['latency_p99_s']:.3f} | {lv['evals_per_s']:.0f} | {lv['evals_spent_per_request']:.0f} |"
+                f" {lv['batch_fill']:.3f} | {lv['accuracy']:.3f} |"
             )
     warm = ", ".join(f"{r['policy']} {r['warmup_request_s']:.2f} s" for r in data["runs"])
     out += ["", f"Warm-up (first request after /healthz): {warm}. {data.get('note', '')}".rstrip(), ""]
@@ -184,7 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=64, help="answers per client count at most (default: 64)")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds per client count at most (default: 60)")
     ap.add_argument("--server-args", default="", help="extra arguments for diffcls-fast serve, e.g. '--batch-size 128'")
-    ap.add_argument("--server-threads", type=int, default=None, help="torch threads of the server process (OMP_NUM_THREADS; default: torch's)")
+    ap.add_argument(
+        "--server-threads",
+        type=int,
+        default=None,
+        help="torch threads of the server process (OMP_NUM_THREADS; default: torch's)",
+    )
     ap.add_argument("--note", default="", help="stored with the results (e.g. whether the CPU was shared)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -194,7 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     data = {
         "model": a.model,
         "date": "2026-12-01",
-        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (server and clients on the same machine)",
+        "device": (
+            f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (server and clients on the same"
+            " machine)"
+        ),
         "server_args": a.server_args,
         "server_threads": a.server_threads,
         "max_requests": a.requests,
@@ -216,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
                 lv = run_level(url, n, pngs, labels, max(a.requests, n), a.seconds)
                 run["levels"].append(lv)
                 print(
-                    f"{policy} N={n}: {lv['requests']} requests, {lv['requests_per_s']:.2f}/s, p50 {lv['latency_p50_s']:.3f} s, p99 {lv['latency_p99_s']:.3f} s, "
-                    f"{lv['evals_per_s']:.0f} evals/s, fill {lv['batch_fill']:.3f}",
+                    f"{policy} N={n}: {lv['requests']} requests, {lv['requests_per_s']:.2f}/s, p50"
+                    f" {lv['latency_p50_s']:.3f} s, p99 {lv['latency_p99_s']:.3f} s, {lv['evals_per_s']:.0f} evals/s,"
+                    f" fill {lv['batch_fill']:.3f}",
                     flush=True,
                 )
             data["runs"].append(run)

@@ -65,7 +65,11 @@ def workload(model, limit: int, n_classes: int):
         return pil[:limit], y[:limit], ClassSpec.from_prompts(model.class_names, model.default_prompts)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(model.image_channels, *model.image_hw, generator=g) * 2 - 1 for _ in range(limit)]
-    names = model.class_names[:n_classes] if len(model.class_names) >= n_classes else [f"class {i}" for i in range(n_classes)]
+    names = (
+        model.class_names[:n_classes]
+        if len(model.class_names) >= n_classes
+        else [f"class {i}" for i in range(n_classes)]
+    )
     return images, None, ClassSpec.from_names(names, model.prompt_template if model.cond_kind == "text" else "{}")
 
 
@@ -127,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {model.describe()}")
     pil, y, spec = workload(model, a.limit, a.n_classes)
     cond = model.encode_prompts(spec.prompts)
-    pixels = [im if isinstance(im, torch.Tensor) else preprocess(im, model.image_resolution, model.image_channels) for im in pil]
+    pixels = [
+        im if isinstance(im, torch.Tensor) else preprocess(im, model.image_resolution, model.image_channels)
+        for im in pil
+    ]
     x0 = model.encode_images(pixels)
     rows = []
 
@@ -153,16 +160,29 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": wall,
         }
     )
-    print(f"reference loop: {rows[-1]['images_per_s']:.3f} img/s, {rows[-1]['evals_per_s']:.0f} evals/s, acc {rows[-1]['accuracy']:.3f}", flush=True)
+    print(
+        f"reference loop: {rows[-1]['images_per_s']:.3f} img/s, {rows[-1]['evals_per_s']:.0f} evals/s, acc"
+        f" {rows[-1]['accuracy']:.3f}",
+        flush=True,
+    )
 
     # 2. the engine, same policy (systems speed-up), then cheaper policies (equal accuracy)
-    configs = [("adaptive", LI), ("adaptive", dict(n_samples=[5, 50], to_keep=[2, 1])), ("exhaustive", dict(n_grid=5)), ("ttest", {})]
+    configs = [
+        ("adaptive", LI),
+        ("adaptive", dict(n_samples=[5, 50], to_keep=[2, 1])),
+        ("exhaustive", dict(n_grid=5)),
+        ("ttest", {}),
+    ]
     if a.quick:
         configs = configs[:1] + configs[2:3]
     for policy, opts in configs:
         row, clf = run_engine(model, pil, y, policy, opts, a.batch_size, spec)
         rows.append(row)
-        print(f"engine {row['policy']}: {row['images_per_s']:.3f} img/s, {row['evals_per_s']:.0f} evals/s, acc {row['accuracy']:.3f}, fill {row['batch_fill']:.3f}", flush=True)
+        print(
+            f"engine {row['policy']}: {row['images_per_s']:.3f} img/s, {row['evals_per_s']:.0f} evals/s, acc"
+            f" {row['accuracy']:.3f}, fill {row['batch_fill']:.3f}",
+            flush=True,
+        )
     same = rows[1]
     speed_same = same["images_per_s"] / rows[0]["images_per_s"]
     eq = [r for r in rows[1:] if r["accuracy"] >= rows[0]["accuracy"] - 1e-9]
@@ -178,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(model.device)
     summary = {
         "speedup_same_policy_images_per_s": round(speed_same, 2),
-        "speedup_equal_accuracy_images_per_s": round(best["images_per_s"] / rows[0]["images_per_s"], 2) if best else None,
+        "speedup_equal_accuracy_images_per_s": (
+            round(best["images_per_s"] / rows[0]["images_per_s"], 2) if best else None
+        ),
         "equal_accuracy_policy": best["policy"] if best else None,
         "engine_overhead_vs_bare_denoiser": round(overhead, 4),
         "bare_denoiser_ms_per_batch": round(bare * 1e3, 3),
@@ -189,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "benchmark": "throughput",
         "random_weights": model.random_weights,
-        "accuracy_meaning": "agreement with the reference loop (synthetic images)" if a.model != "digits" else "held-out accuracy",
+        "accuracy_meaning": (
+            "agreement with the reference loop (synthetic images)" if a.model != "digits" else "held-out accuracy"
+        ),
         "model": model.name,
         "backend": model.backend,
         "dtype": str(model.dtype),

@@ -21,7 +21,16 @@ _EXPORTS = {
     "load_model": ".models.loader",
 }
 
-__all__ = ["ClassSpec", "ClassificationResult", "DiffusionClassifier", "DiffclsWarning", "ModelBundle", "UserError", "__version__", "load_model"]
+__all__ = [
+    "ClassSpec",
+    "ClassificationResult",
+    "DiffusionClassifier",
+    "DiffclsWarning",
+    "ModelBundle",
+    "UserError",
+    "__version__",
+    "load_model",
+]
 
 
 def __getattr__(name: str):

@@ -53,7 +53,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(given=set())
     add = g.add_argument
     add("--model", action=Given, default="digits", help=MODEL_HELP)
-    add("--policy", action=Given, default="ttest", choices=list(POLICIES), help="classification policy (default: ttest)")
+    add(
+        "--policy", action=Given, default="ttest", choices=list(POLICIES), help="classification policy (default: ttest)"
+    )
     add("--seed", action=Given, type=int, default=0, help="noise seed (default: 0)")
     add(
         "--batch-size",
@@ -84,7 +86,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "none", "pad", "fill"],
         help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none",
     )
-    add("--backend", action=Given, default="torch", choices=list(BACKENDS), help="denoiser runtime (default: torch, eager)")
+    add(
+        "--backend",
+        action=Given,
+        default="torch",
+        choices=list(BACKENDS),
+        help="denoiser runtime (default: torch, eager)",
+    )
     add(
         "--xformers",
         action=Given,

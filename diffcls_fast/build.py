@@ -32,7 +32,10 @@ def build_classifier(
     from .models import load_model
 
     buckets = check_scheduler_args(  # before the model loads
-        engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto")
+        engine.get("batch_size", 256),
+        engine.get("buckets"),
+        engine.get("max_inflight", 64),
+        engine.get("speculate", "auto"),
     )
     m = load_model(model, device=device, dtype=dtype)
     m = apply_backend(m, backend, batch_sizes=buckets, cache_dir=engine.get("cache_dir"), xformers=xformers)

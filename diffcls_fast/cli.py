@@ -54,7 +54,9 @@ def cmd_classify(a: argparse.Namespace) -> int:
     if a.prompts:
         from .engine.options import check_scheduler_args
 
-        classes = read_prompts_csv(a.prompts).check_fits(max(check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)))
+        classes = read_prompts_csv(a.prompts).check_fits(
+            max(check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate))
+        )
     elif a.classes is not None:
         parse_class_list(a.classes)  # the names' checks; the model's prompt template is applied later
         classes = a.classes
@@ -82,8 +84,8 @@ def cmd_classify(a: argparse.Namespace) -> int:
             print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations} evals{spent}, {r.seconds:.2f} s")
     if not a.json:
         print(
-            f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; "
-            f"{st.evaluations} evals in {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}",
+            f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; {st.evaluations} evals in"
+            f" {st.seconds:.2f} s ({st.evals_per_second:.0f} evals/s), batch fill {st.batch_fill:.3f}",
             file=sys.stderr,
         )
     failed = sum(r.error is not None for r in results)
@@ -117,24 +119,73 @@ def cmd_serve(a: argparse.Namespace) -> int:
         default_timeout=a.request_timeout,
         max_timeout=a.max_timeout,
     )
-    serve(lambda: classifier_from_args(a, noise), host=a.host, port=a.port, limits=limits, api_key=a.api_key, warmup=not a.no_warmup, graceful_timeout=a.graceful_timeout)
+    serve(
+        lambda: classifier_from_args(a, noise),
+        host=a.host,
+        port=a.port,
+        limits=limits,
+        api_key=a.api_key,
+        warmup=not a.no_warmup,
+        graceful_timeout=a.graceful_timeout,
+    )
     return 0
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    g.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)",
+    )
     g.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: $DIFFCLS_API_KEY; none: open)")
-    g.add_argument("--max-queue", type=positive_int, default=256, help="requests accepted and not yet answered; more get 429 (default: 256)")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: $DIFFCLS_API_KEY; none: open)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=256,
+        help="requests accepted and not yet answered; more get 429 (default: 256)",
+    )
     g.add_argument("--max-images", type=positive_int, default=64, help="images per request (default: 64)")
     g.add_argument("--max-classes", type=positive_int, default=1000, help="classes per request (default: 1000)")
-    g.add_argument("--max-prompts", type=positive_int, default=8000, help="prompts per request, each class's counted (a prompt ensemble costs a denoiser row per prompt; default: 8000)")
-    g.add_argument("--max-image-pixels", type=positive_int, default=4096 * 4096, help="width x height of one image (default: 16777216)")
+    g.add_argument(
+        "--max-prompts",
+        type=positive_int,
+        default=8000,
+        help=(
+            "prompts per request, each class's counted (a prompt ensemble costs a denoiser row per prompt; default:"
+            " 8000)"
+        ),
+    )
+    g.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=4096 * 4096,
+        help="width x height of one image (default: 16777216)",
+    )
     g.add_argument("--max-body-bytes", type=positive_int, default=16 << 20, help="request body size (default: 16 MiB)")
-    g.add_argument("--request-timeout", type=positive_float, default=60.0, help="default deadline of a request, seconds (504 after it; default: 60)")
-    g.add_argument("--max-timeout", type=positive_float, default=600.0, help="the largest deadline a request may ask for (default: 600)")
-    g.add_argument("--graceful-timeout", type=positive_float, default=None, help="on SIGTERM, wait at most this long for requests in flight (default: until they finish)")
+    g.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        default=60.0,
+        help="default deadline of a request, seconds (504 after it; default: 60)",
+    )
+    g.add_argument(
+        "--max-timeout",
+        type=positive_float,
+        default=600.0,
+        help="the largest deadline a request may ask for (default: 600)",
+    )
+    g.add_argument(
+        "--graceful-timeout",
+        type=positive_float,
+        default=None,
+        help="on SIGTERM, wait at most this long for requests in flight (default: until they finish)",
+    )
     g.add_argument("--no-warmup", action="store_true", help="ready without warming up (the first requests pay for it)")
 
 
@@ -144,10 +195,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
     if getattr(a, "task", "classify") != "swap" and a.shared_noise:
-        raise UserError("--shared-noise is an option of --task swap (and of match); a classify eval draws each image's own noise")
+        raise UserError(
+            "--shared-noise is an option of --task swap (and of match); a classify eval draws each image's own noise"
+        )
     if getattr(a, "task", "classify") == "swap":
         if "policy" in a.given and a.policy != "exhaustive":
-            raise UserError("eval --task swap scores every caption at every grid point (no pruning), as match does; set the grid with --n-grid, not --policy")
+            raise UserError(
+                "eval --task swap scores every caption at every grid point (no pruning), as match does; set the grid"
+                " with --n-grid, not --policy"
+            )
         a.policy = "exhaustive"  # what the swap eval runs: the noise file and option checks below must be about it
     noise = check_engine_args(a)  # run_eval checks the data, --prompts and --out, then loads the model
     if getattr(a, "task", "classify") == "swap":
@@ -163,12 +219,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}), ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, "
-            f"{summary['evals_per_image']:.1f} evals/image ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill {summary['batch_fill']:.3f}, "
-            f"{summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels {summary['kernels']}]"
+            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}),"
+            f" ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, {summary['evals_per_image']:.1f} evals/image"
+            f" ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill"
+            f" {summary['batch_fill']:.3f}, {summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels"
+            f" {summary['kernels']}]"
         )
     if summary["failed"]:
-        print(f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g. {summary['first_error']}", file=sys.stderr)
+        print(
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
+            f" {summary['first_error']}",
+            file=sys.stderr,
+        )
     return 1 if summary["failed"] else 0
 
 
@@ -178,19 +240,56 @@ def cmd_merge(a: argparse.Namespace) -> int:
     summary = merge_parts(a.out, a.parts)
     print(json.dumps(summary) if a.json else format_summary(summary))
     if summary["failed"]:
-        print(f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g. {summary['first_error']}", file=sys.stderr)
+        print(
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
+            f" {summary['first_error']}",
+            file=sys.stderr,
+        )
     return 1 if summary["failed"] else 0
 
 
 def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out (see docs/scale-out.md)")
-    g.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (0-based, interleaved); --out becomes OUT.shard-I-of-N.jsonl. Under torchrun: RANK/WORLD_SIZE")
-    g.add_argument("--ray", action="store_true", help="score on Ray Data actors (a local Ray instance, or --ray-address)")
-    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: $RAY_ADDRESS, else a new local instance)")
-    g.add_argument("--ray-workers", type=positive_int, default=None, metavar="N", help="actors, each with its own model (default: 1)")
-    g.add_argument("--ray-gpus", type=float, default=None, metavar="G", help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help=(
+            "evaluate shard I of N (0-based, interleaved); --out becomes OUT.shard-I-of-N.jsonl. Under torchrun:"
+            " RANK/WORLD_SIZE"
+        ),
+    )
+    g.add_argument(
+        "--ray", action="store_true", help="score on Ray Data actors (a local Ray instance, or --ray-address)"
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join, e.g. auto or HEAD:6379 (default: $RAY_ADDRESS, else a new local instance)",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="actors, each with its own model (default: 1)",
+    )
+    g.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
+    )
     g.add_argument("--ray-cpus", type=positive_float, default=None, metavar="C", help="CPUs per actor (default: 1)")
-    g.add_argument("--ray-max-restarts", type=int, default=None, metavar="K", help="restarts of a dead actor, and retries of its batch (default: 3)")
+    g.add_argument(
+        "--ray-max-restarts",
+        type=int,
+        default=None,
+        metavar="K",
+        help="restarts of a dead actor, and retries of its batch (default: 3)",
+    )
 
 
 def cmd_match(a: argparse.Namespace) -> int:
@@ -198,10 +297,14 @@ def cmd_match(a: argparse.Namespace) -> int:
     from .images import check_image_file
 
     if a.captions is None:
-        raise UserError('match needs --captions, e.g. --model numbers --captions "the digits one two" "the digits two one"')
+        raise UserError(
+            'match needs --captions, e.g. --model numbers --captions "the digits one two" "the digits two one"'
+        )
     captions = check_captions(a.captions)
     if a.policy != "exhaustive":
-        raise UserError("match scores every caption at every grid point (no pruning); set the grid with --n-grid, not --policy")
+        raise UserError(
+            "match scores every caption at every grid point (no pruning); set the grid with --n-grid, not --policy"
+        )
     for im in a.images:  # fail fast, before loading the model
         check_image_file(im)
     noise = check_engine_args(a)
@@ -211,15 +314,31 @@ def cmd_match(a: argparse.Namespace) -> int:
     with _progress(len(a.images), "match", leave=False) as bar:
         res = clf.match(a.images, captions, n_grid=a.n_grid, shared_noise=a.shared_noise, progress=bar)
     if a.json:
-        print(json.dumps({"images": [str(p) for p in a.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}))
+        print(
+            json.dumps(
+                {
+                    "images": [str(p) for p in a.images],
+                    **res.to_dict(),
+                    "model": clf.model.name,
+                    "random_weights": clf.model.random_weights,
+                }
+            )
+        )
     else:
         print("\n".join(format_matrix(res, [str(p) for p in a.images])))
         if res.errors.shape == (2, 2) and not res.failed:
             w = res.winoground()
-            print(f"winoground: text score {int(w.text)}, image score {int(w.image)}, group score {int(w.group)}  (caption j describes image j; s = -mean error)")
+            print(
+                f"winoground: text score {int(w.text)}, image score {int(w.image)}, group score {int(w.group)} "
+                " (caption j describes image j; s = -mean error)"
+            )
         st = clf.last_stats
         noise = "shared across images" if res.shared_noise else "per image"
-        print(f"# {clf.model.describe()}, {res.policy}, noise {noise}; {st.evaluations} evals in {res.seconds:.2f} s, batch fill {st.batch_fill:.3f}", file=sys.stderr)
+        print(
+            f"# {clf.model.describe()}, {res.policy}, noise {noise}; {st.evaluations} evals in {res.seconds:.2f} s,"
+            f" batch fill {st.batch_fill:.3f}",
+            file=sys.stderr,
+        )
     if res.failed:  # a failed image (NaN/inf) is not a user error
         print(f"diffcls-fast: {res.failed} of {len(res.failures)} images failed", file=sys.stderr)
     return 1 if res.failed else 0
@@ -234,7 +353,11 @@ def cmd_eval_swap(a: argparse.Namespace, noise=None) -> int:
 
 
 def _add_match_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shared-noise", action="store_true", help="share the (t, eps) samples across images too (default: per image, as classify)")
+    p.add_argument(
+        "--shared-noise",
+        action="store_true",
+        help="share the (t, eps) samples across images too (default: per image, as classify)",
+    )
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -256,7 +379,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     aoti_only = [o for o in ("classes", "prompts", "noise_path", "noise_rows", "seed") if o in a.given]
     if aoti_only:
         opts = ", ".join("--" + o.replace("_", "-") for o in aoti_only)
-        raise UserError(f"{opts}: only --format aoti writes a condition table and noise; --format {a.format} exports the denoiser alone")
+        raise UserError(
+            f"{opts}: only --format aoti writes a condition table and noise; --format {a.format} exports the denoiser"
+            " alone"
+        )
     if a.format == "tensorrt":  # before the model loads and the ONNX export runs
         from .export.tensorrt_backend import require_tensorrt
 
@@ -284,7 +410,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     try:
         from bench.throughput import main as bench_main
     except ImportError:
-        raise UserError("the benchmarks live in the source checkout's bench/; run diffcls-fast bench from the repository root") from None
+        raise UserError(
+            "the benchmarks live in the source checkout's bench/; run diffcls-fast bench from the repository root"
+        ) from None
     bench_main(a.args)
     return 0
 
@@ -292,15 +420,33 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="diffcls-fast", description="Zero-shot image classification with conditional diffusion models.")
     ap.add_argument("--version", action="version", version=f"diffcls-fast {__version__}")
-    ap.add_argument("--debug", action="store_true", help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)")
+    ap.add_argument(
+        "--debug", action="store_true", help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("classify", help="classify image files")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--classes", default=None, help='comma-separated class names, e.g. "zero,one,two" (default: the model\'s own list)')
-    p.add_argument("--prompts", default=None, help="CSV with columns classidx,prompt[,classname]; several rows per class form an ensemble")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help='comma-separated class names, e.g. "zero,one,two" (default: the model\'s own list)',
+    )
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="CSV with columns classidx,prompt[,classname]; several rows per class form an ensemble",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    p.add_argument("--server", default=None, metavar="URL", help="send the images to a running 'diffcls-fast serve' at URL (same output; the server's model and engine settings)")
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help=(
+            "send the images to a running 'diffcls-fast serve' at URL (same output; the server's model and engine"
+            " settings)"
+        ),
+    )
     p.add_argument("--api-key", default=None, help="with --server: the server's API key (default: $DIFFCLS_API_KEY)")
     add_engine_args(p)
     p.set_defaults(fn=cmd_classify)
@@ -311,19 +457,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="accuracy on a bundled data split")
-    p.add_argument("--split", default="heldout", choices=["heldout", "train"], help="bundled split of digits or numbers (default: heldout)")
-    p.add_argument("--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split")
-    p.add_argument("--prompts", default=None, help="CSV classidx,prompt,classname whose class names match the data's classes")
+    p.add_argument(
+        "--split",
+        default="heldout",
+        choices=["heldout", "train"],
+        help="bundled split of digits or numbers (default: heldout)",
+    )
+    p.add_argument(
+        "--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split"
+    )
+    p.add_argument(
+        "--prompts", default=None, help="CSV classidx,prompt,classname whose class names match the data's classes"
+    )
     p.add_argument("--limit", type=positive_int, default=None, help="first N images of the split only")
     p.add_argument("--out", default=None, help="append one JSON line per image to this file; a rerun resumes from it")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    p.add_argument("--task", default="classify", choices=["classify", "swap"], help="classify: accuracy; swap: Winoground text/image/group scores on the model's swap set (default: classify)")
+    p.add_argument(
+        "--task",
+        default="classify",
+        choices=["classify", "swap"],
+        help="classify: accuracy; swap: Winoground text/image/group scores on the model's swap set (default: classify)",
+    )
     _add_match_args(p)
     _add_scale_out_args(p)
     add_engine_args(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("merge", help="join the --out parts of a sharded eval into one file, checking settings, overlaps and gaps")
+    p = sub.add_parser(
+        "merge", help="join the --out parts of a sharded eval into one file, checking settings, overlaps and gaps"
+    )
     p.add_argument("out", help="the merged JSONL to write (rows in split order)")
     p.add_argument("parts", nargs="+", help="the shards' --out files (OUT.shard-I-of-N.jsonl ...)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the keys of eval --json)")
@@ -331,22 +493,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    p.add_argument("--captions", nargs="*", default=None, help='captions (full prompts), e.g. --captions "the digits one two" "the digits two one"')
-    p.add_argument("--json", action="store_true", help="print one JSON object (the matrix and, for 2x2, the Winoground scores)")
+    p.add_argument(
+        "--captions",
+        nargs="*",
+        default=None,
+        help='captions (full prompts), e.g. --captions "the digits one two" "the digits two one"',
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (the matrix and, for 2x2, the Winoground scores)"
+    )
     _add_match_args(p)
     add_engine_args(p)
     p.set_defaults(fn=cmd_match, policy="exhaustive")
 
-    p = sub.add_parser("export", help="export the denoiser to ONNX (and build a TensorRT engine), or an AOTInductor folder for diffcls-run")
+    p = sub.add_parser(
+        "export",
+        help="export the denoiser to ONNX (and build a TensorRT engine), or an AOTInductor folder for diffcls-run",
+    )
     p.add_argument("--model", default="digits", help="bundled model, preset:NAME or local folder (default: digits)")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt", "aoti"])
-    p.add_argument("--batch-sizes", default=None, help="TensorRT profile batch sizes (default: 8,32,128); aoti: the largest is the packages' largest batch (default: 8,16,32,64,128,256)")
-    p.add_argument("--classes", action=Given, default=None, help="aoti: comma-separated class names for the condition table (default: the model's own list)")
-    p.add_argument("--prompts", action=Given, default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table")
-    p.add_argument("--noise-path", action=Given, default=None, help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)")
-    p.add_argument("--noise-rows", action=Given, type=positive_int, default=2000, help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)")
+    p.add_argument(
+        "--batch-sizes",
+        default=None,
+        help=(
+            "TensorRT profile batch sizes (default: 8,32,128); aoti: the largest is the packages' largest batch"
+            " (default: 8,16,32,64,128,256)"
+        ),
+    )
+    p.add_argument(
+        "--classes",
+        action=Given,
+        default=None,
+        help="aoti: comma-separated class names for the condition table (default: the model's own list)",
+    )
+    p.add_argument(
+        "--prompts", action=Given, default=None, help="aoti: CSV classidx,prompt[,classname] for the condition table"
+    )
+    p.add_argument(
+        "--noise-path",
+        action=Given,
+        default=None,
+        help="aoti: the saved noise tensor the runner uses (default: a fresh one of --noise-rows rows, seed --seed)",
+    )
+    p.add_argument(
+        "--noise-rows",
+        action=Given,
+        type=positive_int,
+        default=2000,
+        help="aoti: rows of the generated noise (default: 2000, the t-test's max samples)",
+    )
     p.add_argument("--seed", action=Given, type=int, default=0, help="aoti: seed of the generated noise (default: 0)")
-    p.add_argument("--cache-dir", default=None, help="aoti: compiled packages are cached here (shared with --backend aoti; default: $DIFFCLS_CACHE_DIR or ~/.cache/diffcls-fast)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help=(
+            "aoti: compiled packages are cached here (shared with --backend aoti; default: $DIFFCLS_CACHE_DIR or"
+            " ~/.cache/diffcls-fast)"
+        ),
+    )
     p.add_argument("--out", default="exported", help="output folder (default: ./exported)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
@@ -354,19 +558,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(given=set())
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("bench", help="engine vs the papers' reference loop (runs bench/throughput.py; from the repo root)")
+    p = sub.add_parser(
+        "bench", help="engine vs the papers' reference loop (runs bench/throughput.py; from the repo root)"
+    )
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/throughput.py (--limit N, --quick, ...)")
     p.set_defaults(fn=cmd_bench)
     for name, p in sub.choices.items():
         if name == "bench":
             continue  # its REMAINDER belongs to bench/throughput.py
         # also after the subcommand; SUPPRESS keeps a top-level --debug from being reset
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="on an internal error, print the full traceback (also: DIFFCLS_DEBUG=1)",
+        )
     return ap
 
 
 def _debug_wanted(a: argparse.Namespace) -> bool:
-    return bool(getattr(a, "debug", False)) or os.environ.get("DIFFCLS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return bool(getattr(a, "debug", False)) or os.environ.get("DIFFCLS_DEBUG", "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+    )
 
 
 def _one_line_warnings():
@@ -407,7 +623,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
             print(f"diffcls-fast: internal error: {type(e).__name__}: {msg}", file=sys.stderr)
-            print("diffcls-fast: this is a bug; re-run with --debug (or DIFFCLS_DEBUG=1) for the full traceback", file=sys.stderr)
+            print(
+                "diffcls-fast: this is a bug; re-run with --debug (or DIFFCLS_DEBUG=1) for the full traceback",
+                file=sys.stderr,
+            )
         return 1
 
 

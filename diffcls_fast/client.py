@@ -46,7 +46,11 @@ def _httpx():
 
 def spec_to_rows(spec) -> list[dict[str, str]]:
     """A :class:`ClassSpec` as the request's ``prompts`` rows; the server rebuilds exactly this spec."""
-    return [{"class": spec.names[c], "prompt": spec.prompts[int(i)]} for c in range(len(spec)) for i in spec.class_prompts[c]]
+    return [
+        {"class": spec.names[c], "prompt": spec.prompts[int(i)]}
+        for c in range(len(spec))
+        for i in spec.class_prompts[c]
+    ]
 
 
 class Client:
@@ -101,7 +105,14 @@ class Client:
             params["classes"] = classes if isinstance(classes, str) else list(classes)
         if prompts is not None:
             params["prompts"] = prompts if isinstance(prompts, list) else spec_to_rows(prompts)
-        for k, v in (("seed", seed), ("policy", policy), ("temperature", temperature), ("timeout", timeout), ("loss", loss), ("model", model)):
+        for k, v in (
+            ("seed", seed),
+            ("policy", policy),
+            ("temperature", temperature),
+            ("timeout", timeout),
+            ("loss", loss),
+            ("model", model),
+        ):
             if v is not None:
                 params[k] = v
         if options:
@@ -109,7 +120,15 @@ class Client:
         return self._post("/v1/classify", files=files, data={"params": json.dumps(params)})
 
     def match(
-        self, images: Any, captions: Sequence[str], *, n_grid: int | None = None, shared_noise: bool = False, seed: int | None = None, timeout: float | None = None, names: Sequence[str] | None = None
+        self,
+        images: Any,
+        captions: Sequence[str],
+        *,
+        n_grid: int | None = None,
+        shared_noise: bool = False,
+        seed: int | None = None,
+        timeout: float | None = None,
+        names: Sequence[str] | None = None,
     ) -> dict:
         """The ``match --json`` object: ``errors`` [images x captions] (lower = better match), ``winoground`` for 2 x 2,
         ..."""
@@ -180,7 +199,9 @@ def _encode_images(images: Any, names: Sequence[str] | None) -> list[tuple[str, 
             im.save(buf, format="PNG")
             out.append((name or f"images[{k}]", buf.getvalue()))
         else:
-            raise UserError(f"images[{k}]: expected a path, bytes or a PIL image, got {type(im).__name__} (send arrays as PNG)")
+            raise UserError(
+                f"images[{k}]: expected a path, bytes or a PIL image, got {type(im).__name__} (send arrays as PNG)"
+            )
     return out
 
 
@@ -199,14 +220,19 @@ def classify_cli(a) -> int:
 
     given = getattr(a, "given", set())
     if "noise_path" in given:
-        raise UserError("--noise-path cannot travel to a server; start the server with it (diffcls-fast serve --noise-path ...)")
+        raise UserError(
+            "--noise-path cannot travel to a server; start the server with it (diffcls-fast serve --noise-path ...)"
+        )
     # --model and --loss are sent for the server to check; the other engine settings are the server's
     # own, and one given here would be silently ignored.
     ignored = [d for d in ENGINE_WIDE if d in given and d not in ("model", "loss", "noise_path")]
     if ignored:
         opts = ", ".join("--" + d.replace("_", "-") for d in ignored)
         it = "it" if len(ignored) == 1 else "them"
-        raise UserError(f"{opts}: with --server the server's engine settings apply; drop {it}, or start the server with {it} (diffcls-fast serve ...)")
+        raise UserError(
+            f"{opts}: with --server the server's engine settings apply; drop {it}, or start the server with {it}"
+            " (diffcls-fast serve ...)"
+        )
     prompts = read_prompts_csv(a.prompts) if a.prompts else None
     if a.classes is not None:
         parse_class_list(a.classes)  # the names' checks, before anything is sent
@@ -245,7 +271,11 @@ def classify_cli(a) -> int:
             spent = f" ({r['evaluations_spent']} spent)" if r["evaluations_spent"] != r["evaluations"] else ""
             print(f"{r['image']}: {r['label']}  [top-5: {top}]  {r['evaluations']} evals{spent}, {r['seconds']:.2f} s")
     if not a.json:
-        print(f"# {resp['describe']} at {a.server}, {resp['policy']}; {resp['evaluations_spent']} evals, {resp['seconds']:.2f} s round trip", file=sys.stderr)
+        print(
+            f"# {resp['describe']} at {a.server}, {resp['policy']}; {resp['evaluations_spent']} evals,"
+            f" {resp['seconds']:.2f} s round trip",
+            file=sys.stderr,
+        )
     failed = sum(r["error"] is not None for r in results)
     if failed:
         print(f"diffcls-fast: {failed} of {len(results)} images failed", file=sys.stderr)

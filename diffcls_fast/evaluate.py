@@ -29,7 +29,11 @@ def load_image_folder(root: str | Path):
         raise UserError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     paths, labels = [], []
     for k, c in enumerate(classes):
-        files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+        files = sorted(
+            p
+            for p in (root / c).iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
         paths += files
         labels += [k] * len(files)
     if not paths:
@@ -49,7 +53,10 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
     if model_name == "numbers":
         images, labels, pair_ids = numbers.load_split(split)
         return images, labels, numbers.CLASS_NAMES, [f"numbers/{split}/{i}" for i in pair_ids]
-    raise UserError(f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers); pass --data DIR (DIR/<class>/<image>)")
+    raise UserError(
+        f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers); pass --data DIR"
+        " (DIR/<class>/<image>)"
+    )
 
 
 ROW_FORMAT = 3  # bump when a row's meaning changes: older files then refuse to mix
@@ -77,7 +84,9 @@ def eval_settings(clf: Any, spec: Any, ids: list[str], labels: np.ndarray, image
 def classifier_settings(clf: Any, spec: Any) -> dict:
     """The part of :func:`eval_settings` that depends on the classifier (all but the data)."""
 
-    remote = getattr(clf, "remote_settings", None)  # a classifier whose model lives elsewhere (Ray actors) computed them there
+    remote = getattr(
+        clf, "remote_settings", None
+    )  # a classifier whose model lives elsewhere (Ray actors) computed them there
     if remote is not None:
         return dict(remote)
     return {
@@ -103,7 +112,11 @@ def data_digest(ids: list[str], labels: np.ndarray, images: list) -> str:
 def noise_digest(clf: Any) -> str | None:
     """A hash of the saved noise tensor's values (None: the seeded generator)."""
     saved = getattr(getattr(clf, "bank", None), "saved", None)
-    return None if saved is None else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
+    return (
+        None
+        if saved is None
+        else hashlib.sha256(saved.contiguous().numpy().tobytes() + str(tuple(saved.shape)).encode()).hexdigest()[:16]
+    )
 
 
 def _file_size(path: str | Path) -> int | None:
@@ -135,7 +148,13 @@ def settings_diff(old: Any, new: dict) -> str:
     if not isinstance(old, dict):
         return "written by an older diffcls-fast"
     keys = [k for k in new if old.get(k) != new[k]]
-    return ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" if k not in ("classes", "data", "noise", "model") else f"{k} changed" for k in keys) or "unknown"
+    return (
+        ", ".join(
+            f"{k} {old.get(k)!r} -> {new[k]!r}" if k not in ("classes", "data", "noise", "model") else f"{k} changed"
+            for k in keys
+        )
+        or "unknown"
+    )
 
 
 class OutFile:
@@ -172,7 +191,9 @@ class OutFile:
         try:
             self.fd = os.open(p, os.O_RDONLY) if readonly else os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"{p}: cannot read ({e.strerror or e})" if readonly else f"--out {p}: cannot write ({e.strerror or e})") from None
+            raise UserError(
+                f"{p}: cannot read ({e.strerror or e})" if readonly else f"--out {p}: cannot write ({e.strerror or e})"
+            ) from None
         try:
             if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a pipe or device cannot be read back to resume
                 raise UserError(f"--out {p}: not a regular file; --out needs a file it can read back to resume")
@@ -194,11 +215,17 @@ class OutFile:
             who = f" (pid {pid})" if pid else ""
             if self.readonly:
                 raise UserError(f"{self.path}: is being written by an eval{who}; wait for it to finish") from None
-            raise UserError(f"--out {self.path}: is being written by another eval{who}; wait for it to finish, or use another --out") from None
+            raise UserError(
+                f"--out {self.path}: is being written by another eval{who}; wait for it to finish, or use another --out"
+            ) from None
         except OSError as e:  # a filesystem without flock (some network mounts): go on, unprotected
             import sys
 
-            print(f"diffcls-fast: warning: --out {self.path}: cannot lock ({e.strerror or e}); a concurrent eval on it would not be detected", file=sys.stderr)
+            print(
+                f"diffcls-fast: warning: --out {self.path}: cannot lock ({e.strerror or e}); a concurrent eval on it"
+                " would not be detected",
+                file=sys.stderr,
+            )
 
     def _read(self) -> None:
         try:
@@ -207,22 +234,31 @@ class OutFile:
         except OSError as e:
             raise UserError(f"--out {self.path}: cannot read ({e.strerror or e})") from None
         good_end = data.rfind(b"\n") + 1
-        if good_end < len(data) and not self.readonly:  # a killed writer left a partial line: drop it (we hold the lock)
+        if (
+            good_end < len(data) and not self.readonly
+        ):  # a killed writer left a partial line: drop it (we hold the lock)
             os.ftruncate(self.fd, good_end)
         where = f"{self.path}"
         for lineno, raw in enumerate(data[:good_end].split(b"\n")[:-1], start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(f"{where}:{lineno}: not UTF-8 text; refusing to append to it (use another --out)") from None
+                raise UserError(
+                    f"{where}:{lineno}: not UTF-8 text; refusing to append to it (use another --out)"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)") from None
+                raise UserError(
+                    f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)"
+                ) from None
             if not isinstance(row, dict):
-                raise UserError(f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to append to it")
+                raise UserError(
+                    f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to"
+                    " append to it"
+                )
             for key, kind in self.required:
                 value = row.get(key)
                 if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -235,7 +271,10 @@ class OutFile:
         for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
             if row["config"] != config and not same_settings(row.get("settings"), settings):
                 why = settings_diff(row.get("settings"), settings)
-                raise UserError(f"{self.path}:{lineno}: written with different settings ({why}); use another --out, or rerun with the same settings")
+                raise UserError(
+                    f"{self.path}:{lineno}: written with different settings ({why}); use another --out, or rerun with"
+                    " the same settings"
+                )
         return {k: row for k, (_, row) in self.rows.items()}
 
     def append(self, row: dict) -> None:
@@ -285,7 +324,9 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
 
         spec = read_prompts_csv(a.prompts).check_fits(a.batch_size)
         if sorted(spec.names) != sorted(class_names):
-            raise UserError(f"{a.prompts}: its class names {spec.names[:5]}... do not match the data's classes {class_names[:5]}...")
+            raise UserError(
+                f"{a.prompts}: its class names {spec.names[:5]}... do not match the data's classes {class_names[:5]}..."
+            )
         order = {n: i for i, n in enumerate(spec.names)}
         labels = np.array([order[class_names[k]] for k in labels])
         classes = spec
@@ -302,13 +343,26 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
     out = OutFile(a.out) if a.out else None  # opened and locked until the end of the run
     try:
         where = {"positions": positions, "total": total, "shard": None if shard is None else str(shard)}
-        return _run_eval(a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids), where)
+        return _run_eval(
+            a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids), where
+        )
     finally:
         if out is not None:
             out.close()
 
 
-def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, images, labels, ids, classes, full, where: dict) -> dict:
+def _run_eval(
+    a: Any,
+    make_classifier: Callable,
+    progress: Callable,
+    out: OutFile | None,
+    images,
+    labels,
+    ids,
+    classes,
+    full,
+    where: dict,
+) -> dict:
     from . import kernels
     from .engine.calibration import ece, nll
 
@@ -324,13 +378,25 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]
     # evals: what the decision rule needed (the accuracy tables' "needed" column: speculation and
     # batching never change it); spent: what was scored, speculation included
-    evals = [int(done[ids[i]].get("evaluations", done[ids[i]]["evaluations_spent"])) for i in range(len(images)) if ids[i] in done]
+    evals = [
+        int(done[ids[i]].get("evaluations", done[ids[i]]["evaluations_spent"]))
+        for i in range(len(images))
+        if ids[i] in done
+    ]
     spent = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
     resumed = len(correct)
     # (confidence, correct, p(true class)) of every scored image, for ECE and NLL; failed images have none
     resumed_rows = [done[ids[i]] for i in range(len(images)) if ids[i] in done]
-    calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in resumed_rows if "p_true" in r and not r.get("error")]
-    ran_on = {"backend": clf.model.backend, "device": str(clf.model.device), "dtype": settings["dtype"]}  # informational
+    calib = [
+        (float(r["confidence"]), int(r["correct"]), float(r["p_true"]))
+        for r in resumed_rows
+        if "p_true" in r and not r.get("error")
+    ]
+    ran_on = {
+        "backend": clf.model.backend,
+        "device": str(clf.model.device),
+        "dtype": settings["dtype"],
+    }  # informational
     positions, total, shard = where["positions"], where["total"], where["shard"]
     errors = [done[ids[i]]["error"] for i in range(len(images)) if ids[i] in done and done[ids[i]].get("error")]
     t0 = time.perf_counter()
@@ -350,11 +416,26 @@ def _run_eval(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
             else:
                 calib.append((confidence, ok, p_true))
             if out is not None:
-                row = {"id": ids[i], "config": config, "true_label": int(labels[i]), "correct": ok, "p_true": p_true, "confidence": confidence, **r.to_dict(top_k=3)}
+                row = {
+                    "id": ids[i],
+                    "config": config,
+                    "true_label": int(labels[i]),
+                    "correct": ok,
+                    "p_true": p_true,
+                    "confidence": confidence,
+                    **r.to_dict(top_k=3),
+                }
                 # index / total / shard: where the image sits in the run, so `diffcls-fast merge` can find gaps
                 # without the model
                 row.update(index=positions[i], total=total, shard=shard)
-                out.append({**row, **ran_on, "kernels": getattr(clf, "kernels_backend", None) or kernels.active_backend(), "settings": settings})
+                out.append(
+                    {
+                        **row,
+                        **ran_on,
+                        "kernels": getattr(clf, "kernels_backend", None) or kernels.active_backend(),
+                        "settings": settings,
+                    }
+                )
     finally:
         bar.close()
     st = clf.last_stats

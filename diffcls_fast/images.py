@@ -49,7 +49,10 @@ def _check_pixel_limit(p: Path, size: tuple[int, int]) -> None:
     limit = pixel_limit()
     w, h = size
     if limit is not None and w * h > limit:
-        raise UserError(f"{p}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first")
+        raise UserError(
+            f"{p}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS);"
+            " downscale it first"
+        )
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -72,7 +75,10 @@ def load_image(path: str | Path) -> Image.Image:
                 im.load()  # decode now: a truncated file fails here, not later in the engine
                 return ImageOps.exif_transpose(im)  # a decoded copy, upright
     except Image.DecompressionBombError:  # PIL refuses over 2x its limit while opening
-        raise UserError(f"{p}: image has more than twice the limit of {pixel_limit():,} pixels (PIL.Image.MAX_IMAGE_PIXELS); downscale it first") from None
+        raise UserError(
+            f"{p}: image has more than twice the limit of {pixel_limit():,} pixels (PIL.Image.MAX_IMAGE_PIXELS);"
+            " downscale it first"
+        ) from None
     except UnidentifiedImageError:
         raise UserError(f"{p}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data raises these
@@ -139,7 +145,9 @@ def _deep_gray_unit(img: Image.Image) -> Image.Image:
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F":
         if not np.isfinite(arr).all() or lo < 0.0 or hi > 255.0:
-            raise UserError(f"a float (mode F) image must hold values in [0, 1] or [0, 255]; this one spans [{lo:g}, {hi:g}]")
+            raise UserError(
+                f"a float (mode F) image must hold values in [0, 1] or [0, 255]; this one spans [{lo:g}, {hi:g}]"
+            )
         unit = arr if hi <= 1.0 else arr / 255.0
     elif img.mode == "I":
         # 32-bit int: PIL gives it for convert("I") of an 8-bit image, Image.fromarray of int32 data and
@@ -147,11 +155,16 @@ def _deep_gray_unit(img: Image.Image) -> Image.Image:
         # as for F: values up to 255 are 8-bit (a 16-bit image that dark is rare; its pixels would all be
         # under 0.4% of full scale), up to 65535 16-bit; other ranges are refused.
         if lo < 0 or hi > _U16_MAX:
-            raise UserError(f"a mode I image must hold values in [0, 255] (8-bit) or [0, 65535] (16-bit); this one spans [{lo:g}, {hi:g}]")
+            raise UserError(
+                f"a mode I image must hold values in [0, 255] (8-bit) or [0, 65535] (16-bit); this one spans [{lo:g},"
+                f" {hi:g}]"
+            )
         unit = arr / (255.0 if hi <= 255.0 else _U16_MAX)
     else:
         if lo < 0 or hi > _U16_MAX:
-            raise UserError(f"a mode {img.mode} image is read as 16-bit grayscale (0..65535); this one spans [{lo:g}, {hi:g}]")
+            raise UserError(
+                f"a mode {img.mode} image is read as 16-bit grayscale (0..65535); this one spans [{lo:g}, {hi:g}]"
+            )
         unit = arr / _U16_MAX
     return Image.fromarray(unit.astype(np.float32), "F")
 
@@ -228,7 +241,9 @@ def array_to_image(arr: np.ndarray, name: str = "image") -> Image.Image:
         if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC
         if arr.shape[-1] not in (1, 3, 4):
-            raise UserError(f"{name}: array of shape {list(arr.shape)}; expected HW, HWC or CHW with 1, 3 or 4 channels")
+            raise UserError(
+                f"{name}: array of shape {list(arr.shape)}; expected HW, HWC or CHW with 1, 3 or 4 channels"
+            )
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
     if arr.ndim != 2 and not (arr.ndim == 3 and arr.dtype == np.uint8):
@@ -239,10 +254,14 @@ def array_to_image(arr: np.ndarray, name: str = "image") -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16))  # mode I;16
     if arr.dtype == np.bool_:
         return Image.fromarray(np.ascontiguousarray(arr))
-    raise UserError(f"{name}: array of dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535), bool, or floats in [-1, 1]")
+    raise UserError(
+        f"{name}: array of dtype {arr.dtype}; pass uint8 (0..255), uint16 (0..65535), bool, or floats in [-1, 1]"
+    )
 
 
-def check_pixel_tensor(x: torch.Tensor, resolution: int | Sequence[int], channels: int, name: str = "image") -> torch.Tensor:
+def check_pixel_tensor(
+    x: torch.Tensor, resolution: int | Sequence[int], channels: int, name: str = "image"
+) -> torch.Tensor:
     """A preprocessed image tensor -> float32 [C, H, W] in [-1, 1] on the CPU, or a UserError.
 
     The shape must be the model's exactly (tensors are not resized). uint8
@@ -252,17 +271,26 @@ def check_pixel_tensor(x: torch.Tensor, resolution: int | Sequence[int], channel
     """
     expected = [channels, *as_hw(resolution)]
     if list(x.shape) != expected:
-        raise UserError(f"{name}: tensor of shape {list(x.shape)}, expected [C, H, W] = {expected} for this model (pass a PIL image or a path to have it resized)")
+        raise UserError(
+            f"{name}: tensor of shape {list(x.shape)}, expected [C, H, W] = {expected} for this model (pass a PIL image"
+            " or a path to have it resized)"
+        )
     if x.dtype == torch.uint8:
         return x.detach().to("cpu", torch.float32) / 127.5 - 1.0
     if not x.is_floating_point():
-        raise UserError(f"{name}: tensor of dtype {str(x.dtype).removeprefix('torch.')}; expected uint8 (0..255) or floating point in [-1, 1]")
+        raise UserError(
+            f"{name}: tensor of dtype {str(x.dtype).removeprefix('torch.')}; expected uint8 (0..255) or floating point"
+            " in [-1, 1]"
+        )
     x = x.detach().to("cpu", torch.float32)
     if not torch.isfinite(x).all():
         raise NonFiniteInput(f"{name}: tensor holds NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.0 - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
-        raise UserError(f"{name}: float tensor values span [{lo:.4g}, {hi:.4g}], expected [-1, 1]; map [0, 1] images with x * 2 - 1, or pass uint8 0..255")
+        raise UserError(
+            f"{name}: float tensor values span [{lo:.4g}, {hi:.4g}], expected [-1, 1]; map [0, 1] images with x * 2 -"
+            " 1, or pass uint8 0..255"
+        )
     return x.clamp(-1.0, 1.0)
 
 

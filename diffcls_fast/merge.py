@@ -49,23 +49,41 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
     by_id: dict[str, tuple[Path, int]] = {}
     for part, lineno, row in rows:
         if row["config"] != ref["config"] and not same_settings(ref.get("settings"), row.get("settings")):
-            why = settings_diff(ref.get("settings"), row.get("settings")) if isinstance(row.get("settings"), dict) else "written by an older diffcls-fast"
-            raise UserError(f"{part}:{lineno}: written with different settings than {part0}:{line0} ({why}); merge only shards of one run")
+            why = (
+                settings_diff(ref.get("settings"), row.get("settings"))
+                if isinstance(row.get("settings"), dict)
+                else "written by an older diffcls-fast"
+            )
+            raise UserError(
+                f"{part}:{lineno}: written with different settings than {part0}:{line0} ({why}); merge only shards of"
+                " one run"
+            )
         index, total = row.get("index"), row.get("total")
         if not (isinstance(index, int) and isinstance(total, int)) or isinstance(index, bool) or not 0 <= index < total:
-            raise UserError(f"{part}:{lineno}: the row has no valid index/total (written by an older diffcls-fast?); rerun that eval into a new --out")
+            raise UserError(
+                f"{part}:{lineno}: the row has no valid index/total (written by an older diffcls-fast?); rerun that"
+                " eval into a new --out"
+            )
         if row["id"] in by_id:
             other, other_line = by_id[row["id"]]
-            raise UserError(f"image {row['id']} is in {other}:{other_line} and {part}:{lineno}: the parts overlap (a part given twice, or shards of different splits?)")
+            raise UserError(
+                f"image {row['id']} is in {other}:{other_line} and {part}:{lineno}: the parts overlap (a part given"
+                " twice, or shards of different splits?)"
+            )
         if index in by_index:
             other, other_line, _ = by_index[index]
-            raise UserError(f"{part}:{lineno} and {other}:{other_line} both hold image {index} of the run under different ids: not shards of the same split")
+            raise UserError(
+                f"{part}:{lineno} and {other}:{other_line} both hold image {index} of the run under different ids: not"
+                " shards of the same split"
+            )
         by_id[row["id"]] = (part, lineno)
         by_index[index] = (part, lineno, row)
     total = max(r["total"] for _, _, r in rows)  # a shard resumed with a larger --limit: the run is the largest
     missing = [i for i in range(total) if i not in by_index]
     if missing:
-        counts = sorted({int(r["shard"].split("/")[1]) for _, _, r in rows if isinstance(r.get("shard"), str) and "/" in r["shard"]})
+        counts = sorted(
+            {int(r["shard"].split("/")[1]) for _, _, r in rows if isinstance(r.get("shard"), str) and "/" in r["shard"]}
+        )
         hint = ""
         if len(counts) == 1:
             n = counts[0]
@@ -73,8 +91,12 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
             names = ", ".join(f"{k}/{n}" for k in absent)
             hint = f"; they belong to shard {names}: give its part, or rerun it (a shard resumes from its part)"
             if len(absent) > 1:
-                hint = f"; they belong to shards {names}: give their parts, or rerun them (a shard resumes from its part)"
-        raise UserError(f"merge: {len(missing)} of the run's {total} images are in no part (indexes {_ranges(missing)}){hint}")
+                hint = (
+                    f"; they belong to shards {names}: give their parts, or rerun them (a shard resumes from its part)"
+                )
+        raise UserError(
+            f"merge: {len(missing)} of the run's {total} images are in no part (indexes {_ranges(missing)}){hint}"
+        )
     return [by_index[i][2] for i in range(total)]
 
 
@@ -86,12 +108,18 @@ def summarize(rows: list[dict]) -> dict:
     evals = [int(r.get("evaluations", r["evaluations_spent"])) for r in rows]  # needed by the rule, as eval reports
     spent = [int(r["evaluations_spent"]) for r in rows]
     errors = [r["error"] for r in rows if r.get("error")]
-    calib = [(float(r["confidence"]), int(r["correct"]), float(r["p_true"])) for r in rows if "p_true" in r and not r.get("error")]
+    calib = [
+        (float(r["confidence"]), int(r["correct"]), float(r["p_true"]))
+        for r in rows
+        if "p_true" in r and not r.get("error")
+    ]
     conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
     settings = rows[0].get("settings") or {}
     shards = sorted({r.get("shard") for r in rows}, key=str)
     head = rows[0]["id"].split("/")
-    bundled = head[:2] if len(head) == 3 and head[0] in ("digits", "numbers") else None  # ids of a bundled split: model/split/n
+    bundled = (
+        head[:2] if len(head) == 3 and head[0] in ("digits", "numbers") else None
+    )  # ids of a bundled split: model/split/n
     return {
         "accuracy": float(np.mean(correct)) if rows else 0.0,
         "images": len(rows),
@@ -148,7 +176,8 @@ def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
 
 def format_summary(s: dict) -> str:
     return (
-        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or 'folder'}), ECE {s['ece']:.4f}, NLL {s['nll']:.4f}, "
-        f"{s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent) "
-        f"[{s['backend']}, kernels {s['kernels']}; merged from shards {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
+        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or 'folder'}), ECE {s['ece']:.4f}, NLL"
+        f" {s['nll']:.4f}, {s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent)"
+        f" [{s['backend']}, kernels {s['kernels']}; merged from shards"
+        f" {', '.join(s['parts_shards']) or '(none: unsharded)'}]"
     )

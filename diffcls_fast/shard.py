@@ -47,10 +47,15 @@ def parse_shard(text: str) -> ShardSpec:
     """``"I/N"`` (0 <= I < N) as a :class:`ShardSpec`; anything else is a one-line :class:`UserError`."""
     m = _SPEC.match(str(text))
     if not m:
-        raise UserError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4 (shards are numbered from 0, as torchrun's RANK)")
+        raise UserError(
+            f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4 (shards are numbered from 0, as"
+            " torchrun's RANK)"
+        )
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or i >= n:
-        raise UserError(f"--shard {text}: need 0 <= I < N and N >= 1 (shards are numbered from 0, so the last of 4 is 3/4)")
+        raise UserError(
+            f"--shard {text}: need 0 <= I < N and N >= 1 (shards are numbered from 0, so the last of 4 is 3/4)"
+        )
     return ShardSpec(i, n)
 
 
@@ -63,7 +68,10 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[ShardSpec, int
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         local = int(env["LOCAL_RANK"]) if env.get("LOCAL_RANK", "").strip() else None
     except ValueError:
-        raise UserError(f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}: expected integers (as torchrun sets them)") from None
+        raise UserError(
+            f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}:"
+            " expected integers (as torchrun sets them)"
+        ) from None
     if world < 1 or not 0 <= rank < world or (local is not None and local < 0):
         raise UserError(f"RANK={rank}, WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
     if world == 1:  # one process (torchrun --nproc-per-node 1, or a launcher that always sets these): not sharded
@@ -71,7 +79,9 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[ShardSpec, int
     return ShardSpec(rank, world), local
 
 
-def resolve_shard(shard_arg: str | None, device: str | None, env: Mapping[str, str] | None = None) -> tuple[ShardSpec | None, str | None]:
+def resolve_shard(
+    shard_arg: str | None, device: str | None, env: Mapping[str, str] | None = None
+) -> tuple[ShardSpec | None, str | None]:
     """The shard of this process and the device to use.
 
     ``--shard`` wins; it must agree with torchrun's RANK/WORLD_SIZE when both are given.
@@ -84,13 +94,18 @@ def resolve_shard(shard_arg: str | None, device: str | None, env: Mapping[str, s
         return spec, device
     env_spec, local = launched
     if spec is not None and spec != env_spec:
-        raise UserError(f"--shard {spec} disagrees with torchrun's RANK/WORLD_SIZE {env_spec}; drop --shard under torchrun")
+        raise UserError(
+            f"--shard {spec} disagrees with torchrun's RANK/WORLD_SIZE {env_spec}; drop --shard under torchrun"
+        )
     if device is None and local is not None:
         import torch
 
         if torch.cuda.is_available():
             if local >= torch.cuda.device_count():
-                raise UserError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA devices; start at most that many processes per node")
+                raise UserError(
+                    f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA devices; start at most"
+                    " that many processes per node"
+                )
             device = f"cuda:{local}"
     return env_spec, device
 
@@ -106,11 +121,18 @@ def apply_scale_out(a) -> None:
         for opt in ("ray_address", "ray_workers", "ray_gpus", "ray_cpus", "ray_max_restarts"):
             if getattr(a, opt, None) is not None:
                 raise UserError(f"--{opt.replace('_', '-')} needs --ray")
-    spec, device = (parse_shard(a.shard) if a.shard is not None else None, a.device) if use_ray else resolve_shard(a.shard, a.device)
+    spec, device = (
+        (parse_shard(a.shard) if a.shard is not None else None, a.device)
+        if use_ray
+        else resolve_shard(a.shard, a.device)
+    )
     a.shard_spec = None
     if use_ray:
         if shard_from_env() is not None:
-            raise UserError("--ray under torchrun (RANK/WORLD_SIZE set): every rank would run the whole Ray eval; start one driver without torchrun")
+            raise UserError(
+                "--ray under torchrun (RANK/WORLD_SIZE set): every rank would run the whole Ray eval; start one driver"
+                " without torchrun"
+            )
         if spec is not None:
             raise UserError("--ray and --shard do not combine: Ray spreads the images over its workers itself")
         if a.ray_workers is None:
@@ -124,7 +146,10 @@ def apply_scale_out(a) -> None:
     if spec is None:
         return
     if not a.out:
-        raise UserError(f"shard {spec} needs --out: each shard writes its part (OUT.shard-I-of-N.jsonl); join them with diffcls-fast merge")
+        raise UserError(
+            f"shard {spec} needs --out: each shard writes its part (OUT.shard-I-of-N.jsonl); join them with"
+            " diffcls-fast merge"
+        )
     out = Path(a.out)
     if not out.name.endswith(f".shard-{spec.index}-of-{spec.count}{out.suffix}"):
         a.out = str(spec.part_path(out))

@@ -52,7 +52,9 @@ def run_swap_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict
     if str(a.model).startswith("preset:"):
         raise UserError(f"{a.model} has random weights (timing only); eval refuses to report scores on it")
     if getattr(a, "data", None) or getattr(a, "prompts", None):
-        raise UserError("eval --task swap uses the model's bundled swap set; --data and --prompts are for --task classify")
+        raise UserError(
+            "eval --task swap uses the model's bundled swap set; --data and --prompts are for --task classify"
+        )
     all_groups = load_swap_set(str(a.model))
     if a.limit is not None and a.limit < 1:
         raise UserError("--limit must be >= 1")
@@ -65,7 +67,14 @@ def run_swap_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict
             out.close()
 
 
-def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFile | None, groups: list[dict], all_groups: list[dict]) -> dict:
+def _run_swap(
+    a: Any,
+    make_classifier: Callable,
+    progress: Callable,
+    out: OutFile | None,
+    groups: list[dict],
+    all_groups: list[dict],
+) -> dict:
     from .engine.winoground import WinogroundScores, summarize, winoground_from_errors
 
     clf = make_classifier(a)
@@ -76,18 +85,33 @@ def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
     config = digest(settings)
     done = out.done(config, settings) if out else {}
     todo = [g for g in groups if g["id"] not in done]
-    scores = [WinogroundScores(bool(done[g["id"]]["text"]), bool(done[g["id"]]["image"]), bool(done[g["id"]]["group"])) for g in groups if g["id"] in done]
+    scores = [
+        WinogroundScores(bool(done[g["id"]]["text"]), bool(done[g["id"]]["image"]), bool(done[g["id"]]["group"]))
+        for g in groups
+        if g["id"] in done
+    ]
     evals = [int(done[g["id"]]["evaluations"]) for g in groups if g["id"] in done]
     t0 = time.perf_counter()
     bar = progress(2 * len(todo), "eval swap")
     try:
-        for k, res in clf.match_groups([(g["images"], g["captions"]) for g in todo], n_grid=a.n_grid, shared_noise=shared, progress=bar):
+        for k, res in clf.match_groups(
+            [(g["images"], g["captions"]) for g in todo], n_grid=a.n_grid, shared_noise=shared, progress=bar
+        ):
             w = winoground_from_errors(res.errors)
             scores.append(w)
             evals.append(res.evaluations)
             if out is not None:
-                row = {"id": todo[k]["id"], "config": config, "captions": res.captions, "errors": res.to_dict()["errors"], **w.to_dict(), **({"failures": res.failures} if res.failed else {})}
-                out.append({**row, "evaluations": res.evaluations, "seconds": round(res.seconds, 4), "settings": settings})
+                row = {
+                    "id": todo[k]["id"],
+                    "config": config,
+                    "captions": res.captions,
+                    "errors": res.to_dict()["errors"],
+                    **w.to_dict(),
+                    **({"failures": res.failures} if res.failed else {}),
+                }
+                out.append(
+                    {**row, "evaluations": res.evaluations, "seconds": round(res.seconds, 4), "settings": settings}
+                )
     finally:
         bar.close()
     st = clf.last_stats
@@ -111,8 +135,9 @@ def _run_swap(a: Any, make_classifier: Callable, progress: Callable, out: OutFil
 
 def format_summary(s: dict) -> str:
     return (
-        f"swap ({s['groups']} groups, n_grid {s['n_grid']}{', shared noise' if s['shared_noise'] else ''}): "
-        f"text {s['text_score']:.4f} ({s['text_correct']}), image {s['image_score']:.4f} ({s['image_correct']}), "
-        f"group {s['group_score']:.4f} ({s['group_correct']}); {s['evals_per_group']:.1f} evals/group, {s['seconds']:.1f} s, "
-        f"batch fill {s['batch_fill']:.3f}, {s['evals_per_second']:.0f} evals/s [{s['backend']}, kernels {s['kernels']}]"
+        f"swap ({s['groups']} groups, n_grid {s['n_grid']}{', shared noise' if s['shared_noise'] else ''}): text"
+        f" {s['text_score']:.4f} ({s['text_correct']}), image {s['image_score']:.4f} ({s['image_correct']}), group"
+        f" {s['group_score']:.4f} ({s['group_correct']}); {s['evals_per_group']:.1f} evals/group, {s['seconds']:.1f} s,"
+        f" batch fill {s['batch_fill']:.3f}, {s['evals_per_second']:.0f} evals/s [{s['backend']}, kernels"
+        f" {s['kernels']}]"
     )

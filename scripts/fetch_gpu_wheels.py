@@ -36,15 +36,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / ".whl"
 BUDGET = 64 << 20
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
-TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:"] + [a for p in PLATFORMS for a in ("--platform", p)]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
+TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:"] + [
+    a for p in PLATFORMS for a in ("--platform", p)
+]
 
 WHEELS = [
     ("diffusers", "0.42.1", "not on the device image; the version CI runs here"),
     (
         "xformers",
         "0.0.35",
-        "not on the device image; needs torch>=2.10, but its _C.so is built for torch 2.10.0+cu128 and the image has 2.11.0+cu130, so its kernels may not load (bench.gpu records what happens)",
+        (
+            "not on the device image; needs torch>=2.10, but its _C.so is built for torch 2.10.0+cu128 and the image"
+            " has 2.11.0+cu130, so its kernels may not load (bench.gpu records what happens)"
+        ),
     ),
 ]
 # Python packages on the device image (KINDS.md, read 2026-11-17), normalised names.
@@ -55,8 +66,13 @@ DEVICE_HAS = set(
     pytest""".split()
 )
 # Requirements a carried wheel declares that the device does not need, with the reason.
-NOT_NEEDED = {"importlib-metadata": "diffusers imports importlib.metadata on Python >= 3.8 (diffusers/utils/import_utils.py)"}
-TENSORRT_WHY = "PyPI's tensorrt is a stub that downloads the real wheels from pypi.nvidia.com at install time; the device reaches no index"
+NOT_NEEDED = {
+    "importlib-metadata": "diffusers imports importlib.metadata on Python >= 3.8 (diffusers/utils/import_utils.py)"
+}
+TENSORRT_WHY = (
+    "PyPI's tensorrt is a stub that downloads the real wheels from pypi.nvidia.com at install time; the device reaches"
+    " no index"
+)
 
 
 def _norm(name: str) -> str:
@@ -86,7 +102,9 @@ def requirements(whl: Path) -> list[str]:
     for line in lines:
         if line.startswith("Requires-Dist:"):
             req = Requirement(line.split(":", 1)[1].strip())
-            if req.marker is None or req.marker.evaluate({"python_version": "3.12", "python_full_version": "3.12.3", "extra": ""}):
+            if req.marker is None or req.marker.evaluate(
+                {"python_version": "3.12", "python_full_version": "3.12.3", "extra": ""}
+            ):
                 names.append(_norm(req.name))
     return names
 
@@ -96,7 +114,22 @@ def wheel_url(name: str, version: str | None) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         spec = f"{name}=={version}" if version else name
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps", "-q", "--target", str(Path(tmp) / "t"), "--report", str(report), *TARGET, spec]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(Path(tmp) / "t"),
+            "--report",
+            str(report),
+            *TARGET,
+            spec,
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if p.returncode != 0 or not report.exists():
             return None
@@ -114,9 +147,13 @@ def remote_size(url: str) -> int | None:
 def download(name: str, version: str) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DEST), *TARGET, f"{name}=={version}"]
     subprocess.run(cmd, check=True, timeout=600)
-    found = [p for p in DEST.glob("*.whl") if _norm(p.name.split("-")[0]) == _norm(name) and p.name.split("-")[1] == version]
+    found = [
+        p for p in DEST.glob("*.whl") if _norm(p.name.split("-")[0]) == _norm(name) and p.name.split("-")[1] == version
+    ]
     if len(found) != 1:
-        raise SystemExit(f"fetch_gpu_wheels: expected one {name}-{version} wheel in {DEST}, found {[p.name for p in found]}")
+        raise SystemExit(
+            f"fetch_gpu_wheels: expected one {name}-{version} wheel in {DEST}, found {[p.name for p in found]}"
+        )
     return found[0]
 
 
@@ -127,14 +164,21 @@ def not_carried() -> dict[str, str]:
     if size:
         why["onnxruntime-gpu"] = f"{Path(url).name} is {size / 2**20:.0f} MiB, over the 64 MiB that travel in all"
     else:
-        why["onnxruntime-gpu"] = "no wheel size found for onnxruntime-gpu (recent releases are over 200 MiB, beyond the 64 MiB that travel)"
+        why["onnxruntime-gpu"] = (
+            "no wheel size found for onnxruntime-gpu (recent releases are over 200 MiB, beyond the 64 MiB that travel)"
+        )
     return why
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="do not download; check .whl/ against the budget")
-    ap.add_argument("--margin-mib", type=float, default=2.0, help="room left for results and edits made before the device call (default 2)")
+    ap.add_argument(
+        "--margin-mib",
+        type=float,
+        default=2.0,
+        help="room left for results and edits made before the device call (default 2)",
+    )
     a = ap.parse_args(argv)
     DEST.mkdir(exist_ok=True)
     wanted = {_norm(n): v for n, v, _ in WHEELS}
@@ -154,15 +198,24 @@ def main(argv: list[str] | None = None) -> int:
             if r in NOT_NEEDED:
                 print(f"{name} requires {r}: not carried, {NOT_NEEDED[r]}")
             else:
-                raise SystemExit(f"fetch_gpu_wheels: {name} requires {r}, which the device image lacks; add it to WHEELS")
+                raise SystemExit(
+                    f"fetch_gpu_wheels: {name} requires {r}, which the device image lacks; add it to WHEELS"
+                )
     repo = travelling_bytes()
     wheels = sum(f["bytes"] for f in files)
     margin = int(a.margin_mib * 2**20)
     for f in files:
         print(f"{f['file']:70s} {f['bytes'] / 2**20:7.2f} MiB  ({f['why']})")
-    print(f"wheels {wheels / 2**20:.2f} MiB + working tree {repo / 2**20:.2f} MiB + margin {margin / 2**20:.1f} MiB = {(wheels + repo + margin) / 2**20:.2f} MiB of {BUDGET >> 20} MiB")
+    print(
+        f"wheels {wheels / 2**20:.2f} MiB + working tree {repo / 2**20:.2f} MiB + margin {margin / 2**20:.1f} MiB ="
+        f" {(wheels + repo + margin) / 2**20:.2f} MiB of {BUDGET >> 20} MiB"
+    )
     if wheels + repo + margin > BUDGET:
-        print(f"fetch_gpu_wheels: error: over the {BUDGET >> 20} MiB the device tool carries; drop a wheel or shrink the tree", file=sys.stderr)
+        print(
+            f"fetch_gpu_wheels: error: over the {BUDGET >> 20} MiB the device tool carries; drop a wheel or shrink the"
+            " tree",
+            file=sys.stderr,
+        )
         return 2
     manifest = {
         "date": datetime.date.today().isoformat(),

@@ -50,7 +50,9 @@ def run(model, policy: str, split: str, limit: int, opts: dict) -> tuple[list, n
     images, labels, class_names, _ = load_eval_split(model.name, split)
     images, labels = images[:limit], np.asarray(labels[:limit])
     clf = DiffusionClassifier(model, policy, use_cache=False, **opts)
-    key = hashlib.sha256(f"{model.fingerprint}|{clf.policy_cfg.describe()}|{split}|{limit}|{clf.seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        f"{model.fingerprint}|{clf.policy_cfg.describe()}|{split}|{limit}|{clf.seed}".encode()
+    ).hexdigest()[:12]
     cached = CACHE / f"calibration_{model.name}_{policy}_{split}_{limit}_{key}.pkl"
     t0 = time.perf_counter()
     if cached.is_file():
@@ -59,10 +61,17 @@ def run(model, policy: str, split: str, limit: int, opts: dict) -> tuple[list, n
         res = clf.classify(images, class_names)
         CACHE.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(pickle.dumps(res))
-    info = {"policy": clf.policy_cfg.describe(), "images": len(res), "seconds": round(time.perf_counter() - t0, 1), "accuracy": float(np.mean([r.label == y for r, y in zip(res, labels)]))}
+    info = {
+        "policy": clf.policy_cfg.describe(),
+        "images": len(res),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "accuracy": float(np.mean([r.label == y for r, y in zip(res, labels)])),
+    }
     info["evals_per_image"] = float(np.mean([r.evaluations for r in res]))
     hits = np.array([r.label == y for r, y in zip(res, labels)])
-    info["accuracy_of_first"] = {str(k): float(hits[:k].mean()) for k in (100, 200) if k < len(hits)}  # beside runs on fewer images
+    info["accuracy_of_first"] = {
+        str(k): float(hits[:k].mean()) for k in (100, 200) if k < len(hits)
+    }  # beside runs on fewer images
     return res, labels, info
 
 
@@ -71,7 +80,12 @@ def metrics(res: list, labels: np.ndarray, temperature: float, floor: float) -> 
     conf = np.array([p.max() for p in probs])
     correct = np.array([r.label == y for r, y in zip(res, labels)], dtype=float)
     p_true = np.array([p[y] for p, y in zip(probs, labels)])
-    return {"ece": round(ece(conf, correct), 5), "nll": round(nll(p_true), 5), "mean_confidence": round(float(conf.mean()), 5), "accuracy": float(correct.mean())}
+    return {
+        "ece": round(ece(conf, correct), 5),
+        "nll": round(nll(p_true), 5),
+        "mean_confidence": round(float(conf.mean()), 5),
+        "accuracy": float(correct.mean()),
+    }
 
 
 def main() -> None:
@@ -82,7 +96,12 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=400, help="held-out images the report uses")
     ap.add_argument("--exhaustive-grid", type=int, default=10)
     ap.add_argument("--no-write", action="store_true", help="report only; leave diffcls.json as it is")
-    ap.add_argument("--backend", default="torch", choices=["torch", "aoti"], help="denoiser runtime (aoti: compiled, CPU fp32, about 1.5x eager here; same results within 1e-4)")
+    ap.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "aoti"],
+        help="denoiser runtime (aoti: compiled, CPU fp32, about 1.5x eager here; same results within 1e-4)",
+    )
     a = ap.parse_args()
 
     model = load_model(a.model)
@@ -98,8 +117,16 @@ def main() -> None:
         opts = {"n_grid": a.exhaustive_grid} if policy == "exhaustive" else {}
         tr, ytr, tr_info = run(model, policy, "train", a.train, opts)
         t, alpha = fit_calibration([r.mean_errors for r in tr], [finalists(r.n_scores, r.label) for r in tr], ytr)
-        cal[policy] = {"temperature": t, "floor": alpha, "loss": "l2"}  # the classifier's default loss, which run() uses
-        cal[policy] |= {"fitted_on": f"{a.model} train split, first {len(tr)} images", "fitted_with": tr_info["policy"], "command": "python " + " ".join(sys.argv)}
+        cal[policy] = {
+            "temperature": t,
+            "floor": alpha,
+            "loss": "l2",
+        }  # the classifier's default loss, which run() uses
+        cal[policy] |= {
+            "fitted_on": f"{a.model} train split, first {len(tr)} images",
+            "fitted_with": tr_info["policy"],
+            "command": "python " + " ".join(sys.argv),
+        }
         ho, yho, ho_info = run(model, policy, "heldout", a.heldout, opts)
         row = {
             "policy": policy,
@@ -113,7 +140,11 @@ def main() -> None:
         }
         report.append(row)
         b, f = row["heldout_before"], row["heldout_after"]
-        print(f"{policy:10s} T={t:.3g} floor={alpha:.3g}  held-out ECE {b['ece']:.4f} -> {f['ece']:.4f}, NLL {b['nll']:.4f} -> {f['nll']:.4f}", end="")
+        print(
+            f"{policy:10s} T={t:.3g} floor={alpha:.3g}  held-out ECE {b['ece']:.4f} -> {f['ece']:.4f}, NLL"
+            f" {b['nll']:.4f} -> {f['nll']:.4f}",
+            end="",
+        )
         print(f"  (acc {f['accuracy']:.4f}, {ho_info['evals_per_image']:.0f} evals)", flush=True)
     if not a.no_write:
         meta["calibration"] = cal

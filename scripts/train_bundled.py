@@ -57,7 +57,11 @@ class DigitsTask:
         return random_shift(self.x[bi], rng, shift_prob), self.labels[bi]
 
     def meta(self) -> dict:
-        return {"resolution": self.resolution, "prompts": digits.default_prompts(), "prompt_template": digits.TEMPLATES[0].replace("{name}", "{}")}
+        return {
+            "resolution": self.resolution,
+            "prompts": digits.default_prompts(),
+            "prompt_template": digits.TEMPLATES[0].replace("{name}", "{}"),
+        }
 
 
 class NumbersTask(DigitsTask):
@@ -81,7 +85,11 @@ class NumbersTask(DigitsTask):
         return torch.cat([left, right], dim=-1), 10 * self.labels[bi[:, 0]] + self.labels[bi[:, 1]]
 
     def meta(self) -> dict:
-        return {"resolution": list(self.resolution), "prompts": numbers.default_prompts(), "prompt_template": "the digits {}"}
+        return {
+            "resolution": list(self.resolution),
+            "prompts": numbers.default_prompts(),
+            "prompt_template": "the digits {}",
+        }
 
 
 TASKS = {"digits": DigitsTask, "numbers": NumbersTask}
@@ -100,7 +108,9 @@ def build_tokenizer(task):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="[BOS]",
@@ -249,7 +259,10 @@ def main() -> None:
             "class_names": task.class_names,
             **task.meta(),
             "training": {
-                "command": f"python scripts/train_bundled.py --model {args.model} --out {args.out} --steps {args.steps}" + (f" --device {args.device}" if args.device != "cpu" else ""),
+                "command": (
+                    f"python scripts/train_bundled.py --model {args.model} --out {args.out} --steps {args.steps}"
+                    + (f" --device {args.device}" if args.device != "cpu" else "")
+                ),
                 "steps": steps,
                 "batch_size": args.batch_size,
                 "lr": args.lr,
@@ -297,7 +310,14 @@ def main() -> None:
             curve.append([step, round(running, 5), round(el, 1)])
         if args.save_every and step and step % args.save_every == 0:
             swap_in_ema()
-            save(Path(f"{args.out}-step{step}"), unet, text_encoder, tokenizer, scheduler, meta(step, time.perf_counter() - t0))
+            save(
+                Path(f"{args.out}-step{step}"),
+                unet,
+                text_encoder,
+                tokenizer,
+                scheduler,
+                meta(step, time.perf_counter() - t0),
+            )
             swap_in_ema()
 
     wall = time.perf_counter() - t0

@@ -9,4 +9,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tests never write to the user's cache.
-os.environ.setdefault("DIFFCLS_CACHE_DIR", os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), "diffcls-fast-test-cache"))
+os.environ.setdefault(
+    "DIFFCLS_CACHE_DIR", os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), "diffcls-fast-test-cache")
+)

@@ -15,7 +15,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("digit-*.png"))
 
 def run_cli(*args, cwd=None):
     """Run the real console entry point in a subprocess (checks exit code, stderr, no traceback)."""
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def assert_one_line_error(proc, fragment):
@@ -62,7 +64,9 @@ def test_empty_class_list():
 
 
 def test_duplicate_class_names():
-    assert_one_line_error(run_cli("classify", str(EXAMPLES[0]), "--classes", "one,two,one"), "duplicate class name 'one'")
+    assert_one_line_error(
+        run_cli("classify", str(EXAMPLES[0]), "--classes", "one,two,one"), "duplicate class name 'one'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,7 +98,10 @@ def test_unknown_model_folder():
 
 
 def test_bad_policy_settings():
-    assert_one_line_error(run_cli("classify", str(EXAMPLES[0]), "--policy", "adaptive", "--n-samples", "50", "500", "--to-keep", "5"), "same, non-zero number")
+    assert_one_line_error(
+        run_cli("classify", str(EXAMPLES[0]), "--policy", "adaptive", "--n-samples", "50", "500", "--to-keep", "5"),
+        "same, non-zero number",
+    )
 
 
 @pytest.mark.slow

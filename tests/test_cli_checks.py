@@ -40,7 +40,14 @@ def run_cli(capsys):
 
 def run_subprocess(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env=env,
+    )
 
 
 def one_line(proc, fragment, rc=2):
@@ -181,12 +188,19 @@ def test_export_folders_are_checked_before_loading(run_cli, tmp_path):
     one_line(run_cli("export", *NO_MODEL, "--out", str(a_file)), "exists and is not a folder")
     one_line(run_cli("export", *NO_MODEL, "--out", str(a_file / "sub")), "cannot create the export folder")
     pytest.importorskip("onnxruntime")
-    one_line(run_cli("classify", IMG, *NO_MODEL, "--backend", "onnx", "--cache-dir", str(a_file)), "cannot create the export folder")
+    one_line(
+        run_cli("classify", IMG, *NO_MODEL, "--backend", "onnx", "--cache-dir", str(a_file)),
+        "cannot create the export folder",
+    )
 
 
 @pytest.mark.parametrize(
     "args, fragment",
-    [(["--t-band", "0.6", "0.1"], "0 <= lo < hi <= 1"), (["--rounds", "3", "2", "5"], "positive and increasing"), (["--keep", "10", "3"], "same, non-zero number")],
+    [
+        (["--t-band", "0.6", "0.1"], "0 <= lo < hi <= 1"),
+        (["--rounds", "3", "2", "5"], "positive and increasing"),
+        (["--keep", "10", "3"], "same, non-zero number"),
+    ],
 )
 def test_halving_options_are_checked_before_loading(run_cli, args, fragment):
     one_line(run_cli("classify", IMG, *NO_MODEL, "--policy", "halving", *args), fragment)
@@ -213,7 +227,10 @@ def test_short_noise_file_is_refused_before_the_model_loads(run_cli, tmp_path):
     p = tmp_path / "n.safetensors"
     save_file({"noise": torch.randn(16, 1, 8, 8)}, str(p))
     one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p)), "may use up to 2000 samples")
-    one_line(run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p), "--policy", "exhaustive", "--n-grid", "50"), "lower --n-grid to at most 16")
+    one_line(
+        run_cli("classify", IMG, *NO_MODEL, "--noise-path", str(p), "--policy", "exhaustive", "--n-grid", "50"),
+        "lower --n-grid to at most 16",
+    )
 
 
 def test_export_refuses_options_its_format_ignores(run_cli):
@@ -240,7 +257,10 @@ def test_image_mode_and_range_are_checked_before_loading(run_cli, tmp_path):
     Image.fromarray(np.full((8, 8), 997.0, dtype=np.float32), "F").save(hot)
     neg = tmp_path / "neg.tif"
     Image.fromarray(np.full((8, 8), -5, dtype=np.int32), "I").save(neg)
-    one_line(run_cli("classify", IMG, str(hot), *NO_MODEL), "hot.tif: a float (mode F) image must hold values in [0, 1] or [0, 255]")
+    one_line(
+        run_cli("classify", IMG, str(hot), *NO_MODEL),
+        "hot.tif: a float (mode F) image must hold values in [0, 1] or [0, 255]",
+    )
     one_line(run_cli("classify", str(neg), *NO_MODEL), "neg.tif: a mode I image must hold values")
     one_line(run_cli("match", IMG, str(hot), *NO_MODEL, "--captions", "zero", "one"), "hot.tif: a float (mode F)")
 
@@ -248,9 +268,18 @@ def test_image_mode_and_range_are_checked_before_loading(run_cli, tmp_path):
 def test_options_the_policy_does_not_read_are_named(run_cli):
     r = run_cli("classify", IMG, *NO_MODEL, "--n-grid", "10", "--rounds", "1", "2", "--min-scores", "5")
     warning, error = r.stderr.strip().splitlines()
-    assert warning == "diffcls-fast: warning: --policy ttest does not read --n-grid (exhaustive), --rounds (halving); they change nothing"
+    assert (
+        warning
+        == "diffcls-fast: warning: --policy ttest does not read --n-grid (exhaustive), --rounds (halving); they change"
+        " nothing"
+    )
     assert "/no/such/model" in error  # a warning, not a refusal: the run went on to load the model
-    assert "warning" not in run_cli("classify", IMG, *NO_MODEL, "--policy", "halving", "--rounds", "1", "2", "--keep", "3", "1").stderr
+    assert (
+        "warning"
+        not in run_cli(
+            "classify", IMG, *NO_MODEL, "--policy", "halving", "--rounds", "1", "2", "--keep", "3", "1"
+        ).stderr
+    )
 
 
 def test_swap_eval_checks_its_own_policy(run_cli, tmp_path):
@@ -262,11 +291,19 @@ def test_swap_eval_checks_its_own_policy(run_cli, tmp_path):
     save_file({"noise": torch.randn(50, 1, 8, 16)}, str(p))
     r = run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "50", "--noise-path", str(p))
     assert "may use up to" not in r.stderr and "/no/such/model" in r.stderr, r.stderr
-    one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "51", "--noise-path", str(p)), "lower --n-grid to at most 50")
-    one_line(run_cli("eval", "--task", "swap", *NO_MODEL, "--policy", "ttest"), "set the grid with --n-grid, not --policy")
+    one_line(
+        run_cli("eval", "--task", "swap", *NO_MODEL, "--n-grid", "51", "--noise-path", str(p)),
+        "lower --n-grid to at most 50",
+    )
+    one_line(
+        run_cli("eval", "--task", "swap", *NO_MODEL, "--policy", "ttest"), "set the grid with --n-grid, not --policy"
+    )
 
 
 def test_an_ensemble_larger_than_the_batch_is_refused_before_loading(run_cli, tmp_path):
     csv = tmp_path / "p.csv"
     csv.write_text("classidx,prompt,classname\n0,a zero,zero\n0,the digit 0,zero\n0,zero,zero\n1,a seven,seven\n")
-    one_line(run_cli("classify", IMG, *NO_MODEL, "--prompts", str(csv), "--batch-size", "2"), "class 'zero' has 3 prompts, more than the largest denoiser batch (2 rows)")
+    one_line(
+        run_cli("classify", IMG, *NO_MODEL, "--prompts", str(csv), "--batch-size", "2"),
+        "class 'zero' has 3 prompts, more than the largest denoiser batch (2 rows)",
+    )

@@ -14,7 +14,10 @@ from diffcls_fast.cli import main
 from .test_cli import EXAMPLES, ROOT, assert_one_line_error, run_cli
 
 
-@pytest.mark.parametrize("args, fragment", [(["--batch-size", "0"], "--batch-size: must be >= 1"), (["--max-inflight", "-1"], "--max-inflight: must be >= 1")])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["--batch-size", "0"], "--batch-size: must be >= 1"), (["--max-inflight", "-1"], "--max-inflight: must be >= 1")],
+)
 def test_bad_scheduler_arguments(args, fragment):
     assert_one_line_error(run_cli("classify", str(EXAMPLES[0]), *args), fragment)
 
@@ -24,7 +27,9 @@ def test_noise_file_with_a_nan_row(tmp_path):
     noise[3] = float("nan")
     path = tmp_path / "noise.safetensors"
     save_file({"noise": noise}, path)
-    assert_one_line_error(run_cli("classify", str(EXAMPLES[0]), "--noise-path", str(path), "--no-cache"), "row(s) 3 of 40")
+    assert_one_line_error(
+        run_cli("classify", str(EXAMPLES[0]), "--noise-path", str(path), "--no-cache"), "row(s) 3 of 40"
+    )
 
 
 def test_identical_classes_one_line():
@@ -36,7 +41,9 @@ def test_unknown_word_warning_is_one_line_and_output_shows_needed_and_spent(caps
     assert main(["classify", str(EXAMPLES[0]), "--classes", "zero,one,cat", "--no-cache"]) == 0
     cap = capsys.readouterr()
     warn = [line for line in cap.err.splitlines() if "warning" in line]
-    assert warn == ["diffcls-fast: warning: the digits tokenizer does not know 'cat' (class 'cat') and encodes it as [UNK]"]
+    assert warn == [
+        "diffcls-fast: warning: the digits tokenizer does not know 'cat' (class 'cat') and encodes it as [UNK]"
+    ]
     (line,) = cap.out.splitlines()
     assert line.startswith(f"{EXAMPLES[0]}: zero  [top-5: ")
     needed, spent = line.split("]  ")[1].split(" evals (")
@@ -70,11 +77,27 @@ def test_classify_with_a_nan_weight_reports_each_image_and_exits_1(nan_model_dir
 def test_eval_with_a_nan_weight_writes_failed_rows(nan_model_dir, tmp_path, capsys):
     data = tmp_path / "data"
     for p in EXAMPLES[:2]:
-        name = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(Path(p).stem.split("-")[1])]
+        name = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][
+            int(Path(p).stem.split("-")[1])
+        ]
         (data / name).mkdir(parents=True)
         shutil.copy(p, data / name / p.name)
     out = tmp_path / "eval.jsonl"
-    rc = main(["eval", "--model", str(nan_model_dir), "--data", str(data), "--out", str(out), "--json", "--no-cache", "--min-scores", "3"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(nan_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--json",
+            "--no-cache",
+            "--min-scores",
+            "3",
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 1
     summary = json.loads(cap.out.splitlines()[-1])

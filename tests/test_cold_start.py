@@ -40,12 +40,11 @@ def test_classify_with_a_server_imports_no_torch():
 
 def test_the_public_api_still_imports_from_the_package():
     p = run(
-        "import diffcls_fast\n"
-        "from diffcls_fast import ClassSpec, ClassificationResult, DiffclsWarning, DiffusionClassifier, ModelBundle, UserError, load_model, __version__\n"
-        "from diffcls_fast.engine import Engine, RunStats, parse_class_list, read_prompts_csv\n"
-        "assert set(diffcls_fast.__all__) <= set(dir(diffcls_fast))\n"
-        "assert DiffusionClassifier.__module__ == 'diffcls_fast.engine.classifier'\n"
-        "try:\n    diffcls_fast.nope\nexcept AttributeError as e:\n    print('AttributeError', e)\n"
+        "import diffcls_fast\nfrom diffcls_fast import ClassSpec, ClassificationResult, DiffclsWarning,"
+        " DiffusionClassifier, ModelBundle, UserError, load_model, __version__\nfrom diffcls_fast.engine import Engine,"
+        " RunStats, parse_class_list, read_prompts_csv\nassert set(diffcls_fast.__all__) <="
+        " set(dir(diffcls_fast))\nassert DiffusionClassifier.__module__ == 'diffcls_fast.engine.classifier'\ntry:\n   "
+        " diffcls_fast.nope\nexcept AttributeError as e:\n    print('AttributeError', e)\n"
     )
     assert p.returncode == 0, p.stderr
     assert "AttributeError module 'diffcls_fast' has no attribute 'nope'" in p.stdout

@@ -28,7 +28,9 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    for h in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M), re.M):
+    for h in re.findall(
+        r"^#{1,6}\s+(.+?)\s*#*$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M), re.M
+    ):
         s = slug(h)
         out.add(s if s not in seen else f"{s}-{seen[s]}")
         seen[s] = seen.get(s, 0) + 1

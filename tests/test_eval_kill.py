@@ -14,8 +14,32 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 # max-inflight 1: rows appear one at a time, so the kills land between rows 1, 2, 3
-ARGS = ["eval", "--limit", "5", "--policy", "exhaustive", "--n-grid", "5", "--max-inflight", "1", "--batch-size", "64", "--no-cache"]
-SAME = ("id", "config", "true_label", "correct", "label", "label_index", "top", "mean_errors", "n_scores", "evaluations")
+ARGS = [
+    "eval",
+    "--limit",
+    "5",
+    "--policy",
+    "exhaustive",
+    "--n-grid",
+    "5",
+    "--max-inflight",
+    "1",
+    "--batch-size",
+    "64",
+    "--no-cache",
+]
+SAME = (
+    "id",
+    "config",
+    "true_label",
+    "correct",
+    "label",
+    "label_index",
+    "top",
+    "mean_errors",
+    "n_scores",
+    "evaluations",
+)
 
 
 def _cmd(out):
@@ -52,7 +76,9 @@ def _run_until(out, n_rows, timeout=300):
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref.jsonl"
-    reference = subprocess.Popen(_cmd(ref), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # alongside
+    reference = subprocess.Popen(
+        _cmd(ref), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )  # alongside
     try:
         out = tmp_path / "killed.jsonl"
         for n in (1, 2, 3):  # each run resumes the last one's rows and is killed after one more

@@ -17,7 +17,14 @@ from diffcls_fast.evaluate import OutFile, config_key, eval_settings
 
 
 def _row(i, config="k1", **extra):
-    return {"id": f"digits/heldout/{i}", "config": config, "true_label": 1, "correct": 1, "evaluations_spent": 50, **extra}
+    return {
+        "id": f"digits/heldout/{i}",
+        "config": config,
+        "true_label": 1,
+        "correct": 1,
+        "evaluations_spent": 50,
+        **extra,
+    }
 
 
 def _write_rows(path, rows, tail=b""):
@@ -101,7 +108,11 @@ def test_rows_with_other_settings_are_refused_with_the_difference(tmp_path):
     out = OutFile(p)
     try:
         msg = _err(lambda: out.done(config_key(new), new))
-        assert f"{p}:1: written with different settings" in msg and "dtype 'float32' -> 'bfloat16'" in msg and "temperature 0.01 -> 0.5" in msg, msg
+        assert (
+            f"{p}:1: written with different settings" in msg
+            and "dtype 'float32' -> 'bfloat16'" in msg
+            and "temperature 0.01 -> 0.5" in msg
+        ), msg
         assert list(out.done(config_key(old), old)) == ["digits/heldout/0"]
     finally:
         out.close()
@@ -119,7 +130,10 @@ def test_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
 
 def test_second_writer_names_the_holders_pid(tmp_path):
     p = tmp_path / "out.jsonl"
-    code = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); fcntl.flock(fd,"
+        " fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -185,7 +199,9 @@ def test_settings_key_covers_every_number_in_a_row(tmp_path):
 
 def _eval_cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", "eval", *args], capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", "eval", *args], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_eval_data_folder_damaged_file_fails_its_row_and_the_run_finishes(tmp_path):

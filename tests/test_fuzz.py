@@ -128,7 +128,9 @@ def odd_image_files(d: Path) -> dict[str, Path]:
     base = Image.open(DIGIT).convert("L")
     out = {}
     for mode in ("1", "P", "LA", "RGBA", "I", "F", "I;16", "RGB", "CMYK"):
-        im = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base, np.uint16) * 257)  # uint16 -> I;16
+        im = (
+            base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base, np.uint16) * 257)
+        )  # uint16 -> I;16
         ext = "tiff" if mode in ("I", "F", "CMYK") else "png"
         p = d / f"mode-{mode.replace(';', '_')}.{ext}"
         im.save(p)
@@ -245,7 +247,15 @@ def test_cli_bad_option_values_are_one_line_errors(cli, opts):
 
 @pytest.mark.parametrize(
     "args",
-    [["--out", "/"], ["--out", "/no/such/dir/x.jsonl"], ["--limit", "0"], ["--limit", "-3"], ["--split", "test"], ["--data", "/no/such/data"], ["--model", "preset:sd15"]],
+    [
+        ["--out", "/"],
+        ["--out", "/no/such/dir/x.jsonl"],
+        ["--limit", "0"],
+        ["--limit", "-3"],
+        ["--split", "test"],
+        ["--data", "/no/such/data"],
+        ["--model", "preset:sd15"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_cli_bad_eval_arguments_are_one_line_errors(cli, args):
@@ -254,7 +264,12 @@ def test_cli_bad_eval_arguments_are_one_line_errors(cli, args):
 
 
 def test_cli_malformed_out_files_are_one_line_errors(cli, tmp_path):
-    for name, data in {"list": b"[1, 2]\n", "no id": b'{"config": "x"}\n', "non-utf8": b"\xff\xfe\n", "garbage": b"{{{\n"}.items():
+    for name, data in {
+        "list": b"[1, 2]\n",
+        "no id": b'{"config": "x"}\n',
+        "non-utf8": b"\xff\xfe\n",
+        "garbage": b"{{{\n",
+    }.items():
         out = tmp_path / f"{name}.jsonl"
         out.write_bytes(data)
         proc = cli("eval", "--limit", "1", "--out", out, *FAST)
@@ -307,7 +322,10 @@ def test_api_bad_images_raise_clean_errors(clf):
     for name, images in bad.items():
         assert api_case(clf, images) == "error", name
     # NaN/inf pixels fail that image (result.error), never the call: the other images are answered.
-    for name, x in {"nan tensor": torch.full((1, 8, 8), float("nan")), "inf array": np.full((1, 8, 8), np.inf, dtype=np.float32)}.items():
+    for name, x in {
+        "nan tensor": torch.full((1, 8, 8), float("nan")),
+        "inf array": np.full((1, 8, 8), np.inf, dtype=np.float32),
+    }.items():
         with time_limit(CASE_SECONDS):
             res = clf.classify([x, Image.open(DIGIT)])
         assert "NaN or infinite" in res[0].error and res[0].label == -1, name
@@ -334,7 +352,17 @@ def test_api_bad_classes_and_options_raise_clean_errors(clf):
     for classes in ([1, 2, 3], [], ["seven", "seven"], [None, "x"], 42):
         assert api_case(clf, [str(DIGIT)], classes) == "error", classes
     model = clf.model
-    for kwargs in ({"temperature": 0}, {"temperature": -1.0}, {"temperature": float("nan")}, {"seed": -1}, {"seed": 1.5}, {"batch_size": 0}, {"max_inflight": 0}, {"n_grid": 0}, {"policy": "magic"}):
+    for kwargs in (
+        {"temperature": 0},
+        {"temperature": -1.0},
+        {"temperature": float("nan")},
+        {"seed": -1},
+        {"seed": 1.5},
+        {"batch_size": 0},
+        {"max_inflight": 0},
+        {"n_grid": 0},
+        {"policy": "magic"},
+    ):
         opts = {"policy": "exhaustive", "n_grid": 2, "use_cache": False} | kwargs
         with pytest.raises(API_ERRORS):
             DiffusionClassifier(model, **opts)

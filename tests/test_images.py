@@ -132,7 +132,29 @@ def test_mode_1_is_black_and_white(digit):
     assert torch.equal(out, px(bw.convert("L")))
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "F"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "1",
+        "L",
+        "P",
+        "PA",
+        "LA",
+        "La",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I",
+        "I;16",
+        "I;16B",
+        "F",
+    ],
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_mode_gives_model_pixels(digit, mode, channels):
     if mode == "F":

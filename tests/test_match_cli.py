@@ -110,7 +110,10 @@ def test_swap_eval_scores_and_resumes(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_swap_eval_on_numbers_end_to_end(capsys):
-    assert main(["eval", "--model", "numbers", "--task", "swap", "--limit", "2", "--n-grid", "5", "--no-cache", "--json"]) == 0
+    assert (
+        main(["eval", "--model", "numbers", "--task", "swap", "--limit", "2", "--n-grid", "5", "--no-cache", "--json"])
+        == 0
+    )
     s = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert s["groups"] == 2 and s["model"] == "numbers" and s["evals_per_group"] == 2 * 2 * 5
     assert 0 <= s["group_correct"] <= min(s["text_correct"], s["image_correct"]) <= 2

@@ -40,7 +40,14 @@ def _write(path, rows):
 
 
 def _shards(tmp_path, n=3, total=7, skip=()):
-    return [_write(tmp_path / f"r.shard-{i}-of-{n}.jsonl", [_row(j, total, f"{i}/{n}", correct=int(j % 4 != 3)) for j in range(i, total, n)]) for i in range(n) if i not in skip]
+    return [
+        _write(
+            tmp_path / f"r.shard-{i}-of-{n}.jsonl",
+            [_row(j, total, f"{i}/{n}", correct=int(j % 4 != 3)) for j in range(i, total, n)],
+        )
+        for i in range(n)
+        if i not in skip
+    ]
 
 
 def _err(fn):
@@ -61,7 +68,9 @@ def test_merge_writes_split_order_and_the_eval_summary(tmp_path):
     conf = [0.9] * 7
     p_true = [0.9 if c else 0.05 for c in correct]
     assert s["images"] == 7 and s["accuracy"] == sum(correct) / 7 and s["failed"] == 0
-    assert s["evals_per_image"] == 64 and s["evals_spent_per_image"] == sum(64 + j for j in range(7)) / 7  # needed vs spent
+    assert (
+        s["evals_per_image"] == 64 and s["evals_spent_per_image"] == sum(64 + j for j in range(7)) / 7
+    )  # needed vs spent
     assert s["ece"] == round(ece(conf, correct), 5) and s["nll"] == round(nll(p_true), 5)
     assert s["split"] == "heldout" and s["model"] == "digits" and s["parts_shards"] == ["0/3", "1/3", "2/3"]
     assert s["seconds"] is None  # not in the rows
@@ -146,13 +155,17 @@ def test_mixed_settings_are_refused(tmp_path):
 def test_rows_without_a_place_and_bad_outputs(tmp_path):
     old = _row(0)
     del old["index"]
-    assert "no valid index/total" in _err(lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "old.jsonl", [old])]))
+    assert "no valid index/total" in _err(
+        lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "old.jsonl", [old])])
+    )
     parts = _shards(tmp_path)
     assert "also one of the parts" in _err(lambda: merge_parts(parts[0], parts))
     assert "is a folder" in _err(lambda: merge_parts(tmp_path, parts))
     assert "no such folder" in _err(lambda: merge_parts(tmp_path / "nope" / "m.jsonl", parts))
     assert "hold no rows" in _err(lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "empty.jsonl", [])]))
-    assert "not an eval row" in _err(lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "x.jsonl", [{"id": 1}])]))
+    assert "not an eval row" in _err(
+        lambda: merge_parts(tmp_path / "m.jsonl", [_write(tmp_path / "x.jsonl", [{"id": 1}])])
+    )
 
 
 def test_other_policies_options_do_not_split_a_run(tmp_path):
@@ -161,7 +174,10 @@ def test_other_policies_options_do_not_split_a_run(tmp_path):
     base = {**SETTINGS, "policy": ttest}
     parts = [
         _write(tmp_path / "a.jsonl", [_row(0, 2, settings=base)]),
-        _write(tmp_path / "b.jsonl", [_row(1, 2, config="k2", settings={**base, "policy": {**ttest, "n_grid": 10, "rounds": [1, 2]}})]),
+        _write(
+            tmp_path / "b.jsonl",
+            [_row(1, 2, config="k2", settings={**base, "policy": {**ttest, "n_grid": 10, "rounds": [1, 2]}})],
+        ),
     ]
     assert merge_parts(tmp_path / "m.jsonl", parts)["images"] == 2
     _write(parts[1], [_row(1, 2, config="k3", settings={**base, "policy": {**ttest, "min_scores": 10}})])

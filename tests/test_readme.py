@@ -65,7 +65,10 @@ def _code_lines(text: str) -> list[str]:
             lines += body.replace("\\\n", " ").splitlines()
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     spans = re.findall(r"`([^`\n]+)`", re.sub(r"\s*\n\s*", " ", prose))  # a span may be wrapped over two lines
-    command = r"(?:[A-Z_]+=\S+ )*(diffcls-fast [a-z-]|python -m |python scripts/|pip install |build/diffcls-run|diffcls-run |pytest )"  # after VAR=value
+    command = (  # after VAR=value
+        r"(?:[A-Z_]+=\S+ )*(diffcls-fast [a-z-]|python -m |python scripts/|pip install |build/diffcls-run|diffcls-run"
+        r" |pytest )"
+    )
     lines += [s for s in spans if re.match(command, s)]
     return lines
 
@@ -135,13 +138,21 @@ def check(command: str) -> list[str]:
         src = ROOT / (m.group(1).replace(".", "/") + ".py")
         if not src.exists():
             return [f"no module {m.group(1)}"]
-        return [f"{m.group(1)}: no option {o}" for o in _options(m.group(2)) if o not in ("--help",) and not _defines(src, o)]
+        return [
+            f"{m.group(1)}: no option {o}"
+            for o in _options(m.group(2))
+            if o not in ("--help",) and not _defines(src, o)
+        ]
     m = re.search(r"python3? (scripts/[\w/]+\.py)(.*)", command)
     if m:
         src = ROOT / m.group(1)
         if not src.exists():
             return [f"no script {m.group(1)}"]
-        return [f"{m.group(1)}: no option {o}" for o in _options(m.group(2)) if o not in ("--help",) and not _defines(src, o)]
+        return [
+            f"{m.group(1)}: no option {o}"
+            for o in _options(m.group(2))
+            if o not in ("--help",) and not _defines(src, o)
+        ]
     m = re.search(r"(?:^|\s|/)diffcls-run\b(.*)", command)
     if m:
         src = ROOT / "csrc" / "tools" / "diffcls_run.cpp"
@@ -158,9 +169,22 @@ def test_the_docs_show_commands_from_every_kind():
     """The extraction finds the commands it is meant to check (a broken pattern would check nothing)."""
     cmds = [c for _, c in doc_commands()]
     assert QUICK_START_RUN.split(" && ")[-1] in cmds and "python -m pytest -q" in cmds
-    for needle in ("diffcls-fast serve", "-m diffcls_fast.cli eval", "python -m bench.", "python scripts/", "build/diffcls-run", "pip install '.[serve]'"):
+    for needle in (
+        "diffcls-fast serve",
+        "-m diffcls_fast.cli eval",
+        "python -m bench.",
+        "python scripts/",
+        "build/diffcls-run",
+        "pip install '.[serve]'",
+    ):
         assert any(needle in c for c in cmds), needle
-    assert {f for f, _ in doc_commands()} >= {"README.md", "docs/serving.md", "docs/scale-out.md", "csrc/README.md", "bench/README.md"}
+    assert {f for f, _ in doc_commands()} >= {
+        "README.md",
+        "docs/serving.md",
+        "docs/scale-out.md",
+        "csrc/README.md",
+        "bench/README.md",
+    }
 
 
 @pytest.mark.parametrize("where", [str(f.relative_to(ROOT)) for f in doc_files()])
@@ -171,10 +195,14 @@ def test_documented_commands_exist(where):
 
 
 def test_the_checker_catches_stale_commands():
-    assert check("diffcls-fast classify x.png --no-such-option") == ["diffcls-fast classify: no option --no-such-option"]
+    assert check("diffcls-fast classify x.png --no-such-option") == [
+        "diffcls-fast classify: no option --no-such-option"
+    ]
     assert check("diffcls-fast frobnicate x.png") == ["no subcommand 'frobnicate'"]
     assert check("python -m bench.no_such_bench") == ["no module bench.no_such_bench"]
-    assert check("python scripts/fit_calibration.py --model digits --no-such-flag") == ["scripts/fit_calibration.py: no option --no-such-flag"]
+    assert check("python scripts/fit_calibration.py --model digits --no-such-flag") == [
+        "scripts/fit_calibration.py: no option --no-such-flag"
+    ]
     assert check("build/diffcls-run exported/digits x.png --no-such-flag") == ["diffcls-run: no option --no-such-flag"]
     assert check("pip install '.[nope]'") == ["no extra 'nope' in setup.py"]
     assert check("diffcls-fast eval --model digits --shard 0/2 --out r.jsonl") == []

@@ -57,7 +57,17 @@ def test_torchrun_environment():
 
 
 def _ns(**kw):
-    base = dict(shard=None, device=None, out=None, task="classify", ray=False, ray_address=None, ray_workers=None, ray_gpus=None, ray_cpus=None)
+    base = dict(
+        shard=None,
+        device=None,
+        out=None,
+        task="classify",
+        ray=False,
+        ray_address=None,
+        ray_workers=None,
+        ray_gpus=None,
+        ray_cpus=None,
+    )
     return argparse.Namespace(**{**base, **kw})
 
 

@@ -17,7 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["eval", "--limit", "6", "--policy", "halving", "--no-cache", "--json"]
 # Every field of a row that a result decides; `seconds` and `evaluations_spent` (speculation) are run-time figures,
 # `shard` says which part a row came from, `total` how many images the run had.
-SAME = ("id", "index", "config", "settings", "true_label", "correct", "p_true", "confidence", "label", "label_index", "top", "mean_errors", "n_scores", "evaluations", "error", "policy")
+SAME = (
+    "id",
+    "index",
+    "config",
+    "settings",
+    "true_label",
+    "correct",
+    "p_true",
+    "confidence",
+    "label",
+    "label_index",
+    "top",
+    "mean_errors",
+    "n_scores",
+    "evaluations",
+    "error",
+    "policy",
+)
 SAME += ("backend", "device", "dtype", "kernels")
 
 
@@ -46,7 +63,9 @@ def _lines(path):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "full.jsonl"
-    p = subprocess.run(_cli(*ARGS, "--out", str(out)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        _cli(*ARGS, "--out", str(out)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr
     return out, json.loads(p.stdout.splitlines()[-1])
 
@@ -55,9 +74,25 @@ def test_three_shards_one_killed_then_merged_equal_one_process(reference, tmp_pa
     ref_out, ref_summary = reference
     out = tmp_path / "r.jsonl"
     # shards 0 and 2 run side by side; shard 1 (max-inflight 1: rows one at a time) is killed after its first row
-    others = [subprocess.Popen(_cli(*ARGS, "--shard", f"{i}/3", "--out", str(out)), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 2)]
+    others = [
+        subprocess.Popen(
+            _cli(*ARGS, "--shard", f"{i}/3", "--out", str(out)),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 2)
+    ]
     part1 = tmp_path / "r.shard-1-of-3.jsonl"
-    victim = subprocess.Popen(_cli(*ARGS, "--shard", "1/3", "--max-inflight", "1", "--out", str(out)), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(
+        _cli(*ARGS, "--shard", "1/3", "--max-inflight", "1", "--out", str(out)),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while _lines(part1) < 1 and victim.poll() is None and time.monotonic() < deadline:
@@ -71,7 +106,14 @@ def test_three_shards_one_killed_then_merged_equal_one_process(reference, tmp_pa
         stdout, stderr = p.communicate(timeout=600)
         assert p.returncode == 0, stderr
         assert json.loads(stdout.splitlines()[-1])["shard"] in ("0/3", "2/3")
-    rerun = subprocess.run(_cli(*ARGS, "--shard", "1/3", "--out", str(out)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        _cli(*ARGS, "--shard", "1/3", "--out", str(out)),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout.splitlines()[-1])["resumed"] == killed_with
     parts = sorted(tmp_path.glob("r.shard-*-of-3.jsonl"))
@@ -79,7 +121,14 @@ def test_three_shards_one_killed_then_merged_equal_one_process(reference, tmp_pa
     assert [_lines(p) for p in parts] == [2, 2, 2]  # interleaved: 0 3 / 1 4 / 2 5, none written twice
 
     merged = tmp_path / "merged.jsonl"
-    m = subprocess.run(_cli("merge", str(merged), *map(str, parts), "--json"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    m = subprocess.run(
+        _cli("merge", str(merged), *map(str, parts), "--json"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert m.returncode == 0, m.stderr
     summary = json.loads(m.stdout)
     rows = [json.loads(x) for x in merged.read_text().splitlines()]
@@ -87,23 +136,52 @@ def test_three_shards_one_killed_then_merged_equal_one_process(reference, tmp_pa
     assert [r["id"] for r in rows] == [json.loads(x)["id"] for x in ref_out.read_text().splitlines()]  # split order
     # bit for bit: labels, evaluations and mean errors (floats round-trip exactly through JSON)
     assert _rows(merged) == _rows(ref_out)
-    for k in ("accuracy", "images", "evals_per_image", "failed", "policy", "backend", "kernels", "dtype", "model", "split", "temperature", "posterior_floor"):
+    for k in (
+        "accuracy",
+        "images",
+        "evals_per_image",
+        "failed",
+        "policy",
+        "backend",
+        "kernels",
+        "dtype",
+        "model",
+        "split",
+        "temperature",
+        "posterior_floor",
+    ):
         assert summary[k] == ref_summary[k], k
-    assert summary["ece"] == pytest.approx(ref_summary["ece"], abs=1e-5) and summary["nll"] == pytest.approx(ref_summary["nll"], abs=1e-5)
+    assert summary["ece"] == pytest.approx(ref_summary["ece"], abs=1e-5) and summary["nll"] == pytest.approx(
+        ref_summary["nll"], abs=1e-5
+    )
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_ranks_are_shards(reference, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "t.jsonl"
-    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "diffcls_fast.cli", *ARGS, "--limit", "4", "--out", str(out)]
+    cmd = [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "diffcls_fast.cli",
+        *ARGS,
+        "--limit",
+        "4",
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     shards = sorted(json.loads(line)["shard"] for line in p.stdout.splitlines() if line.startswith("{"))
     assert shards == ["0/2", "1/2"]
     parts = [tmp_path / f"t.shard-{i}-of-2.jsonl" for i in range(2)]
     merged = tmp_path / "m.jsonl"
-    m = subprocess.run(_cli("merge", str(merged), *map(str, parts)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    m = subprocess.run(
+        _cli("merge", str(merged), *map(str, parts)), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert m.returncode == 0 and "accuracy" in m.stdout, m.stderr
     want = _rows(ref_out)
     got = _rows(merged)

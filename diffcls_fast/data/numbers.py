@@ -133,7 +133,14 @@ def load_swap_groups() -> list[dict]:
     groups = []
     for i, j in split_pairs("swap"):
         a, b = int(labels[i]), int(labels[j])
-        groups.append({"id": f"{i}-{j}", "images": [to_pil(i, j), to_pil(j, i)], "captions": [prompt(a, b), prompt(b, a)], "labels": (a, b)})
+        groups.append(
+            {
+                "id": f"{i}-{j}",
+                "images": [to_pil(i, j), to_pil(j, i)],
+                "captions": [prompt(a, b), prompt(b, a)],
+                "labels": (a, b),
+            }
+        )
     return groups
 
 

@@ -54,7 +54,11 @@ def calibrated(mean_errors: np.ndarray, finalist: np.ndarray, temperature: float
 
 
 def fit_calibration(
-    mean_errors: Sequence[np.ndarray], finalists: Sequence[np.ndarray], labels: Sequence[int], temperatures: np.ndarray | None = None, floors: np.ndarray | None = None
+    mean_errors: Sequence[np.ndarray],
+    finalists: Sequence[np.ndarray],
+    labels: Sequence[int],
+    temperatures: np.ndarray | None = None,
+    floors: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """The (temperature, floor) pair of a log-spaced grid that minimises the NLL of the true labels,
     each raised to at least its add-one (Laplace) bound.
@@ -78,12 +82,21 @@ def fit_calibration(
             if loss < best[0]:
                 best = (loss, float(t), float(a))
     n = len(labels)
-    outside = sum(int(not f[y]) for f, y in zip(finalists, labels))  # the floor's job: true classes pruned before the end
+    outside = sum(
+        int(not f[y]) for f, y in zip(finalists, labels)
+    )  # the floor's job: true classes pruned before the end
     inside = [(m, f, y) for m, f, y in zip(mean_errors, finalists, labels) if f[y]]
     wrong = sum(int(np.argmax(calibrated(m, f, best[1], 0.0)) != y) for m, f, y in inside)
     # The temperature's lower bound, for the same reason: the largest T at which the mean
     # probability of the answer among the finalists still reaches the add-one estimate of
     # how often that answer is right.
     target = (len(inside) - wrong + 1) / (len(inside) + 2)
-    t_floor = max([t for t in temperatures if np.mean([calibrated(m, f, t, 0.0).max() for m, f, _ in inside]) >= target], default=temperatures[0]) if inside else temperatures[0]
+    t_floor = (
+        max(
+            [t for t in temperatures if np.mean([calibrated(m, f, t, 0.0).max() for m, f, _ in inside]) >= target],
+            default=temperatures[0],
+        )
+        if inside
+        else temperatures[0]
+    )
     return max(best[1], float(t_floor)), max(best[2], (outside + 1) / (n + 2))

@@ -52,8 +52,7 @@ def _class_names(classes: object) -> list[str]:
     """A sequence of class names, checked: every name is a string (an int is refused, not guessed at)."""
     if not isinstance(classes, Iterable):
         raise UserError(
-            "classes: expected a list of names, a comma-separated string or a ClassSpec, "
-            f"got {type(classes).__name__}"
+            f"classes: expected a list of names, a comma-separated string or a ClassSpec, got {type(classes).__name__}"
         )
     names = list(classes)
     for i, name in enumerate(names):

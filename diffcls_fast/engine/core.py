@@ -404,7 +404,11 @@ class Engine:
                 self.cancel(req)
             stats.seconds = time.perf_counter() - t0
             rows, padded, batches, buckets = self._counters()
-            stats.evaluations, stats.padded_rows, stats.batches = rows - before[0], padded - before[1], batches - before[2]
+            stats.evaluations, stats.padded_rows, stats.batches = (
+                rows - before[0],
+                padded - before[1],
+                batches - before[2],
+            )
             stats.bucket_counts = {k: n - before[3].get(k, 0) for k, n in buckets.items() if n != before[3].get(k, 0)}
             stats.kernels = kernels.active_backend()
 

@@ -49,7 +49,9 @@ class MatchResult:
     seconds: float  # wall time of match(); for a group, the latency of its slowest image
     shared_noise: bool = False  # True: one set of (t, eps) samples for every image, not one per image
     policy: str = ""
-    failures: list[str | None] = field(default_factory=list)  # per image: why it failed (a NaN/inf score; its row is NaN), or None
+    failures: list[str | None] = field(
+        default_factory=list
+    )  # per image: why it failed (a NaN/inf score; its row is NaN), or None
 
     @property
     def failed(self) -> int:
@@ -70,7 +72,9 @@ class MatchResult:
     def winoground(self) -> WinogroundScores:
         """Text, image and group scores; needs 2 images x 2 captions (caption j describes image j)."""
         if self.errors.shape != (2, 2):
-            raise ValueError(f"Winoground scores need 2 images x 2 captions, got {self.errors.shape[0]} x {self.errors.shape[1]}")
+            raise ValueError(
+                f"Winoground scores need 2 images x 2 captions, got {self.errors.shape[0]} x {self.errors.shape[1]}"
+            )
         return winoground_from_errors(self.errors)
 
     def to_dict(self) -> dict:

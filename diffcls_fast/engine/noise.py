@@ -66,7 +66,9 @@ class NoiseBank:
         if saved is not None:
             saved = torch.as_tensor(saved, dtype=torch.float32)
             if tuple(saved.shape[1:]) != self.shape:
-                raise UserError(f"saved noise has rows of shape {tuple(saved.shape[1:])}, but the model's latents are {self.shape}")
+                raise UserError(
+                    f"saved noise has rows of shape {tuple(saved.shape[1:])}, but the model's latents are {self.shape}"
+                )
             bad = _non_finite_rows(saved)
             if bad:
                 # Row i is sample i of every image: a NaN/inf row would fail every image that reaches it.
@@ -99,7 +101,10 @@ class NoiseBank:
         """eps of sample ``i`` of image ``key``: float32 [C, H, W] on the CPU."""
         if self.saved is not None:
             if i >= self.saved.shape[0]:
-                raise UserError(f"saved noise has {self.saved.shape[0]} rows, but sample {i} was requested; save more rows or lower the sample count")
+                raise UserError(
+                    f"saved noise has {self.saved.shape[0]} rows, but sample {i} was requested; save more rows or lower"
+                    " the sample count"
+                )
             return self.saved[i]
         arr = self._rng(key, i, _NOISE).standard_normal(self.shape, dtype=np.float32)
         return torch.from_numpy(arr)

@@ -25,7 +25,11 @@ class ClassSpec:
     def validate(self) -> ClassSpec:
         """A spec built by hand (not by the readers below) is checked like theirs: names, one prompt
         list per class, prompt ids inside ``prompts``; a UserError naming the first problem."""
-        if not isinstance(self.names, list) or not isinstance(self.prompts, list) or not isinstance(self.class_prompts, list):
+        if (
+            not isinstance(self.names, list)
+            or not isinstance(self.prompts, list)
+            or not isinstance(self.class_prompts, list)
+        ):
             raise UserError("a ClassSpec holds lists: names, prompts, class_prompts")
         if any(not isinstance(n, str) for n in self.names):
             raise UserError("ClassSpec.names must be strings")
@@ -33,7 +37,9 @@ class ClassSpec:
         if any(not isinstance(p, str) or not p for p in self.prompts):
             raise UserError("ClassSpec.prompts must be non-empty strings")
         if len(self.class_prompts) != len(self.names):
-            raise UserError(f"ClassSpec has {len(self.names)} names but {len(self.class_prompts)} class_prompts entries")
+            raise UserError(
+                f"ClassSpec has {len(self.names)} names but {len(self.class_prompts)} class_prompts entries"
+            )
         for c, ids in enumerate(self.class_prompts):
             ids = np.asarray(ids)
             if ids.ndim != 1:
@@ -41,7 +47,9 @@ class ClassSpec:
             if ids.size == 0:
                 raise UserError(f"class {self.names[c]!r} has no prompt (class_prompts[{c}] is empty)")
             if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self.prompts):
-                raise UserError(f"class_prompts[{c}] must index ClassSpec.prompts (0..{len(self.prompts) - 1}), got {ids.tolist()}")
+                raise UserError(
+                    f"class_prompts[{c}] must index ClassSpec.prompts (0..{len(self.prompts) - 1}), got {ids.tolist()}"
+                )
         return self
 
     def check_fits(self, max_batch: int) -> ClassSpec:
@@ -52,8 +60,9 @@ class ClassSpec:
         worst = int(np.argmax(sizes)) if sizes else 0
         if sizes and sizes[worst] > max_batch:
             raise UserError(
-                f"class {self.names[worst]!r} has {sizes[worst]} prompts, more than the largest denoiser batch ({max_batch} rows); "
-                f"all of a class's prompts are scored in one batch: raise the batch size (--batch-size) to at least {sizes[worst]}, or use fewer prompts"
+                f"class {self.names[worst]!r} has {sizes[worst]} prompts, more than the largest denoiser batch"
+                f" ({max_batch} rows); all of a class's prompts are scored in one batch: raise the batch size"
+                f" (--batch-size) to at least {sizes[worst]}, or use fewer prompts"
             )
         return self
 
@@ -119,7 +128,9 @@ def read_prompts_csv(path: str | Path) -> ClassSpec:
         raise UserError(f"{p}: empty prompts file")
     header = [h.strip().lower() for h in rows[0]]
     if "classidx" not in header or "prompt" not in header:
-        raise UserError(f"{p}: header must have columns classidx,prompt (and optionally classname), got {','.join(rows[0])}")
+        raise UserError(
+            f"{p}: header must have columns classidx,prompt (and optionally classname), got {','.join(rows[0])}"
+        )
     ci, pi = header.index("classidx"), header.index("prompt")
     ni = header.index("classname") if "classname" in header else None
     by_class: dict[int, list[str]] = {}

@@ -20,7 +20,9 @@ def finalists(n_scores: np.ndarray, label: int) -> np.ndarray:
     return (n_scores == n_scores[label]) & (n_scores > 0)
 
 
-def posterior(mean_errors: np.ndarray, n_scores: np.ndarray, label: int, temperature: float, floor: float = 0.0) -> np.ndarray:
+def posterior(
+    mean_errors: np.ndarray, n_scores: np.ndarray, label: int, temperature: float, floor: float = 0.0
+) -> np.ndarray:
     """softmax(-mean_error / temperature) over the :func:`finalists`, mixed with a uniform ``floor``.
 
     ``p = (1 - floor) * softmax_finalists + floor / C``: a class pruned before the
@@ -81,7 +83,9 @@ class ClassificationResult:
             "label": self.label_name,
             "label_index": self.label,
             "top": [{"class": n, "p": round(p, 6)} for n, p in self.top(top_k)],
-            "mean_errors": {n: (float(e) if np.isfinite(e) else None) for n, e in zip(self.class_names, self.mean_errors)},  # strict JSON
+            "mean_errors": {
+                n: float(e) if np.isfinite(e) else None for n, e in zip(self.class_names, self.mean_errors)
+            },  # strict JSON
             "n_scores": {n: int(c) for n, c in zip(self.class_names, self.n_scores)},
             "evaluations": self.evaluations,
             "evaluations_spent": self.evaluations_spent,

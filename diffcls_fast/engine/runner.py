@@ -37,7 +37,9 @@ class ClassConditions:
     prompt_ids: np.ndarray  # int64: condition-table rows, class after class
 
     @classmethod
-    def from_class_prompts(cls, class_prompts: list[np.ndarray], table_rows: np.ndarray | None = None) -> ClassConditions:
+    def from_class_prompts(
+        cls, class_prompts: list[np.ndarray], table_rows: np.ndarray | None = None
+    ) -> ClassConditions:
         """``class_prompts[c]`` indexes the spec's prompts; ``table_rows[k]`` is prompt k's table row (default: k)."""
         cost = np.array([len(p) for p in class_prompts], dtype=np.int64)
         ids = np.concatenate(class_prompts).astype(np.int64)
@@ -85,7 +87,9 @@ class Runner:
         # One static x_t buffer per bucket size, in the model's dtype (CUDA graphs can reuse it).
         buf = self._buffers.get(size)
         if buf is None:
-            buf = self._buffers[size] = torch.empty((size, *self.model.latent_shape), dtype=self.model.dtype, device=self.device)
+            buf = self._buffers[size] = torch.empty(
+                (size, *self.model.latent_shape), dtype=self.model.dtype, device=self.device
+            )
         return buf
 
     def _eps(self, pairs: list[tuple[ImageState, int]]) -> torch.Tensor:
@@ -143,9 +147,13 @@ class Runner:
 
         dev = self.device
         # All per-row indices travel to the device in one copy.
-        img_idx_t, noise_idx_t, t_t, cond_t = torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx])).to(dev).unbind(0)
+        img_idx_t, noise_idx_t, t_t, cond_t = (
+            torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx])).to(dev).unbind(0)
+        )
 
-        x_t = kernels.make_noisy(x0, eps, img_idx_t, noise_idx_t, self.a_tab[t_t], self.b_tab[t_t], out=self._buffer(batch.size))
+        x_t = kernels.make_noisy(
+            x0, eps, img_idx_t, noise_idx_t, self.a_tab[t_t], self.b_tab[t_t], out=self._buffer(batch.size)
+        )
         eps_hat = self.model.denoise(x_t, t_t, self.cond_table[cond_t])
         weight = self.w_tab[t_t[:rows]] if self.x0_weight else None
         err_rows = kernels.query_errors(eps_hat[:rows], eps, noise_idx_t[:rows], kind=self.kind, weight=weight)

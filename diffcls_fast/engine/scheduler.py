@@ -186,5 +186,11 @@ class Scheduler:
         :meth:`retire` nothing). No policy should ever get here; the tests check that."""
         for pol in self.running.values():
             if not pol.done:
-                pol.fail(Failure("internal", f"policy {pol.name} stalled (neither done nor asking for work); this is a bug, please report it"))
+                pol.fail(
+                    Failure(
+                        "internal",
+                        f"policy {pol.name} stalled (neither done nor asking for work); this is a bug, please"
+                        " report it",
+                    )
+                )
         return self.retire()

@@ -52,8 +52,12 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
         noise = torch.randn(a.noise_rows, *model.latent_shape, generator=g)
     manifest = export_aoti(clf, a.out, sizes, art_dir, classes=classes, noise=noise, force=a.force, log=print)
     print(
-        f"aoti: {a.out}/manifest.json [{manifest['model']}, {len(manifest['classes'])} classes, {len(manifest['prompts'])} prompts, "
-        f"noise {tuple(noise.shape)}, packages {', '.join(p['file'] for p in manifest['packages'])}] in {time.perf_counter() - t0:.1f} s"
+        f"aoti: {a.out}/manifest.json [{manifest['model']}, {len(manifest['classes'])} classes,"
+        f" {len(manifest['prompts'])} prompts, noise {tuple(noise.shape)}, packages"
+        f" {', '.join(p['file'] for p in manifest['packages'])}] in {time.perf_counter() - t0:.1f} s"
     )
-    print(f"run it: diffcls-run {a.out} IMAGE...   (the same in Python: diffcls-fast classify IMAGE... --noise-path {a.out}/noise.safetensors)")
+    print(
+        f"run it: diffcls-run {a.out} IMAGE...   (the same in Python: diffcls-fast classify IMAGE... --noise-path"
+        f" {a.out}/noise.safetensors)"
+    )
     return 0

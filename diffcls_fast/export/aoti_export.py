@@ -152,7 +152,9 @@ def _key(bundle: ModelBundle, rng: PackageRange) -> str:
     return artifact_key(bundle, spec_for(bundle), {"format": "aoti", "range": [rng.lo, rng.hi]})
 
 
-def compile_cached(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int], force: bool = False) -> list[tuple[PackageRange, Path, float | None]]:
+def compile_cached(
+    bundle: ModelBundle, art_dir: Path, batch_sizes: list[int], force: bool = False
+) -> list[tuple[PackageRange, Path, float | None]]:
     """The packages for ``batch_sizes`` under ``art_dir``, compiled unless present: (range, path, compile seconds or
     None if cached)."""
     require_aoti()
@@ -213,7 +215,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path, classes=None, noise: torch.Tensor | None = None, force: bool = False, log=None) -> dict:
+def export_aoti(
+    clf,
+    out_dir: str | Path,
+    batch_sizes: list[int],
+    art_dir: Path,
+    classes=None,
+    noise: torch.Tensor | None = None,
+    force: bool = False,
+    log=None,
+) -> dict:
     """Write the export folder for classifier ``clf``'s model and the class list ``classes``; returns the manifest.
 
     ``clf`` is a :class:`~diffcls_fast.engine.DiffusionClassifier` (its class spec, condition
@@ -230,9 +241,14 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
     if bundle.latent_shape != (bundle.image_channels, *bundle.image_hw):
-        raise UserError(f"{bundle.name}: the native runner supports pixel-space models only (this one encodes images to latents {bundle.latent_shape})")
+        raise UserError(
+            f"{bundle.name}: the native runner supports pixel-space models only (this one encodes images to latents"
+            f" {bundle.latent_shape})"
+        )
     if bundle.dtype != torch.float32:
-        raise UserError(f"the AOTInductor export runs in float32 (got --dtype {str(bundle.dtype).removeprefix('torch.')})")
+        raise UserError(
+            f"the AOTInductor export runs in float32 (got --dtype {str(bundle.dtype).removeprefix('torch.')})"
+        )
     out = writable_dir(out_dir)
     spec = clf.class_spec(classes)
     cond = encode_conditions(bundle, spec, clf.config.cache)
@@ -243,15 +259,31 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
         dest = out / rng.file_name
         _place(path, dest)
         if log:
-            log(f"aoti: {dest} [{'cached' if seconds is None else f'compiled in {seconds:.1f} s'}; dynamic batch {rng.lo}..{rng.hi}]")
-        packages.append({"file": rng.file_name, "min_batch": rng.lo, "max_batch": rng.hi, "key": _key(bundle, rng), "compile_seconds": seconds, "sha256": _sha256(dest)})
+            log(
+                f"aoti: {dest} [{'cached' if seconds is None else f'compiled in {seconds:.1f} s'}; dynamic batch"
+                f" {rng.lo}..{rng.hi}]"
+            )
+        packages.append(
+            {
+                "file": rng.file_name,
+                "min_batch": rng.lo,
+                "max_batch": rng.hi,
+                "key": _key(bundle, rng),
+                "compile_seconds": seconds,
+                "sha256": _sha256(dest),
+            }
+        )
     for stale in out.glob("denoiser-b*.pt2"):  # packages of another batch range would confuse a reader of the folder
         if stale.name not in {p["file"] for p in packages}:
             stale.unlink()
 
     acp = bundle.alphas_cumprod.to(torch.float64).cpu()
     save_file(
-        {"alphas_cumprod": acp.contiguous(), "sqrt_ab": acp.sqrt().float().contiguous(), "sqrt_1mab": (1 - acp).sqrt().float().contiguous()},
+        {
+            "alphas_cumprod": acp.contiguous(),
+            "sqrt_ab": acp.sqrt().float().contiguous(),
+            "sqrt_1mab": (1 - acp).sqrt().float().contiguous(),
+        },
         str(out / "schedule.safetensors"),
     )
     cond_cpu = cond.detach().to("cpu")
@@ -285,7 +317,10 @@ def export_aoti(clf, out_dir: str | Path, batch_sizes: list[int], art_dir: Path,
         "classes": spec.names,
         "prompts": spec.prompts,
         "class_prompts": [[int(i) for i in ids] for ids in spec.class_prompts],
-        "calibration": {name: {"temperature": float(c["temperature"]), "floor": float(c.get("floor", 0.0))} for name, c in (bundle.calibration or {}).items()},
+        "calibration": {
+            name: {"temperature": float(c["temperature"]), "floor": float(c.get("floor", 0.0))}
+            for name, c in (bundle.calibration or {}).items()
+        },
         "files": files,
         "sha256": {name: _sha256(out / f) for name, f in files.items()},
     }

@@ -94,7 +94,9 @@ def onnxruntime_raw(bundle: ModelBundle, art_dir: Path):
     if bundle.device.type == "cuda":
         wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         if not wanted:
-            raise BackendUnavailable("onnxruntime has no CUDA provider here; pip install onnxruntime-gpu, or use --device cpu")
+            raise BackendUnavailable(
+                "onnxruntime has no CUDA provider here; pip install onnxruntime-gpu, or use --device cpu"
+            )
         providers = wanted + ["CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
@@ -114,7 +116,12 @@ def onnxruntime_raw(bundle: ModelBundle, art_dir: Path):
             # IO binding on device pointers: no host copies.
             io = sess.io_binding()
             out = torch.empty((x_t.shape[0], out_ch, *x_t.shape[2:]), dtype=x_t.dtype, device=x_t.device)
-            for name, tens in (("sample", x_t.contiguous()), ("timestep", t.contiguous()), ("cond", cond.contiguous()), ("out", out)):
+            for name, tens in (
+                ("sample", x_t.contiguous()),
+                ("timestep", t.contiguous()),
+                ("cond", cond.contiguous()),
+                ("out", out),
+            ):
                 bind = io.bind_output if name == "out" else io.bind_input
                 bind(name, "cuda", tens.device.index or 0, _ort_type(tens), list(tens.shape), tens.data_ptr())
             sess.run_with_iobinding(io)
@@ -123,7 +130,11 @@ def onnxruntime_raw(bundle: ModelBundle, art_dir: Path):
         return raw, f"onnx[{used}]"
 
     def raw(x_t, t, cond):
-        feeds = {"sample": x_t.detach().cpu().numpy(), "timestep": t.cpu().numpy(), "cond": cond.detach().cpu().numpy() if float_cond else cond.cpu().numpy()}
+        feeds = {
+            "sample": x_t.detach().cpu().numpy(),
+            "timestep": t.cpu().numpy(),
+            "cond": cond.detach().cpu().numpy() if float_cond else cond.cpu().numpy(),
+        }
         return torch.from_numpy(sess.run(None, feeds)[0]).to(x_t.device)
 
     return raw, f"onnx[{used}]"
@@ -140,7 +151,9 @@ def aoti_raw(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]):
     from .aoti_export import cached_packages
 
     if bundle.device.type != "cpu":
-        raise BackendUnavailable("the aoti backend is built and tested for the CPU here; use --device cpu (or --backend compile on CUDA)")
+        raise BackendUnavailable(
+            "the aoti backend is built and tested for the CPU here; use --device cpu (or --backend compile on CUDA)"
+        )
     if bundle.dtype != torch.float32:
         raise BackendUnavailable(f"the aoti backend runs float32, not {str(bundle.dtype).removeprefix('torch.')}")
     runner, _ = cached_packages(bundle, art_dir, batch_sizes)

@@ -74,7 +74,19 @@ def export_onnx(bundle: ModelBundle, out_dir: str | Path, compare_batch: int = 3
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, path)
     err = compare_with_torch(bundle, path, spec, compare_batch) if compare_batch else None
-    meta_path.write_text(json.dumps({"key": key, "model": bundle.name, "fingerprint": bundle.fingerprint, "opset": OPSET, "max_abs_error": err, "torch": torch.__version__}, indent=2))
+    meta_path.write_text(
+        json.dumps(
+            {
+                "key": key,
+                "model": bundle.name,
+                "fingerprint": bundle.fingerprint,
+                "opset": OPSET,
+                "max_abs_error": err,
+                "torch": torch.__version__,
+            },
+            indent=2,
+        )
+    )
     return OnnxArtifact(path, False, err, time.perf_counter() - t0, spec)
 
 
@@ -82,13 +94,22 @@ def writable_dir(path: str | Path) -> Path:
     """``path`` as a folder this process can write into (created if missing), or a UserError saying why not."""
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise UserError(f"{p}: exists and is not a folder; export artifacts need a folder (set --out for export, --cache-dir or DIFFCLS_CACHE_DIR for --backend)")
+        raise UserError(
+            f"{p}: exists and is not a folder; export artifacts need a folder (set --out for export, --cache-dir or"
+            " DIFFCLS_CACHE_DIR for --backend)"
+        )
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{p}: cannot create the export folder ({e.strerror or e}); set --out for export, --cache-dir or DIFFCLS_CACHE_DIR for --backend") from None
+        raise UserError(
+            f"{p}: cannot create the export folder ({e.strerror or e}); set --out for export, --cache-dir or"
+            " DIFFCLS_CACHE_DIR for --backend"
+        ) from None
     if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"{p}: the export folder is not writable; set --out for export, --cache-dir or DIFFCLS_CACHE_DIR for --backend")
+        raise UserError(
+            f"{p}: the export folder is not writable; set --out for export, --cache-dir or DIFFCLS_CACHE_DIR for"
+            " --backend"
+        )
     return p
 
 

@@ -46,7 +46,9 @@ class ExportSpec:
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {n: {0: "batch"} for n in self.input_names + self.output_names}
 
-    def sample_input(self, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    def sample_input(
+        self, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+    ) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(batch, *self.latent_shape, generator=g).to(device, dtype)
         t = torch.randint(0, 1000, (batch,), generator=g).to(device)
@@ -59,7 +61,9 @@ class ExportSpec:
     def input_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         return {"sample": (batch, *self.latent_shape), "timestep": (batch,), "cond": (batch, *self.cond_shape)}
 
-    def profiles(self, batch_sizes: list[int]) -> list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
+    def profiles(
+        self, batch_sizes: list[int]
+    ) -> list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
         """One TensorRT optimization profile per bucket size: min = opt = max (static shapes, best kernels)."""
         return [{n: (s, s, s) for n, s in self.input_shapes(b).items()} for b in sorted(set(batch_sizes))]
 

@@ -35,12 +35,16 @@ def engine_key(bundle: ModelBundle, spec: ExportSpec, batch_sizes: list[int], tr
     return artifact_key(bundle, spec, {"profiles": sorted(set(batch_sizes)), "trt": trt_version, "precision": "fp16"})
 
 
-def engine_paths(art_dir: Path, bundle: ModelBundle, spec: ExportSpec, batch_sizes: list[int], trt_version: str) -> tuple[Path, Path]:
+def engine_paths(
+    art_dir: Path, bundle: ModelBundle, spec: ExportSpec, batch_sizes: list[int], trt_version: str
+) -> tuple[Path, Path]:
     key = engine_key(bundle, spec, batch_sizes, trt_version)
     return art_dir / f"{bundle.name}-{key}.plan", art_dir / f"timing-{trt_version}.cache"
 
 
-def build_engine(onnx_path: Path, spec: ExportSpec, batch_sizes: list[int], plan_path: Path, timing_path: Path) -> bytes:
+def build_engine(
+    onnx_path: Path, spec: ExportSpec, batch_sizes: list[int], plan_path: Path, timing_path: Path
+) -> bytes:
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -77,7 +81,11 @@ def tensorrt_raw(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]):
     spec = spec_for(bundle)
     art = export_onnx(bundle, art_dir)
     plan_path, timing_path = engine_paths(art_dir, bundle, spec, batch_sizes, trt.__version__)
-    plan = plan_path.read_bytes() if plan_path.is_file() else build_engine(art.path, spec, batch_sizes, plan_path, timing_path)
+    plan = (
+        plan_path.read_bytes()
+        if plan_path.is_file()
+        else build_engine(art.path, spec, batch_sizes, plan_path, timing_path)
+    )
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(plan)
     buckets = sorted(set(batch_sizes))

@@ -43,7 +43,19 @@ from ..errors import BackendUnavailable, UserError
 
 IMAGE_COLUMN = "image"
 # Output columns (one row per input row). probabilities, mean_errors and n_scores are [C] per row, in class order.
-RESULT_COLUMNS = ("label", "label_name", "top_classes", "top_probabilities", "probabilities", "mean_errors", "n_scores", "evaluations", "evaluations_spent", "seconds", "error")
+RESULT_COLUMNS = (
+    "label",
+    "label_name",
+    "top_classes",
+    "top_probabilities",
+    "probabilities",
+    "mean_errors",
+    "n_scores",
+    "evaluations",
+    "evaluations_spent",
+    "seconds",
+    "error",
+)
 # Fault injection for the tests: when this file exists, the first actor call to remove it kills its own process
 # (SIGKILL).
 KILL_ONCE_ENV = "DIFFCLS_RAY_KILL_ONCE"
@@ -100,7 +112,9 @@ def _probe(factory: tuple, classes: Any) -> dict:
 
     clf = factory[0](*factory[1])
     spec = clf.class_spec(classes)
-    unknown = unknown_words(clf.model, spec) if len(spec) > 1 else None  # the warning classify_iter gives in every actor
+    unknown = (
+        unknown_words(clf.model, spec) if len(spec) > 1 else None
+    )  # the warning classify_iter gives in every actor
     return {**_info(clf, spec), "warning": unknown[0] if unknown else None}
 
 
@@ -113,7 +127,15 @@ class ClassifyBatch:
     is dropped unless ``keep_image``.
     """
 
-    def __init__(self, factory: tuple, classes: Any, column: str = IMAGE_COLUMN, top_k: int = 5, keep_image: bool = False, driver_columns: bool = False):
+    def __init__(
+        self,
+        factory: tuple,
+        classes: Any,
+        column: str = IMAGE_COLUMN,
+        top_k: int = 5,
+        keep_image: bool = False,
+        driver_columns: bool = False,
+    ):
         self.clf = factory[0](*factory[1])
         self.spec = self.clf.class_spec(classes)
         self.column, self.top_k, self.keep_image, self.driver_columns = column, top_k, keep_image, driver_columns
@@ -125,10 +147,16 @@ class ClassifyBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once()
         if self.column not in batch:
-            raise UserError(f"classify_dataset: the dataset has no column {self.column!r} (columns: {', '.join(batch)}); pass column=")
+            raise UserError(
+                f"classify_dataset: the dataset has no column {self.column!r} (columns: {', '.join(batch)}); pass"
+                " column="
+            )
         clash = [c for c in RESULT_COLUMNS if c in batch and c != self.column]
         if clash:
-            raise UserError(f"classify_dataset: input column(s) {', '.join(map(repr, clash))} would be overwritten by the results; rename them first (ds.rename_columns)")
+            raise UserError(
+                f"classify_dataset: input column(s) {', '.join(map(repr, clash))} would be overwritten by the results;"
+                " rename them first (ds.rename_columns)"
+            )
         images = [_decode(x, i) for i, x in enumerate(batch[self.column])]
         results: list[Any] = [None] * len(images)
         for j, r in self.clf.classify_iter(images, self.spec):
@@ -137,7 +165,11 @@ class ClassifyBatch:
         out.update(result_columns(results, self.top_k))
         if self.driver_columns:  # for `eval --ray`: the run's statistics, carried on the batch's first row
             st, n = self.clf.last_stats, len(images)
-            for name, value in (("_evaluations", st.evaluations), ("_padded_rows", st.padded_rows), ("_batches", st.batches)):
+            for name, value in (
+                ("_evaluations", st.evaluations),
+                ("_padded_rows", st.padded_rows),
+                ("_batches", st.batches),
+            ):
                 col = np.zeros(n, np.int64)
                 col[0] = value
                 out[name] = col
@@ -225,7 +257,9 @@ def result_from_row(row: dict, class_names: list[str], policy: str):
         evaluations_spent=int(row["evaluations_spent"]),
         seconds=float(row["seconds"]),
         policy=policy,
-        error=None if err is None or (isinstance(err, (float, np.floating)) and np.isnan(err)) else str(err),  # a block where no image failed has a null column: NaN
+        error=(
+            None if err is None or (isinstance(err, (float, np.floating)) and np.isnan(err)) else str(err)
+        ),  # a block where no image failed has a null column: NaN
     )
 
 
@@ -261,7 +295,14 @@ def _map(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         return ds.map_batches(
             ClassifyBatch,
-            fn_constructor_kwargs={"factory": factory, "classes": classes, "column": column, "top_k": top_k, "keep_image": keep_image, "driver_columns": driver_columns},
+            fn_constructor_kwargs={
+                "factory": factory,
+                "classes": classes,
+                "column": column,
+                "top_k": top_k,
+                "keep_image": keep_image,
+                "driver_columns": driver_columns,
+            },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -319,12 +360,19 @@ def classify_dataset(
     if "denoiser_batch_size" in engine:  # batch_size is Ray's rows per call
         engine["batch_size"] = engine.pop("denoiser_batch_size")
     # Checked here, in the driver, before any actor starts: a bad option fails at once, not in every actor.
-    known = (set(inspect.signature(DiffusionClassifier.__init__).parameters) - {"self", "model", "policy", "policy_options"}) | set(OPTIONS)
+    known = (
+        set(inspect.signature(DiffusionClassifier.__init__).parameters) - {"self", "model", "policy", "policy_options"}
+    ) | set(OPTIONS)
     unknown = sorted(set(engine) - known)
     if unknown:
         raise TypeError(f"classify_dataset: unknown option(s): {', '.join(unknown)}")
 
-    check_scheduler_args(engine.get("batch_size", 256), engine.get("buckets"), engine.get("max_inflight", 64), engine.get("speculate", "auto"))
+    check_scheduler_args(
+        engine.get("batch_size", 256),
+        engine.get("buckets"),
+        engine.get("max_inflight", 64),
+        engine.get("speculate", "auto"),
+    )
     factory = (build_from_options, (str(model), policy, device, dtype, backend, engine))
     return _map(
         ds,
@@ -364,7 +412,10 @@ class RayClassifier:
                 ray.init(logging_level="ERROR", log_to_driver=False, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"--ray-address {a.ray_address}" if a.ray_address else "a local Ray instance"
-                raise UserError(f"{where}: Ray did not start or connect ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                raise UserError(
+                    f"{where}: Ray did not start or connect"
+                    f" ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+                ) from None
         data_log = logging.getLogger("ray.data")
         data_log.setLevel(logging.WARNING)  # no "execution finished" lines
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
@@ -382,7 +433,10 @@ class RayClassifier:
         for what, per in (("GPU", gpus), ("CPU", a.ray_cpus)):
             # Ray would wait for resources that never come (on a fixed cluster), so say it now
             if per * a.ray_workers > have.get(what, 0):
-                raise UserError(f"--ray-workers {a.ray_workers} x {per:g} {what}s each needs {per * a.ray_workers:g} {what}s; the Ray cluster has {have.get(what, 0):g}")
+                raise UserError(
+                    f"--ray-workers {a.ray_workers} x {per:g} {what}s each needs {per * a.ray_workers:g} {what}s; the"
+                    f" Ray cluster has {have.get(what, 0):g}"
+                )
         self._classes = None
         self._info = None
         self.last_stats = None
@@ -390,7 +444,9 @@ class RayClassifier:
     def _probe(self, classes: Any) -> dict:
         ray = require_ray()
         if self._info is None or self._classes is not classes:
-            task = ray.remote(num_cpus=self.resources["num_cpus"], num_gpus=self.resources["num_gpus"], max_retries=3)(_probe)
+            task = ray.remote(num_cpus=self.resources["num_cpus"], num_gpus=self.resources["num_gpus"], max_retries=3)(
+                _probe
+            )
             self._info, self._classes = ray.get(task.remote(self.factory, classes)), classes
         return self._info
 
@@ -403,8 +459,18 @@ class RayClassifier:
             warnings.warn(DiffclsWarning(info["warning"]), stacklevel=2)
         self.remote_settings = info["settings"]
         self.kernels_backend = info["kernels"]
-        self.temperature, self.posterior_floor, self.policy_cfg = info["temperature"], info["posterior_floor"], info["policy_cfg"]
-        self.model = SimpleNamespace(random_weights=info["random_weights"], describe=lambda: info["describe"], name=info["name"], backend=info["backend"], device=info["device"])
+        self.temperature, self.posterior_floor, self.policy_cfg = (
+            info["temperature"],
+            info["posterior_floor"],
+            info["policy_cfg"],
+        )
+        self.model = SimpleNamespace(
+            random_weights=info["random_weights"],
+            describe=lambda: info["describe"],
+            name=info["name"],
+            backend=info["backend"],
+            device=info["device"],
+        )
         return info["spec"]
 
     def classify_iter(self, images: Sequence[Any], classes: Any, progress: Any = None) -> Iterator[tuple[int, Any]]:
@@ -418,7 +484,9 @@ class RayClassifier:
         if not len(images):
             return
         items = [{"_pos": j, IMAGE_COLUMN: _portable(im)} for j, im in enumerate(images)]
-        per_batch = max(1, min(self.a.max_inflight, -(-len(items) // self.a.ray_workers)))  # every worker gets work on a short run
+        per_batch = max(
+            1, min(self.a.max_inflight, -(-len(items) // self.a.ray_workers))
+        )  # every worker gets work on a short run
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // per_batch)))
         out = _map(
             ds,
@@ -440,13 +508,18 @@ class RayClassifier:
         for batch in _user_errors(out.iter_batches(batch_size=None, batch_format="numpy")):
             for k in range(len(batch["_pos"])):
                 if batch["_settings_key"][k] != want:
-                    raise UserError("a Ray worker computed different settings than the probe (other model files or diffcls-fast version on that node?); every node needs the same model and package")
+                    raise UserError(
+                        "a Ray worker computed different settings than the probe (other model files or diffcls-fast"
+                        " version on that node?); every node needs the same model and package"
+                    )
                 stats.evaluations += int(batch["_evaluations"][k])
                 stats.padded_rows += int(batch["_padded_rows"][k])
                 stats.batches += int(batch["_batches"][k])
                 stats.images += 1
                 stats.seconds = time.perf_counter() - t0
-                stats.kernels = self.kernels_backend = str(batch["_kernels"][k])  # what scored it (the probe has not scored yet)
+                stats.kernels = self.kernels_backend = str(
+                    batch["_kernels"][k]
+                )  # what scored it (the probe has not scored yet)
                 row = {c: batch[c][k] for c in RESULT_COLUMNS}
                 if progress is not None:
                     progress.update(1)
@@ -471,7 +544,9 @@ def _user_errors(batches: Iterator[dict]) -> Iterator[dict]:
     try:
         yield from batches
     except ray.exceptions.RayTaskError as e:
-        found = re.findall(r"^diffcls_fast\.errors\.(?:UserError|BackendUnavailable|NonFiniteInput): (.+)$", str(e), flags=re.M)
+        found = re.findall(
+            r"^diffcls_fast\.errors\.(?:UserError|BackendUnavailable|NonFiniteInput): (.+)$", str(e), flags=re.M
+        )
         if found:
             raise UserError(found[-1].strip()) from None
         raise

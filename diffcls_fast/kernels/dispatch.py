@@ -61,7 +61,10 @@ def interpreter_problem() -> str | None:
             import triton
 
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            _INTERP.append(f"Triton {triton.__version__}'s interpreter cannot run the error kernel with numpy {numpy.__version__} ({msg}); use Triton >= 3.9 or numpy < 2.4 for interpreter runs")
+            _INTERP.append(
+                f"Triton {triton.__version__}'s interpreter cannot run the error kernel with numpy {numpy.__version__}"
+                f" ({msg}); use Triton >= 3.9 or numpy < 2.4 for interpreter runs"
+            )
     return _INTERP[0]
 
 

@@ -59,7 +59,9 @@ def class_names_of(folder: Path, n_classes: int) -> list[str]:
         try:
             text = txt.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8, one class name per line") from None
+            raise UserError(
+                f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8, one class name per line"
+            ) from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if len(names) != n_classes:
             raise UserError(f"{txt}: {len(names)} names for a model with {n_classes} classes")
@@ -103,14 +105,18 @@ def load_class_conditional(folder: Path, *, name: str, device: torch.device, dty
             from diffusers import AutoencoderKL
 
             vae_dir = need_component(folder, "vae", "the autoencoder")
-            vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", **{**kw, "torch_dtype": vae_dtype(vae_dir, dtype)})
+            vae = load_weights(
+                AutoencoderKL, vae_dir, "the autoencoder", **{**kw, "torch_dtype": vae_dtype(vae_dir, dtype)}
+            )
     net.to(device).eval().requires_grad_(False)
     if vae is not None:
         vae.to(device).eval().requires_grad_(False)
         resolution = vae_resolution(vae, latent_hw)
         channels = int(vae.config.in_channels)
         if int(vae.config.latent_channels) != latent_ch:
-            raise UserError(f"{folder}: vae has {vae.config.latent_channels} latent channels but the denoiser expects {latent_ch}")
+            raise UserError(
+                f"{folder}: vae has {vae.config.latent_channels} latent channels but the denoiser expects {latent_ch}"
+            )
     else:
         check_pixel_channels(folder, latent_ch)
         resolution, channels = (latent_hw[0] if latent_hw[0] == latent_hw[1] else latent_hw), latent_ch

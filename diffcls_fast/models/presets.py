@@ -36,7 +36,13 @@ _SD_SCHED = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_s
 
 PRESETS: dict[str, dict] = {
     # runwayml/stable-diffusion-v1-5 unet/config.json: 859.5M parameters
-    "sd15": dict(kind="unet", unet=dict(_SD_COMMON, cross_attention_dim=768, attention_head_dim=8), text=(77, 768), sched=dict(_SD_SCHED, prediction_type="epsilon"), params=859.5e6),
+    "sd15": dict(
+        kind="unet",
+        unet=dict(_SD_COMMON, cross_attention_dim=768, attention_head_dim=8),
+        text=(77, 768),
+        sched=dict(_SD_SCHED, prediction_type="epsilon"),
+        params=859.5e6,
+    ),
     # stabilityai/stable-diffusion-2-base unet/config.json: 865.9M parameters
     "sd2-base": dict(
         kind="unet",
@@ -50,14 +56,31 @@ PRESETS: dict[str, dict] = {
     # copy (AdaLayerNormZero), hence 749.8M parameters in this layout.
     "dit-xl-2-256": dict(
         kind="dit",
-        net=dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000),
-        sched=dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="epsilon"),
+        net=dict(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        ),
+        sched=dict(
+            num_train_timesteps=1000,
+            beta_schedule="linear",
+            beta_start=0.0001,
+            beta_end=0.02,
+            prediction_type="epsilon",
+        ),
         params=749.8e6,
     ),
 }
 
 
-def preset_network(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def preset_network(
+    name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """The preset's denoiser with random weights (``device="meta"``: shapes only, no memory)."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join('preset:' + k for k in PRESETS)}")
@@ -123,7 +146,9 @@ def load_preset(name: str, *, device: torch.device, dtype: torch.dtype) -> Model
         text_fingerprint=f"preset-{name}-random-seed0",
         encode_images=encode_images,
         encode_prompts=encode_prompts,
-        denoise=make_unet_denoiser(raw_network_call(net, class_cond=class_cond), acp, p["sched"]["prediction_type"], device),
+        denoise=make_unet_denoiser(
+            raw_network_call(net, class_cond=class_cond), acp, p["sched"]["prediction_type"], device
+        ),
         network=net,
         random_weights=True,
         cond_shape=tuple(cond_shape),

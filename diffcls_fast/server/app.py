@@ -58,7 +58,13 @@ def _error(e: HTTPError) -> JSONResponse:
     return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status, headers=e.headers)
 
 
-def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: str | None = None, warmup: bool = True, on_stopped: Callable[[int], None] | None = None) -> Starlette:
+def create_app(
+    load: Callable[[], Any],
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    warmup: bool = True,
+    on_stopped: Callable[[int], None] | None = None,
+) -> Starlette:
     """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread).
     ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout."""
     limits = limits or Limits()
@@ -69,7 +75,11 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
         # uvicorn cancels the handlers still running when --graceful-timeout passes; the client gets
         # this JSON line (not a bare 500) and its work leaves the engine (run_job cancelled the job).
         cut_short[0] += 1
-        return HTTPError(503, "shutting_down", "the server shut down (--graceful-timeout passed) before this request was answered; its work was dropped")
+        return HTTPError(
+            503,
+            "shutting_down",
+            "the server shut down (--graceful-timeout passed) before this request was answered; its work was dropped",
+        )
 
     loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup)
     key = api_key.encode() if api_key else None
@@ -80,7 +90,12 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
         got = request.headers.get("authorization", "")
         scheme, _, token = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-            raise HTTPError(401, "unauthorized", "missing or wrong API key (send 'Authorization: Bearer KEY')", {"WWW-Authenticate": "Bearer"})
+            raise HTTPError(
+                401,
+                "unauthorized",
+                "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     async def read_body(request: Request) -> bytes:
         n = request.headers.get("content-length")
@@ -105,10 +120,16 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
 
             try:
                 # max_part_size: a part (the params JSON with a large prompt list) may be as large as the body limit
-                form = await Request(request.scope, replay).form(max_files=limits.max_images + 1, max_fields=64, max_part_size=limits.max_body_bytes)
+                form = await Request(request.scope, replay).form(
+                    max_files=limits.max_images + 1, max_fields=64, max_part_size=limits.max_body_bytes
+                )
             except Exception as e:  # python-multipart's and Starlette's parse errors
-                if "Too many files" in str(e):  # Starlette stops counting at max_files: the same 413 as max_images + 1 files
-                    raise too_large(f"more than {limits.max_images} images in one request; the limit is {limits.max_images}") from None
+                if "Too many files" in str(
+                    e
+                ):  # Starlette stops counting at max_files: the same 413 as max_images + 1 files
+                    raise too_large(
+                        f"more than {limits.max_images} images in one request; the limit is {limits.max_images}"
+                    ) from None
                 raise bad(f"malformed multipart body ({type(e).__name__}: {str(e)[:200]})") from None
             files, fields = [], {}
             for name, value in form.multi_items():
@@ -138,7 +159,11 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             raise bad("empty request body; send JSON or multipart/form-data")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
+        except (
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            RecursionError,
+        ):  # RecursionError: thousands of nested brackets
             raise bad("the request body is not valid JSON (send application/json or multipart/form-data)") from None
         if not isinstance(data, dict):
             raise bad("the request must be a JSON object")
@@ -155,7 +180,12 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
         if loop.load_error is not None:
             raise HTTPError(503, "not_ready", f"the model failed to load: {loop.load_error}")
         if not loop.ready.is_set():
-            raise HTTPError(503, "not_ready", "the model is still loading; retry shortly (GET /healthz says when it is ready)", {"Retry-After": "2"})
+            raise HTTPError(
+                503,
+                "not_ready",
+                "the model is still loading; retry shortly (GET /healthz says when it is ready)",
+                {"Retry-After": "2"},
+            )
 
     async def run_job(request: Request, job: Job) -> list:
         fut = asyncio.wrap_future(loop.submit(job))
@@ -187,7 +217,10 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             results = await run_job(request, job)
             view_policy = results[0].policy if results else ""
             body = {
-                "results": [{"image": name, **r.to_dict(params.top_k), "random_weights": clf.model.random_weights} for (name, _), r in zip(params.images, results)],
+                "results": [
+                    {"image": name, **r.to_dict(params.top_k), "random_weights": clf.model.random_weights}
+                    for (name, _), r in zip(params.images, results)
+                ],
                 "model": clf.model.name,
                 "describe": clf.model.describe(),
                 "policy": view_policy,
@@ -232,17 +265,27 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             if not isinstance(shared, bool):
                 raise bad(f"shared_noise must be true or false, got {shared!r}")
             if len(set(captions)) > limits.max_classes:
-                raise too_large(f"{len(set(captions))} distinct captions in one request; the limit is {limits.max_classes}")
+                raise too_large(
+                    f"{len(set(captions))} distinct captions in one request; the limit is {limits.max_classes}"
+                )
             params = parse_params(fields, files, limits)
             if params.classes is not None or set(params.options) - {"seed"} or "top_k" in fields:
-                raise bad("match takes captions, n_grid, shared_noise, seed, timeout, loss and model (no classes, prompts, policy, options, temperature or top_k)")
+                raise bad(
+                    "match takes captions, n_grid, shared_noise, seed, timeout, loss and model (no classes, prompts,"
+                    " policy, options, temperature or top_k)"
+                )
             clf = loop.clf
             check_engine_fields(params, clf)
             hw, ch = clf.model.image_hw, clf.model.image_channels
             pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
             job = Job(pixels, None, params.options, params.timeout, match=(captions, n_grid, shared))
             res = await run_job(request, job)
-            body = {"images": [n for n, _ in params.images], **res.to_dict(), "model": clf.model.name, "random_weights": clf.model.random_weights}
+            body = {
+                "images": [n for n, _ in params.images],
+                **res.to_dict(),
+                "model": clf.model.name,
+                "random_weights": clf.model.random_weights,
+            }
             metrics.observe_request(200, time.perf_counter() - t0)
             return JSONResponse(body)
         except HTTPError as e:
@@ -296,7 +339,9 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
             return JSONResponse({"status": "failed", "error": loop.load_error}, status_code=503)
         if not loop.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
-        return JSONResponse({"status": "ok", "model": loop.clf.model.name, "warmup_seconds": round(loop.warmup_seconds, 3)})
+        return JSONResponse(
+            {"status": "ok", "model": loop.clf.model.name, "warmup_seconds": round(loop.warmup_seconds, 3)}
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
@@ -309,7 +354,9 @@ def create_app(load: Callable[[], Any], limits: Limits | None = None, api_key: s
     async def http_error(request: Request, exc: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         metrics.error(kind)
-        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail), "kind": kind}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -360,7 +407,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    load: Callable[[], Any], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, api_key: str | None = None, warmup: bool = True, graceful_timeout: float | None = None
+    load: Callable[[], Any],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    warmup: bool = True,
+    graceful_timeout: float | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; then it stops accepting, finishes the requests in flight and exits."""
     import uvicorn
@@ -369,14 +422,25 @@ def serve(
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
 
     def stopped(cut: int) -> None:
-        what = "requests in flight answered" if not cut else f"{cut} request(s) cut short by --graceful-timeout, answered 503"
+        what = (
+            "requests in flight answered"
+            if not cut
+            else f"{cut} request(s) cut short by --graceful-timeout, answered 503"
+        )
         print(f"diffcls-fast: server stopped ({what})", file=sys.stderr, flush=True)
 
     app = create_app(load, limits, api_key, warmup, on_stopped=stopped)
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
-    print(f"diffcls-fast: serving on http://{shown}:{p} (loading the model; GET /healthz says when it is ready){'; API key required' if api_key else ''}", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_timeout, access_log=False)
+    print(
+        f"diffcls-fast: serving on http://{shown}:{p} (loading the model; GET /healthz says when it is"
+        f" ready){'; API key required' if api_key else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_timeout, access_log=False
+    )
     # On SIGINT/SIGTERM uvicorn stops accepting, waits for the open requests, runs the lifespan
     # shutdown (the engine loop finishes what it accepted), then re-raises the signal: the exit
     # status says which signal stopped the server, as process supervisors expect.
@@ -387,7 +451,15 @@ class ServerThread:
     """The server in a background thread of this process, on ``host:port`` (port 0: a free one):
     for tests and for embedding. ``start()`` returns once ``/healthz`` says ready."""
 
-    def __init__(self, load: Callable[[], Any], host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None, api_key: str | None = None, warmup: bool = True):
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: Limits | None = None,
+        api_key: str | None = None,
+        warmup: bool = True,
+    ):
         import threading
 
         import uvicorn
@@ -397,7 +469,9 @@ class ServerThread:
         self.url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
         self.app = create_app(load, limits, api_key, warmup)
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="diffcls-server", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="diffcls-server", daemon=True
+        )
 
     def start(self, timeout: float = 300.0) -> ServerThread:
         self.thread.start()

@@ -43,7 +43,9 @@ class Job:
     results: list[Any] = field(default_factory=list)
     warning: str | None = None
     request: Any = None  # the engine's handle, once admitted
-    match: tuple | None = None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
+    match: tuple | None = (
+        None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
+    )
     plan: Any = None  # the match's MatchPlan, once admitted
 
     @property
@@ -90,10 +92,20 @@ class EngineLoop:
             if self._stopping:
                 raise HTTPError(503, "shutting_down", "the server is shutting down", {"Retry-After": "5"})
             if not self.ready.is_set():
-                raise HTTPError(503, "not_ready", "the model is still loading; retry shortly (GET /healthz says when it is ready)", {"Retry-After": "2"})
+                raise HTTPError(
+                    503,
+                    "not_ready",
+                    "the model is still loading; retry shortly (GET /healthz says when it is ready)",
+                    {"Retry-After": "2"},
+                )
             n = len(self._accepted)
             if n >= self.max_queue:
-                raise HTTPError(429, "queue_full", f"the server's queue is full ({n} requests waiting or in flight); retry later", {"Retry-After": str(self._retry_after(n))})
+                raise HTTPError(
+                    429,
+                    "queue_full",
+                    f"the server's queue is full ({n} requests waiting or in flight); retry later",
+                    {"Retry-After": str(self._retry_after(n))},
+                )
             self._inbox.append(job)
             self._accepted.add(job)
             self._cv.notify()
@@ -152,7 +164,9 @@ class EngineLoop:
                     self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
                 self.engine = self.clf.engine()
                 last = (0, 0, 0, 0)
-                self.metrics.observe_engine(0, 0, 0, 0, queued=self.pending, waiting=0, inflight=0)  # the gauges say the reset
+                self.metrics.observe_engine(
+                    0, 0, 0, 0, queued=self.pending, waiting=0, inflight=0
+                )  # the gauges say the reset
 
     def _iteration(self, new: list[Job], cancels: list[Job], last: tuple) -> tuple:
         """Admit, drop (cancelled, past deadline), run one step, answer the finished; the engine counters after it."""
@@ -162,10 +176,24 @@ class EngineLoop:
             self._drop(job, HTTPError(499, "client_closed", "the client closed the connection"))
         now = time.monotonic()
         for job in [j for j in self._live.values() if j.deadline <= now]:
-            self._drop(job, HTTPError(504, "deadline", f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped"))
+            self._drop(
+                job,
+                HTTPError(
+                    504,
+                    "deadline",
+                    f"the request's deadline of {job.timeout:g} s passed before it was answered; its work was dropped",
+                ),
+            )
         if not self.engine.has_work:
             for job in list(self._live.values()):  # a safety net: no live job can be left without work
-                self._finish(job, None if job.request.done else HTTPError(500, "internal", "internal error: the engine has no work left for this request"))
+                self._finish(
+                    job,
+                    (
+                        None
+                        if job.request.done
+                        else HTTPError(500, "internal", "internal error: the engine has no work left for this request")
+                    ),
+                )
         else:
             events = self.engine.step()
             done = []
@@ -179,7 +207,12 @@ class EngineLoop:
                 self._finish(job, None)
         s = self.engine.stats
         cur = (s.rows, s.padded, s.batches, self.engine.images_done)
-        self.metrics.observe_engine(*(c - p for c, p in zip(cur, last)), queued=self.pending, waiting=self.engine.waiting_images, inflight=self.engine.inflight_images)
+        self.metrics.observe_engine(
+            *(c - p for c, p in zip(cur, last)),
+            queued=self.pending,
+            waiting=self.engine.waiting_images,
+            inflight=self.engine.inflight_images,
+        )
         return cur
 
     def _admit(self, job: Job) -> None:
@@ -249,7 +282,11 @@ class EngineLoop:
             for b in clf.buckets:
                 x = torch.zeros((b, *m.latent_shape), dtype=m.dtype, device=m.device)
                 t = torch.full((b,), m.num_timesteps // 2, dtype=torch.long, device=m.device)
-                c = cond.expand(b, *cond.shape[1:]) if cond is not None else torch.zeros((b,), dtype=torch.long, device=m.device)
+                c = (
+                    cond.expand(b, *cond.shape[1:])
+                    if cond is not None
+                    else torch.zeros((b,), dtype=torch.long, device=m.device)
+                )
                 m.denoise(x, t, c.contiguous())
         self.warmup_seconds = time.perf_counter() - t0
 

@@ -54,7 +54,20 @@ def too_large(message: str) -> HTTPError:
     return HTTPError(413, "too_large", message)
 
 
-_FIELDS = {"images", "names", "classes", "prompts", "seed", "policy", "options", "temperature", "top_k", "timeout", "loss", "model"}  # /v1/match adds captions, n_grid, shared_noise
+_FIELDS = {
+    "images",
+    "names",
+    "classes",
+    "prompts",
+    "seed",
+    "policy",
+    "options",
+    "temperature",
+    "top_k",
+    "timeout",
+    "loss",
+    "model",
+}  # /v1/match adds captions, n_grid, shared_noise
 
 
 @dataclass
@@ -62,7 +75,9 @@ class ClassifyParams:
     """A checked request (images still as bytes)."""
 
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (name, encoded image)
-    classes: ClassSpec | list[str] | None = None  # names (the model's template makes the prompts), a spec, or the model's default
+    classes: ClassSpec | list[str] | None = (
+        None  # names (the model's template makes the prompts), a spec, or the model's default
+    )
     options: dict[str, Any] = field(default_factory=dict)  # DiffusionClassifier.with_options keywords
     top_k: int = 5
     timeout: float = 60.0
@@ -99,7 +114,10 @@ def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> 
         raise too_large(f"{n_cls} classes in one request; the limit is {limits.max_classes}")
     n_prompts = sum(len(ids) for ids in p.classes.class_prompts) if isinstance(p.classes, ClassSpec) else n_cls
     if n_prompts > limits.max_prompts:
-        raise too_large(f"{n_prompts} prompts in one request (a class's prompts each cost a denoiser row per sample); the limit is {limits.max_prompts}")
+        raise too_large(
+            f"{n_prompts} prompts in one request (a class's prompts each cost a denoiser row per sample); the limit is"
+            f" {limits.max_prompts}"
+        )
     if body.get("seed") is not None:
         p.options["seed"] = _int("seed", body["seed"], lo=0)
     if body.get("policy") is not None:
@@ -145,7 +163,9 @@ def _b64_images(images: Any, names: Any) -> list[tuple[str, bytes]]:
         return []
     if not isinstance(images, list):
         raise bad("'images' must be a list of base64 strings")
-    if names is not None and (not isinstance(names, list) or len(names) != len(images) or not all(isinstance(n, str) for n in names)):
+    if names is not None and (
+        not isinstance(names, list) or len(names) != len(images) or not all(isinstance(n, str) for n in names)
+    ):
         raise bad("'names' must be a list of strings, one per image")
     out = []
     for i, s in enumerate(images):
@@ -253,7 +273,9 @@ def decode_image(name: str, data: bytes, limits: Limits, hw: tuple[int, int], ch
     try:
         im.load()
     except (OSError, ValueError, SyntaxError) as e:
-        raise bad(f"{name}: cannot decode the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise bad(
+            f"{name}: cannot decode the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     try:
         return to_pixels(im, hw, channels, name=name)
     except UserError as e:

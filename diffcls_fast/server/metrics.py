@@ -48,7 +48,9 @@ class Metrics:
         with self._lock:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def observe_engine(self, rows: int, padded: int, batches: int, images: int, queued: int, waiting: int, inflight: int) -> None:
+    def observe_engine(
+        self, rows: int, padded: int, batches: int, images: int, queued: int, waiting: int, inflight: int
+    ) -> None:
         """Deltas of the engine's counters since the last call, and its current gauges."""
         now = time.monotonic()
         with self._lock:
@@ -80,17 +82,49 @@ class Metrics:
                 out.extend(f"{name}{labels} {_num(v)}" for labels, v in samples)
 
             metric("diffcls_ready", "gauge", "1 once the model is loaded and warmed up.", [("", self.ready)])
-            metric("diffcls_queue_depth", "gauge", "Classify requests accepted and not yet answered.", [("", self.queued_requests)])
-            metric("diffcls_waiting_images", "gauge", "Images encoded and waiting for an in-flight slot.", [("", self.waiting_images)])
+            metric(
+                "diffcls_queue_depth",
+                "gauge",
+                "Classify requests accepted and not yet answered.",
+                [("", self.queued_requests)],
+            )
+            metric(
+                "diffcls_waiting_images",
+                "gauge",
+                "Images encoded and waiting for an in-flight slot.",
+                [("", self.waiting_images)],
+            )
             metric("diffcls_inflight_images", "gauge", "Images being scored.", [("", self.inflight_images)])
-            metric("diffcls_batch_fill", "gauge", "Real rows / (real + padding rows), since start.", [("", round(fill, 6))])
-            metric("diffcls_evaluations_per_second", "gauge", f"Denoiser rows per second over the last {self.window_s:g} s.", [("", round(eps, 3))])
-            metric("diffcls_evaluations_total", "counter", "Denoiser rows run (speculation included).", [("", self.evaluations)])
+            metric(
+                "diffcls_batch_fill", "gauge", "Real rows / (real + padding rows), since start.", [("", round(fill, 6))]
+            )
+            metric(
+                "diffcls_evaluations_per_second",
+                "gauge",
+                f"Denoiser rows per second over the last {self.window_s:g} s.",
+                [("", round(eps, 3))],
+            )
+            metric(
+                "diffcls_evaluations_total",
+                "counter",
+                "Denoiser rows run (speculation included).",
+                [("", self.evaluations)],
+            )
             metric("diffcls_padded_rows_total", "counter", "Padding rows run.", [("", self.padded)])
             metric("diffcls_batches_total", "counter", "Denoiser batches run.", [("", self.batches)])
             metric("diffcls_images_total", "counter", "Images answered.", [("", self.images)])
-            metric("diffcls_requests_total", "counter", "Classify requests by HTTP status.", [(f'{{code="{c}"}}', n) for c, n in sorted(self.requests.items())])
-            metric("diffcls_errors_total", "counter", "Errors by kind.", [(f'{{kind="{k}"}}', n) for k, n in sorted(self.errors.items())])
+            metric(
+                "diffcls_requests_total",
+                "counter",
+                "Classify requests by HTTP status.",
+                [(f'{{code="{c}"}}', n) for c, n in sorted(self.requests.items())],
+            )
+            metric(
+                "diffcls_errors_total",
+                "counter",
+                "Errors by kind.",
+                [(f'{{kind="{k}"}}', n) for k, n in sorted(self.errors.items())],
+            )
             name = "diffcls_request_duration_seconds"
             out.append(f"# HELP {name} Classify request latency, from arrival to answer.")
             out.append(f"# TYPE {name} histogram")

@@ -33,15 +33,13 @@ def test_tests_section_records_each_outcome(tmp_path):
     tests = tmp_path / "suite"
     tests.mkdir()
     (tests / "test_three.py").write_text(
-        textwrap.dedent(
-            """
+        textwrap.dedent("""
             import pytest
             def test_ok(): pass
             def test_bad(): assert 1 == 2
             @pytest.mark.skip(reason="no CUDA here")
             def test_gpu(): pass
-            """
-        )
+            """)
     )
     base = tmp_path / "gpu_t"
     run = f"""

@@ -17,7 +17,11 @@ def test_reference_loop_matches_engine(n_samples, to_keep):
     spec = ClassSpec.from_prompts(model.class_names, model.default_prompts)
     cond = model.encode_prompts(spec.prompts)
     px = [preprocess(im, model.image_resolution, model.image_channels) for im in pil[:4]]
-    engine = DiffusionClassifier(model, "adaptive", n_samples=n_samples, to_keep=to_keep, use_cache=False).classify(px, spec)
+    engine = DiffusionClassifier(model, "adaptive", n_samples=n_samples, to_keep=to_keep, use_cache=False).classify(
+        px, spec
+    )
     for p, r in zip(px, engine):
-        label, evals = reference_classify(model, model.encode_images([p])[0], cond, n_samples, to_keep, key=image_key(p))
+        label, evals = reference_classify(
+            model, model.encode_images([p])[0], cond, n_samples, to_keep, key=image_key(p)
+        )
         assert (label, evals) == (r.label, r.evaluations)

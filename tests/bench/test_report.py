@@ -37,7 +37,13 @@ def test_front_marks_memo_rows_and_names_missing_configurations():
 
 
 def test_front_without_memo_rows_has_no_footnote():
-    ave = {"results": [_row("exhaustive-5", 500.0, 339.0)], "images": 2, "device": "cpu", "date": "2026-12-02", "_file": "x.json"}
+    ave = {
+        "results": [_row("exhaustive-5", 500.0, 339.0)],
+        "images": 2,
+        "device": "cpu",
+        "date": "2026-12-02",
+        "_file": "x.json",
+    }
     assert "--memo" not in "\n".join(_front("numbers", ave))
 
 
@@ -49,14 +55,34 @@ def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monke
 
     def cal_row(policy, ece):
         m = {"ece": ece, "nll": 0.1, "accuracy": 0.99}
-        return {"policy": policy, "heldout": {"policy": f"{policy}(...)", "images": 400}, "temperature": 0.01, "floor": 0.003, "heldout_before": m, "heldout_after": m}
+        return {
+            "policy": policy,
+            "heldout": {"policy": f"{policy}(...)", "images": 400},
+            "temperature": 0.01,
+            "floor": 0.003,
+            "heldout_before": m,
+            "heldout_after": m,
+        }
 
     res = tmp_path / "bench" / "results"
     res.mkdir(parents=True)
-    for date, rows in (("2026-11-23", [cal_row("ttest", 0.05), cal_row("halving", 0.02)]), ("2026-12-06", [cal_row("adaptive", 0.01), cal_row("ttest", 0.03)])):
-        (res / f"calibration_digits_cpu_{date}.json").write_text(json.dumps({"device": "cpu", "date": date, "results": rows}))
+    for date, rows in (
+        ("2026-11-23", [cal_row("ttest", 0.05), cal_row("halving", 0.02)]),
+        ("2026-12-06", [cal_row("adaptive", 0.01), cal_row("ttest", 0.03)]),
+    ):
+        (res / f"calibration_digits_cpu_{date}.json").write_text(
+            json.dumps({"device": "cpu", "date": date, "results": rows})
+        )
     monkeypatch.setattr(report, "ROOT", tmp_path)
     got = {r["policy"]: (r["heldout_after"]["ece"], f) for r, f in report._calibration_rows("digits")}
-    assert got == {"ttest": (0.03, "calibration_digits_cpu_2026-12-06.json"), "halving": (0.02, "calibration_digits_cpu_2026-11-23.json"), "adaptive": (0.01, "calibration_digits_cpu_2026-12-06.json")}
+    assert got == {
+        "ttest": (0.03, "calibration_digits_cpu_2026-12-06.json"),
+        "halving": (0.02, "calibration_digits_cpu_2026-11-23.json"),
+        "adaptive": (0.01, "calibration_digits_cpu_2026-12-06.json"),
+    }
     text = report._render_rest([])
-    assert "| adaptive(...) | 400 |" in text and "| 2026-11-23 |" in text and "[2026-12-06](../bench/results/calibration_digits_cpu_2026-12-06.json)" in text
+    assert (
+        "| adaptive(...) | 400 |" in text
+        and "| 2026-11-23 |" in text
+        and "[2026-12-06](../bench/results/calibration_digits_cpu_2026-12-06.json)" in text
+    )

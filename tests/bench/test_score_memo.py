@@ -26,13 +26,23 @@ def test_stricter_ttest_first_answers_the_looser_one_from_memory(digits):
     """The t-tests of one sample sequence: the looser cutoff asks (almost) only queries the stricter one asked."""
     model, images, names = digits
     memo = ScoreMemo()
-    strict = MemoClassifier(model, "ttest", cutoff_pval=1e-4, batch_size=64, use_cache=False, memo=memo).classify(images, names)
+    strict = MemoClassifier(model, "ttest", cutoff_pval=1e-4, batch_size=64, use_cache=False, memo=memo).classify(
+        images, names
+    )
     asked = memo.misses
     assert memo.hits == 0 and asked == sum(r.evaluations_spent for r in strict)
-    loose = MemoClassifier(model, "ttest", cutoff_pval=1e-2, batch_size=64, use_cache=False, memo=memo).classify(images, names)
+    loose = MemoClassifier(model, "ttest", cutoff_pval=1e-2, batch_size=64, use_cache=False, memo=memo).classify(
+        images, names
+    )
     assert memo.hits > 0 and memo.misses - asked < 0.1 * sum(r.evaluations for r in loose)
-    _same(strict, DiffusionClassifier(model, "ttest", cutoff_pval=1e-4, batch_size=64, use_cache=False).classify(images, names))
-    _same(loose, DiffusionClassifier(model, "ttest", cutoff_pval=1e-2, batch_size=64, use_cache=False).classify(images, names))
+    _same(
+        strict,
+        DiffusionClassifier(model, "ttest", cutoff_pval=1e-4, batch_size=64, use_cache=False).classify(images, names),
+    )
+    _same(
+        loose,
+        DiffusionClassifier(model, "ttest", cutoff_pval=1e-2, batch_size=64, use_cache=False).classify(images, names),
+    )
 
 
 def test_other_families_and_batch_sizes_never_share_a_wrong_answer(digits):
@@ -40,7 +50,11 @@ def test_other_families_and_batch_sizes_never_share_a_wrong_answer(digits):
     exhaustive grid, an adaptive schedule and a halving run in one memo each get their own answers."""
     model, images, names = digits
     memo = ScoreMemo()
-    for policy, opts in [("exhaustive", dict(n_grid=5)), ("adaptive", dict(n_samples=[5, 25], to_keep=[3, 1])), ("halving", {})]:
+    for policy, opts in [
+        ("exhaustive", dict(n_grid=5)),
+        ("adaptive", dict(n_samples=[5, 25], to_keep=[3, 1])),
+        ("halving", {}),
+    ]:
         got = MemoClassifier(model, policy, batch_size=32, use_cache=False, memo=memo, **opts).classify(images, names)
         _same(got, DiffusionClassifier(model, policy, batch_size=64, use_cache=False, **opts).classify(images, names))
     assert memo.hits > 0  # the adaptive schedule's stage 2 repeats grid points, and halving rounds overlap
@@ -55,6 +69,11 @@ def test_a_repeated_run_runs_nothing(digits):
     again = MemoClassifier(model, "halving", batch_size=64, use_cache=False, memo=memo, seed=0).classify(images, names)
     assert memo.misses == asked
     _same(again, first)
-    other_seed = MemoClassifier(model, "halving", batch_size=64, use_cache=False, memo=memo, seed=1).classify(images, names)
+    other_seed = MemoClassifier(model, "halving", batch_size=64, use_cache=False, memo=memo, seed=1).classify(
+        images, names
+    )
     assert memo.misses > asked  # another seed draws other noise: nothing of it is known
-    _same(other_seed, DiffusionClassifier(model, "halving", batch_size=64, use_cache=False, seed=1).classify(images, names))
+    _same(
+        other_seed,
+        DiffusionClassifier(model, "halving", batch_size=64, use_cache=False, seed=1).classify(images, names),
+    )

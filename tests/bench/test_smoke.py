@@ -16,10 +16,19 @@ def test_kernel_bench_smoke():
     # The bench runs under the interpreter; ask a fresh process whether it can (the variable must be set
     # before the kernels are imported, which this process may already have done compiled on a GPU).
     probe = "from diffcls_fast.kernels.dispatch import interpreter_problem; print(interpreter_problem() or '')"
-    why = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).stdout.strip()
+    why = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    ).stdout.strip()
     if why:
         pytest.skip(why)
-    p = subprocess.run([sys.executable, "-m", "bench.kernels", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.kernels", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "make_noisy" in p.stdout and "query_errors" in p.stdout and "copy bandwidth" in p.stdout
 
@@ -30,7 +39,23 @@ def test_accuracy_vs_evals_runs_in_parts_and_resumes(tmp_path):
     import json
 
     def run(*only):
-        cmd = [sys.executable, "-m", "bench.accuracy_vs_evals", "--model", "numbers", "--limit", "2", "--tag", "t", "--results-dir", str(tmp_path), "--resume", "--no-plot", "--only", *only]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.accuracy_vs_evals",
+            "--model",
+            "numbers",
+            "--limit",
+            "2",
+            "--tag",
+            "t",
+            "--results-dir",
+            str(tmp_path),
+            "--resume",
+            "--no-plot",
+            "--only",
+            *only,
+        ]
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
         return p.stdout
@@ -41,7 +66,9 @@ def test_accuracy_vs_evals_runs_in_parts_and_resumes(tmp_path):
     assert "exhaustive-5                       (resumed)" in out and "halving 1 3 7 / 20 5 1" in out
     d = json.loads((tmp_path / "accuracy_vs_evals_t.json").read_text())
     assert [r["name"] for r in d["results"]] == ["halving 1 3 7 / 10 3 1", "exhaustive-5", "halving 1 3 7 / 20 5 1"]
-    assert d["images"] == 2 and all(r["backend"] == "torch" and r["dtype"] == "float32" and r["device"] for r in d["results"])
+    assert d["images"] == 2 and all(
+        r["backend"] == "torch" and r["dtype"] == "float32" and r["device"] for r in d["results"]
+    )
     assert d["results"][1]["evals_per_image"] == 500.0
     assert (tmp_path / "per_image" / "accuracy_vs_evals_t.npz").is_file()
 
@@ -58,7 +85,24 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
     name = "halving 1 3 7 / 10 3 1"
 
     def run(tag, *extra):
-        cmd = [sys.executable, "-m", "bench.accuracy_vs_evals", "--model", "numbers", "--limit", "3", "--tag", tag, "--results-dir", str(tmp_path), "--resume", "--no-plot", "--only", name, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.accuracy_vs_evals",
+            "--model",
+            "numbers",
+            "--limit",
+            "3",
+            "--tag",
+            tag,
+            "--results-dir",
+            str(tmp_path),
+            "--resume",
+            "--no-plot",
+            "--only",
+            name,
+            *extra,
+        ]
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
         return p.stdout
@@ -69,7 +113,9 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
 
     run("whole")
     out = run("parts", "--chunk", "2")
-    assert "2 of 3 images" in out and not list((tmp_path / "per_image").glob("*partial*"))  # removed once the row is saved
+    assert "2 of 3 images" in out and not list(
+        (tmp_path / "per_image").glob("*partial*")
+    )  # removed once the row is saved
     whole, parts = per_image("whole"), per_image("parts")
     for k in ("label", "evals", "n_scores"):
         np.testing.assert_array_equal(parts[k], whole[k])

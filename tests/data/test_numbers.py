@@ -60,7 +60,17 @@ def test_pair_image_is_the_two_digits_side_by_side():
     torch.testing.assert_close(x[:, :, 8:], preprocess(digits.to_pil(digits._load()[0][j]), 8, 1), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("size", "res"), [((32, 16), (8, 16)), ((17, 5), (8, 16)), ((100, 20), (8, 16)), ((16, 32), (8, 16)), ((40, 30), 8), ((7, 9), (3, 5))])
+@pytest.mark.parametrize(
+    ("size", "res"),
+    [
+        ((32, 16), (8, 16)),
+        ((17, 5), (8, 16)),
+        ((100, 20), (8, 16)),
+        ((16, 32), (8, 16)),
+        ((40, 30), 8),
+        ((7, 9), (3, 5)),
+    ],
+)
 def test_non_square_preprocessing_covers_and_center_crops(size, res):
     rng = np.random.default_rng(0)
     im = Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8), mode="L")

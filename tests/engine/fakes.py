@@ -14,7 +14,9 @@ def _hash01(*keys: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def fake_errors(image: int, classes: np.ndarray, samples: np.ndarray, true_class: int, n_classes: int, gap: float = 0.05) -> np.ndarray:
+def fake_errors(
+    image: int, classes: np.ndarray, samples: np.ndarray, true_class: int, n_classes: int, gap: float = 0.05
+) -> np.ndarray:
     """Errors with a per-sample shared component (as shared noise gives), a class offset, and small per-query noise.
 
     The true class has the lowest mean; other classes are worse by ``gap`` times their distance in id.

@@ -58,7 +58,19 @@ def _rewrite(c, prompt, tensors, meta):
 
 @pytest.mark.parametrize(
     "case",
-    ["garbage", "empty", "no_embedding_key", "wrong_shape", "int_dtype", "nan", "inf", "old_format", "other_fingerprint", "other_prompt", "directory"],
+    [
+        "garbage",
+        "empty",
+        "no_embedding_key",
+        "wrong_shape",
+        "int_dtype",
+        "nan",
+        "inf",
+        "old_format",
+        "other_fingerprint",
+        "other_prompt",
+        "directory",
+    ],
 )
 def test_bad_entry_is_recomputed_and_rewritten(tmp_path, case, recwarn):
     _warm(tmp_path)
@@ -195,11 +207,23 @@ def test_cli_prints_a_cache_warning_as_one_line(tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     r = subprocess.run(
-        [sys.executable, "-m", "diffcls_fast.cli", "classify", "examples/digit-7.png", "--policy", "halving", "--cache-dir", str(blocker)],
+        [
+            sys.executable,
+            "-m",
+            "diffcls_fast.cli",
+            "classify",
+            "examples/digit-7.png",
+            "--policy",
+            "halving",
+            "--cache-dir",
+            str(blocker),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "embedding cache" in ln]
-    assert len(lines) == 1 and lines[0].startswith("diffcls-fast: warning: embedding cache") and "cannot write" in lines[0], r.stderr
+    assert (
+        len(lines) == 1 and lines[0].startswith("diffcls-fast: warning: embedding cache") and "cannot write" in lines[0]
+    ), r.stderr

@@ -82,7 +82,9 @@ def test_a_model_calibration_is_used_per_policy_and_explicit_values_win(tmp_path
     assert (c.temperature, c.posterior_floor) == (0.003, 0.02)
     c = DiffusionClassifier(m, "ttest", use_cache=False)  # no calibration shipped for ttest: the plain default
     assert (c.temperature, c.posterior_floor) == (1e-2, 0.0)
-    c = DiffusionClassifier(m, "halving", temperature=0.5, use_cache=False)  # an explicit temperature: no floor unless asked
+    c = DiffusionClassifier(
+        m, "halving", temperature=0.5, use_cache=False
+    )  # an explicit temperature: no floor unless asked
     assert (c.temperature, c.posterior_floor) == (0.5, 0.0)
     c = DiffusionClassifier(m, "halving", posterior_floor=0.1, use_cache=False)
     assert (c.temperature, c.posterior_floor) == (0.003, 0.1)
@@ -100,13 +102,24 @@ def test_a_calibration_applies_only_to_the_loss_it_was_fitted_with():
 
     classifier._WARNED_LOSS.clear()  # the warning is once per (model, policy, loss) and process
     model = load_model("digits")
-    m = dataclasses.replace(model, calibration={"halving": {"temperature": 0.003, "floor": 0.02}, "ttest": {"temperature": 0.004, "floor": 0.01, "loss": "x0"}})
+    m = dataclasses.replace(
+        model,
+        calibration={
+            "halving": {"temperature": 0.003, "floor": 0.02},
+            "ttest": {"temperature": 0.004, "floor": 0.01, "loss": "x0"},
+        },
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert DiffusionClassifier(m, "halving", use_cache=False).temperature == 0.003  # no "loss": fitted with l2
         assert DiffusionClassifier(m, "ttest", loss="x0", use_cache=False).temperature == 0.004
-        assert DiffusionClassifier(m, "halving", loss="x0", temperature=0.5, use_cache=False).temperature == 0.5  # explicit: no warning
-    with pytest.warns(DiffclsWarning, match="calibration for halving was fitted with loss l2; with loss x0 the posteriors are uncalibrated"):
+        assert (
+            DiffusionClassifier(m, "halving", loss="x0", temperature=0.5, use_cache=False).temperature == 0.5
+        )  # explicit: no warning
+    with pytest.warns(
+        DiffclsWarning,
+        match="calibration for halving was fitted with loss l2; with loss x0 the posteriors are uncalibrated",
+    ):
         c = DiffusionClassifier(m, "halving", loss="x0", use_cache=False)
     assert (c.temperature, c.posterior_floor) == (1e-2, 0.0)
     with warnings.catch_warnings():
@@ -117,7 +130,16 @@ def test_a_calibration_applies_only_to_the_loss_it_was_fitted_with():
     assert (v.temperature, v.posterior_floor) == (1e-2, 0.0)
 
 
-@pytest.mark.parametrize("bad", [{"halving": {"temperature": 0}}, {"halving": {"temperature": 0.01, "floor": 1.0}}, {"halving": 3}, [1], {"halving": {"temperature": 0.01, "loss": "mse"}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"halving": {"temperature": 0}},
+        {"halving": {"temperature": 0.01, "floor": 1.0}},
+        {"halving": 3},
+        [1],
+        {"halving": {"temperature": 0.01, "loss": "mse"}},
+    ],
+)
 def test_a_malformed_calibration_in_diffcls_json_is_a_user_error(tmp_path, bad):
     import json
     import shutil

@@ -37,8 +37,12 @@ def test_same_result_alone_in_a_stream_and_at_any_batch_size(model, heldout, pol
     stream = list(pil[20:45]) + [target] + list(pil[45:69])  # 50 images, target in the middle
     runs = [
         DiffusionClassifier(model, policy, batch_size=64, use_cache=False, **opts).classify(stream)[25],
-        DiffusionClassifier(model, policy, batch_size=8, max_inflight=3, use_cache=False, **opts).classify(stream[::-1])[24],
-        DiffusionClassifier(model, policy, batch_size=64, speculate="fill", use_cache=False, **opts).classify([target])[0],
+        DiffusionClassifier(model, policy, batch_size=8, max_inflight=3, use_cache=False, **opts).classify(
+            stream[::-1]
+        )[24],
+        DiffusionClassifier(model, policy, batch_size=64, speculate="fill", use_cache=False, **opts).classify([target])[
+            0
+        ],
     ]
     for r in runs:
         assert r.label == alone.label
@@ -87,7 +91,9 @@ def test_saved_noise_rows_are_used(model, heldout):
     noise = torch.randn(60, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     a = DiffusionClassifier(model, "exhaustive", n_grid=50, noise=noise, use_cache=False).classify([pil[2], pil[3]])
     # With a saved tensor, noise depends only on the sample index: two runs in different orders agree.
-    b = DiffusionClassifier(model, "exhaustive", n_grid=50, noise=noise, use_cache=False, batch_size=32).classify([pil[3], pil[2]])
+    b = DiffusionClassifier(model, "exhaustive", n_grid=50, noise=noise, use_cache=False, batch_size=32).classify(
+        [pil[3], pil[2]]
+    )
     np.testing.assert_allclose(a[0].mean_errors, b[1].mean_errors, rtol=1e-5)
 
 

@@ -120,7 +120,11 @@ def test_negative_seed_is_a_user_error_in_the_api_and_the_cli(model, capsys):
 
 def test_large_seeds_are_not_truncated(model, digits):
     def errors(seed):
-        return DiffusionClassifier(model, "exhaustive", n_grid=5, seed=seed, use_cache=False).classify(digits[0], CLASSES)[0].mean_errors
+        return (
+            DiffusionClassifier(model, "exhaustive", n_grid=5, seed=seed, use_cache=False)
+            .classify(digits[0], CLASSES)[0]
+            .mean_errors
+        )
 
     base = errors(0)
     for seed in (2**32, 2**70):

@@ -24,24 +24,41 @@ def digits():
 def assert_same(a, b):
     """Labels, counts and evaluations exactly; mean errors within the batch-composition tolerance (docs/performance.md,
     Determinism)."""
-    assert (a.label, a.label_name, a.class_names, a.evaluations, a.error) == (b.label, b.label_name, b.class_names, b.evaluations, b.error)
+    assert (a.label, a.label_name, a.class_names, a.evaluations, a.error) == (
+        b.label,
+        b.label_name,
+        b.class_names,
+        b.evaluations,
+        b.error,
+    )
     np.testing.assert_array_equal(a.n_scores, b.n_scores)
-    np.testing.assert_allclose(np.nan_to_num(a.mean_errors, nan=-1), np.nan_to_num(b.mean_errors, nan=-1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.nan_to_num(a.mean_errors, nan=-1), np.nan_to_num(b.mean_errors, nan=-1), rtol=1e-5, atol=1e-7
+    )
     np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-4, atol=1e-6)
 
 
 def test_requests_with_different_classes_policies_and_seeds_share_batches_and_match_classify(clf, digits):
     pil, _ = digits
-    ens = ClassSpec(["one", "seven", "nine"], ["a handwritten digit one", "the number 1", "a handwritten digit seven", "a handwritten digit nine"], [np.array([0, 1]), np.array([2]), np.array([3])])
+    ens = ClassSpec(
+        ["one", "seven", "nine"],
+        ["a handwritten digit one", "the number 1", "a handwritten digit seven", "a handwritten digit nine"],
+        [np.array([0, 1]), np.array([2]), np.array([3])],
+    )
     configs = [
         (None, clf),  # the model's ten classes, halving, seed 0
         (["one", "seven", "three"], clf.with_options(seed=5)),
         (ens, clf.with_options(policy="exhaustive", n_grid=4, seed=2)),  # a prompt ensemble, another policy
-        (["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"], clf.with_options(policy="ttest", min_scores=4, max_scores=12, temperature=0.02)),
+        (
+            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+            clf.with_options(policy="ttest", min_scores=4, max_scores=12, temperature=0.02),
+        ),
     ]
     expected = [view.classify(pil, classes) for classes, view in configs]
     engine = clf.engine()
-    reqs = [engine.submit(pil, classes, options=view.options, chunk=2) for classes, view in configs]  # small chunks: requests interleave
+    reqs = [
+        engine.submit(pil, classes, options=view.options, chunk=2) for classes, view in configs
+    ]  # small chunks: requests interleave
     got = {id(r): [None] * len(pil) for r in reqs}
     mixed = 0
     while engine.has_work:
@@ -94,12 +111,18 @@ def test_with_options_equals_a_classifier_built_with_the_same_arguments(clf, dig
     m = clf.model
     view = clf.with_options(policy="exhaustive", n_grid=3, seed=7)
     built = DiffusionClassifier(m, "exhaustive", n_grid=3, seed=7, batch_size=64, use_cache=False)
-    assert (view.temperature, view.posterior_floor, view.policy_cfg) == (built.temperature, built.posterior_floor, built.policy_cfg)
+    assert (view.temperature, view.posterior_floor, view.policy_cfg) == (
+        built.temperature,
+        built.posterior_floor,
+        built.policy_cfg,
+    )
     for a, b in zip(view.classify(pil[:2]), built.classify(pil[:2])):
         assert_same(a, b)
     t = clf.with_options(temperature=0.05)
     assert (t.temperature, t.posterior_floor) == (0.05, 0.0)  # as DiffusionClassifier(temperature=0.05)
-    assert clf.with_options(policy="ttest").temperature == DiffusionClassifier(m, "ttest").temperature  # the new policy's calibration
+    assert (
+        clf.with_options(policy="ttest").temperature == DiffusionClassifier(m, "ttest").temperature
+    )  # the new policy's calibration
     with pytest.raises(TypeError):
         clf.with_options(nope=1)
     with pytest.raises(UserError):

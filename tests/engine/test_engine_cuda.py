@@ -18,7 +18,10 @@ from diffcls_fast.data.digits import load_split
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (engine on CUDA vs CPU; python -m bench.gpu runs these)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (engine on CUDA vs CPU; python -m bench.gpu runs these)",
+    ),
 ]
 N_GRID = 5  # 50 evaluations per image
 SUBSET = 64  # images of the quick checks
@@ -108,14 +111,18 @@ def test_compile_backend_matches_eager():
     assert compiled.backend == "compile[reduce-overhead]"
     got, st = _classify(compiled, images, buckets=[16, 64])
     assert st.backend == "compile[reduce-overhead]" and st.kernels == "triton"
-    again, _ = _classify(compiled, images, buckets=[16, 64])  # replays only: the graphs' static buffers must not leak between calls
+    again, _ = _classify(
+        compiled, images, buckets=[16, 64]
+    )  # replays only: the graphs' static buffers must not leak between calls
     for run in (got, again):
         ag = compare_results(want, run, rtol=DTYPE_RTOL["float16"])
         assert ag.ok, ag.describe()
 
 
 def test_xformers_matches_sdpa():
-    xformers = pytest.importorskip("xformers", reason="xformers is not installed (bench.gpu carries its wheel: scripts/fetch_gpu_wheels.py)")
+    xformers = pytest.importorskip(
+        "xformers", reason="xformers is not installed (bench.gpu carries its wheel: scripts/fetch_gpu_wheels.py)"
+    )
     from diffcls_fast.export import apply_backend
 
     images = _images(SUBSET)
@@ -123,7 +130,10 @@ def test_xformers_matches_sdpa():
     try:  # a fresh model: xformers is switched on in place
         xf_model = apply_backend(load_model("digits", device="cuda"), "torch", xformers=True)
     except Exception as e:  # diffusers runs a test op and re-raises whatever xformers raised
-        pytest.skip(f"xformers {xformers.__version__} imports but cannot run here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        pytest.skip(
+            f"xformers {xformers.__version__} imports but cannot run here ({type(e).__name__}:"
+            f" {str(e).splitlines()[0] if str(e) else ''})"
+        )
     assert xf_model.backend == "torch+xformers"
     xf, _ = _classify(xf_model, images)
     ag = compare_results(sdpa, xf, rtol=DTYPE_RTOL["float16"])

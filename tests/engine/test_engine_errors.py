@@ -114,8 +114,28 @@ def test_eval_records_failed_rows_and_goes_on(nan_model, tmp_path):
             pass
 
     out = tmp_path / "eval.jsonl"
-    a = argparse.Namespace(model="digits", split="heldout", data=None, prompts=None, limit=3, out=str(out), policy="ttest", seed=0, loss="l2", noise_path=None)
-    for k, v in dict(n_grid=50, n_samples=[50, 500], to_keep=[5, 1], min_scores=3, max_scores=40, cutoff_pval=2e-3, sides=2, t_order="stratified").items():
+    a = argparse.Namespace(
+        model="digits",
+        split="heldout",
+        data=None,
+        prompts=None,
+        limit=3,
+        out=str(out),
+        policy="ttest",
+        seed=0,
+        loss="l2",
+        noise_path=None,
+    )
+    for k, v in dict(
+        n_grid=50,
+        n_samples=[50, 500],
+        to_keep=[5, 1],
+        min_scores=3,
+        max_scores=40,
+        cutoff_pval=2e-3,
+        sides=2,
+        t_order="stratified",
+    ).items():
         setattr(a, k, v)
     summary = run_eval(a, lambda a: DiffusionClassifier(nan_model, **FAST), lambda n, d: _Bar())
     assert summary["images"] == 3 and summary["failed"] == 3 and summary["accuracy"] == 0.0
@@ -149,7 +169,12 @@ def test_bad_scheduler_arguments_are_user_errors(model, kwargs, name):
 
 
 def test_valid_odd_scheduler_arguments_are_accepted(model, pil):
-    r = DiffusionClassifier(model, buckets=[3, np.int64(5)], max_inflight=np.int64(1), **{k: v for k, v in FAST.items() if k != "batch_size"}).classify([pil[0]])
+    r = DiffusionClassifier(
+        model,
+        buckets=[3, np.int64(5)],
+        max_inflight=np.int64(1),
+        **{k: v for k, v in FAST.items() if k != "batch_size"},
+    ).classify([pil[0]])
     assert r[0].ok
 
 
@@ -171,7 +196,11 @@ def test_identical_classes_are_refused(model, pil, classes, named):
 
 
 def test_identical_prompt_ensembles_are_refused_but_overlapping_ones_are_not(model, pil):
-    same = ClassSpec(["a", "b", "c"], ["the number 1", "a handwritten digit one", "the number 2"], [np.array([0, 1]), np.array([0, 1]), np.array([2])])
+    same = ClassSpec(
+        ["a", "b", "c"],
+        ["the number 1", "a handwritten digit one", "the number 2"],
+        [np.array([0, 1]), np.array([0, 1]), np.array([2])],
+    )
     with pytest.raises(UserError, match="'a', 'b'"):
         DiffusionClassifier(model, **FAST).classify([pil[0]], same)
     overlap = ClassSpec(["a", "b", "c"], same.prompts, [np.array([0, 1]), np.array([0]), np.array([2])])
@@ -181,11 +210,19 @@ def test_identical_prompt_ensembles_are_refused_but_overlapping_ones_are_not(mod
 def test_an_ensemble_larger_than_the_batch_is_refused_not_stalled(model, pil):
     """A class is scored with all its prompts in one batch: 3 prompts at batch size 2 could never run
     (every policy stalled and failed the image as an internal bug). Now a UserError before scoring."""
-    spec = ClassSpec(["zero", "seven"], ["the number 0", "a handwritten digit zero", "the digit zero", "the number 7"], [np.array([0, 1, 2]), np.array([3])])
+    spec = ClassSpec(
+        ["zero", "seven"],
+        ["the number 0", "a handwritten digit zero", "the digit zero", "the number 7"],
+        [np.array([0, 1, 2]), np.array([3])],
+    )
     for policy in ("ttest", "halving", "exhaustive", "adaptive"):
-        with pytest.raises(UserError, match=r"class 'zero' has 3 prompts, more than the largest denoiser batch \(2 rows\).*at least 3"):
+        with pytest.raises(
+            UserError, match=r"class 'zero' has 3 prompts, more than the largest denoiser batch \(2 rows\).*at least 3"
+        ):
             DiffusionClassifier(model, policy, use_cache=False, batch_size=2).classify([pil[0]], spec)
-    assert DiffusionClassifier(model, "exhaustive", use_cache=False, batch_size=3, n_grid=4).classify([pil[0]], spec)[0].ok
+    assert (
+        DiffusionClassifier(model, "exhaustive", use_cache=False, batch_size=3, n_grid=4).classify([pil[0]], spec)[0].ok
+    )
     with pytest.raises(UserError, match="must be a 1-D list of prompt ids"):
         ClassSpec(["zero", "seven"], spec.prompts, [np.array([[0, 1]]), np.array([3])]).validate()
 
@@ -206,7 +243,9 @@ def test_batch_size_changes_mean_errors_only_in_the_last_bits(model, pil):
     # docs/performance.md, "Determinism": the CPU BLAS picks GEMM kernels by batch rows (the timestep-embedding MLP), so
     # buckets below 16 rows can differ from larger ones in the last float32 bits; labels and counts do not.
     imgs = pil[:3]
-    ref = DiffusionClassifier(model, batch_size=64, **{k: v for k, v in FAST.items() if k != "batch_size"}).classify(imgs)
+    ref = DiffusionClassifier(model, batch_size=64, **{k: v for k, v in FAST.items() if k != "batch_size"}).classify(
+        imgs
+    )
     for kw in (dict(batch_size=3), dict(buckets=[5, 7])):
         got = DiffusionClassifier(model, **kw, **{k: v for k, v in FAST.items() if k != "batch_size"}).classify(imgs)
         for a, b in zip(got, ref):
@@ -216,7 +255,9 @@ def test_batch_size_changes_mean_errors_only_in_the_last_bits(model, pil):
 
 
 def test_match_with_nan_weights_reports_failed_images_not_nan_scores(nan_model, pil):
-    res = DiffusionClassifier(nan_model, use_cache=False).match(pil[:2], ["a handwritten digit one", "a handwritten digit two"], n_grid=2)
+    res = DiffusionClassifier(nan_model, use_cache=False).match(
+        pil[:2], ["a handwritten digit one", "a handwritten digit two"], n_grid=2
+    )
     assert res.failed == 2 and all("non-finite" in f for f in res.failures)
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))  # strict JSON: failed rows are null
     assert d["errors"] == [[None, None], [None, None]] and d["failures"] == res.failures
@@ -243,7 +284,11 @@ def test_saved_noise_too_short_for_the_policy_is_refused_up_front(model, pil):
     for opts, msg, option in cases:
         with pytest.raises(UserError) as e:
             DiffusionClassifier(model, noise=noise, use_cache=False, **opts)
-        assert "saved noise has 16 rows" in str(e.value) and msg in str(e.value) and f"lower {option} to at most 16" in str(e.value)
+        assert (
+            "saved noise has 16 rows" in str(e.value)
+            and msg in str(e.value)
+            and f"lower {option} to at most 16" in str(e.value)
+        )
     ok = DiffusionClassifier(model, "ttest", min_scores=4, max_scores=16, noise=noise, use_cache=False)
     assert all(r.error is None for r in ok.classify(pil[:2]))
     with pytest.raises(UserError, match="may use up to 50 samples"):

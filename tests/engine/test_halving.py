@@ -11,7 +11,13 @@ from .fakes import run_policy
 
 @pytest.mark.parametrize(
     "n_classes, rounds, keep, expected",
-    [(100, [1, 3, 7], [10, 3, 1], 132), (10, [1, 3, 7], [10, 3, 1], 42), (2, [1, 3, 7], [10, 3, 1], 14), (100, [2, 4, 8], [10, 3, 1], 232), (100, [1], [1], 100)],
+    [
+        (100, [1, 3, 7], [10, 3, 1], 132),
+        (10, [1, 3, 7], [10, 3, 1], 42),
+        (2, [1, 3, 7], [10, 3, 1], 14),
+        (100, [2, 4, 8], [10, 3, 1], 232),
+        (100, [1], [1], 100),
+    ],
 )
 def test_evaluation_arithmetic_matches_the_policy(n_classes, rounds, keep, expected):
     assert halving_evaluations(n_classes, rounds, keep) == expected

@@ -40,15 +40,32 @@ def test_winoground_needs_a_2x2_matrix():
 
 
 def test_summarize_means_and_counts():
-    s = summarize([WinogroundScores(True, True, True), WinogroundScores(True, False, False), WinogroundScores(False, False, False), WinogroundScores(True, False, False)])
-    assert s == {"groups": 4, "text_score": 0.75, "text_correct": 3, "image_score": 0.25, "image_correct": 1, "group_score": 0.25, "group_correct": 1}
+    s = summarize(
+        [
+            WinogroundScores(True, True, True),
+            WinogroundScores(True, False, False),
+            WinogroundScores(False, False, False),
+            WinogroundScores(True, False, False),
+        ]
+    )
+    assert s == {
+        "groups": 4,
+        "text_score": 0.75,
+        "text_correct": 3,
+        "image_score": 0.25,
+        "image_correct": 1,
+        "group_score": 0.25,
+        "group_correct": 1,
+    }
     assert summarize([])["text_score"] == 0.0
 
 
 # -- the match matrix on the bundled digits model ------------------------------------------
 @pytest.fixture(scope="module")
 def clf():
-    return DiffusionClassifier(load_model("digits", device="cpu"), "exhaustive", n_grid=4, batch_size=64, use_cache=False)
+    return DiffusionClassifier(
+        load_model("digits", device="cpu"), "exhaustive", n_grid=4, batch_size=64, use_cache=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +145,12 @@ def test_groups_score_only_their_own_captions(clf, pil):
 
 
 def test_bad_inputs(clf, pil):
-    for caps, msg in [([], "empty"), ("a cat", "list of strings"), (["a cat", "  "], "caption 1 is empty"), (["a", 3], "not a string")]:
+    for caps, msg in [
+        ([], "empty"),
+        ("a cat", "list of strings"),
+        (["a cat", "  "], "caption 1 is empty"),
+        (["a", 3], "not a string"),
+    ]:
         with pytest.raises(UserError, match=msg):
             clf.match(pil[:1], caps)
     with pytest.raises(UserError, match="grid size"):

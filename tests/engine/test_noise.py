@@ -17,7 +17,9 @@ def _noise(seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 - 1])
 def test_seeds_below_2_to_the_32_keep_their_streams(seed):
     # The formula used while the seed was truncated to 32 bits: existing results stay reproducible.
-    old = np.random.default_rng([seed & 0xFFFFFFFF, KEY & 0xFFFFFFFF, KEY >> 32, 3, 0]).standard_normal((1, 4, 4), dtype=np.float32)
+    old = np.random.default_rng([seed & 0xFFFFFFFF, KEY & 0xFFFFFFFF, KEY >> 32, 3, 0]).standard_normal(
+        (1, 4, 4), dtype=np.float32
+    )
     assert torch.equal(_noise(seed), torch.from_numpy(old))
 
 

@@ -79,7 +79,17 @@ def test_cli_reports_bad_noise_before_loading_the_model(tmp_path, case):
     p = _write(tmp_path, case)
     # /no/such/model would fail the load; the noise error must come first
     proc = subprocess.run(
-        [sys.executable, "-m", "diffcls_fast.cli", "classify", str(ROOT / "examples" / "digit-0.png"), "--model", "/no/such/model", "--noise-path", str(p)],
+        [
+            sys.executable,
+            "-m",
+            "diffcls_fast.cli",
+            "classify",
+            str(ROOT / "examples" / "digit-0.png"),
+            "--model",
+            "/no/such/model",
+            "--noise-path",
+            str(p),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from diffcls_fast.engine.noise import NoiseBank
-from diffcls_fast.engine.policies import Failure, Policy, PolicyConfig, StagedPolicy, TTestPolicy, make_policy, paired_t_pvalues
+from diffcls_fast.engine.policies import (
+    Failure,
+    Policy,
+    PolicyConfig,
+    StagedPolicy,
+    TTestPolicy,
+    make_policy,
+    paired_t_pvalues,
+)
 from diffcls_fast.engine.scheduler import Scheduler, power_of_two_buckets
 
 from .fakes import fake_errors
@@ -120,7 +128,14 @@ def test_ttest_ignores_non_finite_scores_it_never_consumes():
     clean, _ = drive(10, CONFIGS["ttest"], speculate="fill", batch_size=64, max_inflight=1)
     o = clean[9]
     assert o.n_scores[1] == 7
-    got, delivered = drive(10, CONFIGS["ttest"], {9: (np.nan, lambda c, s: (c == 1) & (s >= 7))}, speculate="fill", batch_size=64, max_inflight=1)
+    got, delivered = drive(
+        10,
+        CONFIGS["ttest"],
+        {9: (np.nan, lambda c, s: (c == 1) & (s >= 7))},
+        speculate="fill",
+        batch_size=64,
+        max_inflight=1,
+    )
     assert delivered[9] > 0  # NaN scores did arrive...
     assert _summary(got[9]) == _summary(o)  # ...and changed nothing
 
@@ -189,7 +204,12 @@ def test_a_stalled_policy_fails_its_image_not_the_run():
             assert got
             finished += got
             continue
-        errs = np.concatenate([fake_errors(1, b.classes[b.image == k], b.samples[b.image == k], 1, N_CLS) for k in range(len(b.image_ids))])
+        errs = np.concatenate(
+            [
+                fake_errors(1, b.classes[b.image == k], b.samples[b.image == k], 1, N_CLS)
+                for k in range(len(b.image_ids))
+            ]
+        )
         finished += sched.update(b, errs)
     assert sorted(finished) == ["good", "stuck"]
     assert good.failure is None and good.outcome().label == 1
@@ -202,9 +222,14 @@ def test_no_policy_ever_stalls_the_scheduler(policy):
     rng = np.random.default_rng(0)
     for _ in range(2):
         keys = rng.integers(0, 1 << 30, 3)
-        bad = {int(i): (float(rng.choice([np.nan, np.inf])), lambda c, s, k=int(k): ((c * 131 + s * 7 + k) % 23) == 0) for i, k in zip(rng.choice(12, 3, replace=False), keys)}
+        bad = {
+            int(i): (float(rng.choice([np.nan, np.inf])), lambda c, s, k=int(k): ((c * 131 + s * 7 + k) % 23) == 0)
+            for i, k in zip(rng.choice(12, 3, replace=False), keys)
+        }
         for spec in ("none", "pad", "fill"):
-            drive(12, CONFIGS[policy], bad, batch_size=32, max_inflight=5, speculate=spec)  # asserts: no stall, all finish
+            drive(
+                12, CONFIGS[policy], bad, batch_size=32, max_inflight=5, speculate=spec
+            )  # asserts: no stall, all finish
 
 
 def test_scheduler_rejects_non_positive_inflight():
@@ -279,7 +304,9 @@ def test_nan_weights_fail_each_image_with_a_message_not_a_wrong_label():
     with torch.no_grad():
         next(model.network.parameters()).view(-1)[0] = float("nan")
     examples = Path(__file__).resolve().parents[2] / "examples"
-    res = DiffusionClassifier(model, "ttest", use_cache=False).classify([examples / "digit-7.png", examples / "digit-3.png"])
+    res = DiffusionClassifier(model, "ttest", use_cache=False).classify(
+        [examples / "digit-7.png", examples / "digit-3.png"]
+    )
     for r in res:
         assert r.label == -1 and r.label_name == "" and "non-finite" in r.error
         assert r.to_dict()["error"] == r.error and not r.probabilities.any() and r.top() == []

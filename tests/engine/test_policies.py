@@ -3,7 +3,14 @@ import pytest
 from scipy import stats
 
 from diffcls_fast.engine.noise import NoiseBank
-from diffcls_fast.engine.policies import PolicyConfig, StagedPolicy, TTestPolicy, make_policy, paired_t_pvalues, stage_evaluations
+from diffcls_fast.engine.policies import (
+    PolicyConfig,
+    StagedPolicy,
+    TTestPolicy,
+    make_policy,
+    paired_t_pvalues,
+    stage_evaluations,
+)
 from diffcls_fast.engine.timesteps import StratifiedTimesteps, li_grid, radical_inverse
 
 from .fakes import run_policy
@@ -19,7 +26,9 @@ def test_ttest_pvalues_match_scipy(seed, n):
     mine1 = paired_t_pvalues(b - a, sides=1)
     for k in range(7):
         np.testing.assert_allclose(mine2[k], stats.ttest_rel(b[k], a[k]).pvalue, rtol=1e-9, atol=1e-300)
-        np.testing.assert_allclose(mine1[k], stats.ttest_rel(b[k], a[k], alternative="greater").pvalue, rtol=1e-9, atol=1e-300)
+        np.testing.assert_allclose(
+            mine1[k], stats.ttest_rel(b[k], a[k], alternative="greater").pvalue, rtol=1e-9, atol=1e-300
+        )
 
 
 def test_ttest_pvalue_degenerate_rows():
@@ -110,7 +119,9 @@ def test_bad_adaptive_settings_are_rejected(bad):
 
 def test_policy_options_as_numpy_arrays_or_tuples_are_plain_lists_after_validation():
     """np.array([5, 20]) is as good a list option as [5, 20] (it used to fail on `not n_samples`)."""
-    cfg = PolicyConfig("adaptive", n_samples=np.array([5, 20]), to_keep=(2, 1), n_grid=np.int64(10), t_band=np.array([0.1, 0.5]))
+    cfg = PolicyConfig(
+        "adaptive", n_samples=np.array([5, 20]), to_keep=(2, 1), n_grid=np.int64(10), t_band=np.array([0.1, 0.5])
+    )
     cfg.validate(1000)
     assert cfg.n_samples == [5, 20] and cfg.to_keep == [2, 1] and cfg.t_band == [0.1, 0.5] and type(cfg.n_grid) is int
     halving = PolicyConfig("halving", rounds=np.array([2, 4, 12]), keep=np.array([10, 3, 1]))

@@ -28,7 +28,9 @@ def test_every_declared_option_is_a_flag_with_its_default():
 
 
 def test_a_typed_flag_reaches_the_policy_config():
-    a = _parser().parse_args(["--policy", "halving", "--rounds", "1", "3", "--keep", "4", "1", "--t-band", "0.1", "0.5"])
+    a = _parser().parse_args(
+        ["--policy", "halving", "--rounds", "1", "3", "--keep", "4", "1", "--t-band", "0.1", "0.5"]
+    )
     cfg = PolicyConfig(a.policy, **policy_options(a))
     cfg.validate(1000)
     assert cfg.describe() == "halving(rounds=[1, 3], keep=[4, 1], t_band=[0.1, 0.5])"

@@ -10,7 +10,9 @@ def test_a_quoted_prompt_keeps_its_line_break_and_later_line_numbers_stay_right(
     # Regression: the file was split with str.splitlines() before csv saw it, so a quoted multi-line
     # prompt lost its line break and two words merged ("digit\nseven" became "digitseven").
     p = tmp_path / "p.csv"
-    p.write_text('classidx,prompt,classname\n0,"a handwritten digit\nseven",seven\n1,"three, ""quoted""",three\n2,,two\n')
+    p.write_text(
+        'classidx,prompt,classname\n0,"a handwritten digit\nseven",seven\n1,"three, ""quoted""",three\n2,,two\n'
+    )
     with pytest.raises(UserError, match=r"p\.csv:5: empty prompt"):  # the record on line 5: the quoted break counts
         read_prompts_csv(p)
     p.write_text('classidx,prompt,classname\n0,"a handwritten digit\nseven",seven\n1,"three, ""quoted""",three\n')

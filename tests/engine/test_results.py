@@ -16,7 +16,9 @@ def _random_policy(rng: np.random.Generator, n_classes: int):
     if kind == 0:
         lo = int(rng.integers(2, 10))
         t = RandomTimesteps(1000, NoiseBank((1,), 0), int(rng.integers(1 << 40)))
-        return TTestPolicy(n_classes, t, lo, lo + int(rng.integers(0, 50)), float(rng.uniform(1e-3, 0.3)), int(rng.integers(1, 3)))
+        return TTestPolicy(
+            n_classes, t, lo, lo + int(rng.integers(0, 50)), float(rng.uniform(1e-3, 0.3)), int(rng.integers(1, 3))
+        )
     if kind == 1:
         n_stages = int(rng.integers(1, 4))
         n_samples = sorted(int(v) for v in rng.integers(1, 40, n_stages))
@@ -43,7 +45,9 @@ def _check(result: ClassificationResult) -> None:
     assert result.top(1)[0][0] == result.label_name
     assert np.isclose(p.sum(), 1.0) and (p >= 0).all()
     pruned = p[result.n_scores < result.n_scores[result.label]]
-    assert np.allclose(pruned, pruned[0] if len(pruned) else 0) and (pruned <= p.min() + 1e-12).all()  # the floor's share, equal for all
+    assert (
+        np.allclose(pruned, pruned[0] if len(pruned) else 0) and (pruned <= p.min() + 1e-12).all()
+    )  # the floor's share, equal for all
 
 
 def test_label_is_the_posterior_top_class_for_every_policy():
@@ -55,7 +59,11 @@ def test_label_is_the_posterior_top_class_for_every_policy():
         temperature = float(10 ** rng.uniform(-6, 1))
         names = [f"c{i}" for i in range(n_classes)]
         probs = posterior(o.mean_errors, o.n_scores, o.label, temperature)
-        _check(ClassificationResult(o.label, names[o.label], names, probs, o.mean_errors, o.n_scores, o.evaluations, o.evaluations, 0.0))
+        _check(
+            ClassificationResult(
+                o.label, names[o.label], names, probs, o.mean_errors, o.n_scores, o.evaluations, o.evaluations, 0.0
+            )
+        )
         pruned_lower += bool(np.nanmin(o.mean_errors) < o.mean_errors[o.label])
     assert pruned_lower > 20  # the property was exercised where it used to fail
 
@@ -70,7 +78,17 @@ def test_finalists_are_the_classes_scored_as_often_as_the_label():
 
 def test_top_lists_pruned_classes_last_pruned_first():
     names = ["a", "b", "c", "d"]
-    r = ClassificationResult(2, "c", names, np.array([0.0, 0.0, 0.9, 0.1]), np.array([0.1, 0.3, 0.5, 0.6]), np.array([5, 9, 20, 20]), 0, 0, 0.0)
+    r = ClassificationResult(
+        2,
+        "c",
+        names,
+        np.array([0.0, 0.0, 0.9, 0.1]),
+        np.array([0.1, 0.3, 0.5, 0.6]),
+        np.array([5, 9, 20, 20]),
+        0,
+        0,
+        0.0,
+    )
     assert [n for n, _ in r.top(4)] == ["c", "d", "b", "a"]
 
 
@@ -78,9 +96,16 @@ def test_top_lists_pruned_classes_last_pruned_first():
 def test_label_is_the_posterior_top_class_on_out_of_distribution_images():
     """The bundled model on noise, flat colours and a 1x1 image: ambiguous images, pruned classes with few scores."""
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), Image.new("L", (8, 8), 200), Image.new("L", (1, 1), 90)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+        Image.new("L", (8, 8), 200),
+        Image.new("L", (1, 1), 90),
+    ]
     model = load_model("digits", device="cpu")
-    for policy, opts in [("ttest", dict(min_scores=3, max_scores=12, cutoff_pval=0.1)), ("adaptive", dict(n_samples=[4, 8], to_keep=[3, 1]))]:
+    for policy, opts in [
+        ("ttest", dict(min_scores=3, max_scores=12, cutoff_pval=0.1)),
+        ("adaptive", dict(n_samples=[4, 8], to_keep=[3, 1])),
+    ]:
         clf = DiffusionClassifier(model, policy, use_cache=False, **opts)
         for r in clf.classify(images, ["zero", "three", "five", "eight", "nine"]):
             _check(r)

@@ -66,7 +66,14 @@ def test_result_independent_of_batch_size_and_speculation():
     ref = None
     for bs, inflight, spec in [(8, 1, "none"), (64, 4, "pad"), (256, 64, "fill"), (16, 3, "fill")]:
         _, pols, _, _ = drive(12, cfg, batch_size=bs, max_inflight=inflight, speculate=spec)
-        out = {i: (p.outcome().label, p.outcome().evaluations, np.nan_to_num(p.outcome().mean_errors, nan=-1).round(12).tolist()) for i, p in pols.items()}
+        out = {
+            i: (
+                p.outcome().label,
+                p.outcome().evaluations,
+                np.nan_to_num(p.outcome().mean_errors, nan=-1).round(12).tolist(),
+            )
+            for i, p in pols.items()
+        }
         if ref is None:
             ref = out
         assert out == ref, (bs, inflight, spec)
@@ -81,7 +88,9 @@ def test_lone_image_fill_speculation_fills_batches():
 
 def test_prompt_ensemble_costs_are_respected():
     cost = np.array([1, 3, 2, 1, 1, 2, 1, 1, 1, 3])
-    sched, pols, seen, _ = drive(20, PolicyConfig(name="adaptive", n_samples=[10, 50], to_keep=[3, 1]), batch_size=64, cost=cost)
+    sched, pols, seen, _ = drive(
+        20, PolicyConfig(name="adaptive", n_samples=[10, 50], to_keep=[3, 1]), batch_size=64, cost=cost
+    )
     assert max(seen.values()) == 1
     assert sched.stats.rows == sum(p.spent for p in pols.values())
 

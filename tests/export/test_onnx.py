@@ -38,7 +38,9 @@ def test_onnx_backend_denoise_matches_torch_per_sample_t(digits, tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 1, 8, 8, generator=g)
     t = torch.tensor([0, 3, 100, 250, 500, 750, 999])  # every row its own t
-    cond = digits.encode_prompts([f"a handwritten digit {n}" for n in ["one", "two", "three", "four", "five", "six", "seven"]])
+    cond = digits.encode_prompts(
+        [f"a handwritten digit {n}" for n in ["one", "two", "three", "four", "five", "six", "seven"]]
+    )
     torch.testing.assert_close(ort_bundle.denoise(x, t, cond), digits.denoise(x, t, cond), atol=1e-4, rtol=1e-4)
 
 
@@ -48,9 +50,13 @@ def test_eval_backend_onnx_identical_predictions_on_heldout(digits, tmp_path):
 
     pil, _, _ = load_split("heldout")
     ref = DiffusionClassifier(digits, "ttest", use_cache=False).classify(pil, CLASS_NAMES)
-    onnx = DiffusionClassifier(apply_backend(digits, "onnx", cache_dir=tmp_path), "ttest", use_cache=False).classify(pil, CLASS_NAMES)
+    onnx = DiffusionClassifier(apply_backend(digits, "onnx", cache_dir=tmp_path), "ttest", use_cache=False).classify(
+        pil, CLASS_NAMES
+    )
     assert [r.label for r in onnx] == [r.label for r in ref]
-    np.testing.assert_allclose([np.nanmin(r.mean_errors) for r in onnx], [np.nanmin(r.mean_errors) for r in ref], rtol=1e-4)
+    np.testing.assert_allclose(
+        [np.nanmin(r.mean_errors) for r in onnx], [np.nanmin(r.mean_errors) for r in ref], rtol=1e-4
+    )
 
 
 def test_export_small_random_unet_with_cross_attention(tmp_path):

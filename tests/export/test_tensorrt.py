@@ -35,7 +35,10 @@ def test_engine_cache_key_covers_model_shapes_and_version(digits):
 
 
 def test_tensorrt_engine_matches_torch(digits, tmp_path):
-    pytest.importorskip("tensorrt", reason="tensorrt is not installed (its PyPI package fetches the wheel from NVIDIA's index, unreachable here)")
+    pytest.importorskip(
+        "tensorrt",
+        reason="tensorrt is not installed (its PyPI package fetches the wheel from NVIDIA's index, unreachable here)",
+    )
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
     from diffcls_fast.export import apply_backend

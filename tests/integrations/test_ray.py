@@ -23,7 +23,25 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("digit-*.png"))
-SAME = ("id", "index", "total", "config", "settings", "true_label", "correct", "p_true", "confidence", "label", "label_index", "top", "mean_errors", "n_scores", "evaluations", "error", "policy")
+SAME = (
+    "id",
+    "index",
+    "total",
+    "config",
+    "settings",
+    "true_label",
+    "correct",
+    "p_true",
+    "confidence",
+    "label",
+    "label_index",
+    "top",
+    "mean_errors",
+    "n_scores",
+    "evaluations",
+    "error",
+    "policy",
+)
 SAME += ("backend", "device", "dtype", "kernels")
 
 
@@ -52,7 +70,9 @@ def _same_as_local(rows, want):
         assert row["evaluations"] == r.evaluations and row["error"] is None
         assert np.array_equal(row["mean_errors"], r.mean_errors, equal_nan=True)  # bit for bit
         assert np.array_equal(row["n_scores"], r.n_scores) and np.array_equal(row["probabilities"], r.probabilities)
-        assert list(row["top_classes"]) == [n for n, _ in r.top(5)] and list(row["top_probabilities"]) == [p for _, p in r.top(5)]
+        assert list(row["top_classes"]) == [n for n, _ in r.top(5)] and list(row["top_probabilities"]) == [
+            p for _, p in r.top(5)
+        ]
 
 
 def test_classify_dataset_on_two_actors_equals_one_process(ray_local, local):
@@ -70,7 +90,9 @@ def test_killed_actor_is_restarted_and_the_output_is_complete(ray_local, local):
     arrays = [np.asarray(im) for im in images[:8]]  # HW uint8, as ray.data.read_images gives
     ds = ray.data.from_items([{"i": i, "image": a} for i, a in enumerate(arrays)], override_num_blocks=4)
     marker.touch()  # the first batch's actor kills itself (SIGKILL) and removes the file
-    out = classify_dataset(ds, "digits", policy="halving", concurrency=2, batch_size=2, seed=0, max_restarts=2, max_task_retries=2)
+    out = classify_dataset(
+        ds, "digits", policy="halving", concurrency=2, batch_size=2, seed=0, max_restarts=2, max_task_retries=2
+    )
     rows = sorted(out.take_all(), key=lambda r: r["i"])
     assert not marker.exists(), "no actor was killed"
     assert [r["i"] for r in rows] == list(range(8))  # complete, and each image once
@@ -79,14 +101,24 @@ def test_killed_actor_is_restarted_and_the_output_is_complete(ray_local, local):
 
 def test_bad_options_fail_in_the_driver(ray_local):
     ds = ray.data.from_items([{"image": str(EXAMPLES[0])}])
-    for kw, want in (({"concurrency": 0}, "concurrency"), ({"max_restarts": -2}, "max_restarts"), ({"num_gpus": -1}, "num_gpus"), ({"denoiser_batch_size": 0}, "batch_size")):
+    for kw, want in (
+        ({"concurrency": 0}, "concurrency"),
+        ({"max_restarts": -2}, "max_restarts"),
+        ({"num_gpus": -1}, "num_gpus"),
+        ({"denoiser_batch_size": 0}, "batch_size"),
+    ):
         with pytest.raises(UserError, match=want):
             classify_dataset(ds, "digits", **kw)
     with pytest.raises(TypeError, match="unknown option\\(s\\): n_grids"):
         classify_dataset(ds, "digits", n_grids=5)
     # found in the actor: Ray raises its own RayTaskError, holding the one-line message
-    with pytest.raises(ray.exceptions.RayTaskError, match="input column\\(s\\) 'label' would be overwritten by the results; rename them first"):
-        classify_dataset(ray.data.from_items([{"image": str(EXAMPLES[0]), "label": 3}]), "digits", policy="halving").take_all()
+    with pytest.raises(
+        ray.exceptions.RayTaskError,
+        match="input column\\(s\\) 'label' would be overwritten by the results; rename them first",
+    ):
+        classify_dataset(
+            ray.data.from_items([{"image": str(EXAMPLES[0]), "label": 3}]), "digits", policy="halving"
+        ).take_all()
 
 
 def test_eval_ray_writes_a_local_evals_rows_and_resumes(ray_local, tmp_path, capsys):
@@ -99,7 +131,14 @@ def test_eval_ray_writes_a_local_evals_rows_and_resumes(ray_local, tmp_path, cap
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ray_args = [*args, "--out", str(got), "--ray", "--ray-address", address, "--ray-workers", "2"]
     # a driver of its own joins the cluster, then this process (Ray already up) resumes its 4 rows
-    p = subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *ray_args, "--limit", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *ray_args, "--limit", "4"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert main([*ray_args, "--limit", "6"]) == 0
     assert p.stdout.count("\n") == 1, p.stdout  # --json: the summary is the only (so the last) line, nothing of Ray's
@@ -109,7 +148,9 @@ def test_eval_ray_writes_a_local_evals_rows_and_resumes(ray_local, tmp_path, cap
         assert runs[1][k] == local_summary[k], k
 
     def rows(path, leave_out=None):
-        return {r["id"]: {k: r[k] for k in SAME if k != leave_out} for r in map(json.loads, path.read_text().splitlines())}
+        return {
+            r["id"]: {k: r[k] for k in SAME if k != leave_out} for r in map(json.loads, path.read_text().splitlines())
+        }
 
     lines = got.read_text().splitlines()
     assert len(lines) == 6  # none twice
@@ -125,29 +166,43 @@ def test_eval_ray_on_an_image_folder(ray_local, tmp_path, capsys):
         (tmp_path / "data" / names[p.stem[-1]] / p.name).write_bytes(p.read_bytes())
     args = ["eval", "--data", str(tmp_path / "data"), "--policy", "halving", "--no-cache", "--json"]
     assert main([*args, "--out", str(tmp_path / "local.jsonl")]) == 0
-    assert main([*args, "--out", str(tmp_path / "ray.jsonl"), "--ray", "--ray-address", address, "--ray-workers", "2"]) == 0
+    assert (
+        main([*args, "--out", str(tmp_path / "ray.jsonl"), "--ray", "--ray-address", address, "--ray-workers", "2"])
+        == 0
+    )
     capsys.readouterr()
 
     def rows(path):
         return {r["id"]: {k: r[k] for k in SAME} for r in map(json.loads, path.read_text().splitlines())}
 
     assert len(rows(tmp_path / "ray.jsonl")) == 5 and rows(tmp_path / "ray.jsonl") == rows(tmp_path / "local.jsonl")
-    assert main([*args, "--out", str(tmp_path / "ray.jsonl")]) == 0  # a local eval resumes the Ray run: nothing left to do
+    assert (
+        main([*args, "--out", str(tmp_path / "ray.jsonl")]) == 0
+    )  # a local eval resumes the Ray run: nothing left to do
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["resumed"] == 5
     (tmp_path / "data" / "four" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # found by an actor
     # a damaged file fails its own row (as in a local eval), the others are scored: exit 1, not an abort
     assert main([*args, "--out", str(tmp_path / "broken.jsonl"), "--ray", "--ray-address", address]) == 1
     out, err = capsys.readouterr()
     summary = json.loads(out.splitlines()[-1])
-    assert summary["images"] == 6 and summary["failed"] == 1 and "broken.png: not a readable image" in summary["first_error"], summary
+    assert (
+        summary["images"] == 6
+        and summary["failed"] == 1
+        and "broken.png: not a readable image" in summary["first_error"]
+    ), summary
     assert "1 of 6 images failed" in err
-    broken = [r for r in map(json.loads, (tmp_path / "broken.jsonl").read_text().splitlines()) if r["id"] == "four/broken.png"]
+    broken = [
+        r for r in map(json.loads, (tmp_path / "broken.jsonl").read_text().splitlines()) if r["id"] == "four/broken.png"
+    ]
     assert len(broken) == 1 and "not a readable image" in broken[0]["error"] and broken[0]["correct"] == 0
 
 
 def test_eval_ray_refuses_more_than_the_cluster_has(ray_local, capsys):
     _, address = ray_local
-    for extra, want in ((["--ray-workers", "3"], "needs 3 CPUs; the Ray cluster has 2"), (["--ray-gpus", "1"], "needs 1 GPUs; the Ray cluster has 0")):
+    for extra, want in (
+        (["--ray-workers", "3"], "needs 3 CPUs; the Ray cluster has 2"),
+        (["--ray-gpus", "1"], "needs 1 GPUs; the Ray cluster has 0"),
+    ):
         assert main(["eval", "--limit", "1", "--ray", "--ray-address", address, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffcls-fast: error: ") and want in err and err.count("\n") == 1, err

@@ -15,7 +15,10 @@ from ..utils import assert_verbose_allclose
 
 pytest.importorskip("triton")
 if torch.cuda.is_available():
-    pytest.skip("the sparse-file trick is for the CPU interpreter; tests/kernels/test_kernels_cuda.py covers the GPU", allow_module_level=True)
+    pytest.skip(
+        "the sparse-file trick is for the CPU interpreter; tests/kernels/test_kernels_cuda.py covers the GPU",
+        allow_module_level=True,
+    )
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("triton on the CPU needs TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
 
@@ -41,7 +44,9 @@ def test_make_noisy_writes_rows_past_2_pow_31(tmp_path, index_dtype):
     b = (1 - a * a).sqrt()
     got = make_noisy(x0, eps, img_idx, noise_idx, a, b, out=out)
     assert got.data_ptr() == out.data_ptr()
-    want = reference.make_noisy(x0, eps, img_idx.long(), noise_idx.long(), a, b, out=torch.empty(3, *shape, dtype=torch.float16))
+    want = reference.make_noisy(
+        x0, eps, img_idx.long(), noise_idx.long(), a, b, out=torch.empty(3, *shape, dtype=torch.float16)
+    )
     assert_verbose_allclose(out.clone(), want, rtol=2e-3, atol=2e-3)
     # nothing written between the rows (the element right after row 0 and right before row 2)
     flat = storage.as_strided((2 * stride + e,), (1,))

@@ -52,7 +52,9 @@ def _inputs(q, i, n, c, h, w, dtype, seed):
 def test_make_noisy_matches_reference(shape, dtype, atol, rtol):
     x0, eps, img_idx, noise_idx, a, b = _inputs(*shape, dtype, seed=hash(shape) % 1000)
     q = shape[0]
-    out = torch.full((q, *shape[3:]), float("nan"), dtype=dtype, device=DEVICE)  # poisoned: every element must be written
+    out = torch.full(
+        (q, *shape[3:]), float("nan"), dtype=dtype, device=DEVICE
+    )  # poisoned: every element must be written
     got = tri_make_noisy(x0, eps, img_idx, noise_idx, a, b, out=out)
     assert got.data_ptr() == out.data_ptr()
     want = reference.make_noisy(x0, eps, img_idx, noise_idx, a, b)

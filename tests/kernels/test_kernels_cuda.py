@@ -19,7 +19,10 @@ from ..utils import assert_verbose_allclose
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (Triton kernels compiled for the GPU; python -m bench.gpu runs these)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (Triton kernels compiled for the GPU; python -m bench.gpu runs these)",
+    ),
 ]
 DEV = "cuda"
 
@@ -62,7 +65,9 @@ def _noisy_inputs(q, i, n, c, h, w, in_dtype, seed):
 def _exact_noisy(x0, eps, img_idx, noise_idx, a, b, dtype):
     """float64 on the CPU, rounded once to ``dtype``."""
     v = (1,) * (x0.dim() - 1)
-    return (a.double().view(-1, *v) * x0[img_idx.long()].double() + b.double().view(-1, *v) * eps[noise_idx.long()].double()).to(dtype)
+    return (
+        a.double().view(-1, *v) * x0[img_idx.long()].double() + b.double().view(-1, *v) * eps[noise_idx.long()].double()
+    ).to(dtype)
 
 
 def _exact_errors(hat, eps, noise_idx, kind="l2", weight=None):
@@ -73,7 +78,9 @@ def _exact_errors(hat, eps, noise_idx, kind="l2", weight=None):
         v = d.abs()
     else:
         ad = d.abs()
-        v = torch.where(ad < reference.HUBER_DELTA, 0.5 * d * d, reference.HUBER_DELTA * (ad - 0.5 * reference.HUBER_DELTA))
+        v = torch.where(
+            ad < reference.HUBER_DELTA, 0.5 * d * d, reference.HUBER_DELTA * (ad - 0.5 * reference.HUBER_DELTA)
+        )
     err = v.mean(dim=1)
     return err * weight.double() if weight is not None else err
 
@@ -88,13 +95,17 @@ LAYOUTS = [(*d, "engine") for d in DTYPES] + [(*d, "same-dtype") for d in DTYPES
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype, atol, rtol, layout", LAYOUTS, ids=["fp32", "fp16", "bf16", "fp16-in-fp16", "bf16-in-bf16"])
+@pytest.mark.parametrize(
+    "dtype, atol, rtol, layout", LAYOUTS, ids=["fp32", "fp16", "bf16", "fp16-in-fp16", "bf16-in-bf16"]
+)
 def test_make_noisy_compiled(shape, dtype, atol, rtol, layout):
     in_dtype = torch.float32 if layout == "engine" else dtype
     x0, eps, img_idx, noise_idx, a, b = _noisy_inputs(*shape, in_dtype, seed=sum(shape))
     from diffcls_fast.kernels.fused_noise import make_noisy
 
-    out = torch.full((shape[0], *shape[3:]), float("nan"), dtype=dtype, device=DEV)  # poisoned: every element must be written
+    out = torch.full(
+        (shape[0], *shape[3:]), float("nan"), dtype=dtype, device=DEV
+    )  # poisoned: every element must be written
     got = make_noisy(*_cuda(x0, eps, img_idx, noise_idx, a, b), out=out)
     torch.cuda.synchronize()
     assert got.data_ptr() == out.data_ptr()
@@ -106,7 +117,11 @@ def test_make_noisy_compiled(shape, dtype, atol, rtol, layout):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("kind, weighted", [("l2", False), ("l1", False), ("huber", False), ("l2", True)], ids=["l2", "l1", "huber", "l2-weighted"])
+@pytest.mark.parametrize(
+    "kind, weighted",
+    [("l2", False), ("l1", False), ("huber", False), ("l2", True)],
+    ids=["l2", "l1", "huber", "l2-weighted"],
+)
 def test_query_errors_compiled(shape, dtype, kind, weighted):
     q, _, n, c, h, w = shape
     g = torch.Generator().manual_seed(q * 7 + n + h)
@@ -175,7 +190,9 @@ def test_nan_propagates_compiled():
     x0, eps, img_idx, noise_idx, a, b = _noisy_inputs(6, 2, 3, 2, 5, 5, torch.float32, seed=3)
     x0[1, 0, 2, 2] = float("nan")
     got = make_noisy(*_cuda(x0, eps, img_idx, noise_idx, a, b))
-    assert torch.equal(torch.isnan(got).cpu(), torch.isnan(_exact_noisy(x0, eps, img_idx, noise_idx, a, b, torch.float32)))
+    assert torch.equal(
+        torch.isnan(got).cpu(), torch.isnan(_exact_noisy(x0, eps, img_idx, noise_idx, a, b, torch.float32))
+    )
     hat = torch.randn(6, 2, 5, 5)
     hat[4, 1, 0, 0] = float("nan")
     e = query_errors(*_cuda(hat, eps, noise_idx)).cpu()
@@ -213,4 +230,6 @@ def test_offsets_beyond_2_pow_31_elements(index_dtype):
     want = _exact_noisy(x0, eps, img_idx[rows], noise_idx[rows], a[rows], b[rows], torch.float16)
     assert_verbose_allclose(out[rows.to(DEV)], want, rtol=2e-3, atol=2e-3)
     err = query_errors(out, eps.to(DEV), noise_idx.to(DEV))
-    assert_verbose_allclose(err[rows.to(DEV)], _exact_errors(out[rows.to(DEV)].cpu(), eps, noise_idx[rows]), rtol=3e-5, atol=1e-7)
+    assert_verbose_allclose(
+        err[rows.to(DEV)], _exact_errors(out[rows.to(DEV)].cpu(), eps, noise_idx[rows]), rtol=3e-5, atol=1e-7
+    )

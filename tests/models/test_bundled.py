@@ -49,7 +49,23 @@ def test_classifies_held_out_pairs_in_order(model):
 @pytest.mark.slow
 def test_eval_cli_on_numbers(capsys, tmp_path):
     out = tmp_path / "rows.jsonl"
-    rc = main(["eval", "--model", "numbers", "--limit", "3", "--policy", "exhaustive", "--n-grid", "5", "--json", "--out", str(out), "--no-cache"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "numbers",
+            "--limit",
+            "3",
+            "--policy",
+            "exhaustive",
+            "--n-grid",
+            "5",
+            "--json",
+            "--out",
+            str(out),
+            "--no-cache",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["images"] == 3 and summary["accuracy"] == 1.0 and summary["evals_per_image"] == 500

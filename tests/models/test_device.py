@@ -80,7 +80,17 @@ def test_mps_unavailable(monkeypatch):
 def test_cli_device_is_one_line_before_the_model(dev, fragment):
     # a missing model folder would be reported by the load: the device error comes first
     proc = subprocess.run(
-        [sys.executable, "-m", "diffcls_fast.cli", "classify", str(ROOT / "examples" / "digit-0.png"), "--model", "/no/such/model", "--device", dev],
+        [
+            sys.executable,
+            "-m",
+            "diffcls_fast.cli",
+            "classify",
+            str(ROOT / "examples" / "digit-0.png"),
+            "--model",
+            "/no/such/model",
+            "--device",
+            dev,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

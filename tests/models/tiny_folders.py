@@ -24,7 +24,9 @@ def _clip_tokenizer(dst: Path, max_len: int = 16):
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "vocab.json").write_text(json.dumps(vocab))
     (dst / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(dst / "vocab.json"), str(dst / "merges.txt"), model_max_length=max_len, pad_token="<|endoftext|>")
+    tok = CLIPTokenizer(
+        str(dst / "vocab.json"), str(dst / "merges.txt"), model_max_length=max_len, pad_token="<|endoftext|>"
+    )
     tok.save_pretrained(dst)
     return tok
 
@@ -37,7 +39,16 @@ def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsi
     torch.manual_seed(seed)
     root = Path(root)
     tok = _clip_tokenizer(root / "tokenizer")
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16))
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        )
+    )
     te.save_pretrained(root / "text_encoder", safe_serialization=True)
     in_ch = 4 if vae else 3
     unet = UNet2DConditionModel(
@@ -55,7 +66,13 @@ def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsi
     unet.save_pretrained(root / "unet", safe_serialization=True)
     if vae:
         _tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type).save_pretrained(root / "scheduler")
+    DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=prediction_type,
+    ).save_pretrained(root / "scheduler")
     return root
 
 
@@ -80,9 +97,16 @@ def make_dit_folder(root: Path, n_classes: int = 5, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     root = Path(root)
-    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=n_classes).save_pretrained(
-        root / "transformer", safe_serialization=True
-    )
+    DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=n_classes,
+    ).save_pretrained(root / "transformer", safe_serialization=True)
     _tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
     (root / "classes.txt").write_text("\n".join(f"class{i}" for i in range(n_classes)) + "\n")

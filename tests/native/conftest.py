@@ -29,7 +29,14 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_cli(*args, timeout=900, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, timeout=timeout, env=env or ONE_THREAD, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or ONE_THREAD,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +52,20 @@ def aoti_dir(tmp_path_factory, aoti_cache) -> Path:
         pytest.skip("AOTInductor compiles C++: no c++/g++ on PATH")
     out = tmp_path_factory.mktemp("aoti") / "digits"
     t0 = time.perf_counter()
-    r = run_cli("export", "--format", "aoti", "--batch-sizes", str(EXPORT_BATCH), "--out", str(out), "--cache-dir", str(aoti_cache), "--noise-rows", "2000", env=dict(os.environ))
+    r = run_cli(
+        "export",
+        "--format",
+        "aoti",
+        "--batch-sizes",
+        str(EXPORT_BATCH),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(aoti_cache),
+        "--noise-rows",
+        "2000",
+        env=dict(os.environ),
+    )
     TIMINGS["export_seconds"] = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     return out
@@ -65,13 +85,24 @@ def native_build(tmp_path_factory) -> Path:
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     t0 = time.perf_counter()
     cfg = subprocess.run(
-        [cmake, "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+        [
+            cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            *gen,
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
-    bld = subprocess.run([cmake, "--build", str(build), "--parallel", "2"], capture_output=True, text=True, timeout=1200)
+    bld = subprocess.run(
+        [cmake, "--build", str(build), "--parallel", "2"], capture_output=True, text=True, timeout=1200
+    )
     assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-3000:]
     TIMINGS["build_seconds"] = time.perf_counter() - t0
     assert (build / "diffcls-run").is_file() and (build / "diffcls-selftest").is_file()

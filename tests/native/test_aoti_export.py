@@ -66,7 +66,14 @@ def test_export_folder_and_manifest(aoti_dir, digits):
     assert [(p["min_batch"], p["max_batch"]) for p in man["packages"]] == [(2, EXPORT_BATCH)]
     assert (aoti_dir / man["packages"][0]["file"]).is_file()
     assert man["classes"] == CLASS_NAMES and man["class_prompts"] == [[i] for i in range(10)]
-    assert man["preprocessing"] == {"height": 8, "width": 8, "channels": 1, "pixel_scale": 127.5, "pixel_offset": -1.0, "latent_is_pixels": True}
+    assert man["preprocessing"] == {
+        "height": 8,
+        "width": 8,
+        "channels": 1,
+        "pixel_scale": 127.5,
+        "pixel_offset": -1.0,
+        "latent_is_pixels": True,
+    }
     assert set(man["calibration"]) >= {"ttest", "exhaustive"}
     for name, f in man["files"].items():
         assert hashlib.sha256((aoti_dir / f).read_bytes()).hexdigest() == man["sha256"][name]
@@ -81,7 +88,9 @@ def test_export_folder_and_manifest(aoti_dir, digits):
     sched = load_file(str(aoti_dir / "schedule.safetensors"))
     acp = digits.alphas_cumprod.double()
     assert torch.equal(sched["alphas_cumprod"], acp)
-    assert torch.equal(sched["sqrt_ab"], acp.sqrt().float()) and torch.equal(sched["sqrt_1mab"], (1 - acp).sqrt().float())
+    assert torch.equal(sched["sqrt_ab"], acp.sqrt().float()) and torch.equal(
+        sched["sqrt_1mab"], (1 - acp).sqrt().float()
+    )
     assert load_file(str(aoti_dir / "noise.safetensors"))["noise"].shape == (2000, 1, 8, 8)
 
 
@@ -105,7 +114,9 @@ def test_aoti_backend_same_predictions_as_torch(aoti_cache, digits):
     pil = pil[:12]
     kw = dict(batch_size=EXPORT_BATCH, use_cache=False, seed=3)
     ref = DiffusionClassifier(digits, "ttest", **kw).classify(pil, CLASS_NAMES)
-    aoti = DiffusionClassifier(apply_backend(digits, "aoti", batch_sizes=[8, 16, EXPORT_BATCH], cache_dir=aoti_cache), "ttest", **kw).classify(pil, CLASS_NAMES)
+    aoti = DiffusionClassifier(
+        apply_backend(digits, "aoti", batch_sizes=[8, 16, EXPORT_BATCH], cache_dir=aoti_cache), "ttest", **kw
+    ).classify(pil, CLASS_NAMES)
     assert [r.label for r in aoti] == [r.label for r in ref]
     assert [r.evaluations for r in aoti] == [r.evaluations for r in ref]
     for a, b in zip(aoti, ref):
@@ -115,11 +126,20 @@ def test_aoti_backend_same_predictions_as_torch(aoti_cache, digits):
 def test_export_aoti_user_errors(tmp_path):
     def one_line(r, words):
         assert r.returncode == 2, r.stderr
-        assert r.stderr.startswith("diffcls-fast: error: ") and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+        assert (
+            r.stderr.startswith("diffcls-fast: error: ")
+            and len(r.stderr.strip().splitlines()) == 1
+            and words in r.stderr
+        ), r.stderr
 
     out = str(tmp_path / "x")
-    one_line(run_cli("export", "--format", "aoti", "--out", out, "--classes", "one,two", "--prompts", "p.csv"), "not both")
-    one_line(run_cli("export", "--format", "aoti", "--out", out, "--noise-path", str(tmp_path / "missing.safetensors")), "no such noise file")
+    one_line(
+        run_cli("export", "--format", "aoti", "--out", out, "--classes", "one,two", "--prompts", "p.csv"), "not both"
+    )
+    one_line(
+        run_cli("export", "--format", "aoti", "--out", out, "--noise-path", str(tmp_path / "missing.safetensors")),
+        "no such noise file",
+    )
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--dtype", "fp16"), "exports float32")
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--batch-sizes", "8,x"), "comma-separated integers")
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--classes", "one,one"), "duplicate class name")

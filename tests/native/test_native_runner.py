@@ -41,7 +41,9 @@ def heldout(tmp_path_factory):
 
 
 def run_native(build, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / "diffcls-run"), *map(str, args)], capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    return subprocess.run(
+        [str(build / "diffcls-run"), *map(str, args)], capture_output=True, text=True, timeout=600, env=ONE_THREAD
+    )
 
 
 def rows(stdout: str) -> list[dict]:
@@ -65,7 +67,9 @@ def assert_same(native: list[dict], python: list[dict], rtol: float = 1e-5) -> N
             if b["mean_errors"][n] is None:
                 assert a["mean_errors"][n] is None
             else:
-                np.testing.assert_allclose(a["mean_errors"][n], b["mean_errors"][n], rtol=rtol, err_msg=f"{a.get('image')}: class {n}")
+                np.testing.assert_allclose(
+                    a["mean_errors"][n], b["mean_errors"][n], rtol=rtol, err_msg=f"{a.get('image')}: class {n}"
+                )
         np.testing.assert_allclose([t["p"] for t in a["top"]], [t["p"] for t in b["top"]], atol=2e-5)
 
 
@@ -170,13 +174,39 @@ def test_native_runner_prompt_ensembles_and_class_subset(native_build, aoti_dir,
     )
     out = tmp_path / "ens"
     noise = str(aoti_dir / "noise.safetensors")
-    r = run_cli("export", "--format", "aoti", "--batch-sizes", "32", "--out", str(out), "--cache-dir", str(aoti_cache), "--prompts", str(csv), "--noise-path", noise, env=dict(os.environ))
+    r = run_cli(
+        "export",
+        "--format",
+        "aoti",
+        "--batch-sizes",
+        "32",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(aoti_cache),
+        "--prompts",
+        str(csv),
+        "--noise-path",
+        noise,
+        env=dict(os.environ),
+    )
     assert r.returncode == 0, r.stderr
     assert "[cached;" in r.stdout  # the package compiled for the session's export
     man = json.loads((out / "manifest.json").read_text())
     assert man["classes"] == ["zero", "one", "seven", "nine"] and man["class_prompts"] == [[0, 1], [2], [3, 4, 5], [6]]
     for policy in (["--policy", "exhaustive", "--n-grid", "5"], ["--policy", "ttest", "--seed", "11"]):
-        py = run_cli("classify", *paths, "--json", "--prompts", str(csv), "--noise-path", str(out / "noise.safetensors"), "--device", "cpu", *policy)
+        py = run_cli(
+            "classify",
+            *paths,
+            "--json",
+            "--prompts",
+            str(csv),
+            "--noise-path",
+            str(out / "noise.safetensors"),
+            "--device",
+            "cpu",
+            *policy,
+        )
         assert py.returncode == 0, py.stderr
         nat = run_native(native_build, out, tensors, "--json", *policy)
         assert nat.returncode == 0, nat.stderr
@@ -204,8 +234,14 @@ def test_native_runner_refuses_a_changed_or_inconsistent_export(native_build, ao
     manifest = json.loads((Path(aoti_dir) / "manifest.json").read_text())
     (changed / "manifest.json").write_text(json.dumps({**manifest, "torch": "2.1.2+cpu"}))  # exported by another torch
     r = run_native(native_build, changed, tensors)
-    assert r.returncode == 2 and "exported with torch 2.1.2+cpu" in r.stderr and f"libtorch {torch.__version__.split('+')[0]}" in r.stderr, r.stderr
-    (changed / "manifest.json").write_text(json.dumps({**manifest, "torch": torch.__version__.split("+")[0] + "-local"}))  # same major.minor
+    assert (
+        r.returncode == 2
+        and "exported with torch 2.1.2+cpu" in r.stderr
+        and f"libtorch {torch.__version__.split('+')[0]}" in r.stderr
+    ), r.stderr
+    (changed / "manifest.json").write_text(
+        json.dumps({**manifest, "torch": torch.__version__.split("+")[0] + "-local"})
+    )  # same major.minor
     pkg = changed / manifest["packages"][0]["file"]
     with open(pkg, "r+b") as f:  # a package swapped or damaged after export
         f.seek(pkg.stat().st_size // 2)
@@ -213,4 +249,6 @@ def test_native_runner_refuses_a_changed_or_inconsistent_export(native_build, ao
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     r = run_native(native_build, changed, tensors)
-    assert r.returncode == 2 and f"{pkg.name}: its sha256 differs from the manifest's (the package changed" in r.stderr, r.stderr
+    assert (
+        r.returncode == 2 and f"{pkg.name}: its sha256 differs from the manifest's (the package changed" in r.stderr
+    ), r.stderr

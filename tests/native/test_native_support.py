@@ -18,7 +18,9 @@ from diffcls_fast.engine.policies.ttest import paired_t_pvalues
 
 
 def selftest(build, lines: list[str]) -> list[str]:
-    r = subprocess.run([str(build / "diffcls-selftest")], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(build / "diffcls-selftest")], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert len(out) == len(lines)
@@ -36,15 +38,34 @@ def test_numpy_default_rng_random_bit_for_bit(native_build):
     # The entropy lists the noise bank uses: [seed, key & 0xFFFFFFFF, key >> 32, sample, stream], with
     # seeds below and above 2**32 (one and two words) and the rotation's sample 0x7FFFFFFF.
     rng = np.random.default_rng(1)
-    cases = [[0, 0, 0, 0, 1], [0, 1, 2, 3, 1], [0, 123, 456, 0x7FFFFFFF, 1], [2**32 - 1, 2**32 - 1, 2**31 - 1, 1999, 1], [2**40 + 5, 7, 9, 11, 1], [2**64 - 1, 1, 2, 3, 0]]
-    cases += [[int(rng.integers(0, 2**32)), int(rng.integers(0, 2**32)), int(rng.integers(0, 2**31)), int(rng.integers(0, 5000)), 1] for _ in range(40)]
+    cases = [
+        [0, 0, 0, 0, 1],
+        [0, 1, 2, 3, 1],
+        [0, 123, 456, 0x7FFFFFFF, 1],
+        [2**32 - 1, 2**32 - 1, 2**31 - 1, 1999, 1],
+        [2**40 + 5, 7, 9, 11, 1],
+        [2**64 - 1, 1, 2, 3, 0],
+    ]
+    cases += [
+        [
+            int(rng.integers(0, 2**32)),
+            int(rng.integers(0, 2**32)),
+            int(rng.integers(0, 2**31)),
+            int(rng.integers(0, 5000)),
+            1,
+        ]
+        for _ in range(40)
+    ]
     out = selftest(native_build, ["rng " + " ".join(map(str, e)) for e in cases])
     assert [float(v) for v in out] == [np.random.default_rng(e).random() for e in cases]
 
 
 def test_pairwise_sum_bit_for_bit(native_build):
     rng = np.random.default_rng(2)
-    rows = [rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n) for n in (1, 2, 7, 8, 9, 16, 127, 128, 129, 300, 1000, 2000)]
+    rows = [
+        rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n)
+        for n in (1, 2, 7, 8, 9, 16, 127, 128, 129, 300, 1000, 2000)
+    ]
     out = selftest(native_build, ["pairwise " + " ".join(repr(float(x)) for x in r) for r in rows])
     assert [float(v) for v in out] == [float(np.add.reduce(r)) for r in rows]
 
@@ -60,7 +81,11 @@ def _exact_t_cdf(df: int, t: float) -> float:
 
 
 def test_student_t_cdf_matches_exact_and_scipy(native_build):
-    grid = [(df, t) for df in (1, 2, 3, 4, 5, 9, 19, 20, 21, 50, 99, 199, 500, 1999) for t in (-1e8, -300.0, -40.0, -12.0, -6.5, -3.3, -2.0, -1.0, -0.5, -1e-3, 1e-6, 0.7, 2.5, 9.0)]
+    grid = [
+        (df, t)
+        for df in (1, 2, 3, 4, 5, 9, 19, 20, 21, 50, 99, 199, 500, 1999)
+        for t in (-1e8, -300.0, -40.0, -12.0, -6.5, -3.3, -2.0, -1.0, -0.5, -1e-3, 1e-6, 0.7, 2.5, 9.0)
+    ]
     out = np.array([float(v) for v in selftest(native_build, [f"stdtr {df} {t!r}" for df, t in grid])])
     exact = np.array([_exact_t_cdf(df, t) for df, t in grid])
     ok = exact > 1e-290  # the far tail underflows (in scipy too); checked separately below
@@ -83,7 +108,9 @@ def test_incomplete_beta_matches_exact_and_scipy(native_build, a, b):
     with mpmath.workdps(50):
         exact = [float(mpmath.betainc(a, b, 0, x, regularized=True)) for x in xs]
     np.testing.assert_allclose(out, exact, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(out, [betainc(a, b, x) for x in xs], rtol=1e-10, atol=1e-300)  # scipy: ~1e-12 off near x = 1
+    np.testing.assert_allclose(
+        out, [betainc(a, b, x) for x in xs], rtol=1e-10, atol=1e-300
+    )  # scipy: ~1e-12 off near x = 1
 
 
 def test_paired_t_pvalues_match_the_policy(native_build):

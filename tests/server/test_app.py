@@ -70,7 +70,12 @@ def test_classify_equals_local_classify_multipart_and_base64(server, client, loc
     assert [g["image"] for g in got] == ["a.png", "b.png", "c.png"]
     for g, e in zip(got, exp):
         same(g, e)
-    body = {"images": [base64.b64encode(p).decode() for p in pngs], "seed": 4, "classes": "one, seven, three", "top_k": 2}
+    body = {
+        "images": [base64.b64encode(p).decode() for p in pngs],
+        "seed": 4,
+        "classes": "one, seven, three",
+        "top_k": 2,
+    }
     r = httpx.post(f"{server.url}/v1/classify", json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
     exp = local.with_options(seed=4).classify(pil, ["one", "seven", "three"])
@@ -130,7 +135,10 @@ def test_classify_cli_with_server_checks_engine_settings(server, capsys, monkeyp
     monkeypatch.setenv("DIFFCLS_API_KEY", KEY)
     img = ["examples/digit-7.png"]
     # the server scores with l2 on digits: naming them explicitly is fine
-    assert main(["classify", *img, "--policy", "halving", "--model", "digits", "--loss", "l2", "--server", server.url]) == 0
+    assert (
+        main(["classify", *img, "--policy", "halving", "--model", "digits", "--loss", "l2", "--server", server.url])
+        == 0
+    )
     assert "seven" in capsys.readouterr().out
     for extra, message in [
         (["--loss", "l1"], "loss 'l2', not 'l1'"),
@@ -157,7 +165,11 @@ def test_classify_cli_with_server_checks_engine_settings(server, capsys, monkeyp
 )
 def test_malformed_requests_are_400_with_one_line(server, body, message):
     headers = {"Authorization": f"Bearer {KEY}"}
-    r = httpx.post(f"{server.url}/v1/classify", content=body if isinstance(body, bytes) else json.dumps(body).encode(), headers=headers | {"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/classify",
+        content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+        headers=headers | {"content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["kind"] == "bad_request" and message in r.json()["error"] and "\n" not in r.json()["error"]
 
@@ -193,7 +205,10 @@ def test_prompt_ensembles_travel_exactly(server, client, local, tmp_path):
     from diffcls_fast.engine.prompts import read_prompts_csv
 
     csv = tmp_path / "p.csv"
-    csv.write_text("classidx,prompt,classname\n0,a handwritten digit one,one\n0,the number 1,one\n1,a handwritten digit seven,seven\n2,the number 7,seven7\n")
+    csv.write_text(
+        "classidx,prompt,classname\n0,a handwritten digit one,one\n0,the number 1,one\n1,a handwritten digit"
+        " seven,seven\n2,the number 7,seven7\n"
+    )
     spec = read_prompts_csv(csv)
     pngs, _, pil = digit_pngs(2)
     for g, e in zip(client.classify(pngs, prompts=spec), local.classify(pil, spec)):
@@ -206,10 +221,18 @@ def test_unknown_paths_are_json_404_and_metrics_count_errors(server, client):
     r = httpx.get(f"{server.url}/v1/classify", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 405
     m = parse(client.metrics())
-    for name in ("diffcls_queue_depth", "diffcls_inflight_images", "diffcls_batch_fill", "diffcls_evaluations_per_second", "diffcls_request_duration_seconds_count"):
+    for name in (
+        "diffcls_queue_depth",
+        "diffcls_inflight_images",
+        "diffcls_batch_fill",
+        "diffcls_evaluations_per_second",
+        "diffcls_request_duration_seconds_count",
+    ):
         assert name in m
     assert m['diffcls_errors_total{kind="unauthorized"}'] >= 1 and m['diffcls_errors_total{kind="not_found"}'] >= 1
-    assert m['diffcls_requests_total{code="200"}'] >= 1 and m["diffcls_evaluations_total"] > 0 and m["diffcls_ready"] == 1
+    assert (
+        m['diffcls_requests_total{code="200"}'] >= 1 and m["diffcls_evaluations_total"] > 0 and m["diffcls_ready"] == 1
+    )
     assert m['diffcls_request_duration_seconds_bucket{le="+Inf"}'] == m["diffcls_request_duration_seconds_count"]
 
 
@@ -219,7 +242,12 @@ def test_match_equals_local_match(server, client, local):
     got = client.match(pngs, caps, n_grid=4, seed=3)
     exp = local.with_options(seed=3).match(pil, caps, n_grid=4)
     np.testing.assert_allclose(np.array(got["errors"]), exp.errors, rtol=1e-5, atol=1e-7)
-    assert got["captions"] == caps and got["n_grid"] == 4 and got["evaluations"] == exp.evaluations and got["images"] == ["images[0]", "images[1]"]
+    assert (
+        got["captions"] == caps
+        and got["n_grid"] == 4
+        and got["evaluations"] == exp.evaluations
+        and got["images"] == ["images[0]", "images[1]"]
+    )
     two = client.match(pngs, caps[:2], n_grid=2, shared_noise=True)
     assert set(two["winoground"]) == {"text", "image", "group"} and two["shared_noise"] is True
     with pytest.raises(ServerError) as e:
@@ -229,7 +257,11 @@ def test_match_equals_local_match(server, client, local):
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"loss": "l1"}, "loss 'l2', not 'l1'"), ({"model": "numbers"}, "serves model 'digits'"), ({"top_k": 3}, "no classes, prompts, policy, options, temperature or top_k")],
+    [
+        ({"loss": "l1"}, "loss 'l2', not 'l1'"),
+        ({"model": "numbers"}, "serves model 'digits'"),
+        ({"top_k": 3}, "no classes, prompts, policy, options, temperature or top_k"),
+    ],
 )
 def test_match_checks_model_and_loss_and_refuses_top_k(server, fields, message):
     pngs, _, _ = digit_pngs(1)
@@ -244,7 +276,9 @@ def test_malformed_params_and_deep_json_are_400(server):
     files = [("images", ("a.png", pngs[0], "image/png"))]
     r = httpx.post(f"{server.url}/v1/classify", files=files, data={"params": '"x"'}, headers=headers)
     assert r.status_code == 400 and "must be a JSON object" in r.json()["error"], r.json()
-    r = httpx.post(f"{server.url}/v1/classify", content=b"[" * 100_000, headers=headers | {"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/classify", content=b"[" * 100_000, headers=headers | {"content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["kind"] == "bad_request", r.json()
 
 
@@ -254,7 +288,13 @@ def test_a_params_part_over_one_mib_is_not_a_multipart_error(server):
     pngs, _, _ = digit_pngs(1)
     params = {"classes": ["one", "seven"], "names": ["x" * 1_200_000]}
     files = [("images", ("a.png", pngs[0], "image/png"))]
-    r = httpx.post(f"{server.url}/v1/classify", files=files, data={"params": json.dumps(params)}, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/v1/classify",
+        files=files,
+        data={"params": json.dumps(params)},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    )
     assert "malformed multipart" not in r.text, r.text[:300]
 
 
@@ -265,13 +305,32 @@ def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatc
     with ServerThread(server_clf, warmup=False) as s:
         assert main(["classify", "examples/digit-7.png", "--json", "--server", s.url]) == 0
         remote = json.loads(capsys.readouterr().out)
-        assert main(["classify", "examples/digit-7.png", "--json", "--server", s.url, "--seed", "0", "--policy", "ttest", "--min-scores", "5"]) == 0
+        assert (
+            main(
+                [
+                    "classify",
+                    "examples/digit-7.png",
+                    "--json",
+                    "--server",
+                    s.url,
+                    "--seed",
+                    "0",
+                    "--policy",
+                    "ttest",
+                    "--min-scores",
+                    "5",
+                ]
+            )
+            == 0
+        )
         typed = json.loads(capsys.readouterr().out)
     from diffcls_fast.images import load_image
 
     im = load_image("examples/digit-7.png")
     server_side = server_clf().classify([im])[0].to_dict()
-    local_typed = make_classifier("ttest", seed=0, temperature=0.5, min_scores=5).classify([im])[0].to_dict()  # the server's temperature stays: not typed
+    local_typed = (
+        make_classifier("ttest", seed=0, temperature=0.5, min_scores=5).classify([im])[0].to_dict()
+    )  # the server's temperature stays: not typed
     for got, want in ((remote, server_side), (typed, local_typed)):
         assert got["label"] == want["label"] and got["evaluations"] == want["evaluations"], (got, want)
         assert [t["p"] for t in got["top"]] == pytest.approx([t["p"] for t in want["top"]], rel=1e-6)

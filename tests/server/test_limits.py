@@ -22,8 +22,20 @@ from diffcls_fast.server.metrics import parse  # noqa: E402
 
 from .helpers import digit_pngs, make_classifier  # noqa: E402
 
-LIMITS = Limits(max_body_bytes=48_000, max_image_pixels=32 * 32, max_images=3, max_classes=12, max_prompts=20, max_queue=2, default_timeout=60.0, max_timeout=120.0)
-HEAVY = {"policy": "exhaustive", "n_grid": 60}  # 600 evaluations per digit: most of a second of work on the CPU, or more
+LIMITS = Limits(
+    max_body_bytes=48_000,
+    max_image_pixels=32 * 32,
+    max_images=3,
+    max_classes=12,
+    max_prompts=20,
+    max_queue=2,
+    default_timeout=60.0,
+    max_timeout=120.0,
+)
+HEAVY = {
+    "policy": "exhaustive",
+    "n_grid": 60,
+}  # 600 evaluations per digit: most of a second of work on the CPU, or more
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +69,11 @@ def test_body_over_the_limit_is_413(server):
     r = post(server, {"images": [b64(png(120, 120, noise=True))] * 3})
     assert r.status_code == 413 and r.json()["kind"] == "too_large" and "48000" in r.json()["error"]
     # also without a Content-Length header (a chunked upload), counted while reading
-    r = httpx.post(f"{server.url}/v1/classify", content=iter([b"{" + b" " * 30_000] * 2), headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/classify",
+        content=iter([b"{" + b" " * 30_000] * 2),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -66,10 +82,19 @@ def test_body_over_the_limit_is_413(server):
     [
         ({"images": [b64(png(40, 40))]}, "40x40 = 1600 pixels; the limit is 1024"),
         ({"images": [b64(png(8, 8))] * 4}, "4 images in one request; the limit is 3"),
-        ({"images": [b64(png(8, 8))], "classes": [f"c{k}" for k in range(13)]}, "13 classes in one request; the limit is 12"),
+        (
+            {"images": [b64(png(8, 8))], "classes": [f"c{k}" for k in range(13)]},
+            "13 classes in one request; the limit is 12",
+        ),
         ({"images": [b64(png(8, 8))], "timeout": 500}, "over this server's limit of 120 s"),
         # 7 classes (under the class limit) of 3 prompts each: 21 denoiser rows per sample
-        ({"images": [b64(png(8, 8))], "prompts": [{"class": f"c{k}", "prompt": f"p{k} {j}"} for k in range(7) for j in range(3)]}, "21 prompts in one request"),
+        (
+            {
+                "images": [b64(png(8, 8))],
+                "prompts": [{"class": f"c{k}", "prompt": f"p{k} {j}"} for k in range(7) for j in range(3)],
+            },
+            "21 prompts in one request",
+        ),
     ],
 )
 def test_limits_are_413_with_one_line(server, body, message):
@@ -109,7 +134,9 @@ def test_full_queue_is_429_with_retry_after(server):
         with Client(server.url) as c:
             barrier.wait()
             try:
-                c.classify(pngs, timeout=120, **HEAVY)  # the longest deadline: a slow, shared CPU must not turn this into a 504
+                c.classify(
+                    pngs, timeout=120, **HEAVY
+                )  # the longest deadline: a slow, shared CPU must not turn this into a 504
                 return 200, None
             except ServerError as e:
                 return e.status, e.retry_after
@@ -141,9 +168,26 @@ def test_deadline_is_504_and_its_work_is_dropped(server, client):
 
 
 def test_parse_params_checks_types_without_a_server():
-    ok = parse_params({"images": [b64(b"x")], "seed": 3, "policy": "halving", "options": {"rounds": [1, 2], "t_band": [0.1, 0.5]}, "top_k": 2}, [], Limits())
+    ok = parse_params(
+        {
+            "images": [b64(b"x")],
+            "seed": 3,
+            "policy": "halving",
+            "options": {"rounds": [1, 2], "t_band": [0.1, 0.5]},
+            "top_k": 2,
+        },
+        [],
+        Limits(),
+    )
     assert ok.options == {"seed": 3, "policy": "halving", "rounds": [1, 2], "t_band": [0.1, 0.5]} and ok.top_k == 2
-    for bad in ({"seed": True}, {"top_k": 0}, {"options": {"rounds": [1.5]}}, {"options": {"cutoff_pval": "x"}}, {"classes": 3}, {"names": ["a", "b"]}):
+    for bad in (
+        {"seed": True},
+        {"top_k": 0},
+        {"options": {"rounds": [1.5]}},
+        {"options": {"cutoff_pval": "x"}},
+        {"classes": 3},
+        {"names": ["a", "b"]},
+    ):
         with pytest.raises(Exception) as e:
             parse_params({"images": [b64(b"x")], **bad}, [], Limits())
         assert getattr(e.value, "status", None) == 400, bad

@@ -26,7 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", *args],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stderr.readline()
     m = re.search(r"serving on (http://\S+) ", line)
     if m is None:
@@ -79,18 +85,26 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits():
 def test_graceful_timeout_answers_json_503_and_says_so():
     """Past --graceful-timeout uvicorn cancels the handlers still running: the client gets the usual
     one JSON line (503 shutting_down), not a bare 500, and the stop message says requests were cut."""
-    proc, url = start_server("--policy", "exhaustive", "--n-grid", "400", "--batch-size", "64", "--no-warmup", "--graceful-timeout", "1")
+    proc, url = start_server(
+        "--policy", "exhaustive", "--n-grid", "400", "--batch-size", "64", "--no-warmup", "--graceful-timeout", "1"
+    )
     try:
         pngs, _, _ = digit_pngs(1)
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            fut = ex.submit(lambda: httpx.post(f"{url}/v1/classify", files=[("images", ("a.png", pngs[0], "image/png"))], timeout=120))
+            fut = ex.submit(
+                lambda: httpx.post(
+                    f"{url}/v1/classify", files=[("images", ("a.png", pngs[0], "image/png"))], timeout=120
+                )
+            )
             with Client(url) as c:
                 t0 = time.monotonic()
                 while parse(c.metrics())["diffcls_queue_depth"] < 1 and time.monotonic() - t0 < 60:
                     time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             r = fut.result(timeout=120)
-        assert r.status_code == 503 and r.json()["kind"] == "shutting_down" and "graceful-timeout" in r.json()["error"], r.text
+        assert (
+            r.status_code == 503 and r.json()["kind"] == "shutting_down" and "graceful-timeout" in r.json()["error"]
+        ), r.text
         assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
         err = proc.stderr.read()
         assert "server stopped (1 request(s) cut short by --graceful-timeout, answered 503)" in err, err
@@ -109,6 +123,13 @@ def test_serve_checks_its_options_before_loading_the_model():
         (["--policy", "halving", "--rounds", "4", "2"], "rounds"),
         (["--device", "tpu"], "device"),
     ):
-        p = subprocess.run([sys.executable, "-m", "diffcls_fast.cli", "serve", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "diffcls_fast.cli", "serve", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 2 and p.stderr.startswith("diffcls-fast: error:") and msg in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1

@@ -50,7 +50,10 @@ class Failure:
     def message(self, class_names: list[str] | None = None) -> str:
         if self.reason == "non-finite":
             name = class_names[self.cls] if class_names is not None and self.cls is not None else self.cls
-            return f"non-finite denoiser error ({self.value}) at sample {self.sample}, class {name!r}: the model output or its input (image, noise, condition) holds NaN or inf"
+            return (
+                f"non-finite denoiser error ({self.value}) at sample {self.sample}, class {name!r}: the model output or"
+                " its input (image, noise, condition) holds NaN or inf"
+            )
         return f"internal error: {self.detail}"
 
 

@@ -86,9 +86,13 @@ HALVING = PolicySpec(
     name="halving",
     summary="successive halving on shared samples in a timestep band",
     options=(
-        Option("rounds", int, (2, 4, 12), "cumulative samples per class after each round", nargs="+", parse=positive_int),
+        Option(
+            "rounds", int, (2, 4, 12), "cumulative samples per class after each round", nargs="+", parse=positive_int
+        ),
         Option("keep", int, (10, 3, 1), "classes kept after each round", nargs="+", parse=positive_int),
-        Option("t_band", float, (0.15, 0.6), "timesteps drawn in [LO T, HI T)", nargs=2, parse=float, metavar=("LO", "HI")),
+        Option(
+            "t_band", float, (0.15, 0.6), "timesteps drawn in [LO T, HI T)", nargs=2, parse=float, metavar=("LO", "HI")
+        ),
     ),
     make=lambda o, n_classes, T, bank, key, cost: HalvingPolicy(
         n_classes, T, bank, key, o["rounds"], o["keep"], o["t_band"], cost

@@ -11,7 +11,9 @@ from .base import Outcome, Policy
 from .options import Option, PolicySpec, positive_int
 
 
-def stage_plan(T: int, n_samples: Sequence[int], to_keep: Sequence[int], n_classes: int) -> list[tuple[np.ndarray, int]]:
+def stage_plan(
+    T: int, n_samples: Sequence[int], to_keep: Sequence[int], n_classes: int
+) -> list[tuple[np.ndarray, int]]:
     """The new grid indices of each stage and the number of classes it keeps.
 
     Pure arithmetic, also used by the docs and tests to state evaluation counts.
@@ -55,12 +57,16 @@ class StagedPolicy(Policy):
 
     name = "adaptive"
 
-    def __init__(self, n_classes: int, T: int, n_samples: Sequence[int], to_keep: Sequence[int], cost: np.ndarray | None = None):
+    def __init__(
+        self, n_classes: int, T: int, n_samples: Sequence[int], to_keep: Sequence[int], cost: np.ndarray | None = None
+    ):
         grid = li_grid(T, max(n_samples))
         plan = stage_plan(T, n_samples, to_keep, n_classes)
         self._start(n_classes, cost, plan, np.concatenate([grid[idx] for idx, _ in plan]))
 
-    def _start(self, n_classes: int, cost: np.ndarray | None, plan: list[tuple[np.ndarray, int]], t_of_sample: np.ndarray) -> None:
+    def _start(
+        self, n_classes: int, cost: np.ndarray | None, plan: list[tuple[np.ndarray, int]], t_of_sample: np.ndarray
+    ) -> None:
         """Begin with ``plan`` (each stage's new points and the classes it keeps) and sample i's timestep
         ``t_of_sample[i]``."""
         super().__init__(n_classes, cost)
@@ -125,7 +131,11 @@ class StagedPolicy(Policy):
     def _close_stage(self) -> None:
         idx, keep = self.plan[self.stage]
         # The stage's scores enter the rule now: a non-finite one fails the image (first in sample, class order).
-        bad = self.table.first_non_finite(self.alive, self._stage_start, self._stage_start + len(idx)) if len(idx) else None
+        bad = (
+            self.table.first_non_finite(self.alive, self._stage_start, self._stage_start + len(idx))
+            if len(idx)
+            else None
+        )
         if bad is not None:
             self.fail(bad)
             return
@@ -143,7 +153,11 @@ class StagedPolicy(Policy):
         err = self.table.err[:, : self.table.n_cols]
         n = np.sum(self.table.scored[:, : self.table.n_cols], axis=1)
         with np.errstate(invalid="ignore"):
-            means = np.where(n > 0, np.sum(np.where(self.table.scored[:, : self.table.n_cols], err, 0.0), axis=1) / np.maximum(n, 1), np.nan)
+            means = np.where(
+                n > 0,
+                np.sum(np.where(self.table.scored[:, : self.table.n_cols], err, 0.0), axis=1) / np.maximum(n, 1),
+                np.nan,
+            )
         label = int(self.alive[np.argmin(means[self.alive])])
         return Outcome(label, means, n.astype(np.int64), self.spent, self.failure)
 

@@ -50,7 +50,9 @@ def paired_t_pvalues(diffs: np.ndarray, sides: int = 2) -> np.ndarray:
     if sides not in (1, 2):
         raise ValueError("sides must be 1 or 2")
     if not np.isfinite(diffs).all():
-        raise ValueError("paired_t_pvalues needs finite differences (policies fail images with non-finite scores first)")
+        raise ValueError(
+            "paired_t_pvalues needs finite differences (policies fail images with non-finite scores first)"
+        )
     n = diffs.shape[1]
     if n < 2:
         return np.ones(diffs.shape[0])
@@ -212,9 +214,7 @@ TTEST = PolicySpec(
         Option("max_scores", int, 2000, "samples at most", parse=positive_int),
         Option("cutoff_pval", float, 2e-3, "drop a class when p < this", parse=probability),
         Option("sides", int, 2, "one- or two-sided paired t-test", parse=int, choices=(1, 2)),
-        Option(
-            "t_order", str, "stratified", "timestep order", choices=tuple(TIMESTEP_ORDERS), what="timestep order"
-        ),
+        Option("t_order", str, "stratified", "timestep order", choices=tuple(TIMESTEP_ORDERS), what="timestep order"),
     ),
     make=_make,
     check=lambda o, T, n_classes: TTestPolicy(
