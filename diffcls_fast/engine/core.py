@@ -379,7 +379,11 @@ class Engine:
 
         ``stats`` (if given) is filled with the run's counters; ``on_warning(sentence)`` hears the
         unknown-words warning. A run abandoned half-way (the generator closed) cancels its request.
+        The engine must serve nothing else meanwhile (a shared engine is driven with ``step()``,
+        whose events name their request): another request's results would have no one to go to.
         """
+        if self._requests or self.sched.has_work:
+            raise RuntimeError("Engine.run() needs an engine with no other request; drive a shared one with step()")
         stats = stats if stats is not None else RunStats()
         m = self.model
         stats.backend, stats.dtype = m.backend, str(m.dtype).removeprefix("torch.")

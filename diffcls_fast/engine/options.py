@@ -15,7 +15,7 @@ import numbers
 import operator
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -104,7 +104,6 @@ class RequestOptions:
     posterior_floor: float
     explicit: tuple[Any, Any] = (None, None)
     distinct_classes: bool = True  # refuse classes whose conditions are identical (match allows them)
-    describe_policy: str = field(default="", compare=False)
 
     @classmethod
     def build(
@@ -117,6 +116,8 @@ class RequestOptions:
         temperature: Any = None,
         posterior_floor: Any = None,
     ) -> RequestOptions:
+        """Checked options for ``model`` scored with ``loss``: the policy and its options, the noise bank, and
+        the posterior's temperature and floor (None: the model's calibration for the policy and loss)."""
         cfg = policy_config(model, policy, policy_options or {}, bank)
         t, f = posterior_params(model, cfg.name, loss, temperature, posterior_floor)
         return cls(cfg, bank, t, f, (temperature, posterior_floor))

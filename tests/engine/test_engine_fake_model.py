@@ -108,3 +108,11 @@ def test_a_request_without_options_needs_an_engine_default(fake):
     engine = Engine(model, EngineConfig.build(model))
     with pytest.raises(ValueError, match="no default request options"):
         engine.submit(_images(protos, [0]), None)
+
+
+def test_run_refuses_an_engine_that_serves_other_requests(fake):
+    model, protos = fake
+    engine = DiffusionClassifier(model, "exhaustive", n_grid=4).engine()
+    engine.submit(_images(protos, [0]), None)
+    with pytest.raises(RuntimeError, match="no other request"):
+        next(engine.run(_images(protos, [1]), None))
