@@ -103,7 +103,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     noise = check_engine_args(a)
     from .engine.options import check_scheduler_args
+    from .models.locate import check_model_arg
 
+    check_model_arg(a.model)  # before the port is bound: a bad folder is one line and exit 2, not a server
     check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)
     if not 0 <= a.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {a.port}")

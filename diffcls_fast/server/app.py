@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..errors import UserError
 from .engine_loop import EngineLoop, Job
 from .limits import HTTPError, Limits, bad, decode_image, parse_params, too_large
 from .metrics import CONTENT_TYPE, Metrics
@@ -64,9 +65,12 @@ def create_app(
     api_key: str | None = None,
     warmup: bool = True,
     on_stopped: Callable[[int], None] | None = None,
+    on_load_failed: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread).
-    ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout."""
+    ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout.
+    ``on_load_failed(reason)`` runs (in the loop thread) when ``load()`` raises; without it the reason is logged and
+    the app stays up, answering 503 with the reason (for embedding)."""
     limits = limits or Limits()
     metrics = Metrics()
     cut_short = [0]  # requests answered 503 because the shutdown timeout cancelled them
@@ -81,7 +85,7 @@ def create_app(
             "the server shut down (--graceful-timeout passed) before this request was answered; its work was dropped",
         )
 
-    loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup)
+    loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup, on_load_failed=on_load_failed)
     key = api_key.encode() if api_key else None
 
     def authorize(request: Request) -> None:
@@ -249,8 +253,6 @@ def create_app(
             check_ready()
             fields, files = await parse_request(request)
             from ..engine.match import check_captions
-            from ..errors import UserError
-
             extra = {k: fields.pop(k) for k in ("captions", "n_grid", "shared_noise") if k in fields}
             if "captions" not in extra:
                 raise bad("match needs 'captions', a list of full prompts")
@@ -387,7 +389,6 @@ def create_app(
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: any free port), or a UserError saying why not."""
-    from ..errors import UserError
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -421,7 +422,18 @@ def serve(
     sock = bind(host, port)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
 
+    failed: list[str] = []  # why the model did not load, when it did not
+    server: Any = None
+
+    def load_failed(reason: str) -> None:
+        # A server that cannot serve exits at once (non-zero), like every other command with a bad model,
+        # instead of answering 503 "failed" until someone notices.
+        failed.append(reason)
+        server.should_exit = True
+
     def stopped(cut: int) -> None:
+        if failed:
+            return
         what = (
             "requests in flight answered"
             if not cut
@@ -429,7 +441,7 @@ def serve(
         )
         print(f"diffcls-fast: server stopped ({what})", file=sys.stderr, flush=True)
 
-    app = create_app(load, limits, api_key, warmup, on_stopped=stopped)
+    app = create_app(load, limits, api_key, warmup, on_stopped=stopped, on_load_failed=load_failed)
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
     print(
@@ -444,7 +456,10 @@ def serve(
     # On SIGINT/SIGTERM uvicorn stops accepting, waits for the open requests, runs the lifespan
     # shutdown (the engine loop finishes what it accepted), then re-raises the signal: the exit
     # status says which signal stopped the server, as process supervisors expect.
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if failed:
+        raise UserError(f"the model failed to load, so the server stopped: {failed[0]}")
 
 
 class ServerThread:

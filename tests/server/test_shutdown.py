@@ -122,6 +122,9 @@ def test_serve_checks_its_options_before_loading_the_model():
         (["--request-timeout", "900"], "over --max-timeout"),
         (["--policy", "halving", "--rounds", "4", "2"], "rounds"),
         (["--device", "tpu"], "device"),
+        (["--model", "/nonexistent/model"], "no such folder"),
+        (["--model", ""], "--model is empty"),
+        (["--model", str(ROOT / "docs")], "not a diffusion model folder"),
     ):
         p = subprocess.run(
             [sys.executable, "-m", "diffcls_fast.cli", "serve", *args],
@@ -133,3 +136,27 @@ def test_serve_checks_its_options_before_loading_the_model():
         )
         assert p.returncode == 2 and p.stderr.startswith("diffcls-fast: error:") and msg in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_exit_2(tmp_path):
+    """A folder with the right layout whose weights are broken passes the checks before the port is bound; the load
+    then fails in the engine loop, and the server exits at once (it used to answer 503 "failed" forever)."""
+    import shutil
+
+    from diffcls_fast.models.bundled import BUNDLED
+
+    folder = tmp_path / "broken"
+    shutil.copytree(BUNDLED["digits"], folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    p = subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", "--model", str(folder)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert "serving on" in lines[0] and lines[1].startswith("diffcls-fast: error: the model failed to load"), lines
+    assert "cannot load the denoiser" in lines[1] and len(lines) == 2, lines
