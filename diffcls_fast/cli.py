@@ -239,7 +239,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_merge(a: argparse.Namespace) -> int:
     from .merge import format_summary, merge_parts
 
-    summary = merge_parts(a.out, a.parts)
+    summary = merge_parts(a.out, a.parts, overwrite=a.overwrite)
     print(json.dumps(summary) if a.json else format_summary(summary))
     if summary["failed"]:
         print(
@@ -491,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the merged JSONL to write (rows in split order)")
     p.add_argument("parts", nargs="+", help="the shards' --out files (OUT.shard-I-of-N.jsonl ...)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the keys of eval --json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT even when it is not an earlier merge of the same run (default: refuse)",
+    )
     p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")

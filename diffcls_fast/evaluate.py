@@ -233,6 +233,10 @@ class OutFile:
                 data = f.read()
         except OSError as e:
             raise UserError(f"--out {self.path}: cannot read ({e.strerror or e})") from None
+        # A damaged file is refused: eval would append to it, merge would read wrong rows from it.
+        refuse = (
+            "merge reads only eval --out files" if self.readonly else "refusing to append to it (use another --out)"
+        )
         good_end = data.rfind(b"\n") + 1
         if (
             good_end < len(data) and not self.readonly
@@ -243,27 +247,22 @@ class OutFile:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(
-                    f"{where}:{lineno}: not UTF-8 text; refusing to append to it (use another --out)"
-                ) from None
+                raise UserError(f"{where}:{lineno}: not UTF-8 text; {refuse}") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(
-                    f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)"
-                ) from None
+                raise UserError(f"{where}:{lineno}: not a JSON line; {refuse}") from None
             if not isinstance(row, dict):
                 raise UserError(
-                    f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to"
-                    " append to it"
+                    f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); {refuse}"
                 )
             for key, kind in self.required:
                 value = row.get(key)
                 if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                     got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"[:60]
-                    raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; refusing to append to it")
+                    raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; {refuse}")
             self.rows[row["id"]] = (lineno, row)
 
     def done(self, config: str, settings: dict) -> dict[str, dict]:

@@ -148,8 +148,38 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
-    """Check the parts, write ``out`` (rows in split order; replaced atomically) and return the summary."""
+def check_existing_out(out: Path, rows: list[dict], overwrite: bool) -> None:
+    """Refuse to replace a file that is not an earlier merge of this run (``--overwrite`` allows it): merging
+    into the wrong path must not destroy an unrelated file."""
+    if overwrite or not out.exists() or out.stat().st_size == 0:
+        return
+    why = None
+    try:
+        old = OutFile(out, readonly=True)
+    except UserError:
+        why = "it is not an eval results file"
+    else:
+        old.close()
+        ref = rows[0]
+        other = next(
+            (
+                row
+                for _, row in old.rows.values()
+                if row["config"] != ref["config"] and not same_settings(ref.get("settings"), row.get("settings"))
+            ),
+            None,
+        )
+        if other is not None:
+            why = "it holds results of another run"
+    if why:
+        raise UserError(f"merge: {out} exists and {why}; give another path, or --overwrite to replace it")
+
+
+def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = False) -> dict:
+    """Check the parts, write ``out`` (rows in split order; replaced atomically) and return the summary.
+
+    An existing ``out`` is replaced only when it holds rows of the same run (an earlier merge), or with
+    ``overwrite``."""
     out = Path(out)
     for p in map(Path, parts):
         if p.exists() and out.exists() and os.path.samefile(p, out):
@@ -158,19 +188,32 @@ def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
         raise UserError(f"merge: {out} is a folder; give a file path, e.g. {out / 'results.jsonl'}")
     if not out.parent.is_dir():
         raise UserError(f"merge: no such folder {out.parent}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"merge: {out} is not a regular file; give a file path")
     rows = check_rows(read_parts(parts))
+    check_existing_out(out, rows, overwrite)
     tmp = out.with_name(f".{out.name}.merge-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:  # a read-only mount, /proc, a folder without write permission
+        raise UserError(f"merge: cannot write {out} ({e.strerror or e})") from None
     try:
         for r in rows:
             append_line(fd, r)
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = None
+        os.replace(tmp, out)
+    except OSError as e:  # a full disk, a file system without rename
+        if fd is not None:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"merge: cannot write {out} ({e.strerror or e})") from None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    os.replace(tmp, out)
     return summarize(rows)
 
 

@@ -253,6 +253,7 @@ def create_app(
             check_ready()
             fields, files = await parse_request(request)
             from ..engine.match import check_captions
+
             extra = {k: fields.pop(k) for k in ("captions", "n_grid", "shared_noise") if k in fields}
             if "captions" not in extra:
                 raise bad("match needs 'captions', a list of full prompts")
