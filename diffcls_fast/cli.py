@@ -192,7 +192,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .evaluate import FAILED_RULE, run_eval
     from .shard import apply_scale_out
 
     apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
@@ -220,20 +220,31 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(summary))
     else:
-        print(
-            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}),"
-            f" ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, {summary['evals_per_image']:.1f} evals/image"
-            f" ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill"
-            f" {summary['batch_fill']:.3f}, {summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels"
-            f" {summary['kernels']}]"
-        )
+        print(format_eval_summary(summary))
     if summary["failed"]:
         print(
-            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
-            f" {summary['first_error']}",
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed, e.g. {summary['first_error']}"
+            f" ({FAILED_RULE})",
             file=sys.stderr,
         )
     return 1 if summary["failed"] else 0
+
+
+def format_eval_summary(s: dict) -> str:
+    """``eval``'s one summary line: what was measured, said plainly when nothing was scored in this run."""
+    if s.get("note"):  # an empty shard
+        return f"{s['note']}; nothing to do"
+    head = (
+        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or s['data']}), ECE {s['ece']:.4f}, NLL"
+        f" {s['nll']:.4f}, {s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent)"
+    )
+    if not s["scored"]:
+        return f"{head}; all {s['images']} rows resumed from --out (nothing scored in this run) [{s['backend']}]"
+    resumed = f", {s['resumed']} resumed from --out" if s["resumed"] else ""
+    return (
+        f"{head}, {s['seconds']:.1f} s, batch fill {s['batch_fill']:.3f}, {s['evals_per_second']:.0f} evals/s"
+        f"{resumed} [{s['backend']}, kernels {s['kernels']}]"
+    )
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
@@ -242,9 +253,11 @@ def cmd_merge(a: argparse.Namespace) -> int:
     summary = merge_parts(a.out, a.parts, overwrite=a.overwrite)
     print(json.dumps(summary) if a.json else format_summary(summary))
     if summary["failed"]:
+        from .evaluate import FAILED_RULE
+
         print(
-            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
-            f" {summary['first_error']}",
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed, e.g. {summary['first_error']}"
+            f" ({FAILED_RULE})",
             file=sys.stderr,
         )
     return 1 if summary["failed"] else 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .evaluate import OutFile, append_line, same_settings, settings_diff
+from .evaluate import OutFile, append_line, calibration_point, metrics, same_settings, settings_diff
 
 
 def _ranges(xs: list[int], limit: int = 8) -> str:
@@ -102,18 +102,9 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
 
 def summarize(rows: list[dict]) -> dict:
     """``eval --json``'s summary from rows (timings and batch fill are not in rows: null)."""
-    from .engine.calibration import ece, nll
-
-    correct = [int(r["correct"]) for r in rows]
     evals = [int(r.get("evaluations", r["evaluations_spent"])) for r in rows]  # needed by the rule, as eval reports
     spent = [int(r["evaluations_spent"]) for r in rows]
     errors = [r["error"] for r in rows if r.get("error")]
-    calib = [
-        (float(r["confidence"]), int(r["correct"]), float(r["p_true"]))
-        for r in rows
-        if "p_true" in r and not r.get("error")
-    ]
-    conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
     settings = rows[0].get("settings") or {}
     shards = sorted({r.get("shard") for r in rows}, key=str)
     head = rows[0]["id"].split("/")
@@ -121,10 +112,9 @@ def summarize(rows: list[dict]) -> dict:
         head[:2] if len(head) == 3 and head[0] in ("digits", "numbers") else None
     )  # ids of a bundled split: model/split/n
     return {
-        "accuracy": float(np.mean(correct)) if rows else 0.0,
+        **metrics([calibration_point(r) for r in rows]),  # failed images: FAILED_RULE, as eval counts them
         "images": len(rows),
-        "ece": round(ece(conf, corr), 5),
-        "nll": round(nll(p_true), 5),
+        "scored": None,  # not in the rows
         "temperature": settings.get("temperature"),
         "posterior_floor": settings.get("posterior_floor"),
         "failed": len(errors),
