@@ -7,44 +7,25 @@ import json
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def load_image_folder(root: str | Path):
-    """An ImageFolder layout: ``root/<class name>/<image>``; classes in sorted order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such data folder")
-    # Hidden entries (.ipynb_checkpoints/, .DS_Store, ._x.png of macOS) are not classes or images.
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise UserError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
-    paths, labels = [], []
-    for k, c in enumerate(classes):
-        files = sorted(
-            p
-            for p in (root / c).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
-        paths += files
-        labels += [k] * len(files)
-    if not paths:
-        raise UserError(f"{root}: no images found")
-    return paths, np.array(labels), classes, [str(p.relative_to(root)) for p in paths]
+from .errors import DiffclsWarning, UserError
+from .image_folder import load_image_folder
 
 
 def load_eval_split(model_name: str, split: str, data: str | None = None):
     """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
     if data:
-        return load_image_folder(data)
+        paths, labels, classes, ids, skipped = load_image_folder(data)
+        if skipped:  # said once, before the model loads: nothing leaves the run silently
+            msg = f"--data {data}: {len(paths)} images; skipped {skipped.describe()}"
+            warnings.warn(msg, DiffclsWarning, stacklevel=2)
+        return paths, labels, classes, ids
     from .data import digits, numbers
 
     if model_name == "digits":
