@@ -233,7 +233,7 @@ def export_aoti(
     """
     from safetensors.torch import save_file
 
-    from ..engine.conditions import check_distinct, encode_conditions
+    from ..engine.conditions import check_distinct, encode_conditions, prompt_notices
     from .onnx_export import writable_dir
 
     require_aoti()
@@ -252,7 +252,7 @@ def export_aoti(
     out = writable_dir(out_dir)
     spec = clf.class_spec(classes)
     cond = encode_conditions(bundle, spec, clf.config.cache)
-    check_distinct(spec, cond)
+    check_distinct(spec, cond, prompt_notices(bundle, spec))
 
     packages = []
     for rng, path, seconds in compile_cached(bundle, art_dir, batch_sizes, force=force):

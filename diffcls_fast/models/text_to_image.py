@@ -103,6 +103,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
     unknown_words = make_unknown_word_finder(tokenizer)
+    long_prompts = make_long_prompt_finder(tokenizer, max_len)
     components = [unet_dir, te_dir, tok_dir, folder / "scheduler", *([vae_dir] if vae_dir else [])]
     return ModelBundle(
         name=name,
@@ -129,6 +130,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         calibration=_calibration(meta.get("calibration", {}), folder),
         unknown_words=unknown_words,
         unk_token=tokenizer.unk_token if unknown_words is not None else None,
+        long_prompts=long_prompts,
     )
 
 
@@ -165,6 +167,17 @@ def _calibration(cal: object, folder: Path) -> dict:
     return cal
 
 
+def make_long_prompt_finder(tokenizer, max_len: int) -> Callable[[Sequence[str]], list[tuple[int, int]]]:
+    """A function listing the (prompt index, token count) of ``prompts`` longer than ``max_len`` tokens, the
+    special tokens counted as the encoder sees them: those prompts are cut to ``max_len``."""
+
+    def long_prompts(prompts: Sequence[str]) -> list[tuple[int, int]]:
+        enc = tokenizer(list(prompts), truncation=False, verbose=False)
+        return [(i, len(ids)) for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_len]
+
+    return long_prompts
+
+
 def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[int, str]]] | None:
     """For a tokenizer that can emit its unknown token: a function listing the (prompt index, word)
     pairs of ``prompts`` it would encode as that token. None when it never does (a byte-level BPE
@@ -177,7 +190,9 @@ def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[
         return None  # byte-level BPE: no unknown token in the model itself
 
     def unknown_words(prompts: Sequence[str]) -> list[tuple[int, str]]:
-        enc = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: no "[transformers] Token indices sequence length ..." line for a long prompt; the
+        # engine says itself which prompts are cut (make_long_prompt_finder)
+        enc = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         out = []
         for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             for tid, (a, b) in zip(ids, offsets):

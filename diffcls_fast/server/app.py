@@ -228,7 +228,7 @@ def create_app(
                 "model": clf.model.name,
                 "describe": clf.model.describe(),
                 "policy": view_policy,
-                "warnings": [job.warning] if job.warning else [],
+                "warnings": list(job.warnings),
                 "evaluations_spent": int(sum(r.evaluations_spent for r in results)),
                 "seconds": round(time.perf_counter() - t0, 4),
             }

@@ -41,7 +41,7 @@ class Job:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     accepted_at: float = field(default_factory=time.monotonic)
     results: list[Any] = field(default_factory=list)
-    warning: str | None = None
+    warnings: list[str] = field(default_factory=list)
     request: Any = None  # the engine's handle, once admitted
     match: tuple | None = (
         None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
@@ -245,7 +245,7 @@ class EngineLoop:
             self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
             return
         job.request = req
-        job.warning = req.warning
+        job.warnings = req.warnings
         job.results = [None] * len(job.pixels)
         self._live[req.id] = job
 
