@@ -216,7 +216,10 @@ def create_app(
             clf = loop.clf
             check_engine_fields(params, clf)
             hw, ch = clf.model.image_hw, clf.model.image_channels
-            pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
+            notes: list[str] = []  # about the images (several frames); the prompts' notices come from the engine
+            pixels = await run_in_threadpool(
+                lambda: [decode_image(n, d, limits, hw, ch, notes) for n, d in params.images]
+            )
             job = Job(pixels, params.classes, params.options, params.timeout)
             results = await run_job(request, job)
             view_policy = results[0].policy if results else ""
@@ -228,7 +231,7 @@ def create_app(
                 "model": clf.model.name,
                 "describe": clf.model.describe(),
                 "policy": view_policy,
-                "warnings": list(job.warnings),
+                "warnings": notes + list(job.warnings),
                 "evaluations_spent": int(sum(r.evaluations_spent for r in results)),
                 "seconds": round(time.perf_counter() - t0, 4),
             }

@@ -250,14 +250,16 @@ def _is(v: Any, t: type) -> bool:
     return isinstance(v, t)
 
 
-def decode_image(name: str, data: bytes, limits: Limits, hw: tuple[int, int], channels: int):
+def decode_image(
+    name: str, data: bytes, limits: Limits, hw: tuple[int, int], channels: int, notes: list[str] | None = None
+):
     """Encoded image bytes -> the model's preprocessed pixels (a tensor), or an HTTPError.
 
     The pixel count is checked from the header, before the image is decoded (a small
-    PNG can declare gigapixels)."""
+    PNG can declare gigapixels). A file with several frames adds a sentence to ``notes``."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..images import to_pixels
+    from ..images import frames_note, to_pixels
 
     try:
         im = Image.open(io.BytesIO(data))
@@ -276,6 +278,9 @@ def decode_image(name: str, data: bytes, limits: Limits, hw: tuple[int, int], ch
         raise bad(
             f"{name}: cannot decode the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         ) from None
+    note = frames_note(name, im)
+    if note and notes is not None:
+        notes.append(note)
     try:
         return to_pixels(im, hw, channels, name=name)
     except UserError as e:

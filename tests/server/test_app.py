@@ -335,3 +335,17 @@ def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatc
         assert got["label"] == want["label"] and got["evaluations"] == want["evaluations"], (got, want)
         assert [t["p"] for t in got["top"]] == pytest.approx([t["p"] for t in want["top"]], rel=1e-6)
     assert "rounds=[2, 4, 8]" in remote["policy"] and typed["policy"].startswith("ttest(min=5,")
+
+
+def test_a_multi_frame_image_is_noted_in_the_response_warnings(server):
+    import io
+
+    from PIL import Image
+
+    pngs, _, pil = digit_pngs(1)
+    buf = io.BytesIO()
+    pil[0].save(buf, format="GIF", save_all=True, append_images=[pil[0].rotate(90)])
+    body = {"images": [base64.b64encode(buf.getvalue()).decode()], "classes": "one, seven"}
+    r = httpx.post(f"{server.url}/v1/classify", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    assert any("has 2 frames" in w for w in r.json()["warnings"]), r.json()["warnings"]
