@@ -340,7 +340,6 @@ def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatc
 def test_a_multi_frame_image_is_noted_in_the_response_warnings(server):
     import io
 
-    from PIL import Image
 
     pngs, _, pil = digit_pngs(1)
     buf = io.BytesIO()
