@@ -32,7 +32,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -106,11 +106,16 @@ def create_app(
         if n is not None and n.isdigit() and int(n) > limits.max_body_bytes:
             raise too_large(f"the request body is {int(n)} bytes; the limit is {limits.max_body_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise too_large(f"the request body is over the limit of {limits.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise too_large(f"the request body is over the limit of {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client closed before sending the whole body: a dropped client, not a bug
+            raise HTTPError(
+                499, "client_closed", "the client closed the connection before the body was complete"
+            ) from None
         return b"".join(chunks)
 
     async def parse_request(request: Request) -> tuple[dict, list[tuple[str, bytes]]]:
@@ -193,6 +198,9 @@ def create_app(
 
     async def run_job(request: Request, job: Job) -> list:
         fut = asyncio.wrap_future(loop.submit(job))
+        # The loop may still fail the job after this handler gave up on it (a shutdown cut it short, the client
+        # left): retrieve that outcome so asyncio does not log "Future exception was never retrieved".
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while True:
                 done, _ = await asyncio.wait({fut}, timeout=0.25)
@@ -203,6 +211,7 @@ def create_app(
                     loop.cancel(job)
                     raise HTTPError(499, "client_closed", "the client closed the connection")
         except asyncio.CancelledError:
+            fut.cancel()
             loop.cancel(job)
             raise
 
