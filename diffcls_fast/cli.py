@@ -23,6 +23,7 @@ from .arguments import Given, add_engine_args
 from .build import check_engine_args, classifier_from_args
 from .engine.policies.options import positive_float, positive_int
 from .errors import DiffclsWarning, UserError
+from .output import result_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,12 +77,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps({"image": str(path), **r.to_dict(), "random_weights": clf.model.random_weights}))
         else:
-            if r.error:
-                print(f"{path}: failed: {r.error}")
-                continue
-            top = "  ".join(f"{n} {p:.3f}" for n, p in r.top(5))
-            spent = f" ({r.evaluations_spent} spent)" if r.evaluations_spent != r.evaluations else ""
-            print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations} evals{spent}, {r.seconds:.2f} s")
+            print(result_line(str(path), r.to_dict(top_k=5)))
     if not a.json:
         print(
             f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; {st.evaluations} evals in"
@@ -238,6 +234,8 @@ def format_eval_summary(s: dict) -> str:
         f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or s['data']}), ECE {s['ece']:.4f}, NLL"
         f" {s['nll']:.4f}, {s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent)"
     )
+    if s.get("out_of_distribution"):
+        head += f", {s['out_of_distribution']} flagged out of distribution"
     if not s["scored"]:
         return f"{head}; all {s['images']} rows resumed from --out (nothing scored in this run) [{s['backend']}]"
     resumed = f", {s['resumed']} resumed from --out" if s["resumed"] else ""

@@ -445,6 +445,7 @@ def _run_eval(
     spent = [int(r["evaluations_spent"]) for r in resumed_rows]
     resumed = len(resumed_rows)
     points = [calibration_point(r) for r in resumed_rows]  # (confidence, correct, p(true)) for every image
+    flags = [r.get("out_of_distribution") for r in resumed_rows]  # None: no rule for this model and policy
     ran_on = {
         "backend": clf.model.backend,
         "device": str(clf.model.device),
@@ -467,6 +468,7 @@ def _run_eval(
             if r.error is not None:
                 errors.append(r.error)
             points.append((confidence, ok, p_true))
+            flags.append(r.out_of_distribution)
             if out is not None:
                 row = {
                     "id": ids[i],
@@ -496,6 +498,8 @@ def _run_eval(
         **metrics(points),
         "images": len(points),
         "scored": scored,  # images scored by this process; the rest were resumed from --out
+        # images the model's out-of-distribution rule flagged (still counted by their label); None: no rule
+        "out_of_distribution": None if all(f is None for f in flags) else sum(bool(f) for f in flags),
         "failed": len(errors),
         "first_error": errors[0] if errors else None,
         "resumed": resumed,

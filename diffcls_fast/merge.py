@@ -115,6 +115,11 @@ def summarize(rows: list[dict]) -> dict:
         **metrics([calibration_point(r) for r in rows]),  # failed images: FAILED_RULE, as eval counts them
         "images": len(rows),
         "scored": None,  # not in the rows
+        "out_of_distribution": (
+            None
+            if all(r.get("out_of_distribution") is None for r in rows)
+            else sum(bool(r.get("out_of_distribution")) for r in rows)
+        ),
         "temperature": settings.get("temperature"),
         "posterior_floor": settings.get("posterior_floor"),
         "failed": len(errors),

@@ -362,7 +362,17 @@ class Engine:
     # -- results -------------------------------------------------------------------------
     def _result(self, req: Request, outcome, spent: int, seconds: float) -> ClassificationResult:
         o = req.options
-        return image_result(req.spec.names, outcome, spent, seconds, o.policy_name, o.temperature, o.posterior_floor)
+        return image_result(
+            req.spec.names,
+            outcome,
+            spent,
+            seconds,
+            o.policy_name,
+            o.temperature,
+            o.posterior_floor,
+            o.ood_threshold,
+            o.abstain_ood,
+        )
 
     def _failed(self, req: Request, message: str) -> ClassificationResult:
         return failed_result(req.spec.names, message, None, 0, 0.0, req.options.policy_name)

@@ -164,6 +164,12 @@ def _calibration(cal: object, folder: Path) -> dict:
         if c.get("loss", "l2") not in ("l2", "l1", "huber", "x0"):
             what = f"calibration[{policy!r}] has loss {c['loss']!r}"
             raise UserError(f"{where}: {what}; it must be l2, l1, huber or x0 (the loss it was fitted with)")
+        ood = c.get("out_of_distribution")
+        if ood is not None:
+            t = ood.get("threshold") if isinstance(ood, dict) else None
+            if not (isinstance(t, (int, float)) and t > 0 and isinstance(ood.get("policy"), dict)):
+                needs = "needs a threshold > 0 and the policy it was fitted with"
+                raise UserError(f"{where}: calibration[{policy!r}].out_of_distribution {needs}, got {ood!r}")
     return cal
 
 

@@ -63,6 +63,7 @@ _FIELDS = {
     "policy",
     "options",
     "temperature",
+    "abstain_ood",
     "top_k",
     "timeout",
     "loss",
@@ -129,6 +130,10 @@ def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> 
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
             raise bad(f"temperature must be a finite number > 0, got {t!r}")
         p.options["temperature"] = float(t)
+    if body.get("abstain_ood") is not None:
+        if not isinstance(body["abstain_ood"], bool):
+            raise bad(f"abstain_ood must be true or false, got {body['abstain_ood']!r}")
+        p.options["abstain_ood"] = body["abstain_ood"]
     p.options.update(_policy_options(body.get("options")))
     if body.get("top_k") is not None:
         p.top_k = _int("top_k", body["top_k"], lo=1)

@@ -185,6 +185,7 @@ def test_malformed_requests_are_400_with_one_line(server, body, message):
         ({"options": {"bogus": 1}}, "unknown policy option"),
         ({"seed": -1}, "seed must be >= 0"),
         ({"temperature": 0}, "temperature"),
+        ({"abstain_ood": "yes"}, "abstain_ood must be true or false"),
         ({"loss": "l1"}, "loss 'l2'"),
         ({"model": "numbers"}, "serves model 'digits', not 'numbers'"),
         ({"model": 3}, "model must be a string"),
@@ -345,6 +346,8 @@ def test_a_multi_frame_image_is_noted_in_the_response_warnings(server):
     buf = io.BytesIO()
     pil[0].save(buf, format="GIF", save_all=True, append_images=[pil[0].rotate(90)])
     body = {"images": [base64.b64encode(buf.getvalue()).decode()], "classes": "one, seven"}
-    r = httpx.post(f"{server.url}/v1/classify", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    r = httpx.post(f"{server.url}/v1/classify", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
     assert r.status_code == 200, r.text
     assert any("has 2 frames" in w for w in r.json()["warnings"]), r.json()["warnings"]
+    result = r.json()["results"][0]
+    assert {"out_of_distribution", "ood_score", "abstained"} <= set(result)  # the flag's fields travel
