@@ -259,6 +259,7 @@ def _render_rest(out: list[str]) -> str:
                     + " |"
                 )
         out.append("")
+    out += _ood()
     kern = _latest("kernels")
     if kern:
         out += [
@@ -278,6 +279,40 @@ def _render_rest(out: list[str]) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def _ood() -> list[str]:
+    """The out-of-distribution flag's held-out false positives and junk detection (scripts/fit_ood.py)."""
+    out = []
+    for model in ("digits", "numbers", "fashion"):
+        res = _latest(f"ood_{model}")
+        if not res:
+            continue
+        if not out:
+            out += ["### Out-of-distribution flag", ""]
+        kinds = list(res["results"][0]["junk"])
+        out += [
+            (
+                f"**{model}** — threshold = {res['results'][0].get('margin', 2)} x the train split's 99th percentile"
+                f" of the winner's error; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
+            ),
+            "",
+            "| policy | threshold | held-out false positives | junk detected | "
+            + " | ".join(k.replace("_", " ") for k in kinds)
+            + " |",
+            "|---" * (4 + len(kinds)) + "|",
+        ]
+        for r in res["results"]:
+            total = sum(d["images"] for d in r["junk"].values())
+            found = sum(d["detected"] for d in r["junk"].values())
+            out.append(
+                f"| {r['policy']} | {r['threshold']:.4f} | {r['false_positive_rate']:.2%} of {r['heldout_images']} |"
+                f" {found}/{total} ({r['junk_detection_rate']:.1%}) | "
+                + " | ".join(f"{r['junk'][k]['detected']}/{r['junk'][k]['images']}" for k in kinds)
+                + " |"
+            )
+        out.append("")
+    return out
 
 
 def _latest_gpu(folder: Path | None = None) -> dict | None:

@@ -120,6 +120,7 @@ def main() -> None:
         all_junk = sum(d["detected"] for d in detected.values()), sum(d["images"] for d in detected.values())
         row = {
             "policy": policy,
+            "margin": a.margin,
             "fitted_with": tr_info["policy"],
             "threshold": threshold,
             "train_quantiles": {q: round(float(np.quantile(train_err, float(q))), 5) for q in ("0.5", "0.9", "0.99")},

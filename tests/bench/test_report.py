@@ -86,3 +86,29 @@ def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monke
         and "| 2026-11-23 |" in text
         and "[2026-12-06](../bench/results/calibration_digits_cpu_2026-12-06.json)" in text
     )
+
+
+def test_ood_table_sums_the_junk_and_names_each_kind(monkeypatch):
+    import bench.report as report
+
+    res = {
+        "device": "cpu",
+        "date": "2026-12-06",
+        "_file": "ood_digits_cpu_2026-12-06.json",
+        "results": [
+            {
+                "policy": "halving",
+                "margin": 2.0,
+                "threshold": 0.3532,
+                "false_positive_rate": 0.0025,
+                "heldout_images": 397,
+                "junk_detection_rate": 0.8889,
+                "junk": {"blank": {"images": 3, "detected": 3}, "fashion_mnist": {"images": 50, "detected": 36}},
+            }
+        ],
+    }
+    monkeypatch.setattr(report, "_latest", lambda prefix: res if prefix == "ood_digits" else None)
+    text = "\n".join(report._ood())
+    assert text.startswith("### Out-of-distribution flag")
+    assert "| policy | threshold | held-out false positives | junk detected | blank | fashion mnist |" in text
+    assert "| halving | 0.3532 | 0.25% of 397 | 39/53 (88.9%) | 3/3 | 36/50 |" in text
