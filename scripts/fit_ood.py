@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fit_calibration import MODELS, run  # noqa: E402
 
-from bench.common import device_tag, environment, write_json  # noqa: E402
+from bench.common import RESULTS, device_tag, environment, write_json  # noqa: E402
 from diffcls_fast import DiffusionClassifier, load_model  # noqa: E402
 from diffcls_fast.evaluate import load_eval_split  # noqa: E402
 
@@ -143,10 +143,12 @@ def main() -> None:
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         print(f"wrote {meta_path}")
     env = environment()
-    p = write_json(
-        f"ood_{a.model}_{device_tag()}_{env['date']}.json",
-        {"benchmark": "out_of_distribution", "model": a.model, **env, "results": report},
-    )
+    name = f"ood_{a.model}_{device_tag()}_{env['date']}.json"
+    old = RESULTS / name
+    if old.is_file():  # a later run for other policies adds to today's report
+        done = {r["policy"] for r in report}
+        report = [r for r in json.loads(old.read_text())["results"] if r["policy"] not in done] + report
+    p = write_json(name, {"benchmark": "out_of_distribution", "model": a.model, **env, "results": report})
     print(f"wrote {p}")
 
 
