@@ -388,7 +388,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
         require_tensorrt()
     writable_dir(a.out)  # before the model loads
-    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    model = load_model(a.model, device=a.device, dtype=a.dtype, implementation="diffusers")  # what export traces
     art = export_onnx(model, a.out, force=a.force)
     status = "cached (valid, not re-exported)" if art.cached else f"exported in {art.seconds:.1f} s"
     err = "n/a" if art.max_abs_error is None else f"{art.max_abs_error:.2e}"

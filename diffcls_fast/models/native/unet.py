@@ -181,11 +181,12 @@ class DownBlock(nn.Module):
 
     def __init__(self, in_ch, out_ch, temb_ch, layers, attn: dict | None, down: bool, groups, eps):
         super().__init__()
+        # attentions before resnets: diffusers' registration order, so state_dict() lists tensors as it does
+        if attn is not None:
+            self.attentions = nn.ModuleList(Transformer2DModel(out_ch, groups=groups, **attn) for _ in range(layers))
         self.resnets = nn.ModuleList(
             ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_ch, groups, eps) for i in range(layers)
         )
-        if attn is not None:
-            self.attentions = nn.ModuleList(Transformer2DModel(out_ch, groups=groups, **attn) for _ in range(layers))
         self.downsamplers = nn.ModuleList([Downsample2D(out_ch)]) if down else None
 
     def forward(self, x, temb, context):
@@ -207,8 +208,8 @@ class MidBlock(nn.Module):
 
     def __init__(self, ch, temb_ch, attn: dict, groups, eps):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock2D(ch, ch, temb_ch, groups, eps) for _ in range(2))
         self.attentions = nn.ModuleList([Transformer2DModel(ch, groups=groups, **attn)])
+        self.resnets = nn.ModuleList(ResnetBlock2D(ch, ch, temb_ch, groups, eps) for _ in range(2))
 
     def forward(self, x, temb, context):
         x = self.resnets[0](x, temb)
@@ -226,9 +227,9 @@ class UpBlock(nn.Module):
         for i in range(layers):
             skip = in_ch if i == layers - 1 else out_ch
             resnets.append(ResnetBlock2D((prev_ch if i == 0 else out_ch) + skip, out_ch, temb_ch, groups, eps))
-        self.resnets = nn.ModuleList(resnets)
         if attn is not None:
             self.attentions = nn.ModuleList(Transformer2DModel(out_ch, groups=groups, **attn) for _ in range(layers))
+        self.resnets = nn.ModuleList(resnets)
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if up else None
 
     def forward(self, x, skips: list[torch.Tensor], temb, context, size):
@@ -263,6 +264,7 @@ class UNet2DConditionModel(nn.Module):
             return {"context_dim": c.cross_attention_dim, "heads": num_heads, "layers": c.transformer_layers_per_block}
 
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()  # registered before mid_block, as in diffusers
         out_ch = chans[0]
         for i, kind in enumerate(c.down_block_types):
             in_ch, out_ch = out_ch, chans[i]
@@ -271,7 +273,6 @@ class UNet2DConditionModel(nn.Module):
         self.mid_block = MidBlock(chans[-1], temb_ch, attn(heads[-1]), groups, eps)
 
         rev, rev_heads = chans[::-1], heads[::-1]
-        self.up_blocks = nn.ModuleList()
         out_ch = rev[0]
         for i, kind in enumerate(c.up_block_types):
             prev_ch, out_ch, in_ch = out_ch, rev[i], rev[min(i + 1, n - 1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,7 +23,10 @@ def load_into(module: nn.Module, path: Path, dtype: torch.dtype, strip_prefix: s
     has it, is removed first). Returns None on success, else one line saying what differs: the caller then
     loads the library's class, whose loader has its own rules for missing and extra tensors and says so.
     """
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except (OSError, SafetensorError) as e:  # truncated or not safetensors: the library path reports it
+        return f"{path.name}: cannot read ({e})"
     if strip_prefix and state and all(k.startswith(strip_prefix) for k in state):
         state = {k.removeprefix(strip_prefix): v for k, v in state.items()}
     expected = module.state_dict()
