@@ -46,6 +46,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         return classify_cli(a)
     from .engine import parse_class_list, read_prompts_csv
     from .images import check_image_file
+    from .threads import one_shot_threads, restore_for_large_network
 
     # Fail fast: every argument and input file is checked before the model loads.
     if a.classes is not None and a.prompts is not None:
@@ -64,7 +65,9 @@ def cmd_classify(a: argparse.Namespace) -> int:
         classes = None
     for im in a.images:
         check_image_file(im)
+    before = one_shot_threads(len(a.images))
     clf = classifier_from_args(a, noise)
+    restore_for_large_network(clf.model, before)
     spec = clf.class_spec(classes)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
