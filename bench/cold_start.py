@@ -197,7 +197,7 @@ def render_table(data: dict, json_name: str) -> list[str]:
                 when = f"load average {load[0]:.1f} at the start" if load else ""
                 ratios.append(
                     f"- {label}, torch threads {th} ({when}): classify / `import torch` = **{r['wall']:.2f}x** wall,"
-                    f" {r['cpu']:.2f}x user+sys; {run.get('note', '')}".rstrip("; ")
+                    f" {r['cpu']:.2f}x user+sys"
                 )
     first = next(iter(data["runs"].values()))
     n = next(s["runs"] for s in next(iter(first.values())).values() if isinstance(s, dict) and "runs" in s)

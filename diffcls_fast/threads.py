@@ -1,7 +1,7 @@
 """Intra-op threads for a one-shot ``classify``: one thread for a few images on a small network.
 
 torch starts one intra-op thread per core, and every operator waits for all of them. A one-shot classify
-of a few images on a small network (the bundled models: 1.4M parameters, one batch of 256 evaluations
+of a few images on a small network (the bundled models: 2.7M parameters, one batch of 256 evaluations
 per image) has little work per operator, so extra threads save little on an idle machine (0.25 s of a
 4.5 s run, 2 cores), and on a shared one they cost seconds: a thread that the OS has parked holds up
 every operator (measured on a loaded 2-core machine: 10.3-10.9 s at 2 threads, 4.7-5.0 s at 1). Large
