@@ -225,7 +225,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
             f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}),"
             f" ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, {summary['evals_per_image']:.1f} evals/image"
             f" ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill"
-            f" {summary['batch_fill']:.3f}, {summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels"
+            f" {summary['batch_fill']:.3f}, {summary['evals_per_second']:.0f} evals/s [{summary['backend']},"
+            f" {summary['implementation']}, kernels"
             f" {summary['kernels']}]"
         )
     if summary["failed"]:

@@ -394,6 +394,7 @@ def _run_eval(
     ]
     ran_on = {
         "backend": clf.model.backend,
+        "implementation": clf.model.implementation,
         "device": str(clf.model.device),
         "dtype": settings["dtype"],
     }  # informational
@@ -462,6 +463,7 @@ def _run_eval(
         "images_per_second": round(st.images_per_second, 3),
         "policy": clf.policy_cfg.describe(),
         "backend": st.backend,
+        "implementation": st.implementation,
         "kernels": st.kernels,
         "dtype": st.dtype,
         "model": clf.model.name,
