@@ -198,3 +198,16 @@ def test_a_native_bundle_answers_as_the_library_one(model):
     t = torch.randint(0, native.num_timesteps, (5,), generator=g)
     cond = e_ref[torch.arange(5) % len(prompts)]
     torch.testing.assert_close(native.denoise(x, t, cond), ref.denoise(x, t, cond), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_bundles_follow_the_library(dtype):
+    """The default on CUDA is fp16: the native modules run the same ops in the same dtype."""
+    native = load_model("digits", device="cpu", dtype=dtype)
+    ref = load_model("digits", device="cpu", dtype=dtype, implementation="diffusers")
+    assert native.implementation == "native" and native.dtype == ref.dtype
+    e_native, e_ref = native.encode_prompts(native.default_prompts), ref.encode_prompts(native.default_prompts)
+    torch.testing.assert_close(e_native, e_ref)  # torch's default tolerances for the dtype
+    x = torch.randn(4, *native.latent_shape, generator=torch.Generator().manual_seed(0)).to(native.dtype)
+    t = torch.tensor([1, 100, 500, 999])
+    torch.testing.assert_close(native.denoise(x, t, e_ref[:4]), ref.denoise(x, t, e_ref[:4]))
