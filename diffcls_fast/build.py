@@ -37,7 +37,10 @@ def build_classifier(
         engine.get("max_inflight", 64),
         engine.get("speculate", "auto"),
     )
-    m = load_model(model, device=device, dtype=dtype)
+    # The native modules run the eager path; the backends that trace or compile the network (and xformers, a
+    # diffusers attention processor) get the diffusers modules, which their exports were built and checked on.
+    eager = backend == "torch" and not xformers
+    m = load_model(model, device=device, dtype=dtype, implementation="auto" if eager else "diffusers")
     m = apply_backend(m, backend, batch_sizes=buckets, cache_dir=engine.get("cache_dir"), xformers=xformers)
     return DiffusionClassifier(m, policy, **engine)
 

@@ -47,6 +47,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         return classify_cli(a)
     from .engine import parse_class_list, read_prompts_csv
     from .images import check_image_file
+    from .threads import one_shot_threads, restore_for_large_network
 
     # Fail fast: every argument and input file is checked before the model loads.
     if a.classes is not None and a.prompts is not None:
@@ -65,7 +66,9 @@ def cmd_classify(a: argparse.Namespace) -> int:
         classes = None
     for im in a.images:
         check_image_file(im)
+    before = one_shot_threads(len(a.images))
     clf = classifier_from_args(a, noise)
+    restore_for_large_network(clf.model, before)
     spec = clf.class_spec(classes)
     if clf.model.random_weights:
         print(f"note: {clf.model.describe()}", file=sys.stderr)
@@ -237,11 +240,14 @@ def format_eval_summary(s: dict) -> str:
     if s.get("out_of_distribution"):
         head += f", {s['out_of_distribution']} flagged out of distribution"
     if not s["scored"]:
-        return f"{head}; all {s['images']} rows resumed from --out (nothing scored in this run) [{s['backend']}]"
+        return (
+            f"{head}; all {s['images']} rows resumed from --out (nothing scored in this run)"
+            f" [{s['backend']}, {s.get('implementation')}]"
+        )
     resumed = f", {s['resumed']} resumed from --out" if s["resumed"] else ""
     return (
         f"{head}, {s['seconds']:.1f} s, batch fill {s['batch_fill']:.3f}, {s['evals_per_second']:.0f} evals/s"
-        f"{resumed} [{s['backend']}, kernels {s['kernels']}]"
+        f"{resumed} [{s['backend']}, {s.get('implementation')}, kernels {s['kernels']}]"
     )
 
 
@@ -401,7 +407,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
         require_tensorrt()
     writable_dir(a.out)  # before the model loads
-    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    model = load_model(a.model, device=a.device, dtype=a.dtype, implementation="diffusers")  # what export traces
     art = export_onnx(model, a.out, force=a.force)
     status = "cached (valid, not re-exported)" if art.cached else f"exported in {art.seconds:.1f} s"
     err = "n/a" if art.max_abs_error is None else f"{art.max_abs_error:.2e}"

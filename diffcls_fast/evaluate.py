@@ -408,6 +408,7 @@ SCORING_KEYS = (
     "posterior_floor",
     "policy",
     "backend",
+    "implementation",
     "kernels",
     "dtype",
     "model",
@@ -448,6 +449,7 @@ def _run_eval(
     flags = [r.get("out_of_distribution") for r in resumed_rows]  # None: no rule for this model and policy
     ran_on = {
         "backend": clf.model.backend,
+        "implementation": clf.model.implementation,
         "device": str(clf.model.device),
         "dtype": settings["dtype"],
     }  # informational
@@ -515,7 +517,8 @@ def _run_eval(
         "temperature": clf.temperature,
         "posterior_floor": clf.posterior_floor,
         "policy": clf.policy_cfg.describe(),
-        "backend": st.backend,
+        "backend": st.backend or clf.model.backend,  # a run that scored nothing has empty stats
+        "implementation": st.implementation or clf.model.implementation,
         "kernels": st.kernels,
         "dtype": st.dtype,
         "model": clf.model.name,

@@ -136,6 +136,7 @@ def summarize(rows: list[dict]) -> dict:
         "images_per_second": None,
         "policy": rows[0].get("policy"),
         "backend": rows[0].get("backend"),
+        "implementation": rows[0].get("implementation"),
         "kernels": rows[0].get("kernels"),
         "dtype": rows[0].get("dtype"),
         "model": bundled[0] if bundled else None,

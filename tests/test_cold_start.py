@@ -1,9 +1,12 @@
-"""Cold start: the CLI's parser, its --help and the client path import no torch, diffusers or other heavy library."""
+"""Cold start: the CLI's parser, its --help and the client path import no torch, diffusers or other heavy library;
+a one-shot classify on a bundled model imports no diffusers or transformers."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "transformers", "triton", "onnx", "onnxruntime", "scipy", "sklearn", "matplotlib")
@@ -66,3 +69,21 @@ def test_a_missing_serve_extra_is_one_line_naming_it():
         "diffcls-fast: error: the server needs uvicorn; pip install 'diffcls-fast[serve]'",
         "diffcls-fast: error: the client needs httpx; pip install 'diffcls-fast[serve]'",
     ]
+
+
+@pytest.mark.parametrize("model", ["digits", "numbers"])
+def test_classify_on_a_bundled_model_imports_no_diffusers_or_transformers(model):
+    """The bundled models run on the native modules: the whole one-image path (parse, load, encode the
+    prompts, classify, print) stays clear of the libraries that cost seconds to import."""
+    p = run(
+        "import sys\n"
+        "from diffcls_fast.cli import main\n"
+        f"args = ['examples/digit-7.png', '--model', {model!r}, '--no-cache', '--min-scores', '3']\n"
+        "args += ['--max-scores', '6']\n"
+        "rc = main(['classify', *args])\n"
+        "libs = ('diffusers', 'transformers', 'tokenizers', 'accelerate', 'huggingface_hub', 'torch._dynamo')\n"
+        "print(rc, sorted(m for m in libs if m in sys.modules))\n"
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "0 []", p.stdout
+    assert f"# {model} [torch, native, float32, cpu]" in p.stderr

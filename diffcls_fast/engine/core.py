@@ -401,6 +401,7 @@ class Engine:
         stats = stats if stats is not None else RunStats()
         m = self.model
         stats.backend, stats.dtype = m.backend, str(m.dtype).removeprefix("torch.")
+        stats.implementation = m.implementation
         t_setup = time.perf_counter()
         req = self.submit(images, classes, options, chunk=chunk)
         if on_warning is not None:

@@ -119,6 +119,7 @@ class RunStats:
     seconds: float = 0.0  # wall time of the scoring loop
     setup_seconds: float = 0.0  # prompt encoding and cache
     backend: str = ""
+    implementation: str = ""  # the model's modules: "native" (plain torch) or "diffusers"
     kernels: str = ""
     dtype: str = ""
     bucket_counts: dict[int, int] = field(default_factory=dict)
@@ -148,6 +149,7 @@ class RunStats:
             "evals_per_second": round(self.evals_per_second, 1),
             "images_per_second": round(self.images_per_second, 3),
             "backend": self.backend,
+            "implementation": self.implementation,
             "kernels": self.kernels,
             "dtype": self.dtype,
             "bucket_counts": {str(k): v for k, v in sorted(self.bucket_counts.items())},

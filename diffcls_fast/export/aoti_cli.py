@@ -55,7 +55,7 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
     art_dir = writable_dir(artifact_dir(a.cache_dir))
 
     t0 = time.perf_counter()
-    model = load_model(a.model, device="cpu", dtype="fp32")
+    model = load_model(a.model, device="cpu", dtype="fp32", implementation="diffusers")  # what export traces
     if model.random_weights:
         print(f"note: {model.describe()}", file=sys.stderr)
     clf = DiffusionClassifier(model, "ttest", seed=seed, cache_dir=a.cache_dir)

@@ -98,6 +98,7 @@ def _info(clf, spec) -> dict:
         "describe": m.describe(),
         "name": m.name,
         "backend": m.backend,
+        "implementation": m.implementation,
         "device": str(m.device),
         "dtype": str(m.dtype).removeprefix("torch."),
         "kernels": kernels.active_backend(),
@@ -467,6 +468,7 @@ class RayClassifier:
             describe=lambda: info["describe"],
             name=info["name"],
             backend=info["backend"],
+            implementation=info["implementation"],
             device=info["device"],
         )
         return info["spec"]
@@ -478,7 +480,9 @@ class RayClassifier:
         ray = require_ray()
         info = self._probe(classes)
         want = config_key(info["settings"])
-        stats = self.last_stats = RunStats(backend=info["backend"], dtype=info["dtype"], kernels=info["kernels"])
+        stats = self.last_stats = RunStats(
+            backend=info["backend"], implementation=info["implementation"], dtype=info["dtype"], kernels=info["kernels"]
+        )
         if not len(images):
             return
         items = [{"_pos": j, IMAGE_COLUMN: _portable(im)} for j, im in enumerate(images)]

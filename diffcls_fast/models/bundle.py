@@ -42,6 +42,9 @@ class ModelBundle:
     default_prompts: list[str] = field(default_factory=list)
     path: str = ""
     backend: str = "torch"  # which denoiser implementation actually runs
+    # whose modules the network and text encoder are: "native" (plain torch, models/native/) or "diffusers"
+    # (diffusers and transformers, the reference)
+    implementation: str = "diffusers"
     # Text models whose tokenizer has an unknown token (word-level vocabularies): the (prompt index, word)
     # pairs it would encode as ``unk_token``. None where every string has an encoding (CLIP's byte-level BPE).
     unknown_words: Callable[[Sequence[str]], list[tuple[int, str]]] | None = None
@@ -64,7 +67,8 @@ class ModelBundle:
         return int(self.alphas_cumprod.numel())
 
     def describe(self) -> str:
-        s = f"{self.name} [{self.backend}, {str(self.dtype).removeprefix('torch.')}, {self.device}]"
+        dt = str(self.dtype).removeprefix("torch.")
+        s = f"{self.name} [{self.backend}, {self.implementation}, {dt}, {self.device}]"
         if self.random_weights:
             s += " (random weights: timing only)"
         return s

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..images import preprocess
+from .native.schedule import native_alphas_cumprod
 
 _DEVICE_KINDS = "cpu, cuda, cuda:N, mps"
 
@@ -297,14 +298,17 @@ def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
     schedule these keys define. A config without betas (flow matching, EDM/sigma-only) would
     silently get DDPM's default schedule, so it is refused.
     """
-    from diffusers import DDPMScheduler
-
     cls = str(cfg.get("_class_name", ""))
     has_betas = any(k in cfg for k in ("beta_start", "beta_end", "beta_schedule", "trained_betas"))
     # a beta-family scheduler without beta keys means its defaults, which are DDPM's (linear 1e-4 .. 0.02)
     if "FlowMatch" in cls or "EDM" in cls or not (has_betas or cls in BETA_SCHEDULERS):
         what = f"scheduler {cls or '(no _class_name)'}: not a beta (DDPM-family) noise schedule"
         raise UserError(f"{what}; flow-matching and sigma-only (EDM) models are not supported")
+    acp = native_alphas_cumprod(cfg)
+    if acp is not None:  # the common schedules without importing diffusers (seconds); bit-identical
+        return acp.double()
+    from diffusers import DDPMScheduler
+
     try:
         sched = DDPMScheduler(**{k: cfg[k] for k in _SCHEDULE_KEYS if k in cfg and cfg[k] is not None})
     except (ValueError, NotImplementedError) as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .bundle import ModelBundle
 from .bundled import BUNDLED
 from .class_conditional import load_class_conditional
@@ -29,8 +30,16 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    implementation: str = "auto",
 ) -> ModelBundle:
-    """Load a model bundle by bundled name (``digits``), preset (``preset:NAME``) or local folder path."""
+    """Load a model bundle by bundled name (``digits``), preset (``preset:NAME``) or local folder path.
+
+    ``implementation``: "auto" runs a text-to-image folder on the native plain-torch modules when they cover
+    every key of its configs (the bundled models do), else on diffusers and transformers; "diffusers" always on
+    the libraries (what export traces). Other families always use the libraries.
+    """
+    if implementation not in ("auto", "diffusers"):
+        raise UserError(f"implementation {implementation!r}: expected 'auto' or 'diffusers'")
     # the device and dtype first: a bad one is reported before any folder is looked at
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -39,7 +48,8 @@ def load_model(
         return load_preset(name.removeprefix(PRESET_PREFIX), device=dev, dtype=dt)
     folder = model_folder(name)
     load = detect_family(folder)
-    return load(folder, name=name if name in BUNDLED else folder.resolve().name, device=dev, dtype=dt)
+    kw = {"implementation": implementation} if load is load_text_to_image else {}
+    return load(folder, name=name if name in BUNDLED else folder.resolve().name, device=dev, dtype=dt, **kw)
 
 
 def detect_family(folder: Path) -> Callable[..., ModelBundle]:

@@ -11,6 +11,7 @@ resolution and channels, and a posterior calibration per policy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,13 +37,18 @@ from .common import (
     vae_resolution,
 )
 from .fingerprint import fingerprint_paths
+from .native import NativeParts, load_native
 
 
-def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
-    """Stable Diffusion layout (with or without a VAE)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+def load_text_to_image(
+    folder: Path, *, name: str, device: torch.device, dtype: torch.dtype, implementation: str = "auto"
+) -> ModelBundle:
+    """Stable Diffusion layout (with or without a VAE).
 
+    ``implementation="auto"`` runs the native (plain torch) modules where every config key of a pixel-space
+    folder is one they implement (the bundled models; see models/native/), else diffusers and transformers;
+    ``"diffusers"`` always the libraries (export and the compiled backends trace those).
+    """
     unet_dir = need_component(folder, "unet", "the denoiser")
     te_dir = need_component(folder, "text_encoder", "the text encoder")
     tok_dir = need_component(folder, "tokenizer", "the tokenizer")
@@ -50,14 +56,16 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     has_vae = check_vae_folder(folder)
     vae_dir = need_component(folder, "vae", "the autoencoder") if has_vae else None
 
-    with quiet_loading():
-        unet = load_weights(UNet2DConditionModel, unet_dir, "the denoiser", low_cpu_mem_usage=False, torch_dtype=dtype)
-        text_encoder = load_weights(CLIPTextModel, te_dir, "the text encoder", torch_dtype=dtype)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        except Exception as e:  # a broken tokenizer folder: OSError, ValueError, JSON errors, ...
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            raise UserError(f"{tok_dir}: cannot load the tokenizer ({first})") from None
+    # a latent model loads its VAE through diffusers anyway: the native parts would save nothing there
+    native = load_native(unet_dir, te_dir, tok_dir, dtype) if implementation == "auto" and not has_vae else None
+    if isinstance(native, NativeParts):
+        unet, text_encoder, tokenizer = native.unet, native.text_encoder, native.tokenizer
+        tokenize, unknown_words = tokenizer.encode, tokenizer.unknown_words
+        implementation = "native"
+    else:
+        unet, text_encoder, tokenizer = _load_with_libraries(unet_dir, te_dir, tok_dir, dtype)
+        tokenize, unknown_words = _library_tokenize(tokenizer), make_unknown_word_finder(tokenizer)
+        implementation = "diffusers"
     check_text_conditioning(folder, unet.config, text_encoder.config, len(tokenizer))
     unet.to(device).eval().requires_grad_(False)
     text_encoder.to(device).eval().requires_grad_(False)
@@ -96,14 +104,16 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
 
     @torch.no_grad()
     def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
-        enc = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        out = [text_encoder(chunk.to(device))[0] for chunk in enc.input_ids.split(64)]
+        ids = tokenize(list(prompts), max_len)
+        out = [text_encoder(chunk.to(device))[0] for chunk in ids.split(64)]
         return torch.cat(out).to(dtype)
 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
-    unknown_words = make_unknown_word_finder(tokenizer)
-    long_prompts = make_long_prompt_finder(tokenizer, max_len)
+    if isinstance(native, NativeParts):
+        long_prompts = functools.partial(tokenizer.long_prompts, max_length=max_len)
+    else:
+        long_prompts = make_long_prompt_finder(tokenizer, max_len)
     components = [unet_dir, te_dir, tok_dir, folder / "scheduler", *([vae_dir] if vae_dir else [])]
     return ModelBundle(
         name=name,
@@ -131,7 +141,34 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         unknown_words=unknown_words,
         unk_token=tokenizer.unk_token if unknown_words is not None else None,
         long_prompts=long_prompts,
+        implementation=implementation,
     )
+
+
+def _load_with_libraries(unet_dir: Path, te_dir: Path, tok_dir: Path, dtype: torch.dtype):
+    """The reference path: diffusers' UNet, transformers' CLIP text encoder and tokenizer."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    with quiet_loading():
+        unet = load_weights(UNet2DConditionModel, unet_dir, "the denoiser", low_cpu_mem_usage=False, torch_dtype=dtype)
+        text_encoder = load_weights(CLIPTextModel, te_dir, "the text encoder", torch_dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        except Exception as e:  # a broken tokenizer folder: OSError, ValueError, JSON errors, ...
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{tok_dir}: cannot load the tokenizer ({first})") from None
+    return unet, text_encoder, tokenizer
+
+
+def _library_tokenize(tokenizer) -> Callable[[list[str], int], torch.Tensor]:
+    """``tokenize(prompts, max_len)``: ids padded to and truncated at ``max_len``, with the special tokens."""
+
+    def tokenize(prompts: list[str], max_len: int) -> torch.Tensor:
+        enc = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        return enc.input_ids
+
+    return tokenize
 
 
 def check_text_conditioning(folder: Path, unet_cfg, te_cfg, tokenizer_len: int) -> None:

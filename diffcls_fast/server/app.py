@@ -340,6 +340,7 @@ def create_app(
                         "buckets": list(clf.buckets),
                         "max_inflight": clf.config.max_inflight,
                         "backend": m.backend,
+                        "implementation": m.implementation,
                         "device": str(m.device),
                         "dtype": str(m.dtype).removeprefix("torch."),
                         "random_weights": m.random_weights,

@@ -21,7 +21,7 @@ from .conftest import EXPORT_BATCH, run_cli
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_model("digits", device="cpu")
+    return load_model("digits", device="cpu", implementation="diffusers")  # what export loads and traces
 
 
 def test_package_ranges_split_at_the_upsample_guard():
