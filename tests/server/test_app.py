@@ -341,7 +341,6 @@ def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatc
 def test_a_multi_frame_image_is_noted_in_the_response_warnings(server):
     import io
 
-
     pngs, _, pil = digit_pngs(1)
     buf = io.BytesIO()
     pil[0].save(buf, format="GIF", save_all=True, append_images=[pil[0].rotate(90)])

@@ -174,7 +174,7 @@ def test_a_client_that_sends_part_of_its_body_then_closes_is_a_dropped_client_no
         with socket.create_connection((host, port)) as s:
             s.sendall(
                 b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 1000\r\n\r\n{\"images\""
+                b'Content-Length: 1000\r\n\r\n{"images"'
             )
             time.sleep(0.5)
         with Client(url) as c:
