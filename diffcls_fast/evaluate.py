@@ -258,20 +258,21 @@ class OutFile:
         return {k: row for k, (_, row) in self.rows.items()}
 
     def check_shard(self, shard: Any) -> None:
-        """Refuse a file holding rows of another shard (or of an unsharded run, or vice versa): appending this
-        shard's rows to it makes a part that ``merge`` later refuses as an overlap. Rows written before rows
-        recorded their shard pass."""
-        want = None if shard is None else str(shard)
+        """A shard refuses a file holding rows of another shard or of an unsharded run: appending its rows to it
+        makes a part that ``merge`` later refuses as an overlap. An unsharded run takes any rows of its own run
+        (a merged file resumes). Rows written before rows recorded their shard pass."""
+        if shard is None:
+            return
+        want = str(shard)
         for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
             if "shard" not in row:
                 continue
             got, index = row["shard"], row.get("index")
-            owned = shard is None or not isinstance(index, int) or shard.owns(index)
+            owned = not isinstance(index, int) or shard.owns(index)
             if got != want or not owned:
                 whose = f"shard {got}" if got else "an unsharded run"
-                mine = f"shard {want}" if want else "an unsharded run"
                 raise UserError(
-                    f"{self.path}:{lineno}: a row of {whose} (image {row['id']}), but this is {mine}; every shard"
+                    f"{self.path}:{lineno}: a row of {whose} (image {row['id']}), but this is shard {want}; every shard"
                     " needs its own --out part (eval --shard names it OUT.shard-I-of-N.jsonl)"
                 )
 
@@ -391,6 +392,7 @@ def empty_shard_summary(a: Any, shard: Any, total: int) -> dict:
         "data": str(a.data) if getattr(a, "data", None) else None,
         "shard": str(shard),
         "run_images": total,
+        "out_of_distribution": None,
         "note": f"shard {shard} has no images: the run has {total} image(s), fewer than {shard.index + 1}",
         **dict.fromkeys(SCORING_KEYS),
     }

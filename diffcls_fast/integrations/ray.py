@@ -55,6 +55,8 @@ RESULT_COLUMNS = (
     "evaluations_spent",
     "seconds",
     "error",
+    "ood_score",  # NaN where the model has no out-of-distribution rule for the policy
+    "abstained",
 )
 # Fault injection for the tests: when this file exists, the first actor call to remove it kills its own process
 # (SIGKILL).
@@ -237,6 +239,8 @@ def result_columns(results: Sequence[Any], top_k: int = 5) -> dict[str, np.ndarr
         "evaluations_spent": np.array([r.evaluations_spent for r in results], np.int64),
         "seconds": np.array([r.seconds for r in results], np.float64),
         "error": objects([r.error for r in results]),
+        "ood_score": np.array([np.nan if r.ood_score is None else r.ood_score for r in results], np.float64),
+        "abstained": np.array([r.abstained for r in results], bool),
     }
 
 
@@ -259,6 +263,8 @@ def result_from_row(row: dict, class_names: list[str], policy: str):
         error=(
             None if err is None or (isinstance(err, (float, np.floating)) and np.isnan(err)) else str(err)
         ),  # a block where no image failed has a null column: NaN
+        ood_score=None if np.isnan(row.get("ood_score", np.nan)) else float(row["ood_score"]),
+        abstained=bool(row.get("abstained", False)),
     )
 
 
@@ -345,8 +351,8 @@ def classify_dataset(
     :data:`RESULT_COLUMNS`: ``label`` (class index, -1 for a failed image), ``label_name``,
     ``top_classes`` and ``top_probabilities`` (the ``top_k`` most probable), ``probabilities``,
     ``mean_errors`` (NaN where never scored) and ``n_scores`` ([C] each, class order),
-    ``evaluations``, ``evaluations_spent``, ``seconds`` (latency inside its batch) and
-    ``error`` (None unless the image failed).
+    ``evaluations``, ``evaluations_spent``, ``seconds`` (latency inside its batch), ``error``
+    (None unless the image failed), ``ood_score`` (NaN without an out-of-distribution rule) and ``abstained``.
     """
     require_ray()
     import inspect
