@@ -126,7 +126,15 @@ class RequestOptions:
         cfg = policy_config(model, policy, policy_options or {}, bank)
         t, f = posterior_params(model, cfg.name, loss, temperature, posterior_floor)
         abstain = check_abstain(abstain_ood)
-        return cls(cfg, bank, t, f, (temperature, posterior_floor), True, ood_threshold(model, cfg, loss), abstain)
+        return cls(
+            cfg,
+            bank,
+            t,
+            f,
+            (temperature, posterior_floor),
+            ood_threshold=ood_threshold(model, cfg, loss),
+            abstain_ood=abstain,
+        )
 
     def derive(
         self,
