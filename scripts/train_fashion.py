@@ -1,7 +1,7 @@
 """Train the bundled ``fashion`` model: a latent text-to-image diffusion model of Fashion-MNIST.
 
     apt-get install dataset-fashion-mnist && pip install '.[fashion]'
-    nice -n 19 python scripts/train_bundled.py --model fashion --run /work/runs/fashion --steps 8000
+    nice -n 19 python scripts/train_bundled.py --model fashion --run /work/runs/fashion
     python scripts/train_bundled.py --model fashion --run /work/runs/fashion --export   # the latest checkpoint
 
 The first command trains and, when done, writes ``diffcls_fast/models/fashion`` (``--out``). Rerunning it
@@ -23,8 +23,8 @@ Stages, each skipped when its output is in ``--run``:
    ``RUN/unet_loss.tsv``; EMA snapshots are kept every ``--snapshot-every`` steps for comparing checkpoints.
 
 Pixels go through ``images.preprocess`` (28x28 resized to 32x32), the same path ``classify`` takes.
-Everything is seeded; on a 2-core CPU a VAE step (batch 64) takes about 0.4 s and a unet step (batch 128)
-about 1.2 s. ``--device cuda`` trains on a GPU.
+Everything is seeded; on an idle 2-core CPU a VAE step (batch 64) takes about 0.4 s and a unet step (batch 64)
+about 0.65 s: about 3 h in all (much longer on a shared CPU at low priority). ``--device cuda`` trains on a GPU.
 """
 
 from __future__ import annotations
@@ -408,11 +408,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="diffcls_fast/models/fashion", help="the model folder written at the end")
     ap.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
     ap.add_argument("--snapshot", default=None, help="with --export: an EMA snapshot file instead")
-    ap.add_argument("--steps", type=int, default=8000, help="unet steps")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=16000, help="unet steps")
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--vae-steps", type=int, default=2500)
+    ap.add_argument("--vae-steps", type=int, default=800)
     ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=2e-4, help="KL weight per latent element against MSE per pixel")

