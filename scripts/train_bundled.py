@@ -220,7 +220,13 @@ def main() -> None:
     ap.add_argument("--shift-prob", type=float, default=0.5)
     ap.add_argument("--save-every", type=int, default=0, help="also save EMA snapshots to OUT-stepN")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    # --model fashion is handed to train_fashion.py before this parser runs; listed here for --help
+    fashion = ap.add_argument_group("--model fashion only (scripts/train_fashion.py --help lists all)")
+    fashion.add_argument("--run", help="checkpoints, caches and loss logs; rerunning resumes from them")
+    fashion.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
     args = ap.parse_args()
+    if args.run or args.export:
+        ap.error("--run and --export are options of --model fashion")
     args.out = args.out or f"diffcls_fast/models/{args.model}"
     device = torch.device(args.device)
 
