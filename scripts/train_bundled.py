@@ -2,7 +2,7 @@
 
     python scripts/train_bundled.py --model digits --out diffcls_fast/models/digits --steps 8000
     python scripts/train_bundled.py --model numbers --out diffcls_fast/models/numbers --steps 12000
-    nice -n 19 python scripts/train_bundled.py --model fashion --run /work/runs/fashion  # resumable
+    nice -n 19 python scripts/train_bundled.py --model fashion --run runs/fashion  # resumable
 
 ``fashion`` (a latent model on Fashion-MNIST with a frozen pretrained text encoder) is trained
 by ``scripts/train_fashion.py``, which this script hands ``--model fashion`` to; see its docstring.

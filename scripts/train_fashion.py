@@ -1,8 +1,8 @@
 """Train the bundled ``fashion`` model: a latent text-to-image diffusion model of Fashion-MNIST.
 
     apt-get install dataset-fashion-mnist && pip install '.[fashion]'
-    nice -n 19 python scripts/train_bundled.py --model fashion --run /work/runs/fashion
-    python scripts/train_bundled.py --model fashion --run /work/runs/fashion --export   # the latest checkpoint
+    nice -n 19 python scripts/train_bundled.py --model fashion --run runs/fashion
+    python scripts/train_bundled.py --model fashion --run runs/fashion --export   # the latest checkpoint
 
 The first command trains and, when done, writes ``diffcls_fast/models/fashion`` (``--out``). Rerunning it
 resumes where it stopped (every stage checkpoints into ``--run`` at least every ``--checkpoint-minutes``,
