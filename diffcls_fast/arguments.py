@@ -80,6 +80,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         help="posterior softmax temperature (default: the model's)",
     )
     add(
+        "--abstain-ood",
+        action=Given,
+        nargs=0,
+        default=False,
+        help="answer no label for an image the model's out-of-distribution rule flags (default: flag it, answer)",
+    )
+    add(
         "--speculate",
         action=Given,
         default="auto",

@@ -56,6 +56,7 @@ def classifier_from_args(a: argparse.Namespace, noise: Any = None):
         seed=a.seed,
         loss=a.loss,
         temperature=a.temperature,
+        abstain_ood=bool(getattr(a, "abstain_ood", False)),
         speculate=a.speculate,
         cache_dir=a.cache_dir,
         use_cache=not a.no_cache,

@@ -23,6 +23,7 @@ from .arguments import Given, add_engine_args
 from .build import check_engine_args, classifier_from_args
 from .engine.policies.options import positive_float, positive_int
 from .errors import DiffclsWarning, UserError
+from .output import result_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,12 +77,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps({"image": str(path), **r.to_dict(), "random_weights": clf.model.random_weights}))
         else:
-            if r.error:
-                print(f"{path}: failed: {r.error}")
-                continue
-            top = "  ".join(f"{n} {p:.3f}" for n, p in r.top(5))
-            spent = f" ({r.evaluations_spent} spent)" if r.evaluations_spent != r.evaluations else ""
-            print(f"{path}: {r.label_name}  [top-5: {top}]  {r.evaluations} evals{spent}, {r.seconds:.2f} s")
+            print(result_line(str(path), r.to_dict(top_k=5)))
     if not a.json:
         print(
             f"# {clf.model.describe()}, {clf.policy_cfg.describe()}, kernels {st.kernels}; {st.evaluations} evals in"
@@ -103,7 +99,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     noise = check_engine_args(a)
     from .engine.options import check_scheduler_args
+    from .models.locate import check_model_arg
 
+    check_model_arg(a.model)  # before the port is bound: a bad folder is one line and exit 2, not a server
     check_scheduler_args(a.batch_size, None, a.max_inflight, a.speculate)
     if not 0 <= a.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {a.port}")
@@ -190,7 +188,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .evaluate import FAILED_RULE, run_eval
     from .shard import apply_scale_out
 
     apply_scale_out(a)  # --shard / torchrun / --ray: checked first, sets the shard's --out part and device
@@ -218,31 +216,46 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(summary))
     else:
-        print(
-            f"accuracy {summary['accuracy']:.4f} on {summary['images']} images ({summary['split'] or summary['data']}),"
-            f" ECE {summary['ece']:.4f}, NLL {summary['nll']:.4f}, {summary['evals_per_image']:.1f} evals/image"
-            f" ({summary['evals_spent_per_image']:.1f} spent), {summary['seconds']:.1f} s, batch fill"
-            f" {summary['batch_fill']:.3f}, {summary['evals_per_second']:.0f} evals/s [{summary['backend']}, kernels"
-            f" {summary['kernels']}]"
-        )
+        print(format_eval_summary(summary))
     if summary["failed"]:
         print(
-            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
-            f" {summary['first_error']}",
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed, e.g. {summary['first_error']}"
+            f" ({FAILED_RULE})",
             file=sys.stderr,
         )
     return 1 if summary["failed"] else 0
 
 
+def format_eval_summary(s: dict) -> str:
+    """``eval``'s one summary line: what was measured, said plainly when nothing was scored in this run."""
+    if s.get("note"):  # an empty shard
+        return f"{s['note']}; nothing to do"
+    head = (
+        f"accuracy {s['accuracy']:.4f} on {s['images']} images ({s['split'] or s['data']}), ECE {s['ece']:.4f}, NLL"
+        f" {s['nll']:.4f}, {s['evals_per_image']:.1f} evals/image ({s['evals_spent_per_image']:.1f} spent)"
+    )
+    if s.get("out_of_distribution"):
+        head += f", {s['out_of_distribution']} flagged out of distribution"
+    if not s["scored"]:
+        return f"{head}; all {s['images']} rows resumed from --out (nothing scored in this run) [{s['backend']}]"
+    resumed = f", {s['resumed']} resumed from --out" if s["resumed"] else ""
+    return (
+        f"{head}, {s['seconds']:.1f} s, batch fill {s['batch_fill']:.3f}, {s['evals_per_second']:.0f} evals/s"
+        f"{resumed} [{s['backend']}, kernels {s['kernels']}]"
+    )
+
+
 def cmd_merge(a: argparse.Namespace) -> int:
     from .merge import format_summary, merge_parts
 
-    summary = merge_parts(a.out, a.parts)
+    summary = merge_parts(a.out, a.parts, overwrite=a.overwrite)
     print(json.dumps(summary) if a.json else format_summary(summary))
     if summary["failed"]:
+        from .evaluate import FAILED_RULE
+
         print(
-            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed (counted wrong), e.g."
-            f" {summary['first_error']}",
+            f"diffcls-fast: {summary['failed']} of {summary['images']} images failed, e.g. {summary['first_error']}"
+            f" ({FAILED_RULE})",
             file=sys.stderr,
         )
     return 1 if summary["failed"] else 0
@@ -489,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the merged JSONL to write (rows in split order)")
     p.add_argument("parts", nargs="+", help="the shards' --out files (OUT.shard-I-of-N.jsonl ...)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (the keys of eval --json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT even when it is not an earlier merge of the same run (default: refuse)",
+    )
     p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")

@@ -84,6 +84,7 @@ class Client:
         seed: int | None = None,
         policy: str | None = None,
         temperature: float | None = None,
+        abstain_ood: bool | None = None,
         top_k: int = 5,
         timeout: float | None = None,
         loss: str | None = None,
@@ -109,6 +110,7 @@ class Client:
             ("seed", seed),
             ("policy", policy),
             ("temperature", temperature),
+            ("abstain_ood", abstain_ood),
             ("timeout", timeout),
             ("loss", loss),
             ("model", model),
@@ -253,6 +255,7 @@ def classify_cli(a) -> int:
             seed=a.seed if "seed" in given else None,
             policy=a.policy if "policy" in given else None,
             temperature=a.temperature if "temperature" in given else None,
+            abstain_ood=True if getattr(a, "abstain_ood", False) else None,
             loss=a.loss if "loss" in given else None,  # unset: the server's loss, whatever it is
             model=a.model if "model" in given else None,
             names=[str(p) for p in a.images],
@@ -264,12 +267,10 @@ def classify_cli(a) -> int:
     for r in results:
         if a.json:
             print(json.dumps(r))
-        elif r["error"]:
-            print(f"{r['image']}: failed: {r['error']}")
         else:
-            top = "  ".join(f"{t['class']} {t['p']:.3f}" for t in r["top"])
-            spent = f" ({r['evaluations_spent']} spent)" if r["evaluations_spent"] != r["evaluations"] else ""
-            print(f"{r['image']}: {r['label']}  [top-5: {top}]  {r['evaluations']} evals{spent}, {r['seconds']:.2f} s")
+            from .output import result_line
+
+            print(result_line(r["image"], r))
     if not a.json:
         print(
             f"# {resp['describe']} at {a.server}, {resp['policy']}; {resp['evaluations_spent']} evals,"

@@ -7,44 +7,25 @@ import json
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def load_image_folder(root: str | Path):
-    """An ImageFolder layout: ``root/<class name>/<image>``; classes in sorted order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such data folder")
-    # Hidden entries (.ipynb_checkpoints/, .DS_Store, ._x.png of macOS) are not classes or images.
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise UserError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
-    paths, labels = [], []
-    for k, c in enumerate(classes):
-        files = sorted(
-            p
-            for p in (root / c).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
-        paths += files
-        labels += [k] * len(files)
-    if not paths:
-        raise UserError(f"{root}: no images found")
-    return paths, np.array(labels), classes, [str(p.relative_to(root)) for p in paths]
+from .errors import DiffclsWarning, UserError
+from .image_folder import load_image_folder
 
 
 def load_eval_split(model_name: str, split: str, data: str | None = None):
     """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
     if data:
-        return load_image_folder(data)
+        paths, labels, classes, ids, skipped = load_image_folder(data)
+        if skipped:  # said once, before the model loads: nothing leaves the run silently
+            msg = f"--data {data}: {len(paths)} images; skipped {skipped.describe()}"
+            warnings.warn(msg, DiffclsWarning, stacklevel=2)
+        return paths, labels, classes, ids
     from .data import digits, fashion, numbers
 
     if model_name == "digits":
@@ -236,6 +217,10 @@ class OutFile:
                 data = f.read()
         except OSError as e:
             raise UserError(f"--out {self.path}: cannot read ({e.strerror or e})") from None
+        # A damaged file is refused: eval would append to it, merge would read wrong rows from it.
+        refuse = (
+            "merge reads only eval --out files" if self.readonly else "refusing to append to it (use another --out)"
+        )
         good_end = data.rfind(b"\n") + 1
         if (
             good_end < len(data) and not self.readonly
@@ -246,27 +231,22 @@ class OutFile:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(
-                    f"{where}:{lineno}: not UTF-8 text; refusing to append to it (use another --out)"
-                ) from None
+                raise UserError(f"{where}:{lineno}: not UTF-8 text; {refuse}") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(
-                    f"{where}:{lineno}: not a JSON line; refusing to append to it (use another --out)"
-                ) from None
+                raise UserError(f"{where}:{lineno}: not a JSON line; {refuse}") from None
             if not isinstance(row, dict):
                 raise UserError(
-                    f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); refusing to"
-                    " append to it"
+                    f"{where}:{lineno}: a JSON {type(row).__name__}, not an eval row (a JSON object); {refuse}"
                 )
             for key, kind in self.required:
                 value = row.get(key)
                 if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                     got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"[:60]
-                    raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; refusing to append to it")
+                    raise UserError(f"{where}:{lineno}: not an eval row: {key!r} is {got}; {refuse}")
             self.rows[row["id"]] = (lineno, row)
 
     def done(self, config: str, settings: dict) -> dict[str, dict]:
@@ -279,6 +259,24 @@ class OutFile:
                     " the same settings"
                 )
         return {k: row for k, (_, row) in self.rows.items()}
+
+    def check_shard(self, shard: Any) -> None:
+        """Refuse a file holding rows of another shard (or of an unsharded run, or vice versa): appending this
+        shard's rows to it makes a part that ``merge`` later refuses as an overlap. Rows written before rows
+        recorded their shard pass."""
+        want = None if shard is None else str(shard)
+        for _, (lineno, row) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
+            if "shard" not in row:
+                continue
+            got, index = row["shard"], row.get("index")
+            owned = shard is None or not isinstance(index, int) or shard.owns(index)
+            if got != want or not owned:
+                whose = f"shard {got}" if got else "an unsharded run"
+                mine = f"shard {want}" if want else "an unsharded run"
+                raise UserError(
+                    f"{self.path}:{lineno}: a row of {whose} (image {row['id']}), but this is {mine}; every shard"
+                    " needs its own --out part (eval --shard names it OUT.shard-I-of-N.jsonl)"
+                )
 
     def append(self, row: dict) -> None:
         if self.readonly:
@@ -306,6 +304,31 @@ def _flock_holder(fd: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+FAILED_RULE = "a failed image counts as wrong with a uniform posterior (1/C per class) in accuracy, ECE and NLL"
+
+
+def calibration_point(row: dict) -> tuple[float, int, float]:
+    """(top-1 confidence, correct, p(true class)) of one eval row, for ECE and NLL. One rule for every metric: a
+    failed image (no posterior: a non-finite score) is a wrong answer with the uniform posterior 1/C, so accuracy,
+    ECE and NLL all cover the same images (``FAILED_RULE``)."""
+    if row.get("error"):
+        n = len(row.get("n_scores") or row.get("mean_errors") or {}) or 1
+        return 1.0 / n, 0, 1.0 / n
+    return float(row["confidence"]), int(row["correct"]), float(row["p_true"])
+
+
+def metrics(points: list[tuple[float, int, float]]) -> dict:
+    """accuracy, ECE (top-1 confidence, 15 bins) and NLL over ``points`` from :func:`calibration_point`."""
+    from .engine.calibration import ece, nll
+
+    conf, corr, p_true = (np.array(v) for v in zip(*points)) if points else (np.zeros(0),) * 3
+    return {
+        "accuracy": float(np.mean(corr)) if points else 0.0,
+        "ece": round(ece(conf, corr), 5),
+        "nll": round(nll(p_true), 5),
+    }
 
 
 def append_line(fd: int, row: dict) -> None:
@@ -345,6 +368,10 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
         images, labels, ids = [images[i] for i in positions], labels[positions], [ids[i] for i in positions]
     out = OutFile(a.out) if a.out else None  # opened and locked until the end of the run
     try:
+        if out is not None:
+            out.check_shard(shard)
+        if not positions:  # more shards than images: this one has nothing to do, and loads no model
+            return empty_shard_summary(a, shard, total)
         where = {"positions": positions, "total": total, "shard": None if shard is None else str(shard)}
         return _run_eval(
             a, make_classifier, progress, out, images, labels, ids, classes, (all_images, all_labels, all_ids), where
@@ -352,6 +379,42 @@ def run_eval(a: Any, make_classifier: Callable, progress: Callable) -> dict:
     finally:
         if out is not None:
             out.close()
+
+
+def empty_shard_summary(a: Any, shard: Any, total: int) -> dict:
+    """The summary of a shard that got no images (``--shard I/N`` with fewer than I+1 images in the run)."""
+    return {
+        **metrics([]),
+        "images": 0,
+        "scored": 0,
+        "failed": 0,
+        "first_error": None,
+        "resumed": 0,
+        "split": None if getattr(a, "data", None) else a.split,
+        "data": str(a.data) if getattr(a, "data", None) else None,
+        "shard": str(shard),
+        "run_images": total,
+        "note": f"shard {shard} has no images: the run has {total} image(s), fewer than {shard.index + 1}",
+        **dict.fromkeys(SCORING_KEYS),
+    }
+
+
+# Keys of the summary that describe this process's scoring: null when it scored nothing (all resumed, empty shard).
+SCORING_KEYS = (
+    "evals_per_image",
+    "evals_spent_per_image",
+    "seconds",
+    "batch_fill",
+    "evals_per_second",
+    "images_per_second",
+    "temperature",
+    "posterior_floor",
+    "policy",
+    "backend",
+    "kernels",
+    "dtype",
+    "model",
+)
 
 
 def _run_eval(
@@ -367,7 +430,6 @@ def _run_eval(
     where: dict,
 ) -> dict:
     from . import kernels
-    from .engine.calibration import ece, nll
 
     clf = make_classifier(a)
     spec = clf.class_spec(classes)  # first: a classifier on Ray knows its model only once it has probed it
@@ -377,24 +439,16 @@ def _run_eval(
     settings = eval_settings(clf, spec, all_ids, all_labels, all_images)
     config = config_key(settings)
     done = out.done(config, settings) if out else {}
+    n_classes = len(spec.names)
     todo = [i for i in range(len(images)) if ids[i] not in done]
-    correct = [int(done[ids[i]]["correct"]) for i in range(len(images)) if ids[i] in done]
     # evals: what the decision rule needed (the accuracy tables' "needed" column: speculation and
     # batching never change it); spent: what was scored, speculation included
-    evals = [
-        int(done[ids[i]].get("evaluations", done[ids[i]]["evaluations_spent"]))
-        for i in range(len(images))
-        if ids[i] in done
-    ]
-    spent = [int(done[ids[i]]["evaluations_spent"]) for i in range(len(images)) if ids[i] in done]
-    resumed = len(correct)
-    # (confidence, correct, p(true class)) of every scored image, for ECE and NLL; failed images have none
     resumed_rows = [done[ids[i]] for i in range(len(images)) if ids[i] in done]
-    calib = [
-        (float(r["confidence"]), int(r["correct"]), float(r["p_true"]))
-        for r in resumed_rows
-        if "p_true" in r and not r.get("error")
-    ]
+    evals = [int(r.get("evaluations", r["evaluations_spent"])) for r in resumed_rows]
+    spent = [int(r["evaluations_spent"]) for r in resumed_rows]
+    resumed = len(resumed_rows)
+    points = [calibration_point(r) for r in resumed_rows]  # (confidence, correct, p(true)) for every image
+    flags = [r.get("out_of_distribution") for r in resumed_rows]  # None: no rule for this model and policy
     ran_on = {
         "backend": clf.model.backend,
         "device": str(clf.model.device),
@@ -407,17 +461,17 @@ def _run_eval(
     try:
         for j, r in clf.classify_iter([images[i] for i in todo], classes, progress=bar):
             i = todo[j]
-            # A failed image (a non-finite score) is recorded with its error and counted wrong; the run goes on.
+            # A failed image (a non-finite score) is recorded with its error; the run goes on. It counts as a
+            # wrong answer with the uniform posterior in every metric (FAILED_RULE).
             ok = int(r.error is None and r.label == int(labels[i]))
-            correct.append(ok)
             evals.append(r.evaluations)
             spent.append(r.evaluations_spent)
-            p_true = float(r.probabilities[int(labels[i])]) if r.error is None else 0.0
-            confidence = float(r.probabilities.max()) if r.error is None else 0.0
+            p_true = float(r.probabilities[int(labels[i])]) if r.error is None else 1.0 / n_classes
+            confidence = float(r.probabilities.max()) if r.error is None else 1.0 / n_classes
             if r.error is not None:
                 errors.append(r.error)
-            else:
-                calib.append((confidence, ok, p_true))
+            points.append((confidence, ok, p_true))
+            flags.append(r.out_of_distribution)
             if out is not None:
                 row = {
                     "id": ids[i],
@@ -442,15 +496,13 @@ def _run_eval(
     finally:
         bar.close()
     st = clf.last_stats
-    n = len(correct)
-    conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
-    return {
-        "accuracy": float(np.mean(correct)) if n else 0.0,
-        "images": n,
-        "ece": round(ece(conf, corr), 5),  # top-1 confidence, 15 bins, over images that did not fail
-        "nll": round(nll(p_true), 5),
-        "temperature": clf.temperature,
-        "posterior_floor": clf.posterior_floor,
+    scored = len(todo)
+    summary = {
+        **metrics(points),
+        "images": len(points),
+        "scored": scored,  # images scored by this process; the rest were resumed from --out
+        # images the model's out-of-distribution rule flagged (still counted by their label); None: no rule
+        "out_of_distribution": None if all(f is None for f in flags) else sum(bool(f) for f in flags),
         "failed": len(errors),
         "first_error": errors[0] if errors else None,
         "resumed": resumed,
@@ -463,9 +515,14 @@ def _run_eval(
         "batch_fill": round(st.batch_fill, 4),
         "evals_per_second": round(st.evals_per_second, 1),
         "images_per_second": round(st.images_per_second, 3),
+        "temperature": clf.temperature,
+        "posterior_floor": clf.posterior_floor,
         "policy": clf.policy_cfg.describe(),
         "backend": st.backend,
         "kernels": st.kernels,
         "dtype": st.dtype,
         "model": clf.model.name,
     }
+    if not scored:  # every row came from --out: this process measured no speed
+        summary.update(dict.fromkeys(("seconds", "batch_fill", "evals_per_second", "images_per_second", "kernels")))
+    return summary

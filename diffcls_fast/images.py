@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import NonFiniteInput, UserError
+from .errors import DiffclsWarning, NonFiniteInput, UserError
 
 # Modes holding grayscale deeper than 8 bits, taken as 16-bit: PIL decodes 16-bit PNG/TIFF files to
 # the I;16 family, and to "I" (32-bit int) in older versions and after some conversions.
@@ -73,6 +73,9 @@ def load_image(path: str | Path) -> Image.Image:
             with Image.open(p) as im:
                 _check_pixel_limit(p, im.size)
                 im.load()  # decode now: a truncated file fails here, not later in the engine
+                note = frames_note(str(p), im)
+                if note:
+                    warnings.warn(note, DiffclsWarning, stacklevel=2)
                 return ImageOps.exif_transpose(im)  # a decoded copy, upright
     except Image.DecompressionBombError:  # PIL refuses over 2x its limit while opening
         raise UserError(
@@ -85,6 +88,13 @@ def load_image(path: str | Path) -> Image.Image:
         raise UserError(f"{p}: cannot decode image ({e})") from None
 
 
+def frames_note(name: str, im: Image.Image) -> str | None:
+    """The notice for a file with several frames (an animated GIF/WebP/PNG, a multi-page TIFF), of which only
+    the first is classified; None for a still image."""
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    return f"{name}: has {frames} frames (animated or multi-page); only the first is classified" if frames > 1 else None
+
+
 def check_image_file(path: str | Path) -> None:
     """Everything about an image file that can fail, without a model: :func:`load_image`
     (the file) and :func:`to_standard_mode` (its mode and pixel range), so that a command can
@@ -92,7 +102,9 @@ def check_image_file(path: str | Path) -> None:
 
     RGB is checked: every mode that converts to RGB converts to L too.
     """
-    img = load_image(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffclsWarning)  # a multi-frame file is said once, when it is classified
+        img = load_image(path)
     if img.mode in ("1", "L", "P", "RGB", "RGBA", "LA"):
         return  # these always convert (no range to check): skip the work for the common case
     try:
@@ -142,9 +154,15 @@ def _deep_gray_unit(img: Image.Image) -> Image.Image:
     image and many float TIFFs hold); other ranges are refused rather than guessed at.
     """
     arr = np.asarray(img).astype(np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:  # NaN/inf make min and max meaningless ("spans [nan, nan]"): say what is wrong instead
+        raise UserError(
+            f"a mode {img.mode} image holds {bad} non-finite pixel value{'s' if bad > 1 else ''} (NaN or inf) of"
+            f" {arr.size}; pixels must be finite numbers"
+        )
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F":
-        if not np.isfinite(arr).all() or lo < 0.0 or hi > 255.0:
+        if lo < 0.0 or hi > 255.0:
             raise UserError(
                 f"a float (mode F) image must hold values in [0, 1] or [0, 255]; this one spans [{lo:g}, {hi:g}]"
             )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .evaluate import OutFile, append_line, same_settings, settings_diff
+from .evaluate import OutFile, append_line, calibration_point, metrics, same_settings, settings_diff
 
 
 def _ranges(xs: list[int], limit: int = 8) -> str:
@@ -102,18 +102,9 @@ def check_rows(rows: list[tuple[Path, int, dict]]) -> list[dict]:
 
 def summarize(rows: list[dict]) -> dict:
     """``eval --json``'s summary from rows (timings and batch fill are not in rows: null)."""
-    from .engine.calibration import ece, nll
-
-    correct = [int(r["correct"]) for r in rows]
     evals = [int(r.get("evaluations", r["evaluations_spent"])) for r in rows]  # needed by the rule, as eval reports
     spent = [int(r["evaluations_spent"]) for r in rows]
     errors = [r["error"] for r in rows if r.get("error")]
-    calib = [
-        (float(r["confidence"]), int(r["correct"]), float(r["p_true"]))
-        for r in rows
-        if "p_true" in r and not r.get("error")
-    ]
-    conf, corr, p_true = (np.array(v) for v in zip(*calib)) if calib else (np.zeros(0),) * 3
     settings = rows[0].get("settings") or {}
     shards = sorted({r.get("shard") for r in rows}, key=str)
     head = rows[0]["id"].split("/")
@@ -121,10 +112,14 @@ def summarize(rows: list[dict]) -> dict:
         head[:2] if len(head) == 3 and head[0] in ("digits", "numbers", "fashion") else None
     )  # ids of a bundled split: model/split/n
     return {
-        "accuracy": float(np.mean(correct)) if rows else 0.0,
+        **metrics([calibration_point(r) for r in rows]),  # failed images: FAILED_RULE, as eval counts them
         "images": len(rows),
-        "ece": round(ece(conf, corr), 5),
-        "nll": round(nll(p_true), 5),
+        "scored": None,  # not in the rows
+        "out_of_distribution": (
+            None
+            if all(r.get("out_of_distribution") is None for r in rows)
+            else sum(bool(r.get("out_of_distribution")) for r in rows)
+        ),
         "temperature": settings.get("temperature"),
         "posterior_floor": settings.get("posterior_floor"),
         "failed": len(errors),
@@ -148,8 +143,38 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
-    """Check the parts, write ``out`` (rows in split order; replaced atomically) and return the summary."""
+def check_existing_out(out: Path, rows: list[dict], overwrite: bool) -> None:
+    """Refuse to replace a file that is not an earlier merge of this run (``--overwrite`` allows it): merging
+    into the wrong path must not destroy an unrelated file."""
+    if overwrite or not out.exists() or out.stat().st_size == 0:
+        return
+    why = None
+    try:
+        old = OutFile(out, readonly=True)
+    except UserError:
+        why = "it is not an eval results file"
+    else:
+        old.close()
+        ref = rows[0]
+        other = next(
+            (
+                row
+                for _, row in old.rows.values()
+                if row["config"] != ref["config"] and not same_settings(ref.get("settings"), row.get("settings"))
+            ),
+            None,
+        )
+        if other is not None:
+            why = "it holds results of another run"
+    if why:
+        raise UserError(f"merge: {out} exists and {why}; give another path, or --overwrite to replace it")
+
+
+def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = False) -> dict:
+    """Check the parts, write ``out`` (rows in split order; replaced atomically) and return the summary.
+
+    An existing ``out`` is replaced only when it holds rows of the same run (an earlier merge), or with
+    ``overwrite``."""
     out = Path(out)
     for p in map(Path, parts):
         if p.exists() and out.exists() and os.path.samefile(p, out):
@@ -158,19 +183,32 @@ def merge_parts(out: str | Path, parts: list[str | Path]) -> dict:
         raise UserError(f"merge: {out} is a folder; give a file path, e.g. {out / 'results.jsonl'}")
     if not out.parent.is_dir():
         raise UserError(f"merge: no such folder {out.parent}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"merge: {out} is not a regular file; give a file path")
     rows = check_rows(read_parts(parts))
+    check_existing_out(out, rows, overwrite)
     tmp = out.with_name(f".{out.name}.merge-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:  # a read-only mount, /proc, a folder without write permission
+        raise UserError(f"merge: cannot write {out} ({e.strerror or e})") from None
     try:
         for r in rows:
             append_line(fd, r)
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = None
+        os.replace(tmp, out)
+    except OSError as e:  # a full disk, a file system without rename
+        if fd is not None:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"merge: cannot write {out} ({e.strerror or e})") from None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    os.replace(tmp, out)
     return summarize(rows)
 
 

@@ -117,7 +117,8 @@ def main() -> None:
         opts = {"n_grid": a.exhaustive_grid} if policy == "exhaustive" else {}
         tr, ytr, tr_info = run(model, policy, "train", a.train, opts)
         t, alpha = fit_calibration([r.mean_errors for r in tr], [finalists(r.n_scores, r.label) for r in tr], ytr)
-        cal[policy] = {
+        kept = {k: v for k, v in cal.get(policy, {}).items() if k == "out_of_distribution"}  # fit_ood.py's
+        cal[policy] = kept | {
             "temperature": t,
             "floor": alpha,
             "loss": "l2",

@@ -226,10 +226,16 @@ def test_eval_data_folder_damaged_file_fails_its_row_and_the_run_finishes(tmp_pa
     assert r.returncode == 1, r.stderr  # an image failed; the others are answered
     summary = json.loads(r.stdout.splitlines()[-1])
     assert summary["images"] == 3 and summary["failed"] == 1, summary
+    # one rule for every metric: the failed image is wrong with the uniform posterior (1/2: two classes here)
+    assert summary["accuracy"] == pytest.approx(2 / 3) and summary["nll"] >= np.log(2) / 3, summary
+    assert "uniform posterior" in r.stderr
     rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
     assert sorted(rows) == ["seven/a.png", "three/a.png", "three/b.png"]
     assert rows["three/b.png"]["error"] and "it was not scored" in rows["three/b.png"]["error"]
     assert rows["seven/a.png"]["correct"] == 1 and rows["three/a.png"]["correct"] == 1
     again = _eval_cli(*args)  # resumes: nothing left to score
-    assert again.returncode == 1 and json.loads(again.stdout.splitlines()[-1])["images"] == 3
+    resumed = json.loads(again.stdout.splitlines()[-1])
+    assert again.returncode == 1 and resumed["images"] == 3 and resumed["scored"] == 0
+    assert resumed["nll"] == summary["nll"] and resumed["accuracy"] == summary["accuracy"]
+    assert resumed["batch_fill"] is None and resumed["evals_per_second"] is None  # no speed measured: none shown
     assert len(out.read_text().splitlines()) == 3

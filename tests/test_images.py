@@ -87,9 +87,36 @@ def test_mode_I_with_8_bit_values_reads_as_8_bit(digit):
 def test_mode_I_outside_16_bits_and_F_outside_known_ranges_are_user_errors():
     with pytest.raises(UserError, match="16-bit"):
         px(Image.fromarray(np.full((8, 8), 70000, np.int32), "I"))
-    for bad in (300.0, -0.5, float("nan")):
+    for bad in (300.0, -0.5):
         with pytest.raises(UserError, match=r"\[0, 1\] or \[0, 255\]"):
             px(Image.fromarray(np.full((8, 8), bad, np.float32), "F"))
+
+
+def test_a_non_finite_pixel_is_named_not_reported_as_a_nan_range(tmp_path):
+    arr = np.full((8, 8), 0.5, np.float32)
+    arr[2, 3] = np.nan
+    Image.fromarray(arr, "F").save(tmp_path / "f.tif")
+    with pytest.raises(UserError) as e:
+        px(load_image(tmp_path / "f.tif"))
+    assert "1 non-finite pixel value (NaN or inf) of 64" in str(e.value) and "nan, nan" not in str(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_a_multi_frame_file_is_classified_on_its_first_frame_with_one_warning(digit, tmp_path, suffix):
+    from diffcls_fast.errors import DiffclsWarning
+    from diffcls_fast.images import check_image_file
+
+    frames = [digit, digit.transpose(Image.Transpose.FLIP_LEFT_RIGHT), digit.rotate(90)]
+    path = tmp_path / f"anim{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_image_file(path)  # the check before the model loads is silent: the file is said once, below
+    with pytest.warns(DiffclsWarning, match=r"has 3 frames \(animated or multi-page\); only the first is classified"):
+        img = load_image(path)
+    torch.testing.assert_close(px(img), px(digit))
 
 
 def test_float_image_in_unit_range_or_8_bit_range(digit):

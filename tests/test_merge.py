@@ -182,3 +182,42 @@ def test_other_policies_options_do_not_split_a_run(tmp_path):
     assert merge_parts(tmp_path / "m.jsonl", parts)["images"] == 2
     _write(parts[1], [_row(1, 2, config="k3", settings={**base, "policy": {**ttest, "min_scores": 10}})])
     assert "written with different settings" in _err(lambda: merge_parts(tmp_path / "m2.jsonl", parts))
+
+
+def test_an_unrelated_existing_file_is_not_overwritten(tmp_path):
+    parts = _shards(tmp_path)
+    precious = tmp_path / "existing.jsonl"
+    precious.write_text("precious\n")
+    msg = _err(lambda: merge_parts(precious, parts))
+    assert "exists and it is not an eval results file" in msg and "--overwrite" in msg
+    assert "append" not in msg and "use another --out" not in msg  # merge neither appends nor has --out
+    assert precious.read_text() == "precious\n"
+    other = _write(tmp_path / "other.jsonl", [_row(0, config="k9", settings={**SETTINGS, "seed": 5})])
+    assert "holds results of another run" in _err(lambda: merge_parts(other, parts))
+    assert merge_parts(precious, parts, overwrite=True)["images"] == 7  # asked for: replaced
+    assert merge_parts(tmp_path / "empty.jsonl", parts)["images"] == 7  # a new file is fine
+    (tmp_path / "blank.jsonl").write_text("")
+    assert merge_parts(tmp_path / "blank.jsonl", parts)["images"] == 7  # so is an empty one
+
+
+def test_a_damaged_part_is_refused_in_merge_words(tmp_path):
+    parts = _shards(tmp_path)
+    parts[1].write_text("not json\n")
+    msg = _err(lambda: merge_parts(tmp_path / "m.jsonl", parts))
+    assert f"{parts[1]}:1: not a JSON line; merge reads only eval --out files" == msg
+
+
+@pytest.mark.parametrize("where", ["/proc/x.jsonl", "readonly"])
+def test_an_unwritable_output_is_one_line(tmp_path, where):
+    import os
+
+    parts = _shards(tmp_path)
+    if where == "readonly":
+        if os.geteuid() == 0:  # root writes through permissions; /proc is unwritable for root too
+            pytest.skip("running as root: permissions do not stop writes")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        where = str(ro / "o.jsonl")
+    msg = _err(lambda: merge_parts(where, parts))
+    assert msg.startswith(f"merge: cannot write {where} (")

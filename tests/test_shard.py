@@ -117,3 +117,30 @@ def test_cli_shard_errors_are_one_line_before_the_model_loads(capsys, monkeypatc
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffcls-fast: error: ") and want in err and err.count("\n") == 1, err
+
+
+def test_an_empty_shard_says_so_and_loads_no_model(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    import diffcls_fast.build as build
+
+    monkeypatch.setattr(build, "build_classifier", lambda *a, **k: pytest.fail("an empty shard loaded the model"))
+    out = tmp_path / "e.jsonl"
+    assert main(["eval", "--limit", "2", "--shard", "2/3", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "shard 2/3 has no images: the run has 2 image(s), fewer than 3; nothing to do\n"
+    assert (tmp_path / "e.shard-2-of-3.jsonl").read_text() == ""  # its part exists (a glob of all parts finds it)
+
+
+def test_a_part_holding_another_shards_rows_is_refused(capsys, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    row = {"id": "digits/heldout/0", "config": "k", "correct": 1, "evaluations_spent": 5, "index": 0, "total": 12}
+    for shard, argv_shard in (("0/3", "1/3"), (None, "0/3"), ("1/3", None)):
+        part = tmp_path / (f"x.shard-{argv_shard.replace('/', '-of-')}.jsonl" if argv_shard else "x.jsonl")
+        part.write_text(json.dumps({**row, "shard": shard}) + "\n")
+        argv = ["eval", "--limit", "12", "--out", str(tmp_path / "x.jsonl")]
+        assert main(argv + (["--shard", argv_shard] if argv_shard else [])) == 2
+        err = capsys.readouterr().err
+        assert "every shard needs its own --out part" in err and err.count("\n") == 1, err

@@ -27,6 +27,12 @@ std::string shape_str(const ModelInfo& info) {
   return "[" + std::to_string(info.channels) + ", " + std::to_string(info.height) + ", " + std::to_string(info.width) + "]";
 }
 
+std::string sizes_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + "]";
+}
+
 std::vector<at::Tensor> load_tensor_file(const std::string& path, const ModelInfo& info) {
   std::map<std::string, at::Tensor> ts;
   try {
@@ -39,15 +45,28 @@ std::vector<at::Tensor> load_tensor_file(const std::string& path, const ModelInf
     out.push_back(ts.at("image"));
   } else if (ts.count("images")) {
     at::Tensor all = ts.at("images");
-    if (all.dim() != 4) throw UserError(path + ": 'images' must be [N, C, H, W]");
+    if (all.dim() != 4) throw UserError(path + ": 'images' has shape " + sizes_str(all) + "; it must be [N, C, H, W] = [N, " + shape_str(info).substr(1));
+    if (all.size(0) == 0) throw UserError(path + ": 'images' holds no images (N = 0)");
     for (int64_t i = 0; i < all.size(0); ++i) out.push_back(all[i]);
   } else {
     throw UserError(path + ": no tensor named 'image' ([C, H, W]) or 'images' ([N, C, H, W])");
   }
-  for (auto& t : out) {
+  for (size_t k = 0; k < out.size(); ++k) {
+    const at::Tensor& t = out[k];
+    std::string which = out.size() == 1 ? path : path + "#" + std::to_string(k);
     if (t.dim() != 3 || t.size(0) != info.channels || t.size(1) != info.height || t.size(2) != info.width)
-      throw UserError(path + ": image tensor of shape " + std::to_string(t.dim()) + "-d; expected " + shape_str(info) + " for this model");
-    if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kByte) throw UserError(path + ": image tensor must be float32 in [-1, 1] or uint8 0..255");
+      throw UserError(which + ": image tensor of shape " + sizes_str(t) + "; this model takes " + shape_str(info));
+    if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kByte) throw UserError(which + ": image tensor must be float32 in [-1, 1] or uint8 0..255");
+    if (t.scalar_type() == at::kFloat) {
+      // Checked here, with the file's name, before any image is scored; NaN/inf is not a range error: that image
+      // fails its own result (as in the Python engine), so min/max are taken over the finite values only.
+      at::Tensor finite = t.masked_select(at::isfinite(t));
+      if (finite.numel()) {
+        double lo = finite.min().item<double>(), hi = finite.max().item<double>();
+        if (lo < -1.0 - 1e-3 || hi > 1.0 + 1e-3)
+          throw UserError(which + ": image tensor values span [" + std::to_string(lo) + ", " + std::to_string(hi) + "], expected [-1, 1] (preprocessed pixels)");
+      }
+    }
   }
   return out;
 }
@@ -58,7 +77,17 @@ at::Tensor load_png(const std::string& path, const ModelInfo& info) {
   if (!fp) throw UserError(path + ": no such file");
   png_byte sig[8];
   if (std::fread(sig, 1, 8, fp.get()) != 8 || png_sig_cmp(sig, 0, 8)) throw UserError(path + ": not a PNG file");
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  // libpng's default handlers print "libpng error: ..." to stderr before our one line: keep its message and
+  // report it in our error instead; its warnings (benign chunk oddities) are not worth a line.
+  struct Handlers {
+    static void error(png_structp p, png_const_charp msg) {
+      *static_cast<std::string*>(png_get_error_ptr(p)) = msg ? msg : "";
+      png_longjmp(p, 1);
+    }
+    static void warning(png_structp, png_const_charp) {}
+  };
+  std::string png_message;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &png_message, &Handlers::error, &Handlers::warning);
   png_infop pinfo = png ? png_create_info_struct(png) : nullptr;
   if (!pinfo) throw std::runtime_error("libpng: out of memory");
   struct Guard {
@@ -68,7 +97,8 @@ at::Tensor load_png(const std::string& path, const ModelInfo& info) {
   } guard{&png, &pinfo};
   std::vector<png_bytep> rows;
   std::vector<uint8_t> data;
-  if (setjmp(png_jmpbuf(png))) throw UserError(path + ": cannot decode PNG (corrupt or truncated)");
+  if (setjmp(png_jmpbuf(png)))
+    throw UserError(path + ": cannot decode PNG (corrupt or truncated" + (png_message.empty() ? "" : ": " + png_message) + ")");
   png_init_io(png, fp.get());
   png_set_sig_bytes(png, 8);
   png_read_info(png, pinfo);

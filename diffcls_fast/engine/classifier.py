@@ -40,7 +40,9 @@ class DiffusionClassifier:
     ``max_scores``, ``cutoff_pval``, ``sides``, ``t_order``, ``rounds``, ``keep``,
     ``t_band``; see :data:`diffcls_fast.engine.policies.OPTIONS`) are keyword arguments.
     ``temperature`` and ``posterior_floor`` default to the model's calibration for the
-    policy (see :mod:`.calibration`).
+    policy (see :mod:`.calibration`). Every result carries ``ood_score`` and
+    ``out_of_distribution`` where the model ships an out-of-distribution rule for the policy
+    (see :mod:`.ood`); ``abstain_ood=True`` answers no label (``abstained``) for a flagged image.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class DiffusionClassifier:
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         noise: torch.Tensor | None = None,
+        abstain_ood: bool = False,
         **policy_options: Any,
     ):
         if isinstance(model, (str, Path)):
@@ -77,7 +80,9 @@ class DiffusionClassifier:
             use_cache=use_cache,
         )
         bank = NoiseBank(model.latent_shape, check_seed(seed), saved=noise)
-        options = RequestOptions.build(model, loss, bank, policy, policy_options, temperature, posterior_floor)
+        options = RequestOptions.build(
+            model, loss, bank, policy, policy_options, temperature, posterior_floor, abstain_ood
+        )
         self._init(model, config, options)
 
     def _init(self, model: ModelBundle, config: EngineConfig, options: RequestOptions) -> None:
@@ -129,6 +134,7 @@ class DiffusionClassifier:
         seed: int | None = None,
         temperature: float | None = None,
         posterior_floor: float | None = None,
+        abstain_ood: bool | None = None,
         **policy_options: Any,
     ) -> DiffusionClassifier:
         """A classifier with other per-request options, sharing this one's model and engine settings.
@@ -148,6 +154,7 @@ class DiffusionClassifier:
             seed=seed,
             temperature=temperature,
             posterior_floor=posterior_floor,
+            abstain_ood=abstain_ood,
             **policy_options,
         )
         return DiffusionClassifier.from_parts(self.model, self.config, options)

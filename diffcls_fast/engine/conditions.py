@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..models.bundle import ModelBundle
 
 Classes = ClassSpec | Sequence[str] | str | None
-UnknownWords = tuple[str, set[int]]  # the warning sentence, and the classes whose prompts hold the words
+Notice = tuple[str, set[int]]  # a warning sentence about the prompts, and the classes it concerns
 
 
 def class_spec(model: ModelBundle, classes: Classes, max_batch: int | None = None) -> ClassSpec:
@@ -83,18 +83,40 @@ def encode_conditions(model: ModelBundle, spec: ClassSpec, cache: EmbeddingCache
     return cond
 
 
-def unknown_words(model: ModelBundle, spec: ClassSpec) -> UnknownWords | None:
-    """A sentence naming the words of the prompts the tokenizer does not know, and the classes
-    whose prompts hold them (None if there are none)."""
-    finder = getattr(model, "unknown_words", None)
-    if finder is None or model.cond_kind != "text":
+def prompt_notices(model: ModelBundle, spec: ClassSpec) -> list[Notice]:
+    """What the text encoder will not see as written: prompts cut at its token limit, and words its tokenizer
+    does not know. One sentence each, with the classes concerned; empty when there is nothing to say."""
+    if model.cond_kind != "text":
+        return []
+    return [n for n in (_long_prompts(model, spec), _unknown_words(model, spec)) if n is not None]
+
+
+def _classes_of(spec: ClassSpec, prompts: set[int]) -> list[int]:
+    return [c for c, ids in enumerate(spec.class_prompts) if prompts & {int(i) for i in ids}]
+
+
+def _long_prompts(model: ModelBundle, spec: ClassSpec) -> Notice | None:
+    finder = getattr(model, "long_prompts", None)
+    found = finder(spec.prompts) if finder is not None else []  # [(prompt index, token count)]
+    if not found:
         return None
-    found = finder(spec.prompts)  # [(prompt index, word)]
+    limit = int(model.cond_shape[0])
+    shown = ", ".join(f"{spec.prompts[i]!r} ({n} tokens)" for i, n in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f"{'prompt' if len(found) == 1 else 'prompts'} {shown}{more} {'is' if len(found) == 1 else 'are'} longer"
+        f" than the {model.name} text encoder's {limit} tokens, which sees only the first {limit}",
+        set(_classes_of(spec, {i for i, _ in found})),
+    )
+
+
+def _unknown_words(model: ModelBundle, spec: ClassSpec) -> Notice | None:
+    finder = getattr(model, "unknown_words", None)
+    found = finder(spec.prompts) if finder is not None else []  # [(prompt index, word)]
     if not found:
         return None
     words = list(dict.fromkeys(w for _, w in found))
-    bad_prompts = {i for i, _ in found}
-    classes = [c for c, ids in enumerate(spec.class_prompts) if bad_prompts & {int(i) for i in ids}]
+    classes = _classes_of(spec, {i for i, _ in found})
     unk = getattr(model, "unk_token", None) or "the unknown token"
     them = "it" if len(words) == 1 else "them"
     names = quote_some([spec.names[c] for c in classes], "class", "classes")
@@ -103,9 +125,10 @@ def unknown_words(model: ModelBundle, spec: ClassSpec) -> UnknownWords | None:
     )
 
 
-def check_distinct(spec: ClassSpec, cond: torch.Tensor, unknown: UnknownWords | None = None) -> None:
+def check_distinct(spec: ClassSpec, cond: torch.Tensor, notices: Sequence[Notice] = ()) -> None:
     """Refuse classes whose conditions are identical (the same set of embedding rows): no image can
-    tell them apart, and the t-test could never drop one for the other (each would run to max_scores)."""
+    tell them apart, and the t-test could never drop one for the other (each would run to max_scores).
+    The reason given is the first of ``notices`` (cut prompts, unknown words) that concerns such classes."""
     row_id: dict[bytes, int] = {}
     prompt_group = []
     for chunk in cond.detach().reshape(len(cond), -1).split(64):  # bounded host memory for large tables
@@ -119,10 +142,10 @@ def check_distinct(spec: ClassSpec, cond: torch.Tensor, unknown: UnknownWords | 
     if same:
         groups = "; ".join(quote_some([spec.names[c] for c in cs], "", "", limit=6) for cs in same[:5])
         more = f" (and {len(same) - 5} more groups)" if len(same) > 5 else ""
-        if unknown is not None and any(set(cs) & unknown[1] for cs in same):
-            why = unknown[0]
-        else:
-            why = "their prompts encode to the same tokens (a tokenizer may ignore case, spacing and punctuation)"
+        why = next(
+            (sentence for sentence, classes in notices if any(set(cs) & classes for cs in same)),
+            "their prompts encode to the same tokens (a tokenizer may ignore case, spacing and punctuation)",
+        )
         raise UserError(
             f"classes with identical prompt embeddings cannot be told apart: {groups}{more}; {why}. "
             "Rename them, or drop all but one of each group"

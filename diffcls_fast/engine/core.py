@@ -45,7 +45,7 @@ import torch
 from .. import kernels
 from ..errors import NonFiniteInput, UserError
 from ..images import to_pixels
-from .conditions import Classes, UnknownWords, check_distinct, class_spec, encode_conditions, unknown_words
+from .conditions import Classes, Notice, check_distinct, class_spec, encode_conditions, prompt_notices
 from .noise import image_key
 from .options import EngineConfig, RequestOptions
 from .prompts import ClassSpec
@@ -120,9 +120,11 @@ class Request:
     id: int
     options: RequestOptions  # policy, noise bank, posterior temperature and floor
     spec: ClassSpec
-    warning: str | None  # the unknown-words sentence, if any (classify_iter issues it as a DiffclsWarning)
     chunk: int
     images: Iterator[tuple[int, Any]]
+    # sentences about the prompts (cut at the token limit, unknown words); classify_iter issues each as a
+    # DiffclsWarning, the server returns them in "warnings"
+    warnings: list[str] = field(default_factory=list)
     conditions: ClassConditions | None = None  # None for a one-class request (answered without the model)
     peeked: list = field(default_factory=list)  # the next (index, image), pulled ahead of its chunk
     exhausted: bool = False  # every input image has been pulled from ``images``
@@ -162,7 +164,7 @@ class Engine:
         self._ready: deque[Event] = deque()  # results known before scoring (failed inputs, one-class requests)
         self._ids = _REQUEST_IDS  # process-wide: a handle of an engine since replaced never names a live request
         self._uids = itertools.count()
-        self._memo: OrderedDict[tuple, tuple[torch.Tensor, UnknownWords | None]] = OrderedDict()
+        self._memo: OrderedDict[tuple, tuple[torch.Tensor, list[Notice]]] = OrderedDict()
         self.images_done = 0
 
     # -- requests ------------------------------------------------------------------------
@@ -179,35 +181,36 @@ class Engine:
         if options is None:
             raise ValueError("this engine has no default request options; pass options")
         spec = class_spec(self.model, classes, self.config.max_batch)
-        req = Request(next(self._ids), options, spec, None, max(1, int(chunk)), iter(enumerate(images)))
+        req = Request(next(self._ids), options, spec, max(1, int(chunk)), iter(enumerate(images)))
         if len(spec) > 1:
-            cond, unknown = self.encode_classes(spec, options.distinct_classes)
-            req.warning = unknown[0] if unknown is not None else None
+            cond, notices = self.encode_classes(spec, options.distinct_classes)
+            req.warnings = [sentence for sentence, _ in notices]
             prompt_rows = self.table.acquire(spec.prompts, cond)
             req.conditions = ClassConditions.from_class_prompts(spec.class_prompts, prompt_rows)
             self.runner.cond_table = self.table.tensor
         self._requests[req.id] = req
         return req
 
-    def encode_classes(self, spec: ClassSpec, distinct: bool = True) -> tuple[torch.Tensor, UnknownWords | None]:
-        """The spec's condition rows and unknown words, checked (memoised: a server sees the same
-        class lists again and again). ``distinct``: refuse classes that encode alike."""
+    def encode_classes(self, spec: ClassSpec, distinct: bool = True) -> tuple[torch.Tensor, list[Notice]]:
+        """The spec's condition rows and the notices about its prompts (cut, unknown words), checked
+        (memoised: a server sees the same class lists again and again). ``distinct``: refuse classes that encode
+        alike."""
         prompt_ids = tuple(tuple(int(i) for i in c) for c in spec.class_prompts)
         key = (distinct, tuple(spec.names), tuple(spec.prompts), prompt_ids)
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)
             return hit
-        unknown = unknown_words(self.model, spec)
+        notices = prompt_notices(self.model, spec)
         cond = encode_conditions(self.model, spec, self.config.cache)
         if distinct:
-            check_distinct(spec, cond, unknown)
+            check_distinct(spec, cond, notices)
         # Bounded by condition rows, not entries: one 1,000-prompt SD table is 315 MB.
         if len(cond) <= self.MEMO_ROWS:
-            self._memo[key] = (cond, unknown)
+            self._memo[key] = (cond, notices)
             while sum(len(c) for c, _ in self._memo.values()) > self.MEMO_ROWS:
                 self._memo.popitem(last=False)
-        return cond, unknown
+        return cond, notices
 
     def cancel(self, req: Request) -> None:
         """Stop work on ``req``: its images leave the scheduler (no more of their queries run) and its
@@ -359,7 +362,17 @@ class Engine:
     # -- results -------------------------------------------------------------------------
     def _result(self, req: Request, outcome, spent: int, seconds: float) -> ClassificationResult:
         o = req.options
-        return image_result(req.spec.names, outcome, spent, seconds, o.policy_name, o.temperature, o.posterior_floor)
+        return image_result(
+            req.spec.names,
+            outcome,
+            spent,
+            seconds,
+            o.policy_name,
+            o.temperature,
+            o.posterior_floor,
+            o.ood_threshold,
+            o.abstain_ood,
+        )
 
     def _failed(self, req: Request, message: str) -> ClassificationResult:
         return failed_result(req.spec.names, message, None, 0, 0.0, req.options.policy_name)
@@ -377,8 +390,9 @@ class Engine:
     ) -> Iterator[tuple[int, ClassificationResult]]:
         """Submit one request and step until it is done, yielding ``(input index, result)`` as images finish.
 
-        ``stats`` (if given) is filled with the run's counters; ``on_warning(sentence)`` hears the
-        unknown-words warning. A run abandoned half-way (the generator closed) cancels its request.
+        ``stats`` (if given) is filled with the run's counters; ``on_warning(sentence)`` hears each
+        notice about the prompts (cut at the token limit, unknown words). A run abandoned half-way (the generator
+        closed) cancels its request.
         The engine must serve nothing else meanwhile (a shared engine is driven with ``step()``,
         whose events name their request): another request's results would have no one to go to.
         """
@@ -389,8 +403,9 @@ class Engine:
         stats.backend, stats.dtype = m.backend, str(m.dtype).removeprefix("torch.")
         t_setup = time.perf_counter()
         req = self.submit(images, classes, options, chunk=chunk)
-        if req.warning is not None and on_warning is not None:
-            on_warning(req.warning)
+        if on_warning is not None:
+            for sentence in req.warnings:
+                on_warning(sentence)
         stats.setup_seconds = time.perf_counter() - t_setup
         t0 = time.perf_counter()
         before = self._counters()

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import DiffclsWarning, UserError
 from .cache import EmbeddingCache
 from .noise import NoiseBank, check_seed
+from .ood import ood_threshold
 from .policies import OPTIONS, Policy, PolicyConfig
 from .runner import LOSSES, Runner
 from .scheduler import SPECULATION, power_of_two_buckets
@@ -104,6 +105,8 @@ class RequestOptions:
     posterior_floor: float
     explicit: tuple[Any, Any] = (None, None)
     distinct_classes: bool = True  # refuse classes whose conditions are identical (match allows them)
+    ood_threshold: float | None = None  # the model's out-of-distribution rule for this policy and loss (see .ood)
+    abstain_ood: bool = False  # answer no label for an image the rule flags
 
     @classmethod
     def build(
@@ -115,12 +118,15 @@ class RequestOptions:
         policy_options: dict | None = None,
         temperature: Any = None,
         posterior_floor: Any = None,
+        abstain_ood: Any = False,
     ) -> RequestOptions:
-        """Checked options for ``model`` scored with ``loss``: the policy and its options, the noise bank, and
-        the posterior's temperature and floor (None: the model's calibration for the policy and loss)."""
+        """Checked options for ``model`` scored with ``loss``: the policy and its options, the noise bank, the
+        posterior's temperature and floor (None: the model's calibration for the policy and loss), and whether
+        to abstain on out-of-distribution images."""
         cfg = policy_config(model, policy, policy_options or {}, bank)
         t, f = posterior_params(model, cfg.name, loss, temperature, posterior_floor)
-        return cls(cfg, bank, t, f, (temperature, posterior_floor))
+        abstain = check_abstain(abstain_ood)
+        return cls(cfg, bank, t, f, (temperature, posterior_floor), True, ood_threshold(model, cfg, loss), abstain)
 
     def derive(
         self,
@@ -131,6 +137,7 @@ class RequestOptions:
         seed: int | None = None,
         temperature: float | None = None,
         posterior_floor: float | None = None,
+        abstain_ood: bool | None = None,
         **policy_options: Any,
     ) -> RequestOptions:
         """These options with some replaced (unnamed policy options keep their values).
@@ -155,7 +162,17 @@ class RequestOptions:
         elif posterior_floor is not None:
             explicit = (explicit[0], posterior_floor)
         t, f = posterior_params(model, cfg.name, loss, *explicit)
-        return replace(self, policy=cfg, bank=bank, temperature=t, posterior_floor=f, explicit=explicit)
+        abstain = self.abstain_ood if abstain_ood is None else check_abstain(abstain_ood)
+        return replace(
+            self,
+            policy=cfg,
+            bank=bank,
+            temperature=t,
+            posterior_floor=f,
+            explicit=explicit,
+            ood_threshold=ood_threshold(model, cfg, loss),
+            abstain_ood=abstain,
+        )
 
     @property
     def policy_name(self) -> str:
@@ -163,6 +180,12 @@ class RequestOptions:
 
 
 # -- checks -------------------------------------------------------------------------------------
+def check_abstain(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise UserError(f"abstain_ood must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise UserError(f"{name} must be a positive integer, got {value!r}")

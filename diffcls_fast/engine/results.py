@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ood import ood_score
+
 
 def finalists(n_scores: np.ndarray, label: int) -> np.ndarray:
     """The classes of the policy's last comparison: those scored as often as the label (bool [C]).
@@ -63,10 +65,19 @@ class ClassificationResult:
     seconds: float  # admission to completion (latency inside a batched run)
     policy: str = ""
     error: str | None = None  # why this image failed (a non-finite score, a policy bug); None: it did not
+    # The winner's mean error over the model's out-of-distribution threshold (see .ood): above 1, the image is
+    # unlike the model's training data. None: the model ships no rule for this policy and loss.
+    ood_score: float | None = None
+    abstained: bool = False  # the caller asked to abstain on out-of-distribution images, and this is one
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """True when the winner's error is above the model's threshold; None when there is no rule."""
+        return None if self.ood_score is None else self.ood_score > 1.0
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable classes; classes pruned earlier (probability 0) follow, the last pruned first."""
@@ -80,7 +91,8 @@ class ClassificationResult:
 
     def to_dict(self, top_k: int = 5) -> dict:
         return {
-            "label": self.label_name,
+            # an abstention answers no label (null); the best guess stays in label_index and top
+            "label": None if self.abstained else self.label_name,
             "label_index": self.label,
             "top": [{"class": n, "p": round(p, 6)} for n, p in self.top(top_k)],
             "mean_errors": {
@@ -92,6 +104,9 @@ class ClassificationResult:
             "seconds": round(self.seconds, 4),
             "policy": self.policy,
             "error": self.error,  # always present (null when the image did not fail): one schema for every row
+            "out_of_distribution": self.out_of_distribution,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "abstained": self.abstained,
         }
 
 
@@ -139,9 +154,20 @@ class RunStats:
         }
 
 
-def image_result(names: list[str], outcome, spent: int, seconds: float, policy: str, temperature: float, floor: float):
+def image_result(
+    names: list[str],
+    outcome,
+    spent: int,
+    seconds: float,
+    policy: str,
+    temperature: float,
+    floor: float,
+    ood_threshold: float | None = None,
+    abstain_ood: bool = False,
+):
     """An image's :class:`ClassificationResult` from its policy's outcome (None: a one-class request,
-    answered without the model; an outcome with a failure: a failed image)."""
+    answered without the model; an outcome with a failure: a failed image). ``ood_threshold``: the model's
+    out-of-distribution rule for this policy (None: none); ``abstain_ood``: abstain on a flagged image."""
     if outcome is None:
         return ClassificationResult(
             0, names[0], names, np.ones(1), np.full(1, np.nan), np.zeros(1, np.int64), 0, 0, seconds, policy
@@ -149,6 +175,7 @@ def image_result(names: list[str], outcome, spent: int, seconds: float, policy: 
     if outcome.failure is not None:  # this image failed (a NaN/inf score, or a policy bug); the run goes on
         return failed_result(names, outcome.failure.message(names), outcome, spent, seconds, policy)
     probs = posterior(outcome.mean_errors, outcome.n_scores, outcome.label, temperature, floor)
+    score = ood_score(outcome.mean_errors[outcome.label], ood_threshold)
     return ClassificationResult(
         label=outcome.label,
         label_name=names[outcome.label],
@@ -160,6 +187,8 @@ def image_result(names: list[str], outcome, spent: int, seconds: float, policy: 
         evaluations_spent=spent,
         seconds=seconds,
         policy=policy,
+        ood_score=score,
+        abstained=bool(abstain_ood and score is not None and score > 1.0),
     )
 
 

@@ -16,7 +16,7 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
     from ..engine.noise import check_seed, load_noise_file
     from ..models import load_model
     from ..models.common import resolve_device
-    from .aoti_export import export_aoti, require_aoti
+    from .aoti_export import MAX_BATCH, MIN_BATCH, export_aoti, require_aoti
     from .backends import artifact_dir
     from .onnx_export import writable_dir
 
@@ -38,6 +38,18 @@ def cmd_export_aoti(a: argparse.Namespace, sizes: list[int]) -> int:
         raise UserError("--format aoti exports for the CPU (the native runner's device); use --device cpu")
     if a.dtype not in ("auto", "fp32", "float32"):
         raise UserError(f"--format aoti exports float32 (got --dtype {a.dtype})")
+    if sizes[-1] > MAX_BATCH:
+        raise UserError(
+            f"--batch-sizes {sizes[-1]}: --format aoti compiles batches up to {MAX_BATCH} (the native runner runs on"
+            " a CPU, where larger batches gain nothing); give smaller sizes"
+        )
+    if sizes[0] < MIN_BATCH:
+        # not silent: the package's range says 2.., which would otherwise look like --batch-sizes was ignored
+        print(
+            f"note: --batch-sizes {sizes[0]}: a batch of 1 runs padded to {MIN_BATCH} (torch.export fixes a size-1"
+            " axis, so packages start at 2)",
+            file=sys.stderr,
+        )
     require_aoti()
     writable_dir(a.out)
     art_dir = writable_dir(artifact_dir(a.cache_dir))

@@ -44,6 +44,9 @@ MANIFEST_VERSION = 1
 # The batch size where diffusers' Upsample2D changes its traced program (see the module docstring).
 UPSAMPLE_GUARD = 64
 MIN_BATCH = 2  # torch.export specialises a size-1 axis; batch 1 is padded to 2
+# The largest batch a package is compiled for. The native runner runs on a CPU, where batches past a few hundred
+# rows gain nothing; far larger bounds (10^8) make torch.export's shape constraints fail after a minute of tracing.
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,15 @@ def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float
     with torch.no_grad(), _quiet_pytree():
         # strict=False (torch.export's default): trace the module by running it in Python. Strict
         # (dynamo) tracing gives the same graph for the digits UNet; non-strict is the robust choice.
-        ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        try:
+            ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        except Exception as e:  # torch's UserError "Constraints violated (batch)!" and kin: the range, not a bug
+            if "Constraints violated" not in str(e):
+                raise
+            raise UserError(
+                f"torch.export cannot compile this network for every batch in {rng.lo}..{rng.hi}"
+                f" ({str(e).strip().splitlines()[0]}); give smaller --batch-sizes"
+            ) from None
     tmp = path.with_name(path.stem + ".tmp.pt2")  # the packager insists on the .pt2 suffix
     with _quiet_pytree():
         torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))
@@ -180,6 +191,22 @@ def cached_packages(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]) 
     return runner, [{"path": str(path), "range": [rng.lo, rng.hi], "compile_seconds": s} for rng, path, s in done]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """``safetensors.torch.save_file``, with the permissions of any file this process creates (0666 less the
+    umask): safetensors creates its files 0600, so an export folder would be half private, half readable, and a
+    runner under another user could read the manifest but not the tensors it names."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _place(src: Path, dest: Path) -> None:
     """Copy a cached package into the export folder (a hard link when both are on one file system)."""
     tmp = dest.with_name(dest.name + ".tmp")
@@ -231,9 +258,8 @@ def export_aoti(
     table and calibration are the ones ``classify`` uses). Packages already in ``out_dir`` with
     the same key are reused unless ``force``.
     """
-    from safetensors.torch import save_file
 
-    from ..engine.conditions import check_distinct, encode_conditions
+    from ..engine.conditions import check_distinct, encode_conditions, prompt_notices
     from .onnx_export import writable_dir
 
     require_aoti()
@@ -252,7 +278,7 @@ def export_aoti(
     out = writable_dir(out_dir)
     spec = clf.class_spec(classes)
     cond = encode_conditions(bundle, spec, clf.config.cache)
-    check_distinct(spec, cond)
+    check_distinct(spec, cond, prompt_notices(bundle, spec))
 
     packages = []
     for rng, path, seconds in compile_cached(bundle, art_dir, batch_sizes, force=force):
@@ -278,20 +304,20 @@ def export_aoti(
             stale.unlink()
 
     acp = bundle.alphas_cumprod.to(torch.float64).cpu()
-    save_file(
+    save_tensors(
         {
             "alphas_cumprod": acp.contiguous(),
             "sqrt_ab": acp.sqrt().float().contiguous(),
             "sqrt_1mab": (1 - acp).sqrt().float().contiguous(),
         },
-        str(out / "schedule.safetensors"),
+        out / "schedule.safetensors",
     )
     cond_cpu = cond.detach().to("cpu")
     cond_cpu = cond_cpu.to(torch.int64) if bundle.cond_kind == "class" else cond_cpu.float()
-    save_file({"cond": cond_cpu.contiguous()}, str(out / "conditions.safetensors"))
+    save_tensors({"cond": cond_cpu.contiguous()}, out / "conditions.safetensors")
     files = {"schedule": "schedule.safetensors", "conditions": "conditions.safetensors"}
     if noise is not None:
-        save_file({"noise": torch.as_tensor(noise, dtype=torch.float32).contiguous()}, str(out / "noise.safetensors"))
+        save_tensors({"noise": torch.as_tensor(noise, dtype=torch.float32).contiguous()}, out / "noise.safetensors")
         files["noise"] = "noise.safetensors"
     elif (out / "noise.safetensors").exists():
         (out / "noise.safetensors").unlink()  # a stale noise file must not be picked up by the runner
@@ -337,9 +363,8 @@ def save_pixels(pixels: torch.Tensor, path: str | Path) -> None:
     The file is safetensors with one tensor ``image`` ([C, H, W]) or ``images`` ([N, C, H, W]);
     ``diffcls-run`` reads it without PNG support (see csrc/README.md).
     """
-    from safetensors.torch import save_file
 
     x = torch.as_tensor(pixels, dtype=torch.float32).contiguous()
     if x.dim() not in (3, 4):
         raise UserError(f"pixels of shape {list(x.shape)}; expected [C, H, W] or [N, C, H, W]")
-    save_file({"image" if x.dim() == 3 else "images": x}, str(path))
+    save_tensors({"image" if x.dim() == 3 else "images": x}, Path(path))

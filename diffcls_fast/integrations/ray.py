@@ -108,14 +108,12 @@ def _info(clf, spec) -> dict:
 
 
 def _probe(factory: tuple, classes: Any) -> dict:
-    from ..engine.conditions import unknown_words
+    from ..engine.conditions import prompt_notices
 
     clf = factory[0](*factory[1])
     spec = clf.class_spec(classes)
-    unknown = (
-        unknown_words(clf.model, spec) if len(spec) > 1 else None
-    )  # the warning classify_iter gives in every actor
-    return {**_info(clf, spec), "warning": unknown[0] if unknown else None}
+    notices = prompt_notices(clf.model, spec) if len(spec) > 1 else []  # the warnings classify_iter gives in actors
+    return {**_info(clf, spec), "warnings": [sentence for sentence, _ in notices]}
 
 
 class ClassifyBatch:
@@ -408,7 +406,7 @@ class RayClassifier:
             try:
                 # log_to_driver=False: the workers' log lines would land on this process's stdout and stderr at any
                 # time, after the --json summary too; an actor's error comes back with its exception, and the
-                # one warning a run gives (unknown words) is reported by the probe.
+                # warnings a run gives (prompts cut, unknown words) are reported by the probe.
                 ray.init(logging_level="ERROR", log_to_driver=False, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"--ray-address {a.ray_address}" if a.ray_address else "a local Ray instance"
@@ -453,10 +451,10 @@ class RayClassifier:
     # the attributes eval reads
     def class_spec(self, classes: Any):
         info = self._probe(classes)
-        if info["warning"]:
-            from ..errors import DiffclsWarning
+        from ..errors import DiffclsWarning
 
-            warnings.warn(DiffclsWarning(info["warning"]), stacklevel=2)
+        for sentence in info["warnings"]:
+            warnings.warn(DiffclsWarning(sentence), stacklevel=2)
         self.remote_settings = info["settings"]
         self.kernels_backend = info["kernels"]
         self.temperature, self.posterior_floor, self.policy_cfg = (

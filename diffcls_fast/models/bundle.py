@@ -46,6 +46,9 @@ class ModelBundle:
     # pairs it would encode as ``unk_token``. None where every string has an encoding (CLIP's byte-level BPE).
     unknown_words: Callable[[Sequence[str]], list[tuple[int, str]]] | None = None
     unk_token: str | None = None
+    # Text models: the (prompt index, token count) of each prompt longer than the text encoder takes
+    # (``cond_shape[0]`` tokens, special tokens included); the encoder sees only the first ones.
+    long_prompts: Callable[[Sequence[str]], list[tuple[int, int]]] | None = None
     # Posterior calibration fitted on the model's train split, per policy name:
     # {"halving": {"temperature": T, "floor": alpha, "loss": "l2", ...}} (see engine/calibration.py); it applies
     # only to runs with the loss it was fitted with (no "loss": l2). Empty: none shipped.

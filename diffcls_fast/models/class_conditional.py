@@ -19,7 +19,6 @@ from .common import (
     alphas_cumprod_from_config,
     check_pixel_channels,
     check_vae_folder,
-    component_config,
     load_weights,
     make_class_encoder,
     make_image_encoder,
@@ -34,6 +33,7 @@ from .common import (
     vae_resolution,
 )
 from .fingerprint import fingerprint_paths
+from .locate import component_config
 
 
 def check_dit(folder: Path) -> None:

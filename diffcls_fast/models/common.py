@@ -101,17 +101,6 @@ def read_json(p: Path) -> dict:
     return d
 
 
-def component_config(folder: Path, sub: str) -> dict:
-    """``folder/sub/config.json``, or {} when it is missing or unreadable: for telling layouts apart,
-    where a broken config is reported later by the loader that reads it."""
-    cfg = folder / sub / "config.json"
-    try:
-        d = json.loads(cfg.read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def need_component(folder: Path, sub: str, what: str) -> Path:
     """``folder/sub``, refused unless it is there with a config.json and safetensors weights (tokenizer/ and
     scheduler/ have no weights)."""

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
 from .bundle import ModelBundle
 from .bundled import BUNDLED
 from .class_conditional import load_class_conditional
-from .common import component_config, resolve_device, resolve_dtype
+from .common import resolve_device, resolve_dtype
+from .locate import PRESET_PREFIX, family, model_folder
 from .presets import load_preset
 from .text_to_image import load_text_to_image
 
@@ -35,29 +35,13 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     name = str(name_or_path)
-    if name.startswith("preset:"):
-        return load_preset(name.removeprefix("preset:"), device=dev, dtype=dt)
-    folder = BUNDLED.get(name, Path(name).expanduser())
-    if not folder.exists():
-        known = ", ".join(sorted(BUNDLED))
-        raise UserError(f"model {name!r}: no such folder (bundled models: {known}; presets: preset:NAME)")
-    if not folder.is_dir():
-        raise UserError(f"model {name!r}: not a folder")
+    if name.startswith(PRESET_PREFIX):
+        return load_preset(name.removeprefix(PRESET_PREFIX), device=dev, dtype=dt)
+    folder = model_folder(name)
     load = detect_family(folder)
     return load(folder, name=name if name in BUNDLED else folder.resolve().name, device=dev, dtype=dt)
 
 
 def detect_family(folder: Path) -> Callable[..., ModelBundle]:
     """The loader for ``folder``, from which components it has."""
-    if (folder / "transformer").is_dir():
-        return load_class_conditional
-    if (folder / "unet").is_dir() and component_config(folder, "unet").get("_class_name", "") == "UNet2DModel":
-        return load_class_conditional
-    if (folder / "unet").is_dir() and (folder / "text_encoder").is_dir():
-        return load_text_to_image
-    if (folder / "unet").is_dir():
-        missing = ", ".join(s + "/" for s in ("text_encoder", "tokenizer") if not (folder / s).is_dir())
-        needs = "a text-to-image folder needs unet/, scheduler/, text_encoder/ and tokenizer/"
-        raise UserError(f"{folder}: missing {missing} ({needs})")
-    layouts = "expected unet/, scheduler/, text_encoder/, tokenizer/ and optionally vae/, or transformer/ for DiT"
-    raise UserError(f"{folder}: missing unet/ (not a diffusion model folder; {layouts})")
+    return {"class_conditional": load_class_conditional, "text_to_image": load_text_to_image}[family(folder)]

@@ -104,6 +104,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
     unknown_words = make_unknown_word_finder(tokenizer)
+    long_prompts = make_long_prompt_finder(tokenizer, max_len)
     components = [unet_dir, te_dir, tok_dir, folder / "scheduler", *([vae_dir] if vae_dir else [])]
     return ModelBundle(
         name=name,
@@ -130,6 +131,7 @@ def load_text_to_image(folder: Path, *, name: str, device: torch.device, dtype: 
         calibration=_calibration(meta.get("calibration", {}), folder),
         unknown_words=unknown_words,
         unk_token=tokenizer.unk_token if unknown_words is not None else None,
+        long_prompts=long_prompts,
     )
 
 
@@ -163,7 +165,24 @@ def _calibration(cal: object, folder: Path) -> dict:
         if c.get("loss", "l2") not in ("l2", "l1", "huber", "x0"):
             what = f"calibration[{policy!r}] has loss {c['loss']!r}"
             raise UserError(f"{where}: {what}; it must be l2, l1, huber or x0 (the loss it was fitted with)")
+        ood = c.get("out_of_distribution")
+        if ood is not None:
+            t = ood.get("threshold") if isinstance(ood, dict) else None
+            if not (isinstance(t, (int, float)) and t > 0 and isinstance(ood.get("policy"), dict)):
+                needs = "needs a threshold > 0 and the policy it was fitted with"
+                raise UserError(f"{where}: calibration[{policy!r}].out_of_distribution {needs}, got {ood!r}")
     return cal
+
+
+def make_long_prompt_finder(tokenizer, max_len: int) -> Callable[[Sequence[str]], list[tuple[int, int]]]:
+    """A function listing the (prompt index, token count) of ``prompts`` longer than ``max_len`` tokens, the
+    special tokens counted as the encoder sees them: those prompts are cut to ``max_len``."""
+
+    def long_prompts(prompts: Sequence[str]) -> list[tuple[int, int]]:
+        enc = tokenizer(list(prompts), truncation=False, verbose=False)
+        return [(i, len(ids)) for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_len]
+
+    return long_prompts
 
 
 def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[int, str]]] | None:
@@ -178,7 +197,9 @@ def make_unknown_word_finder(tokenizer) -> Callable[[Sequence[str]], list[tuple[
         return None  # byte-level BPE: no unknown token in the model itself
 
     def unknown_words(prompts: Sequence[str]) -> list[tuple[int, str]]:
-        enc = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: no "[transformers] Token indices sequence length ..." line for a long prompt; the
+        # engine says itself which prompts are cut (make_long_prompt_finder)
+        enc = tokenizer(list(prompts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         out = []
         for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             for tid, (a, b) in zip(ids, offsets):

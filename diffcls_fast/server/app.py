@@ -32,10 +32,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..errors import UserError
 from .engine_loop import EngineLoop, Job
 from .limits import HTTPError, Limits, bad, decode_image, parse_params, too_large
 from .metrics import CONTENT_TYPE, Metrics
@@ -64,9 +65,12 @@ def create_app(
     api_key: str | None = None,
     warmup: bool = True,
     on_stopped: Callable[[int], None] | None = None,
+    on_load_failed: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The app; ``load()`` returns the :class:`DiffusionClassifier` to serve (called once, in the engine loop thread).
-    ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout."""
+    ``on_stopped(n)`` runs after shutdown; ``n`` requests were cut short by the graceful-shutdown timeout.
+    ``on_load_failed(reason)`` runs (in the loop thread) when ``load()`` raises; without it the reason is logged and
+    the app stays up, answering 503 with the reason (for embedding)."""
     limits = limits or Limits()
     metrics = Metrics()
     cut_short = [0]  # requests answered 503 because the shutdown timeout cancelled them
@@ -81,7 +85,7 @@ def create_app(
             "the server shut down (--graceful-timeout passed) before this request was answered; its work was dropped",
         )
 
-    loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup)
+    loop = EngineLoop(load, metrics, max_queue=limits.max_queue, warmup=warmup, on_load_failed=on_load_failed)
     key = api_key.encode() if api_key else None
 
     def authorize(request: Request) -> None:
@@ -102,11 +106,16 @@ def create_app(
         if n is not None and n.isdigit() and int(n) > limits.max_body_bytes:
             raise too_large(f"the request body is {int(n)} bytes; the limit is {limits.max_body_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise too_large(f"the request body is over the limit of {limits.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise too_large(f"the request body is over the limit of {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client closed before sending the whole body: a dropped client, not a bug
+            raise HTTPError(
+                499, "client_closed", "the client closed the connection before the body was complete"
+            ) from None
         return b"".join(chunks)
 
     async def parse_request(request: Request) -> tuple[dict, list[tuple[str, bytes]]]:
@@ -189,6 +198,9 @@ def create_app(
 
     async def run_job(request: Request, job: Job) -> list:
         fut = asyncio.wrap_future(loop.submit(job))
+        # The loop may still fail the job after this handler gave up on it (a shutdown cut it short, the client
+        # left): retrieve that outcome so asyncio does not log "Future exception was never retrieved".
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while True:
                 done, _ = await asyncio.wait({fut}, timeout=0.25)
@@ -199,6 +211,7 @@ def create_app(
                     loop.cancel(job)
                     raise HTTPError(499, "client_closed", "the client closed the connection")
         except asyncio.CancelledError:
+            fut.cancel()
             loop.cancel(job)
             raise
 
@@ -212,7 +225,10 @@ def create_app(
             clf = loop.clf
             check_engine_fields(params, clf)
             hw, ch = clf.model.image_hw, clf.model.image_channels
-            pixels = await run_in_threadpool(lambda: [decode_image(n, d, limits, hw, ch) for n, d in params.images])
+            notes: list[str] = []  # about the images (several frames); the prompts' notices come from the engine
+            pixels = await run_in_threadpool(
+                lambda: [decode_image(n, d, limits, hw, ch, notes) for n, d in params.images]
+            )
             job = Job(pixels, params.classes, params.options, params.timeout)
             results = await run_job(request, job)
             view_policy = results[0].policy if results else ""
@@ -224,7 +240,7 @@ def create_app(
                 "model": clf.model.name,
                 "describe": clf.model.describe(),
                 "policy": view_policy,
-                "warnings": [job.warning] if job.warning else [],
+                "warnings": notes + list(job.warnings),
                 "evaluations_spent": int(sum(r.evaluations_spent for r in results)),
                 "seconds": round(time.perf_counter() - t0, 4),
             }
@@ -249,7 +265,6 @@ def create_app(
             check_ready()
             fields, files = await parse_request(request)
             from ..engine.match import check_captions
-            from ..errors import UserError
 
             extra = {k: fields.pop(k) for k in ("captions", "n_grid", "shared_noise") if k in fields}
             if "captions" not in extra:
@@ -387,7 +402,6 @@ def create_app(
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: any free port), or a UserError saying why not."""
-    from ..errors import UserError
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -421,7 +435,18 @@ def serve(
     sock = bind(host, port)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
 
+    failed: list[str] = []  # why the model did not load, when it did not
+    server: Any = None
+
+    def load_failed(reason: str) -> None:
+        # A server that cannot serve exits at once (non-zero), like every other command with a bad model,
+        # instead of answering 503 "failed" until someone notices.
+        failed.append(reason)
+        server.should_exit = True
+
     def stopped(cut: int) -> None:
+        if failed:
+            return
         what = (
             "requests in flight answered"
             if not cut
@@ -429,7 +454,7 @@ def serve(
         )
         print(f"diffcls-fast: server stopped ({what})", file=sys.stderr, flush=True)
 
-    app = create_app(load, limits, api_key, warmup, on_stopped=stopped)
+    app = create_app(load, limits, api_key, warmup, on_stopped=stopped, on_load_failed=load_failed)
     h, p = sock.getsockname()[:2]
     shown = f"[{h}]" if ":" in h else h
     print(
@@ -444,7 +469,10 @@ def serve(
     # On SIGINT/SIGTERM uvicorn stops accepting, waits for the open requests, runs the lifespan
     # shutdown (the engine loop finishes what it accepted), then re-raises the signal: the exit
     # status says which signal stopped the server, as process supervisors expect.
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if failed:
+        raise UserError(f"the model failed to load, so the server stopped: {failed[0]}")
 
 
 class ServerThread:

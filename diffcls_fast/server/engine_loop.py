@@ -41,7 +41,7 @@ class Job:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     accepted_at: float = field(default_factory=time.monotonic)
     results: list[Any] = field(default_factory=list)
-    warning: str | None = None
+    warnings: list[str] = field(default_factory=list)
     request: Any = None  # the engine's handle, once admitted
     match: tuple | None = (
         None  # (captions, n_grid, shared_noise) for POST /v1/match; the future then resolves to a MatchResult
@@ -57,8 +57,16 @@ class EngineLoop:
     """``load()`` builds the classifier (in the loop thread: loading takes seconds and the HTTP server answers /healthz
     meanwhile)."""
 
-    def __init__(self, load: Callable[[], Any], metrics: Metrics, max_queue: int = 256, warmup: bool = True):
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        metrics: Metrics,
+        max_queue: int = 256,
+        warmup: bool = True,
+        on_load_failed: Callable[[str], None] | None = None,
+    ):
         self._load = load
+        self._on_load_failed = on_load_failed
         self.metrics = metrics
         self.max_queue = max_queue
         self.warmup = warmup
@@ -140,9 +148,12 @@ class EngineLoop:
                 self._warm_up()
         except Exception as e:  # the model does not load: /healthz says why, requests get 503
             self.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
-            log.error("diffcls-fast: error: %s", self.load_error)
             with self._cv:
                 self._stopping = True
+            if self._on_load_failed is not None:
+                self._on_load_failed(self.load_error)  # `serve` exits non-zero: a server that cannot serve
+            else:
+                log.error("diffcls-fast: error: %s", self.load_error)
             return
         self.metrics.ready = 1
         self.ready.set()
@@ -234,7 +245,7 @@ class EngineLoop:
             self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
             return
         job.request = req
-        job.warning = req.warning
+        job.warnings = req.warnings
         job.results = [None] * len(job.pixels)
         self._live[req.id] = job
 

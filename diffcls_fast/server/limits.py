@@ -63,6 +63,7 @@ _FIELDS = {
     "policy",
     "options",
     "temperature",
+    "abstain_ood",
     "top_k",
     "timeout",
     "loss",
@@ -129,6 +130,10 @@ def parse_params(body: dict, files: list[tuple[str, bytes]], limits: Limits) -> 
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
             raise bad(f"temperature must be a finite number > 0, got {t!r}")
         p.options["temperature"] = float(t)
+    if body.get("abstain_ood") is not None:
+        if not isinstance(body["abstain_ood"], bool):
+            raise bad(f"abstain_ood must be true or false, got {body['abstain_ood']!r}")
+        p.options["abstain_ood"] = body["abstain_ood"]
     p.options.update(_policy_options(body.get("options")))
     if body.get("top_k") is not None:
         p.top_k = _int("top_k", body["top_k"], lo=1)
@@ -250,14 +255,16 @@ def _is(v: Any, t: type) -> bool:
     return isinstance(v, t)
 
 
-def decode_image(name: str, data: bytes, limits: Limits, hw: tuple[int, int], channels: int):
+def decode_image(
+    name: str, data: bytes, limits: Limits, hw: tuple[int, int], channels: int, notes: list[str] | None = None
+):
     """Encoded image bytes -> the model's preprocessed pixels (a tensor), or an HTTPError.
 
     The pixel count is checked from the header, before the image is decoded (a small
-    PNG can declare gigapixels)."""
+    PNG can declare gigapixels). A file with several frames adds a sentence to ``notes``."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..images import to_pixels
+    from ..images import frames_note, to_pixels
 
     try:
         im = Image.open(io.BytesIO(data))
@@ -276,6 +283,9 @@ def decode_image(name: str, data: bytes, limits: Limits, hw: tuple[int, int], ch
         raise bad(
             f"{name}: cannot decode the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         ) from None
+    note = frames_note(name, im)
+    if note and notes is not None:
+        notes.append(note)
     try:
         return to_pixels(im, hw, channels, name=name)
     except UserError as e:

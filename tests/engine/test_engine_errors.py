@@ -296,3 +296,20 @@ def test_saved_noise_too_short_for_the_policy_is_refused_up_front(model, pil):
     with pytest.raises(UserError, match="may use up to 20 samples"):
         ok.match(pil[:1], ["the digit one", "the digit two"], n_grid=20)
     assert ok.with_options(policy="exhaustive", n_grid=16).classify(pil[:1])[0].evaluations == 160
+
+
+def test_a_prompt_cut_at_the_token_limit_is_said_once_and_is_the_reason_for_a_refusal(model, pil):
+    """The digits encoder takes 16 tokens: a longer class prompt is cut (one warning naming it, no transformers
+    line), and two classes equal after the cut are refused for that reason, not for "case, spacing and
+    punctuation"."""
+    long = "one two three four five six seven eight nine " * 2
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        r = DiffusionClassifier(model, **FAST).classify([pil[0]], ["seven", long + "one"])[0]
+    assert r.ok
+    said = [str(w.message) for w in got]
+    assert len(said) == 1 and "(24 tokens) is longer than the digits text encoder's 16 tokens" in said[0], said
+    with pytest.raises(UserError) as e:
+        DiffusionClassifier(model, **FAST).classify([pil[0]], [long + "zero", long + "one"])
+    assert "longer than the digits text encoder's 16 tokens" in str(e.value)
+    assert "case, spacing and punctuation" not in str(e.value)

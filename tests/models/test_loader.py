@@ -62,3 +62,13 @@ def test_missing_component_is_one_line(tmp_path, remove, fragment):
     with pytest.raises(UserError, match=fragment) as e:
         load_model(str(dst), device="cpu")
     assert "\n" not in str(e.value)
+
+
+def test_an_empty_model_name_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):
+    from diffcls_fast.errors import UserError
+    from diffcls_fast.models.loader import load_model
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("", "  "):
+        with pytest.raises(UserError, match="--model is empty"):
+            load_model(name)

@@ -65,6 +65,8 @@ def test_export_folder_and_manifest(aoti_dir, digits):
     assert man["batch_sizes"] == [EXPORT_BATCH]
     assert [(p["min_batch"], p["max_batch"]) for p in man["packages"]] == [(2, EXPORT_BATCH)]
     assert (aoti_dir / man["packages"][0]["file"]).is_file()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in aoti_dir.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the tensors are as readable as the manifest that names them
     assert man["classes"] == CLASS_NAMES and man["class_prompts"] == [[i] for i in range(10)]
     assert man["preprocessing"] == {
         "height": 8,
@@ -142,6 +144,10 @@ def test_export_aoti_user_errors(tmp_path):
     )
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--dtype", "fp16"), "exports float32")
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--batch-sizes", "8,x"), "comma-separated integers")
+    one_line(run_cli("export", "--format", "aoti", "--out", out, "--batch-sizes", "100000000"), "up to 4096")
     one_line(run_cli("export", "--format", "aoti", "--out", out, "--classes", "one,one"), "duplicate class name")
     (tmp_path / "file").write_text("")
     one_line(run_cli("export", "--format", "aoti", "--out", str(tmp_path / "file")), "not a folder")
+    # batch 1 is padded to 2 and says so (checked before the folder, so the refusal below ends the run at once)
+    r = run_cli("export", "--format", "aoti", "--out", str(tmp_path / "file"), "--batch-sizes", "1")
+    assert r.returncode == 2 and "note: --batch-sizes 1: a batch of 1 runs padded to 2" in r.stderr, r.stderr

@@ -142,6 +142,24 @@ def test_native_runner_user_errors(native_build, aoti_dir, tmp_path):
         one_line_error(run_native(native_build, aoti_dir, tmp_path / "big.png"), "16x16", "8x8")
         Image.new("RGB", (8, 8)).save(tmp_path / "rgb.png")
         one_line_error(run_native(native_build, aoti_dir, tmp_path / "rgb.png"), "8-bit grayscale")
+        Image.new("L", (8, 8), 200).save(tmp_path / "full.png")
+        (tmp_path / "torn.png").write_bytes((tmp_path / "full.png").read_bytes()[:-20])  # truncated: no libpng line
+        one_line_error(run_native(native_build, aoti_dir, tmp_path / "torn.png"), "torn.png: cannot decode PNG")
+    import torch
+    from safetensors.torch import save_file
+
+    for name, tensors, words in (
+        ("rank.safetensors", {"image": torch.zeros(8, 8)}, ("rank.safetensors", "shape [8, 8]", "[1, 8, 8]")),
+        ("rank4.safetensors", {"images": torch.zeros(2, 8, 8)}, ("'images' has shape [2, 8, 8]", "[N, 1, 8, 8]")),
+        ("none.safetensors", {"images": torch.zeros(0, 1, 8, 8)}, ("none.safetensors", "holds no images (N = 0)")),
+        (
+            "range.safetensors",
+            {"images": torch.full((2, 1, 8, 8), 0.5).index_fill_(0, torch.tensor([1]), 3.0)},
+            ("range.safetensors#1", "expected [-1, 1]"),
+        ),
+    ):
+        save_file(tensors, str(tmp_path / name))
+        one_line_error(run_native(native_build, aoti_dir, tmp_path / name), *words)
 
 
 def test_native_runner_noise_rows_are_checked(native_build, aoti_dir, heldout, tmp_path):

@@ -185,6 +185,7 @@ def test_malformed_requests_are_400_with_one_line(server, body, message):
         ({"options": {"bogus": 1}}, "unknown policy option"),
         ({"seed": -1}, "seed must be >= 0"),
         ({"temperature": 0}, "temperature"),
+        ({"abstain_ood": "yes"}, "abstain_ood must be true or false"),
         ({"loss": "l1"}, "loss 'l2'"),
         ({"model": "numbers"}, "serves model 'digits', not 'numbers'"),
         ({"model": 3}, "model must be a string"),
@@ -335,3 +336,18 @@ def test_classify_cli_untyped_request_options_are_the_servers(capsys, monkeypatc
         assert got["label"] == want["label"] and got["evaluations"] == want["evaluations"], (got, want)
         assert [t["p"] for t in got["top"]] == pytest.approx([t["p"] for t in want["top"]], rel=1e-6)
     assert "rounds=[2, 4, 8]" in remote["policy"] and typed["policy"].startswith("ttest(min=5,")
+
+
+def test_a_multi_frame_image_is_noted_in_the_response_warnings(server):
+    import io
+
+
+    pngs, _, pil = digit_pngs(1)
+    buf = io.BytesIO()
+    pil[0].save(buf, format="GIF", save_all=True, append_images=[pil[0].rotate(90)])
+    body = {"images": [base64.b64encode(buf.getvalue()).decode()], "classes": "one, seven"}
+    r = httpx.post(f"{server.url}/v1/classify", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert any("has 2 frames" in w for w in r.json()["warnings"]), r.json()["warnings"]
+    result = r.json()["results"][0]
+    assert {"out_of_distribution", "ood_score", "abstained"} <= set(result)  # the flag's fields travel

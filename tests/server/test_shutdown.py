@@ -108,7 +108,7 @@ def test_graceful_timeout_answers_json_503_and_says_so():
         assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
         err = proc.stderr.read()
         assert "server stopped (1 request(s) cut short by --graceful-timeout, answered 503)" in err, err
-        assert "Traceback" not in err, err
+        assert "Traceback" not in err and "never retrieved" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -122,6 +122,9 @@ def test_serve_checks_its_options_before_loading_the_model():
         (["--request-timeout", "900"], "over --max-timeout"),
         (["--policy", "halving", "--rounds", "4", "2"], "rounds"),
         (["--device", "tpu"], "device"),
+        (["--model", "/nonexistent/model"], "no such folder"),
+        (["--model", ""], "--model is empty"),
+        (["--model", str(ROOT / "docs")], "not a diffusion model folder"),
     ):
         p = subprocess.run(
             [sys.executable, "-m", "diffcls_fast.cli", "serve", *args],
@@ -133,3 +136,57 @@ def test_serve_checks_its_options_before_loading_the_model():
         )
         assert p.returncode == 2 and p.stderr.startswith("diffcls-fast: error:") and msg in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_exit_2(tmp_path):
+    """A folder with the right layout whose weights are broken passes the checks before the port is bound; the load
+    then fails in the engine loop, and the server exits at once (it used to answer 503 "failed" forever)."""
+    import shutil
+
+    from diffcls_fast.models.bundled import BUNDLED
+
+    folder = tmp_path / "broken"
+    shutil.copytree(BUNDLED["digits"], folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    p = subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", "serve", "--port", "0", "--model", str(folder)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert "serving on" in lines[0] and lines[1].startswith("diffcls-fast: error: the model failed to load"), lines
+    assert "cannot load the denoiser" in lines[1] and len(lines) == 2, lines
+
+
+def test_a_client_that_sends_part_of_its_body_then_closes_is_a_dropped_client_not_a_bug():
+    """Content-Length 1000, 9 bytes, close: no ClientDisconnect traceback in the log, and /metrics counts a dropped
+    client (499 client_closed), not a 500 internal error."""
+    import socket
+    from urllib.parse import urlsplit
+
+    proc, url = start_server("--no-warmup")
+    try:
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        with socket.create_connection((host, port)) as s:
+            s.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{\"images\""
+            )
+            time.sleep(0.5)
+        with Client(url) as c:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 30:
+                m = c.metrics()
+                if 'kind="client_closed"' in m:
+                    break
+                time.sleep(0.2)
+        assert 'kind="client_closed"' in m and 'kind="internal"' not in m, m
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "ClientDisconnect" not in err, err
