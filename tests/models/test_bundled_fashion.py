@@ -68,9 +68,11 @@ def test_bundle(model):
 @pytest.mark.slow
 def test_classifies_held_out_images(model):
     # The first 20 held-out images, two of each class (the order is round-robin); exhaustive on a 10-point grid.
+    # The shipped checkpoint (unet step 2142) gets 19 of them (0.81 on the first 200); a retrained model must
+    # not do worse than 17.
     pil, y, _ = fashion.load_split("heldout")
     clf = DiffusionClassifier(model, "exhaustive", n_grid=10, use_cache=False)
     res = clf.classify(pil[:20])
     assert all(r.evaluations == 100 for r in res)
     hits = np.array([r.label for r in res]) == y[:20]
-    assert hits.sum() >= 15, f"{hits.sum()} of 20 right: {[r.label_name for r in res]}"
+    assert hits.sum() >= 17, f"{hits.sum()} of 20 right: {[r.label_name for r in res]}"
