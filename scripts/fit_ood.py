@@ -60,22 +60,23 @@ def fashion_images(n: int) -> list[Image.Image]:
 def junk_sets(model_name: str, n_other: int, seed: int = 0) -> dict[str, list]:
     """Images no bundled model was trained on, by kind."""
     rng = np.random.default_rng(seed)
-    other = "numbers" if model_name == "digits" else "digits"
     sets = {
         "blank": [Image.new("L", (8, 8), v) for v in (0, 255, 128)],
         "tiny": [Image.new("L", (1, 1), 200), Image.fromarray(rng.integers(0, 256, (2, 2), dtype=np.uint8))],
         "transparent": [Image.new("RGBA", (8, 8), (0, 0, 0, 0))],
         "pixel_noise": [Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(20)],
-        f"{other}_heldout": load_eval_split(other, "heldout")[0][:n_other],
     }
-    if FASHION_TEST.is_file():
+    for other in ("digits", "numbers"):  # the other bundled models' held-out images
+        if other != model_name:
+            sets[f"{other}_heldout"] = load_eval_split(other, "heldout")[0][:n_other]
+    if model_name != "fashion" and FASHION_TEST.is_file():
         sets["fashion_mnist"] = fashion_images(n_other)
     return sets
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=["digits", "numbers"])
+    ap.add_argument("--model", required=True, choices=["digits", "numbers", "fashion"])
     ap.add_argument("--policies", nargs="+", default=["halving", "ttest", "exhaustive"])
     ap.add_argument("--train", type=int, default=300, help="train images the fit uses")
     ap.add_argument("--heldout", type=int, default=400, help="held-out images the false-positive rate uses")

@@ -2,6 +2,10 @@
 
     python scripts/train_bundled.py --model digits --out diffcls_fast/models/digits --steps 8000
     python scripts/train_bundled.py --model numbers --out diffcls_fast/models/numbers --steps 12000
+    nice -n 19 python scripts/train_bundled.py --model fashion --run runs/fashion  # resumable
+
+``fashion`` (a latent model on Fashion-MNIST with a frozen pretrained text encoder) is trained
+by ``scripts/train_fashion.py``, which this script hands ``--model fashion`` to; see its docstring.
 
 It trains a small diffusers ``UNet2DConditionModel`` and a small ``CLIPTextModel``
 (with a word-level tokenizer) jointly, from scratch, on the 1,400 training images
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -196,8 +201,15 @@ def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict, dtype:
 
 
 def main() -> None:
+    if _wants_fashion(sys.argv[1:]):
+        # a latent model with a frozen pretrained encoder and resumable stages: its own script (same folder)
+        from train_fashion import main as train_fashion
+
+        train_fashion(sys.argv[1:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(TASKS), default="digits", help="which bundled model to train")
+    models = sorted(TASKS) + ["fashion"]
+    ap.add_argument("--model", choices=models, default="digits", help="which bundled model to train")
     ap.add_argument("--out", default=None, help="output folder (default: diffcls_fast/models/MODEL)")
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -208,7 +220,13 @@ def main() -> None:
     ap.add_argument("--shift-prob", type=float, default=0.5)
     ap.add_argument("--save-every", type=int, default=0, help="also save EMA snapshots to OUT-stepN")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    # --model fashion is handed to train_fashion.py before this parser runs; listed here for --help
+    fashion = ap.add_argument_group("--model fashion only (scripts/train_fashion.py --help lists all)")
+    fashion.add_argument("--run", help="checkpoints, caches and loss logs; rerunning resumes from them")
+    fashion.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
     args = ap.parse_args()
+    if args.run or args.export:
+        ap.error("--run and --export are options of --model fashion")
     args.out = args.out or f"diffcls_fast/models/{args.model}"
     device = torch.device(args.device)
 
@@ -324,6 +342,10 @@ def main() -> None:
     swap_in_ema()
     save(Path(args.out), unet, text_encoder, tokenizer, scheduler, meta(args.steps, wall))
     print(f"saved to {args.out} in {wall:.0f}s")
+
+
+def _wants_fashion(argv: list[str]) -> bool:
+    return "--model=fashion" in argv or any(a == "--model" and b == "fashion" for a, b in zip(argv, argv[1:]))
 
 
 def _device_name(device: torch.device) -> str:

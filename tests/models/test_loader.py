@@ -36,7 +36,9 @@ def test_the_layout_picks_the_loader(tmp_path):
 
 
 def test_not_a_model_folder(tmp_path):
-    with pytest.raises(UserError, match=r"model 'nope': no such folder \(bundled models: digits, numbers; presets"):
+    with pytest.raises(
+        UserError, match=r"model 'nope': no such folder \(bundled models: digits, fashion, numbers; presets"
+    ):
         load_model("nope", device="cpu")
     (tmp_path / "f").write_text("")
     with pytest.raises(UserError, match="'.*f': not a folder"):

