@@ -58,6 +58,8 @@ def model():
 def test_bundle(model):
     assert model.latent_shape == (4, 8, 8) and model.image_resolution == 32 and model.image_channels == 1
     assert model.cond_shape == (16, 384)
+    # latent, with a BERT encoder: outside the native modules' subset, so the libraries run it, and say so
+    assert model.implementation == "diffusers" and "diffusers" in model.describe()
     assert model.class_names == fashion.CLASS_NAMES and model.default_prompts == fashion.default_prompts()
     cond = model.encode_prompts(["a photo of a sneaker", "a photo of a bag"])
     assert cond.shape == (2, 16, 384) and float((cond[0] - cond[1]).abs().max()) > 0.1

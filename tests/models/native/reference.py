@@ -9,6 +9,10 @@ import torch
 
 from diffcls_fast.models.bundled import BUNDLED
 
+# The bundled models the native modules run: the pixel-space ones (fashion is latent, with a BERT encoder,
+# and loads through the libraries; tests/models/test_bundled_fashion.py).
+NATIVE_BUNDLED = sorted(name for name, folder in BUNDLED.items() if not (folder / "vae").is_dir())
+
 
 def config(model: str, component: str) -> dict:
     name = "tokenizer.json" if component == "tokenizer" else "config.json"
