@@ -286,7 +286,10 @@ def resolve_tuned(model: ModelBundle, options: dict) -> tuple[str, dict]:
 
 def tuned_calibration(model: ModelBundle, options: dict) -> dict | None:
     """The calibration a tuned rule was fitted with ({"temperature", "floor", "loss"}), or None."""
-    return read_rule(tuned_source(model, options)).get("calibration")
+    try:
+        return read_rule(tuned_source(model, options)).get("calibration")
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 _WARNED_TUNED: set[tuple] = set()
