@@ -24,7 +24,7 @@ def _drive(table: np.ndarray, rounds, keep):
 )
 def test_replay_gives_the_policys_label_finalists_and_means(n_classes, rounds, keep):
     rng = np.random.default_rng(n_classes * 100 + len(rounds))
-    for trial in range(5):
+    for _ in range(5):
         table = rng.gamma(2.0, 1.0, (n_classes, rounds[-1])) + rng.normal(0, 0.3, (n_classes, 1))
         pred, finalists, means = replay(np.cumsum(table, axis=1)[None, None], rounds, keep)
         o = _drive(table, rounds, keep)

@@ -10,7 +10,9 @@ from diffcls_fast.cli import main
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "diffcls_fast.cli", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_tune_writes_a_rule_that_classify_and_eval_run(tmp_path, capsys):
@@ -54,7 +56,18 @@ def test_the_report_is_a_table(tmp_path, capsys):
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path, args, fragment):
-    base = ["tune", "--model", "digits", "--grid", "4", "--limit", "10", "--no-cache", "--out", str(tmp_path / "r.json")]
+    base = [
+        "tune",
+        "--model",
+        "digits",
+        "--grid",
+        "4",
+        "--limit",
+        "10",
+        "--no-cache",
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
     proc = _cli(*base, *args)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
