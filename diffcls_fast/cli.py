@@ -492,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default="heldout",
-        choices=["heldout", "train"],
-        help="bundled split of digits, numbers or fashion (default: heldout)",
+        choices=["heldout", "train", "tune"],
+        help="bundled split of digits, numbers or fashion (fashion also has tune) (default: heldout)",
     )
     p.add_argument(
         "--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split"
@@ -532,7 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tune",
         help="fit a timestep band, pruning schedule and calibration on labelled images (--policy tuned --tuned FILE)",
     )
-    p.add_argument("--split", default="train", choices=["train", "heldout"], help="bundled split (only train is read)")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "tune", "heldout"],
+        help="bundled split: train (the model's training images), tune (fashion: unseen, not held out); never heldout",
+    )
     p.add_argument("--data", default=None, help="tune on an image folder DIR/<class>/<image> instead")
     p.add_argument("--limit", type=positive_int, default=200, help="first N tuning images (default: 200)")
     p.add_argument("--grid", type=positive_int, default=25, help="timestep grid the tables score (default: 25)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.policies.tuned import FORMAT
-from ..errors import UserError
+from ..errors import DiffclsWarning, UserError
 from .replay import Rule, band_points, prefix_sums, replay, sweep
 from .select import choose, front
 
@@ -21,8 +22,10 @@ DEFAULT_RULE = Rule((0.15, 0.6), (2, 4, 12), (10, 3, 1))  # the halving policy's
 
 def check_tune_args(a: Any) -> Path:
     """Everything checkable before the model loads; returns the output path."""
-    if a.data is None and a.split != "train":
-        raise UserError("tune reads only labelled tuning images: --split train, or --data DIR (never held-out images)")
+    if a.data is None and a.split == "heldout":
+        raise UserError(
+            "tune reads only labelled tuning images: --split train or tune, or --data DIR (never held-out images)"
+        )
     out = Path(a.out or f"tuned-{Path(a.model).name}.json").expanduser()
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
@@ -38,6 +41,13 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     from ..evaluate import load_eval_split
 
     out = check_tune_args(a)
+    if a.data is None and a.split == "train":
+        warnings.warn(
+            "tuning on the model's own training images (--split train): it classifies them more easily than new"
+            " images, so the chosen rule may be cheaper than new images need (fashion ships unseen ones: --split tune)",
+            DiffclsWarning,
+            stacklevel=2,
+        )
     images, labels, class_names, ids = load_eval_split(
         Path(a.model).name if a.data is None else a.model, a.split, a.data
     )
