@@ -281,7 +281,8 @@ def resolve_tuned(model: ModelBundle, options: dict) -> tuple[str, dict]:
         )
     policy = dict(rule["policy"])
     name = policy.pop("name")
-    return name, {**{k: v for k, v in options.items() if k != "tuned"}, **policy}
+    # the source stays among the (ignored) options, so that a later request for "tuned" finds it again
+    return name, {**options, "tuned": src if options.get("tuned") else "", **policy}
 
 
 def tuned_calibration(model: ModelBundle, options: dict) -> dict | None:

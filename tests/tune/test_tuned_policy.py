@@ -92,3 +92,15 @@ def test_the_policy_config_delegates_for_code_that_builds_one_directly(tmp_path)
     assert cfg.describe() == "tuned(halving(rounds=[2, 6], keep=[3, 1], t_band=[0.1, 0.7]))"
     assert cfg.max_samples(1000)[0] == 6
     assert read_rule(path)["calibration"]["temperature"] == 0.0123
+
+
+def test_a_server_started_with_a_rule_finds_it_for_a_request_that_asks_for_tuned(tmp_path, digits):
+    """serve --policy ttest --tuned FILE: a request with policy 'tuned' runs the file's rule (derive)."""
+    path = _write(tmp_path, RULE)
+    server_default = DiffusionClassifier(digits, "ttest", tuned=path, use_cache=False)
+    req = server_default.with_options(policy="tuned")
+    assert req.policy_cfg.name == "halving" and req.temperature == 0.0123
+    # and a server whose default is the rule keeps its source for the next request
+    tuned_default = DiffusionClassifier(digits, "tuned", tuned=path, use_cache=False)
+    again = tuned_default.with_options(policy="ttest").with_options(policy="tuned")
+    assert again.policy_cfg.rounds == [2, 6]
