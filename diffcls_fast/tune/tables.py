@@ -6,7 +6,8 @@ of an image is grid point ``j`` (timestep ``li_grid(T, grid)[j]``) with that ima
 class of an image is scored on shared (t, noise) pairs, as every policy scores them.
 
 Tables are written in parts of ``chunk`` images into a folder next to the output (``FILE.tables/``); a rerun
-with the same model, images, grid, seed and loss reads the finished parts and scores only the rest.
+with the same model, images, grid, seed and loss reads the finished parts and scores only the rest (a part is
+keyed by its own images, so ``--limit 50`` reuses the parts of an earlier ``--limit 200``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ def score_tables(
     "seconds": time spent scoring}``; finished parts in ``parts`` are reused."""
     import time
 
-    key = tables_key(clf, ids, labels, n_grid)
     parts.mkdir(parents=True, exist_ok=True)
     recording = _Recording(n_grid)
     scorer = type(clf).from_parts(clf.model, clf.config, replace(clf.options, policy=recording))
@@ -77,6 +77,8 @@ def score_tables(
     bar = progress(len(images), "score tables") if progress else None
     for start in range(0, len(images), chunk):
         n = min(chunk, len(images) - start)
+        # keyed by its own images: a run on the first 50 images reuses the parts of a run on the first 200
+        key = tables_key(clf, ids[start : start + n], labels[start : start + n], n_grid)
         part = parts / f"{key}-{start:06d}-{n}.npz"
         if part.is_file():
             errors = np.load(part)["errors"]
