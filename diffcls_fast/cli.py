@@ -553,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="the rule file to write (default: tuned-MODEL.json); FILE.tables/ resumes"
     )
+    p.add_argument("--tables", default=None, help="folder of the score tables' parts (default: OUT.tables)")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     add_engine_args(p)
     p.set_defaults(fn=cmd_tune)

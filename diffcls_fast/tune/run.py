@@ -60,7 +60,8 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     a.policy, a.n_grid = "exhaustive", a.grid  # the tables are the exhaustive policy's, on this grid
     clf = make_classifier(a)
     T = clf.model.num_timesteps
-    tables = score_tables_for(clf, images, labels, class_names, ids, a.grid, out, progress)
+    parts = Path(a.tables).expanduser() if a.tables else out.with_name(out.name + ".tables")
+    tables = score_tables_for(clf, images, labels, class_names, ids, a.grid, parts, progress)
     errors, timesteps = tables["errors"], tables["timesteps"]
 
     t0 = time.perf_counter()
@@ -120,12 +121,10 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     return result
 
 
-def score_tables_for(clf, images, labels, class_names, ids, grid, out: Path, progress) -> dict:
+def score_tables_for(clf, images, labels, class_names, ids, grid, parts: Path, progress) -> dict:
     from .tables import score_tables
 
-    return score_tables(
-        clf, images, labels, class_names, ids, grid, out.with_name(out.name + ".tables"), progress=progress
-    )
+    return score_tables(clf, images, labels, class_names, ids, grid, parts, progress=progress)
 
 
 def _row(rule: Rule, accuracy: float, evaluations: float) -> dict:
