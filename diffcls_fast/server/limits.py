@@ -235,7 +235,7 @@ def _policy_options(opts: Any) -> dict[str, Any]:
         o = OPTIONS.get(k)
         if o is None:
             raise bad(f"unknown policy option {k!r}; expected some of {', '.join(sorted(OPTIONS))}")
-        if k == "tuned":  # a path on the server's disk: the server's own setting, not a client's
+        if k == "tuned" and v != "":  # a path on the server's disk: the server's own setting, not a client's
             raise bad(
                 "option tuned is a server setting (serve --tuned FILE); a request asks for it with policy 'tuned'"
             )

@@ -74,7 +74,8 @@ class PolicyConfig:
 
     def to_dict(self) -> dict:
         """``{"name": ..., **every option}``, as ``eval --out`` rows record it."""
-        return {"name": self.name, **{k: list(v) if isinstance(v, list) else v for k, v in self.options.items()}}
+        opts = {k: v for k, v in self.options.items() if OPTIONS[k].settings}  # the others cannot change a result
+        return {"name": self.name, **{k: list(v) if isinstance(v, list) else v for k, v in opts.items()}}
 
     def max_samples(self, T: int | None) -> tuple[int, str]:
         """The most samples (noise rows) an image may use under this policy, and the flag that sets it."""

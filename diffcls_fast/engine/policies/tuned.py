@@ -96,6 +96,7 @@ TUNED = PolicySpec(
             str,
             "",
             "a 'diffcls-fast tune' output (default: the tuned rule in the model's diffcls.json)",
+            settings=False,  # resolved to the concrete policy before anything runs: that one is recorded
         ),
     ),
     make=lambda o, n_classes, T, bank, key, cost: _inner(o).make(0, n_classes, T, bank, key, cost),
