@@ -283,6 +283,7 @@ def _render_rest(out: list[str]) -> str:
                 )
         out.append("")
     out += _ood()
+    out += _tuned()
     kern = _latest("kernels")
     if kern:
         out += [
@@ -302,6 +303,60 @@ def _render_rest(out: list[str]) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def _best_measured(model: str, images: int) -> dict | None:
+    """The most accurate row of ``model``'s accuracy-vs-evaluations front on ``images`` held-out images."""
+    best = None
+    for ave in _per_size(f"accuracy_vs_evals_{model}"):
+        if ave.get("images") != images:
+            continue
+        for r in ave["results"]:
+            if best is None or (r["accuracy"], -r["evals_per_image"]) > (best["accuracy"], -best["evals_per_image"]):
+                best = r
+    return best
+
+
+def _tuned() -> list[str]:
+    """diffcls-fast tune's rules on held-out images, by number of tuning images (bench.tune_study)."""
+    out = []
+    for model in ("digits", "numbers", "fashion"):
+        res = _latest(f"tune_{model}")
+        if not res or not res.get("rows"):
+            continue
+        if not out:
+            out += ["### Tuned rules", ""]
+        n = res["heldout_images"]
+        best = _best_measured(model, n)
+        d = res["default_halving"]
+        out += [
+            (
+                f"**{model}** — `diffcls-fast tune --split {res['split']} --grid {res['grid']}` on the first N tuning"
+                f" images, the rule measured on the first {n} held-out images; {res['device']}, {res['date']}"
+                f" ([json](../bench/results/{res['_file']})):"
+            ),
+            "",
+            "| tuning images | chosen rule | accuracy on the tuning images (replayed) | held-out accuracy"
+            " | evals / image | held-out ECE | tuning CPU seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            h = r["heldout"]
+            out.append(
+                f"| {r['tuning_images']} | {r['rule']} | {r['tuning_accuracy']:.4f} | **{h['accuracy']:.4f}** |"
+                f" {h['evals_per_image']:.0f} | {h['ece']:.3f} | {r['tables_seconds'] + r['replay_seconds']:.0f}"
+                f" ({r['images_scored']} images scored) |"
+            )
+        out.append(
+            f"| -- | halving defaults | -- | {d['accuracy']:.4f} | {d['evals_per_image']:.0f} | {d['ece']:.3f} | -- |"
+        )
+        if best:
+            out.append(
+                f"| -- | best measured: {best['name']} | -- | {best['accuracy']:.4f} | {best['evals_per_image']:.0f}"
+                " | -- | -- |"
+            )
+        out.append("")
+    return out
 
 
 def _ood() -> list[str]:

@@ -251,6 +251,19 @@ def format_eval_summary(s: dict) -> str:
     )
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    from .tune.run import check_tune_args, format_tune_report, run_tune
+
+    check_tune_args(a)
+    check_engine_args(a)
+    result = run_tune(a, classifier_from_args, _progress)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(format_tune_report(result))
+    return 0
+
+
 def cmd_merge(a: argparse.Namespace) -> int:
     from .merge import format_summary, merge_parts
 
@@ -479,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default="heldout",
-        choices=["heldout", "train"],
-        help="bundled split of digits, numbers or fashion (default: heldout)",
+        choices=["heldout", "train", "tune"],
+        help="bundled split of digits, numbers or fashion (fashion also has tune) (default: heldout)",
     )
     p.add_argument(
         "--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split"
@@ -514,6 +527,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace OUT even when it is not an earlier merge of the same run (default: refuse)",
     )
     p.set_defaults(fn=cmd_merge)
+
+    p = sub.add_parser(
+        "tune",
+        help="fit a timestep band, pruning schedule and calibration on labelled images (--policy tuned --tuned FILE)",
+    )
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "tune", "heldout"],
+        help="bundled split: train (the model's training images), tune (fashion: unseen, not held out); never heldout",
+    )
+    p.add_argument("--data", default=None, help="tune on an image folder DIR/<class>/<image> instead")
+    p.add_argument("--limit", type=positive_int, default=200, help="first N tuning images (default: 200)")
+    p.add_argument("--grid", type=positive_int, default=25, help="timestep grid the tables score (default: 25)")
+    p.add_argument("--budget", type=positive_float, default=None, help="most evaluations per image a rule may cost")
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=0.5,
+        help="accuracy points the chosen rule may lose, cross-validated, for being cheaper (default: 0.5)",
+    )
+    p.add_argument("--repeats", type=positive_int, default=3, help="sample orders per image in a replay (default: 3)")
+    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument(
+        "--out", default=None, help="the rule file to write (default: tuned-MODEL.json); FILE.tables/ resumes"
+    )
+    p.add_argument("--tables", default=None, help="folder of the score tables' parts (default: OUT.tables)")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    add_engine_args(p)
+    p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("match", help="image-text matching: the mean error of every (image, caption) pair")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

@@ -28,6 +28,11 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
         return paths, labels, classes, ids
     from .data import digits, fashion, numbers
 
+    if split == "tune" and model_name != "fashion":
+        raise UserError(
+            f"no 'tune' split ships for {model_name!r} (only fashion has images that are neither trained on nor"
+            " held out); use --split train"
+        )
     if model_name == "digits":
         images, labels, idx = digits.load_split(split)
         return images, labels, digits.CLASS_NAMES, [f"digits/{split}/{i}" for i in idx]

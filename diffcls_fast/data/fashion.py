@@ -12,6 +12,9 @@ beside it), so ``eval --model fashion`` runs without the Debian package:
   the classes, so every multiple-of-10 prefix (``eval --limit 500``) is balanced too.
 * ``train``: 1,000 training images, 100 per class, the same order, for fitting anything
   (calibration, a policy's settings) without touching ``heldout``.
+* ``tune``: 500 more test images, 50 per class, none of them in ``heldout``, the same order. Unlike
+  ``train`` the model never saw them, so a rule tuned on them (``diffcls-fast tune --split tune``) is
+  not fitted to images the model classifies more easily than new ones.
 
 ``make_split`` documents how they were drawn (a seeded permutation per class).
 """
@@ -34,6 +37,8 @@ LICENSE_FILE = Path(__file__).with_name("FASHION_MNIST_LICENSE")
 SPLIT_SEED = 20261206
 HELDOUT_PER_CLASS = 200
 TRAIN_PER_CLASS = 100
+TUNE_PER_CLASS = 50
+SPLITS = ("heldout", "train", "tune")
 RESOLUTION = 32  # the model's pixel size: 28x28 images are resized like any user image (images.preprocess)
 INSTALL_HINT = "install it with: apt-get install dataset-fashion-mnist (or set DIFFCLS_FASHION_MNIST to its folder)"
 
@@ -124,6 +129,11 @@ def make_split(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
         images, labels = load_full(part)
         idx = balanced_order(labels, per_class, rng)
         out |= {f"{split}_index": idx.astype(np.int32), f"{split}_images": images[idx], f"{split}_labels": labels[idx]}
+    # drawn last, so the two subsets above are what they were before this one existed
+    images, labels = load_full("test")
+    rest = np.setdiff1d(np.arange(len(labels)), out["heldout_index"])
+    idx = rest[balanced_order(labels[rest], TUNE_PER_CLASS, rng)]
+    out |= {"tune_index": idx.astype(np.int32), "tune_images": images[idx], "tune_labels": labels[idx]}
     out["seed"] = np.array(seed)
     return out
 
@@ -136,8 +146,8 @@ def _shipped() -> dict[str, np.ndarray]:
 
 def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28], labels, indices into the dataset's test or train part) of a shipped subset."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     d = _shipped()
     return d[f"{split}_images"], d[f"{split}_labels"].astype(np.int64), d[f"{split}_index"].astype(np.int64)
 

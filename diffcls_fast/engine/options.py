@@ -25,7 +25,7 @@ from ..errors import DiffclsWarning, UserError
 from .cache import EmbeddingCache
 from .noise import NoiseBank, check_seed
 from .ood import ood_threshold
-from .policies import OPTIONS, Policy, PolicyConfig
+from .policies import OPTIONS, Policy, PolicyConfig, read_rule
 from .runner import LOSSES, Runner
 from .scheduler import SPECULATION, power_of_two_buckets
 
@@ -123,6 +123,9 @@ class RequestOptions:
         """Checked options for ``model`` scored with ``loss``: the policy and its options, the noise bank, the
         posterior's temperature and floor (None: the model's calibration for the policy and loss), and whether
         to abstain on out-of-distribution images."""
+        temperature, posterior_floor = _tuned_posterior(
+            model, policy, policy_options or {}, loss, temperature, posterior_floor
+        )
         cfg = policy_config(model, policy, policy_options or {}, bank)
         t, f = posterior_params(model, cfg.name, loss, temperature, posterior_floor)
         abstain = check_abstain(abstain_ood)
@@ -158,13 +161,15 @@ class RequestOptions:
         cfg = self.policy
         if not isinstance(cfg, PolicyConfig):
             raise TypeError("derive() needs options whose policy is a PolicyConfig")
+        explicit = self.explicit
         if policy is not None or policy_options:
             opts = dict(cfg.options) | policy_options
+            if policy == "tuned" and temperature is None:
+                explicit = _tuned_posterior(model, policy, opts, loss, None, posterior_floor)
             cfg = policy_config(model, cfg.name if policy is None else policy, opts, self.bank)
         bank = self.bank
         if seed is not None and check_seed(seed) != bank.seed:
             bank = bank.with_seed(check_seed(seed))
-        explicit = self.explicit
         if temperature is not None:
             explicit = (temperature, posterior_floor)
         elif posterior_floor is not None:
@@ -232,6 +237,8 @@ def check_option_names(policy_options: dict) -> None:
 def policy_config(model: ModelBundle, policy: str, options: dict, bank: NoiseBank | None = None) -> PolicyConfig:
     """The checked policy configuration for ``model`` (and, with a saved noise tensor, for its rows)."""
     check_option_names(options)
+    if policy == "tuned":
+        policy, options = resolve_tuned(model, options)
     cfg = PolicyConfig(name=policy, **options)
     try:
         cfg.validate(model.num_timesteps)
@@ -240,6 +247,67 @@ def policy_config(model: ModelBundle, policy: str, options: dict, bank: NoiseBan
     if bank is not None and bank.saved is not None:
         check_noise_rows(bank.saved.shape[0], cfg, model.num_timesteps)
     return cfg
+
+
+def tuned_source(model: ModelBundle, options: dict) -> str:
+    """Where ``--policy tuned`` reads its rule: ``--tuned FILE``, else the model folder's diffcls.json."""
+    src = options.get("tuned") or ""
+    if src:
+        return str(src)
+    own = Path(model.path) / "diffcls.json" if model.path and not model.path.startswith("preset:") else None
+    if own is not None and own.is_file() and '"tuned"' in own.read_text():
+        return str(own)
+    raise UserError(
+        f"--policy tuned: the {model.name} model ships no tuned rule; pass --tuned FILE "
+        f"(made by: diffcls-fast tune --model {model.name} --split train --out FILE)"
+    )
+
+
+def resolve_tuned(model: ModelBundle, options: dict) -> tuple[str, dict]:
+    """The concrete policy and options of the tuned rule ``--policy tuned`` names (other options kept, as a
+    policy's options always carry every other policy's), so results and settings name the rule that ran."""
+    src = tuned_source(model, options)
+    try:
+        rule = read_rule(src)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    fitted_on = rule.get("model", {}).get("fingerprint")
+    if fitted_on and fitted_on != model.fingerprint and (model.name, src) not in _WARNED_TUNED:
+        _WARNED_TUNED.add((model.name, src))
+        warnings.warn(
+            f"the tuned rule {src} was fitted on other weights ({rule['model'].get('name')}), not {model.name}'s",
+            DiffclsWarning,
+            stacklevel=5,
+        )
+    policy = dict(rule["policy"])
+    name = policy.pop("name")
+    # the source stays among the (ignored) options, so that a later request for "tuned" finds it again
+    return name, {**options, "tuned": src if options.get("tuned") else "", **policy}
+
+
+def tuned_calibration(model: ModelBundle, options: dict) -> dict | None:
+    """The calibration a tuned rule was fitted with ({"temperature", "floor", "loss"}), or None."""
+    try:
+        return read_rule(tuned_source(model, options)).get("calibration")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+_WARNED_TUNED: set[tuple] = set()
+
+
+def _tuned_posterior(
+    model: ModelBundle, policy: str, options: dict, loss: str, temperature: Any, floor: Any
+) -> tuple[Any, Any]:
+    """The (temperature, floor) a request with ``policy`` runs with before the model's calibration is read:
+    a tuned rule's own calibration when the caller gave no temperature and it was fitted with ``loss``
+    (kept as explicit values, so a later change of seed or option keeps it), else what was given."""
+    if policy != "tuned" or temperature is not None:
+        return temperature, floor
+    cal = tuned_calibration(model, options)
+    if not cal or cal.get("loss", "l2") != loss:
+        return temperature, floor
+    return float(cal["temperature"]), float(cal.get("floor", 0.0)) if floor is None else floor
 
 
 def check_noise_rows(rows: int, cfg: PolicyConfig, T: int | None, where: str = "") -> None:

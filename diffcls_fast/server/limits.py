@@ -235,6 +235,10 @@ def _policy_options(opts: Any) -> dict[str, Any]:
         o = OPTIONS.get(k)
         if o is None:
             raise bad(f"unknown policy option {k!r}; expected some of {', '.join(sorted(OPTIONS))}")
+        if k == "tuned" and v != "":  # a path on the server's disk: the server's own setting, not a client's
+            raise bad(
+                "option tuned is a server setting (serve --tuned FILE); a request asks for it with policy 'tuned'"
+            )
         if o.is_list:
             if not isinstance(v, list) or not v or not all(_is(x, o.type) for x in v):
                 raise bad(f"option {k} must be a non-empty list of {o.type.__name__}s, got {v!r}")

@@ -42,11 +42,11 @@ def test_missing_dataset_is_one_line_with_the_install_command(tmp_path, monkeypa
         fashion.load_full("train")
 
 
-@pytest.mark.parametrize("split, n, per_class", [("heldout", 2000, 200), ("train", 1000, 100)])
+@pytest.mark.parametrize("split, n, per_class", [("heldout", 2000, 200), ("train", 1000, 100), ("tune", 500, 50)])
 def test_shipped_subsets_are_balanced_round_robin(split, n, per_class):
     images, labels, idx = fashion.split_arrays(split)
     assert images.shape == (n, 28, 28) and images.dtype == np.uint8
-    assert len(set(idx.tolist())) == n and idx.min() >= 0 and idx.max() < (10_000 if split == "heldout" else 60_000)
+    assert len(set(idx.tolist())) == n and idx.min() >= 0 and idx.max() < (60_000 if split == "train" else 10_000)
     assert np.bincount(labels).tolist() == [per_class] * 10
     assert labels[:10].tolist() == list(range(10)) and np.bincount(labels[:500]).tolist() == [50] * 10
     assert images.reshape(n, -1).std(axis=1).min() > 0  # real images, not blanks
@@ -75,3 +75,9 @@ def test_shipped_file_is_what_make_split_draws():
     test_images, test_labels = fashion.load_full("test")
     images, labels, idx = fashion.split_arrays("heldout")
     assert np.array_equal(test_images[idx], images) and np.array_equal(test_labels[idx], labels)
+
+
+def test_the_tune_subset_is_test_images_outside_heldout():
+    _, _, held = fashion.split_arrays("heldout")
+    _, _, tune = fashion.split_arrays("tune")
+    assert not set(tune.tolist()) & set(held.tolist())

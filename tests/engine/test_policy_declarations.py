@@ -73,8 +73,13 @@ def test_options_of_other_policies_are_carried_but_checked_for_type():
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_each_policy_bounds_its_samples_by_the_option_it_names(name):
-    cfg = PolicyConfig(name)
+def test_each_policy_bounds_its_samples_by_the_option_it_names(name, tmp_path):
+    options = {}
+    if name == "tuned":  # a rule file: the bound is its policy's
+        rule = tmp_path / "rule.json"
+        rule.write_text('{"policy": {"name": "halving", "rounds": [2, 5], "keep": [3, 1]}}')
+        options = {"tuned": str(rule)}
+    cfg = PolicyConfig(name, **options)
     cfg.validate(1000)
     need, flag = cfg.max_samples(1000)
     assert need >= 1 and flag == OPTIONS[REGISTRY[name].samples_option].flag

@@ -185,6 +185,7 @@ def test_parse_params_checks_types_without_a_server():
         {"top_k": 0},
         {"options": {"rounds": [1.5]}},
         {"options": {"cutoff_pval": "x"}},
+        {"options": {"tuned": "/etc/passwd"}},  # a path on the server's disk is the server's setting
         {"classes": 3},
         {"names": ["a", "b"]},
     ):

@@ -15,12 +15,13 @@ from .halving import HALVING, HalvingPolicy, check_halving, halving_evaluations
 from .options import Option, PolicySpec
 from .stages import ADAPTIVE, EXHAUSTIVE, StagedPolicy, exhaustive, stage_evaluations, stage_plan
 from .ttest import TTEST, TTestPolicy, paired_t_pvalues
+from .tuned import TUNED, read_rule
 
 if TYPE_CHECKING:
     from ..noise import NoiseBank
 
 # The order is the order of the CLI's option groups, of the docs' table and of a settings dict's keys.
-REGISTRY: dict[str, PolicySpec] = {s.name: s for s in (EXHAUSTIVE, ADAPTIVE, TTEST, HALVING)}
+REGISTRY: dict[str, PolicySpec] = {s.name: s for s in (EXHAUSTIVE, ADAPTIVE, TTEST, HALVING, TUNED)}
 POLICIES = tuple(REGISTRY)
 # Every option of every policy, by name (names are unique across policies).
 OPTIONS: dict[str, Option] = {o.name: o for s in REGISTRY.values() for o in s.options}
@@ -73,7 +74,8 @@ class PolicyConfig:
 
     def to_dict(self) -> dict:
         """``{"name": ..., **every option}``, as ``eval --out`` rows record it."""
-        return {"name": self.name, **{k: list(v) if isinstance(v, list) else v for k, v in self.options.items()}}
+        opts = {k: v for k, v in self.options.items() if OPTIONS[k].settings}  # the others cannot change a result
+        return {"name": self.name, **{k: list(v) if isinstance(v, list) else v for k, v in opts.items()}}
 
     def max_samples(self, T: int | None) -> tuple[int, str]:
         """The most samples (noise rows) an image may use under this policy, and the flag that sets it."""
@@ -135,6 +137,7 @@ __all__ = [
     "make_policy",
     "options_table",
     "paired_t_pvalues",
+    "read_rule",
     "stage_evaluations",
     "stage_plan",
     "used_options",

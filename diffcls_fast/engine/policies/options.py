@@ -100,7 +100,7 @@ class Option:
             shown = [f"`{c}`" if isinstance(c, str) else str(c) for c in self.choices]
             return ("integer, " if self.type is int else "") + " or ".join(shown)
         one = {positive_int: "positive integer", probability: "probability in (0, 1)"}.get(self.parse)
-        one = one or {int: "integer", float: "number"}[self.type]
+        one = one or {int: "integer", float: "number", str: "file path"}[self.type]
         if self.nargs == "+":
             return f"list of {one}s"
         return f"{_count(self.nargs)} {one}s" if self.nargs else one
@@ -128,6 +128,8 @@ class Option:
             if not _real(v):
                 raise ValueError(f"{self.name} must be a number, got {v!r}")
             return float(v)
+        if self.type is str and not isinstance(v, str):
+            raise ValueError(f"{self.name} must be a string, got {v!r}")
         if self.choices is not None and v not in self.choices:
             raise ValueError(f"unknown {self.what or self.name} {v!r}; choose one of {', '.join(self.choices)}")
         return v
