@@ -1,0 +1,126 @@
+"""SD3 and SD3.5: ``transformer/`` (SD3Transformer2DModel), ``text_encoder/`` (CLIP-L) and ``text_encoder_2/``
+(CLIP-G), both CLIPTextModelWithProjection, ``text_encoder_3/`` (T5EncoderModel), ``tokenizer/``,
+``tokenizer_2/``, ``tokenizer_3/``, ``vae/`` (with shift_factor and scaling_factor) and ``scheduler/``
+(FlowMatchEulerDiscreteScheduler with its ``shift``).
+
+The condition, as the SD3 pipeline builds it: CLIP-L and CLIP-G penultimate hidden states concatenated on the
+feature axis, zero-padded to T5's width, followed on the token axis by T5's last hidden state (256 tokens, the
+pipeline's default, no mask); the pooled vector is CLIP-L's and CLIP-G's ``text_embeds`` side by side, packed
+after the tokens (packed_cond.py). The model is rectified flow: denoise() returns the velocity (flow.py); the
+network's timestep input is σ x num_train_timesteps, as the pipeline passes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .bundle import ModelBundle
+from .common import make_image_encoder, make_unet_denoiser, parse_resolution, scheduler_config
+from .family_parts import (
+    check_vocab,
+    clip_states,
+    in_chunks,
+    latent_geometry,
+    load_denoiser,
+    load_text_encoder,
+    load_tokenizer,
+    load_vae,
+    long_prompt_finder,
+    meta_of,
+    t5_states,
+    token_limit,
+)
+from .fingerprint import fingerprint_paths
+from .flow import flow_sigmas, is_flow_config, snr_alphas_cumprod
+from .packed_cond import CondLayout
+
+TEXT = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+T5_TOKENS = 256  # the SD3 pipeline's max_sequence_length
+
+
+def flow_schedule(folder: Path, sched_cfg: dict, image_seq_len: int | None = None) -> torch.Tensor:
+    if not is_flow_config(sched_cfg):
+        what = f"scheduler {sched_cfg.get('_class_name')!r}; this family is rectified flow"
+        raise UserError(f"{folder}/scheduler: {what} (FlowMatchEulerDiscreteScheduler)")
+    return flow_sigmas(sched_cfg, image_seq_len)
+
+
+def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    from diffusers import SD3Transformer2DModel
+
+    sched_cfg = scheduler_config(folder)
+    sigmas = flow_schedule(folder, sched_cfg)
+    meta = meta_of(folder)
+    toks = [load_tokenizer(folder, s) for s in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+    clip = ("CLIPTextModelWithProjection",)
+    te_l = load_text_encoder(folder, "text_encoder", clip, dtype)
+    te_g = load_text_encoder(folder, "text_encoder_2", clip, dtype)
+    t5 = load_text_encoder(folder, "text_encoder_3", ("T5EncoderModel",), dtype)
+    for sub, tok, te in zip(("tokenizer", "tokenizer_2", "tokenizer_3"), toks, (te_l, te_g, t5)):
+        check_vocab(folder, sub, tok, te)
+    net = load_denoiser(SD3Transformer2DModel, folder, "transformer", dtype)
+    cfg = net.config
+    width = int(t5.config.d_model)
+    clip_width = int(te_l.config.hidden_size) + int(te_g.config.hidden_size)
+    if int(cfg.joint_attention_dim) != width or clip_width > width:
+        what = f"joint_attention_dim is {cfg.joint_attention_dim}, T5's d_model {width}, CLIP-L + CLIP-G {clip_width}"
+        raise UserError(f"{folder}/transformer: {what}; it must equal T5's and hold both CLIPs'")
+    pooled_dim = int(te_l.config.projection_dim) + int(te_g.config.projection_dim)
+    if int(cfg.pooled_projection_dim) != pooled_dim:
+        what = f"pooled_projection_dim is {cfg.pooled_projection_dim} but the CLIP projections add up to {pooled_dim}"
+        raise UserError(f"{folder}/transformer: {what}; they must be the same")
+    vae = load_vae(folder, dtype, int(cfg.in_channels))
+    for m in (net, te_l, te_g, t5, vae):
+        m.to(device).eval().requires_grad_(False)
+    latent_hw, resolution = latent_geometry(vae, parse_resolution(cfg.sample_size))
+    clip_len = min(token_limit(toks[0], te_l), token_limit(toks[1], te_g))
+    t5_len = int(meta.get("max_tokens", token_limit(toks[2], t5, T5_TOKENS)))
+    layout = CondLayout(clip_len + t5_len, width, (("pooled", pooled_dim),))
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        s_l, p_l = clip_states(toks[0], te_l, prompts, clip_len, device)
+        s_g, p_g = clip_states(toks[1], te_g, prompts, clip_len, device)
+        s_t5, _ = t5_states(toks[2], t5, prompts, t5_len, device, masked=False)
+        clip_states_ = F.pad(torch.cat([s_l, s_g], dim=-1), (0, width - clip_width))
+        states = torch.cat([clip_states_, s_t5.to(clip_states_.dtype)], dim=-2)
+        return layout.pack(states, pooled=torch.cat([p_l, p_g], dim=-1))
+
+    T = int(sigmas.numel())
+    timestep_of = (sigmas * T).float().to(device)  # the network's timestep input per index: σ x T
+
+    def raw(x_t, t, cond):
+        states, v = layout.unpack(cond)
+        return net(x_t, encoder_hidden_states=states, pooled_projections=v["pooled"], timestep=timestep_of[t]).sample
+
+    acp = snr_alphas_cumprod(sigmas)
+    dirs = [folder / c for c in ("transformer", *TEXT, "vae", "scheduler")]
+    return ModelBundle(
+        name=name,
+        cond_kind="text",
+        latent_shape=(int(cfg.in_channels), *latent_hw),
+        image_resolution=resolution,
+        image_channels=int(vae.config.in_channels),
+        alphas_cumprod=acp,
+        prediction_type="flow",
+        sigmas=sigmas,
+        device=device,
+        dtype=dtype,
+        fingerprint=fingerprint_paths(*dirs),
+        text_fingerprint=fingerprint_paths(*dirs[1:7]),  # all three encoders and tokenizers
+        encode_images=make_image_encoder(vae, resolution, int(vae.config.in_channels), device, dtype),
+        encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
+        denoise=make_unet_denoiser(raw, acp, "flow", device),
+        network=net,
+        cond_shape=layout.shape,
+        family="sd3",
+        class_names=list(meta.get("class_names", [])),
+        prompt_template=meta.get("prompt_template", "a photo of a {}."),
+        default_prompts=list(meta.get("prompts", [])),
+        path=str(folder),
+        long_prompts=long_prompt_finder([(toks[0], clip_len)]),
+        prompt_tokens=clip_len,
+    )
