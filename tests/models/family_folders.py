@@ -154,13 +154,13 @@ def make_pixart_folder(root: Path, seed: int = 0, additional_conditions: bool = 
     _t5(root / "text_encoder", n, 32)
     PixArtTransformer2DModel(
         num_attention_heads=2,
-        attention_head_dim=8,
+        attention_head_dim=12,  # width 24: the size conditions split it in thirds
         in_channels=4,
         out_channels=8,  # learned sigma: eps, then the variance
         num_layers=1,
         sample_size=8,
         patch_size=2,
-        cross_attention_dim=16,
+        cross_attention_dim=24,
         caption_channels=32,
         use_additional_conditions=additional_conditions,  # PixArt-α at 1024 has them (sample_size 128)
     ).save_pretrained(root / "transformer", safe_serialization=True)
