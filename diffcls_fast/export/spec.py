@@ -33,6 +33,21 @@ class RawNetwork(torch.nn.Module):
         return self.net(sample, timestep, encoder_hidden_states=cond).sample
 
 
+def export_module(bundle: ModelBundle) -> torch.nn.Module:
+    """The module to trace: the family's own (SDXL, SD3, PixArt, Flux: ``ModelBundle.raw_module``), else the
+    network behind :class:`RawNetwork`."""
+    if bundle.raw_module is not None:
+        return bundle.raw_module.eval()
+    return RawNetwork(bundle.network, bundle.cond_kind == "class").eval()
+
+
+def raw_out_channels(bundle: ModelBundle) -> int:
+    """Channels of the raw output (eps and a learned sigma count twice); Flux's out_channels config is None."""
+    if bundle.raw_module is not None:
+        return int(bundle.raw_module.out_channels)
+    return int(getattr(getattr(bundle.network, "config", None), "out_channels", None) or bundle.latent_shape[0])
+
+
 @dataclass(frozen=True)
 class ExportSpec:
     family: str

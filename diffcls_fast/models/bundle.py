@@ -37,6 +37,11 @@ class ModelBundle:
     encode_prompts: Callable[[Sequence[str]], torch.Tensor]
     denoise: Denoiser
     network: torch.nn.Module | None = None  # the raw denoiser network, for export/compile
+    # The module that export and compile trace when the network's call is more than
+    # ``network(x_t, t, encoder_hidden_states=cond)`` (SDXL, SD3, PixArt, Flux: a packed condition, a timestep
+    # table, latent packing): ``forward(sample, timestep index [B], cond [B, *cond_shape]) -> raw output``, with an
+    # ``out_channels`` attribute. None: export wraps ``network`` (export/spec.py RawNetwork).
+    raw_module: torch.nn.Module | None = None
     cond_shape: tuple[int, ...] = ()  # shape of one condition row ([L, D] text embedding, () class id)
     family: str = "sd"  # export spec key: "sd" (UNet2DCondition), "dit", "class-unet"
     random_weights: bool = False  # presets: timing only, never accuracy

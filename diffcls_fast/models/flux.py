@@ -68,6 +68,35 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
+class FluxNetwork(torch.nn.Module):
+    """``forward(sample [B, C, h, w], timestep index, cond) -> velocity [B, C, h, w]``: packs the latent into 2x2
+    patches, passes σ, the position ids and the fixed guidance, and unpacks the prediction."""
+
+    def __init__(self, net, layout: CondLayout, sigmas: torch.Tensor, hw: tuple[int, int], guidance: float | None):
+        super().__init__()
+        self.net, self.layout, self.hw, self.guidance = net, layout, hw, guidance
+        self.register_buffer("sigmas", sigmas.float(), persistent=False)
+        self.register_buffer("img_ids", image_ids(*hw), persistent=False)
+        self.register_buffer("txt_ids", torch.zeros(layout.tokens, 3), persistent=False)
+        self.out_channels = int(net.config.in_channels) // 4
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        states, v = self.layout.unpack(cond)
+        g = None
+        if self.guidance is not None:
+            g = torch.full((sample.shape[0],), self.guidance, device=sample.device, dtype=sample.dtype)
+        out = self.net(
+            hidden_states=pack_latents(sample),
+            encoder_hidden_states=states,
+            pooled_projections=v["pooled"],
+            timestep=self.sigmas[timestep].to(sample.dtype),
+            img_ids=self.img_ids.to(sample.dtype),
+            txt_ids=self.txt_ids.to(sample.dtype),
+            guidance=g,
+        ).sample
+        return unpack_latents(out, *self.hw)
+
+
 def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import FluxTransformer2DModel
 
@@ -110,28 +139,13 @@ def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
     if not isinstance(t5_len, int) or t5_len < 2:
         raise UserError(f"{folder}/diffcls.json: max_tokens must be an integer >= 2, got {t5_len!r}")
     layout = CondLayout(t5_len, width, (("pooled", pooled_dim),))
-    img_ids = image_ids(h, w).to(device, dtype)
-    txt_ids = torch.zeros(t5_len, 3, device=device, dtype=dtype)
-    sig_dev = sigmas.float().to(device)
 
     def encode(prompts: list[str]) -> torch.Tensor:
         _, pooled = clip_states(tok_c, clip, prompts, clip_len, device)
         states, _ = t5_states(tok_t, t5, prompts, t5_len, device, masked=False)
         return layout.pack(states, pooled=pooled.to(states.dtype))
 
-    def raw(x_t, t, cond):
-        states, v = layout.unpack(cond)
-        g = torch.full((len(x_t),), guidance, device=x_t.device, dtype=x_t.dtype) if guided else None
-        out = net(
-            hidden_states=pack_latents(x_t),
-            encoder_hidden_states=states,
-            pooled_projections=v["pooled"],
-            timestep=sig_dev[t].to(x_t.dtype),
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            guidance=g,
-        ).sample
-        return unpack_latents(out, h, w)
+    raw = FluxNetwork(net, layout, sigmas, (h, w), guidance if guided else None).to(device).eval()
 
     acp = snr_alphas_cumprod(sigmas)
     dirs = [folder / c for c in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")]
@@ -148,12 +162,15 @@ def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         device=device,
         dtype=dtype,
         # diffcls.json sets the resolution (and so the σ shift) and the guidance: part of the model's identity
-        fingerprint=fingerprint_paths(*dirs, *([folder / "diffcls.json"] if (folder / "diffcls.json").is_file() else [])),
+        fingerprint=fingerprint_paths(
+            *dirs, *([folder / "diffcls.json"] if (folder / "diffcls.json").is_file() else [])
+        ),
         text_fingerprint=fingerprint_paths(*dirs[1:5]),
         encode_images=make_image_encoder(vae, resolution, int(vae.config.in_channels), device, dtype),
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, "flow", device),
         network=net,
+        raw_module=raw,
         cond_shape=layout.shape,
         family="flux",
         class_names=list(meta.get("class_names", [])),

@@ -20,8 +20,13 @@ import torch
 
 from ..errors import UserError
 from .bundle import ModelBundle
-from .common import alphas_cumprod_from_config, make_image_encoder, make_unet_denoiser, parse_resolution
-from .common import scheduler_config
+from .common import (
+    alphas_cumprod_from_config,
+    make_image_encoder,
+    make_unet_denoiser,
+    parse_resolution,
+    scheduler_config,
+)
 from .family_parts import (
     check_vocab,
     in_chunks,
@@ -39,6 +44,37 @@ from .fingerprint import fingerprint_paths
 from .packed_cond import CondLayout
 
 ALPHA_TOKENS = 120  # PixArt-α's max_sequence_length (PixArt-Σ: 300, set max_tokens in diffcls.json)
+
+
+class PixArtNetwork(torch.nn.Module):
+    """``forward(sample, timestep, cond) -> eps and learned sigma``, with the mask from the packed condition and
+    PixArt-α's size conditions (the native size: constant, so buffers)."""
+
+    def __init__(self, net, layout: CondLayout, hw: tuple[int, int]):
+        super().__init__()
+        self.net, self.layout = net, layout
+        self.sized = bool(net.use_additional_conditions)
+        self.register_buffer("resolution", torch.tensor([[float(hw[0]), float(hw[1])]]), persistent=False)
+        self.register_buffer("aspect_ratio", torch.tensor([[float(hw[0]) / float(hw[1])]]), persistent=False)
+        self.out_channels = int(net.config.out_channels or net.config.in_channels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        states, v = self.layout.unpack(cond)
+        added = {"resolution": None, "aspect_ratio": None}
+        if self.sized:
+            n = sample.shape[0]
+            added = {
+                "resolution": self.resolution.expand(n, 2).to(sample.dtype),
+                "aspect_ratio": self.aspect_ratio.expand(n, 1).to(sample.dtype),
+            }
+        mask = v["mask"]
+        return self.net(
+            sample,
+            encoder_hidden_states=states,
+            encoder_attention_mask=mask,
+            timestep=timestep,
+            added_cond_kwargs=added,
+        ).sample
 
 
 def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -71,21 +107,11 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
     if not isinstance(max_len, int) or not 2 <= max_len <= limit:
         raise UserError(f"{folder}/diffcls.json: max_tokens must be an integer in 2..{limit}, got {max_len!r}")
     layout = CondLayout(max_len, width, (("mask", max_len),))
-    added = None
-    if net.use_additional_conditions:
-        added = {
-            "resolution": torch.tensor([[float(h), float(w)]], device=device, dtype=dtype),
-            "aspect_ratio": torch.tensor([[float(h) / float(w)]], device=device, dtype=dtype),
-        }
-
     def encode(prompts: list[str]) -> torch.Tensor:
         states, mask = t5_states(tok, t5, prompts, max_len, device, masked=True)
         return layout.pack(states, mask=mask)
 
-    def raw(x_t, t, cond):
-        states, v = layout.unpack(cond)
-        kw = {k: a.expand(len(x_t), -1) for k, a in added.items()} if added else {"resolution": None, "aspect_ratio": None}
-        return net(x_t, encoder_hidden_states=states, encoder_attention_mask=v["mask"], timestep=t, added_cond_kwargs=kw).sample
+    raw = PixArtNetwork(net, layout, (h, w)).to(device).eval()
 
     dirs = [folder / c for c in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")]
     return ModelBundle(
@@ -104,6 +130,7 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, pred_type, device),
         network=net,
+        raw_module=raw,
         cond_shape=layout.shape,
         family="pixart",
         class_names=list(meta.get("class_names", [])),

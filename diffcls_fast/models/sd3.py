@@ -49,6 +49,21 @@ def flow_schedule(folder: Path, sched_cfg: dict, image_seq_len: int | None = Non
     return flow_sigmas(sched_cfg, image_seq_len)
 
 
+class SD3Network(torch.nn.Module):
+    """``forward(sample, timestep index, cond) -> velocity``: the index becomes the network's timestep σ x T."""
+
+    def __init__(self, net, layout: CondLayout, sigmas: torch.Tensor):
+        super().__init__()
+        self.net, self.layout = net, layout
+        self.register_buffer("timestep_of", (sigmas * sigmas.numel()).float(), persistent=False)
+        self.out_channels = int(net.config.out_channels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        states, v = self.layout.unpack(cond)
+        t = self.timestep_of[timestep].to(sample.dtype)
+        return self.net(sample, encoder_hidden_states=states, pooled_projections=v["pooled"], timestep=t).sample
+
+
 def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import SD3Transformer2DModel
 
@@ -89,12 +104,7 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
         states = torch.cat([clip_states_, s_t5.to(clip_states_.dtype)], dim=-2)
         return layout.pack(states, pooled=torch.cat([p_l, p_g], dim=-1))
 
-    T = int(sigmas.numel())
-    timestep_of = (sigmas * T).float().to(device)  # the network's timestep input per index: σ x T
-
-    def raw(x_t, t, cond):
-        states, v = layout.unpack(cond)
-        return net(x_t, encoder_hidden_states=states, pooled_projections=v["pooled"], timestep=timestep_of[t]).sample
+    raw = SD3Network(net, layout, sigmas).to(device).eval()
 
     acp = snr_alphas_cumprod(sigmas)
     dirs = [folder / c for c in ("transformer", *TEXT, "vae", "scheduler")]
@@ -115,6 +125,7 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, "flow", device),
         network=net,
+        raw_module=raw,
         cond_shape=layout.shape,
         family="sd3",
         class_names=list(meta.get("class_names", [])),

@@ -52,6 +52,20 @@ def sdxl_time_ids(h: int, w: int) -> list[float]:
     return [float(h), float(w), 0.0, 0.0, float(h), float(w)]
 
 
+class SDXLNetwork(torch.nn.Module):
+    """``forward(sample, timestep, cond) -> eps`` over a packed condition: what the engine and export call."""
+
+    def __init__(self, unet, layout: CondLayout):
+        super().__init__()
+        self.unet, self.layout = unet, layout
+        self.out_channels = int(unet.config.out_channels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        states, v = self.layout.unpack(cond)
+        added = {"text_embeds": v["text_embeds"], "time_ids": v["time_ids"]}
+        return self.unet(sample, timestep, encoder_hidden_states=states, added_cond_kwargs=added).sample
+
+
 def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import UNet2DConditionModel
 
@@ -93,11 +107,7 @@ def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         ids = time_ids.expand(len(prompts), n_ids)
         return layout.pack(torch.cat([s1, s2], dim=-1), text_embeds=pooled, time_ids=ids)
 
-    def raw(x_t, t, cond):
-        states, v = layout.unpack(cond)
-        added = {"text_embeds": v["text_embeds"], "time_ids": v["time_ids"]}
-        return unet(x_t, t, encoder_hidden_states=states, added_cond_kwargs=added).sample
-
+    raw = SDXLNetwork(unet, layout).eval()
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")
     meta = meta_of(folder)
@@ -120,6 +130,7 @@ def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, pred_type, device),
         network=unet,
+        raw_module=raw,
         cond_shape=layout.shape,
         family="sdxl",
         class_names=list(meta.get("class_names", [])),

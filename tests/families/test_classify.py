@@ -149,7 +149,9 @@ def test_flux_resolution_must_pack(family_folder, tmp_path):
     _refused(folder, "not a multiple of 4")
 
 
-@pytest.mark.parametrize("fam, encoder", [("sdxl", "text_encoder_2"), ("sd3", "text_encoder_3"), ("flux", "text_encoder")])
+@pytest.mark.parametrize(
+    "fam, encoder", [("sdxl", "text_encoder_2"), ("sd3", "text_encoder_3"), ("flux", "text_encoder")]
+)
 def test_embedding_key_covers_every_text_encoder(family_folder, tmp_path, fam, encoder):
     from safetensors.torch import load_file, save_file
 
@@ -166,8 +168,7 @@ def test_embedding_key_covers_every_text_encoder(family_folder, tmp_path, fam, e
 
 
 def test_long_prompt_notice_names_the_clip_limit(family_folder):
-    from diffcls_fast.engine.conditions import prompt_notices
-    from diffcls_fast.engine.conditions import class_spec
+    from diffcls_fast.engine.conditions import class_spec, prompt_notices
 
     model = load_model(str(family_folder("sdxl")), device="cpu")
     spec = class_spec(model, ["cat", "a very long description of a dog sitting on a mat"], 64)

@@ -63,7 +63,9 @@ def test_sdxl_matches_pipeline(family_folder):
     torch.testing.assert_close(v["time_ids"], ids.expand(2, 6))
     x = torch.randn(2, *b.latent_shape)
     t = torch.tensor([10, 700])
-    want = c["unet"](x, t, encoder_hidden_states=embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids.expand(2, 6)}).sample
+    want = c["unet"](
+        x, t, encoder_hidden_states=embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids.expand(2, 6)}
+    ).sample
     torch.testing.assert_close(b.denoise(x, t, cond), want)
 
 

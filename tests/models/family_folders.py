@@ -193,8 +193,6 @@ def make_flux_folder(root: Path, seed: int = 0, guidance: bool = True) -> Path:
         axes_dims_rope=(4, 6, 6),
     ).save_pretrained(root / "transformer", safe_serialization=True)
     _vae(root / "vae", shift=0.1)
-    _flow_scheduler(
-        root / "scheduler", shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
-    )
+    _flow_scheduler(root / "scheduler", shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     (root / "diffcls.json").write_text(json.dumps({"resolution": 16}))  # Flux configs carry no native size
     return root
