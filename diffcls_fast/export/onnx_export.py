@@ -13,7 +13,7 @@ import torch
 
 from ..errors import BackendUnavailable, UserError
 from ..models.bundle import ModelBundle
-from .spec import OPSET, ExportSpec, artifact_key, export_module, spec_for
+from .spec import OPSET, ExportSpec, artifact_key, check_onnx_exportable, export_module, spec_for
 
 
 @dataclass
@@ -46,6 +46,7 @@ def export_onnx(bundle: ModelBundle, out_dir: str | Path, compare_batch: int = 3
     onnx = require_onnx()
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
+    check_onnx_exportable(bundle)
     spec = spec_for(bundle)
     out_dir = writable_dir(out_dir)
     key = artifact_key(bundle, spec)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from ..models.bundle import ModelBundle
 
 OPSET = 18
@@ -31,6 +32,23 @@ class RawNetwork(torch.nn.Module):
         if self.class_cond:
             return self.net(sample, timestep, class_labels=cond).sample
         return self.net(sample, timestep, encoder_hidden_states=cond).sample
+
+
+# Families whose network the TorchScript ONNX exporter (torch.onnx.export, dynamo=False, opset 18) cannot turn
+# into a graph ONNX Runtime loads, and why; checked before a long trace.
+ONNX_REFUSED = {
+    "pixart": (
+        "diffusers' PixArt transformer squeezes a dimension that is 1 only at batch 1 (hidden_states.squeeze(1));"
+        " with a dynamic batch the exporter emits an If node whose shape inference ONNX Runtime rejects"
+    ),
+    "flux": "diffusers' Flux transformer uses torch's rms_norm, which the ONNX exporter has no opset-18 symbol for",
+}
+
+
+def check_onnx_exportable(bundle: ModelBundle) -> None:
+    why = ONNX_REFUSED.get(bundle.family)
+    if why:
+        raise UserError(f"{bundle.name}: {bundle.family} models do not export to ONNX: {why}; use --backend torch")
 
 
 def export_module(bundle: ModelBundle) -> torch.nn.Module:
