@@ -174,3 +174,12 @@ def test_long_prompt_notice_names_the_clip_limit(family_folder):
     spec = class_spec(model, ["cat", "a very long description of a dog sitting on a mat"], 64)
     notes = prompt_notices(model, spec)
     assert len(notes) == 1 and "16 tokens" in notes[0][0] and notes[0][1] == {1}
+
+
+def test_classes_identical_after_truncation_refused_with_that_reason(family_folder):
+    model = load_model(str(family_folder("sdxl")), device="cpu")
+    clf = DiffusionClassifier(model, "exhaustive", n_grid=2, use_cache=False)
+    same_start = ["a photo of a big striped cat", "a photo of a big striped cow"]  # the same first 16 tokens
+    with pytest.raises(UserError, match="cannot be told apart.*longer than the .* 16 tokens") as e:
+        clf.classify(_images(1), same_start)
+    assert "\n" not in str(e.value)
