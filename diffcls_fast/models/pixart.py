@@ -107,6 +107,7 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
     if not isinstance(max_len, int) or not 2 <= max_len <= limit:
         raise UserError(f"{folder}/diffcls.json: max_tokens must be an integer in 2..{limit}, got {max_len!r}")
     layout = CondLayout(max_len, width, (("mask", max_len),))
+
     def encode(prompts: list[str]) -> torch.Tensor:
         states, mask = t5_states(tok, t5, prompts, max_len, device, masked=True)
         return layout.pack(states, mask=mask)
