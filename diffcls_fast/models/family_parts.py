@@ -52,14 +52,23 @@ def load_vae(folder: Path, dtype: torch.dtype, latent_channels: int):
     from diffusers import AutoencoderKL
 
     vae_dir = need_component(folder, "vae", "the autoencoder")
+    vae_dt = vae_dtype(vae_dir, dtype)
     with quiet_loading():
-        vae = load_weights(
-            AutoencoderKL, vae_dir, "the autoencoder", low_cpu_mem_usage=False, torch_dtype=vae_dtype(vae_dir, dtype)
-        )
+        vae = load_weights(AutoencoderKL, vae_dir, "the autoencoder", low_cpu_mem_usage=False, torch_dtype=vae_dt)
+    to_dtype(vae, vae_dt)
     if int(vae.config.latent_channels) != latent_channels:
         what = f"vae has {vae.config.latent_channels} latent channels but the denoiser takes {latent_channels}"
         raise UserError(f"{folder}: {what}")
     return vae
+
+
+def to_dtype(model, dtype: torch.dtype):
+    """``model`` in ``dtype``: without accelerate (low_cpu_mem_usage=False) diffusers 0.42 leaves some classes
+    (SD3's transformer) in float32 whatever ``torch_dtype`` says, and a bf16 input then fails in the first conv."""
+    if any(p.dtype != dtype for p in model.parameters()):
+        with quiet_loading():  # diffusers logs advice about casting with .to()
+            model.to(dtype)
+    return model
 
 
 def load_denoiser(cls, folder: Path, sub: str, dtype: torch.dtype):
@@ -68,7 +77,8 @@ def load_denoiser(cls, folder: Path, sub: str, dtype: torch.dtype):
     if cfg_cls != cls.__name__:
         raise UserError(f"{d}: config.json names {cfg_cls!r}; this family needs {cls.__name__}")
     with quiet_loading():
-        return load_weights(cls, d, f"the denoiser ({sub})", low_cpu_mem_usage=False, torch_dtype=dtype)
+        net = load_weights(cls, d, f"the denoiser ({sub})", low_cpu_mem_usage=False, torch_dtype=dtype)
+    return to_dtype(net, dtype)
 
 
 def check_vocab(folder: Path, sub: str, tokenizer, encoder) -> None:

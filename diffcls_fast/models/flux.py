@@ -84,12 +84,12 @@ class FluxNetwork(torch.nn.Module):
         states, v = self.layout.unpack(cond)
         g = None
         if self.guidance is not None:
-            g = torch.full((sample.shape[0],), self.guidance, device=sample.device, dtype=sample.dtype)
+            g = torch.full((sample.shape[0],), self.guidance, device=sample.device, dtype=torch.float32)
         out = self.net(
             hidden_states=pack_latents(sample),
             encoder_hidden_states=states,
             pooled_projections=v["pooled"],
-            timestep=self.sigmas[timestep].to(sample.dtype),
+            timestep=self.sigmas[timestep],  # σ and the guidance in float32, as the pipeline passes them
             img_ids=self.img_ids.to(sample.dtype),
             txt_ids=self.txt_ids.to(sample.dtype),
             guidance=g,

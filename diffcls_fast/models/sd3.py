@@ -60,7 +60,7 @@ class SD3Network(torch.nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         states, v = self.layout.unpack(cond)
-        t = self.timestep_of[timestep].to(sample.dtype)
+        t = self.timestep_of[timestep]  # float32, as the pipeline passes it: fp16 would round σ x 1000 to 0.5 steps
         return self.net(sample, encoder_hidden_states=states, pooled_projections=v["pooled"], timestep=t).sample
 
 

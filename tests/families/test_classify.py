@@ -183,3 +183,17 @@ def test_classes_identical_after_truncation_refused_with_that_reason(family_fold
     with pytest.raises(UserError, match="cannot be told apart.*longer than the .* 16 tokens") as e:
         clf.classify(_images(1), same_start)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_bf16_runs_close_to_fp32(family_folder, fam):
+    """Every module in the requested dtype (diffusers may leave a class in float32 without accelerate), σ and the
+    timestep kept in float32: bf16 scores are within bf16's precision of fp32's."""
+    half = load_model(str(family_folder(fam)), device="cpu", dtype="bf16")
+    full = load_model(str(family_folder(fam)), device="cpu")
+    assert {p.dtype for p in half.network.parameters()} == {torch.bfloat16}
+    kw = {"n_grid": 3, "use_cache": False}
+    a = DiffusionClassifier(half, "exhaustive", **kw).classify(_images(1), CLASSES[:2])[0]
+    b = DiffusionClassifier(full, "exhaustive", **kw).classify(_images(1), CLASSES[:2])[0]
+    assert a.ok, a.error
+    np.testing.assert_allclose(a.mean_errors, b.mean_errors, rtol=2e-2)
