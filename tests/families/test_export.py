@@ -36,3 +36,20 @@ def test_onnx_refused_with_the_reason(family_folder, tmp_path, fam, why):
     with pytest.raises(UserError, match=f"{fam} models do not export to ONNX: .*{why}") as e:
         apply_backend(model, "onnx", cache_dir=tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_aoti_backend_matches_torch_sd3(family_folder, tmp_path):
+    """--backend aoti traces the same module (packed condition, σ table): minutes of C++ compile on a small CPU."""
+    from diffcls_fast.export.aoti_export import require_aoti
+
+    try:
+        require_aoti()
+    except UserError as e:
+        pytest.skip(str(e))
+    model = load_model(str(family_folder("sd3")), device="cpu")
+    aoti = apply_backend(model, "aoti", cache_dir=tmp_path, batch_sizes=[4])
+    x = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5, 400, 990])
+    cond = model.encode_prompts(["a cat", "a dog", "a bird"])
+    torch.testing.assert_close(aoti.denoise(x, t, cond), model.denoise(x, t, cond), atol=1e-4, rtol=1e-4)

@@ -59,10 +59,12 @@ def test_snr_equivalent_alphas_cumprod():
     torch.testing.assert_close(acp / (1 - acp), ((1 - sig) / sig) ** 2)  # the same signal-to-noise ratio
 
 
+@pytest.mark.parametrize("loss", ["l2", "x0"])
 @torch.no_grad()
-def test_engine_errors_are_the_plain_velocity_formula(family_folder):
+def test_engine_errors_are_the_plain_velocity_formula(family_folder, loss):
     """Exhaustive scoring of the tiny SD3 model: every class's mean error is the mean over its samples of
-    mean((v_hat - (ε - x0))²) with x_t = (1 - σ_t) x0 + σ_t ε, recomputed here by hand."""
+    mean((v_hat - (ε - x0))²) with x_t = (1 - σ_t) x0 + σ_t ε, recomputed here by hand. The x0 loss is the x0
+    error (x0 = x_t - σ v, so σ² times the velocity error) weighted by exp(-7 t / T)."""
     model = load_model(str(family_folder("sd3")), device="cpu")
     seen = []
 
@@ -71,7 +73,7 @@ def test_engine_errors_are_the_plain_velocity_formula(family_folder):
         return model.encode_images(images)
 
     spy = dataclasses.replace(model, encode_images=encode_images)
-    clf = DiffusionClassifier(spy, "exhaustive", n_grid=4, use_cache=False)
+    clf = DiffusionClassifier(spy, "exhaustive", n_grid=4, use_cache=False, loss=loss)
     classes = ["cat", "dog"]
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     (res,) = clf.classify([img], classes)
@@ -89,7 +91,10 @@ def test_engine_errors_are_the_plain_velocity_formula(family_folder):
             sig = float(model.sigmas[t])
             x_t = (1 - sig) * x0 + sig * eps
             v_hat = model.denoise(x_t[None], torch.tensor([t]), cond[c : c + 1])[0]
-            errs.append(float(((v_hat - (eps - x0)) ** 2).mean()))
+            err = float(((v_hat - (eps - x0)) ** 2).mean())
+            if loss == "x0":
+                err *= sig**2 * np.exp(-7.0 * t / model.num_timesteps)
+            errs.append(err)
         want.append(np.mean(errs))
     np.testing.assert_allclose(res.mean_errors, want, rtol=1e-4)
 
