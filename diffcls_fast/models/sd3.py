@@ -8,6 +8,9 @@ feature axis, zero-padded to T5's width, followed on the token axis by T5's last
 pipeline's default, no mask); the pooled vector is CLIP-L's and CLIP-G's ``text_embeds`` side by side, packed
 after the tokens (packed_cond.py). The model is rectified flow: denoise() returns the velocity (flow.py); the
 network's timestep input is σ x num_train_timesteps, as the pipeline passes it.
+
+SD3 saved without T5 (``text_encoder_3`` null in model_index.json, no folder) loads too: as the pipeline does, T5's
+states are zeros (256 of them, the pipeline's max_sequence_length).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .bundle import ModelBundle
-from .common import make_image_encoder, make_unet_denoiser, parse_resolution, scheduler_config
+from .common import make_image_encoder, make_unet_denoiser, parse_resolution, read_json, scheduler_config
 from .family_parts import (
     check_vocab,
     clip_states,
@@ -64,22 +67,34 @@ class SD3Network(torch.nn.Module):
         return self.net(sample, encoder_hidden_states=states, pooled_projections=v["pooled"], timestep=t).sample
 
 
+def t5_left_out(folder: Path) -> bool:
+    """Whether the folder is SD3 without its T5, as ``StableDiffusion3Pipeline(text_encoder_3=None)`` saves it:
+    no ``text_encoder_3/`` and ``model_index.json`` listing it as null. A missing folder otherwise is an error."""
+    if (folder / "text_encoder_3").exists():
+        return False
+    idx = folder / "model_index.json"
+    listed = read_json(idx).get("text_encoder_3", "missing") if idx.is_file() else "missing"
+    return isinstance(listed, list) and all(x is None for x in listed)
+
+
 def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import SD3Transformer2DModel
 
     sched_cfg = scheduler_config(folder)
     sigmas = flow_schedule(folder, sched_cfg)
     meta = meta_of(folder)
-    toks = [load_tokenizer(folder, s) for s in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+    with_t5 = not t5_left_out(folder)
+    subs = ("tokenizer", "tokenizer_2", "tokenizer_3") if with_t5 else ("tokenizer", "tokenizer_2")
+    toks = [load_tokenizer(folder, s) for s in subs]
     clip = ("CLIPTextModelWithProjection",)
     te_l = load_text_encoder(folder, "text_encoder", clip, dtype)
     te_g = load_text_encoder(folder, "text_encoder_2", clip, dtype)
-    t5 = load_text_encoder(folder, "text_encoder_3", ("T5EncoderModel",), dtype)
-    for sub, tok, te in zip(("tokenizer", "tokenizer_2", "tokenizer_3"), toks, (te_l, te_g, t5)):
+    t5 = load_text_encoder(folder, "text_encoder_3", ("T5EncoderModel",), dtype) if with_t5 else None
+    for sub, tok, te in zip(subs, toks, (te_l, te_g, t5)):
         check_vocab(folder, sub, tok, te)
     net = load_denoiser(SD3Transformer2DModel, folder, "transformer", dtype)
     cfg = net.config
-    width = int(t5.config.d_model)
+    width = int(t5.config.d_model) if with_t5 else int(cfg.joint_attention_dim)
     clip_width = int(te_l.config.hidden_size) + int(te_g.config.hidden_size)
     if int(cfg.joint_attention_dim) != width or clip_width > width:
         what = f"joint_attention_dim is {cfg.joint_attention_dim}, T5's d_model {width}, CLIP-L + CLIP-G {clip_width}"
@@ -90,16 +105,21 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
         raise UserError(f"{folder}/transformer: {what}; they must be the same")
     vae = load_vae(folder, dtype, int(cfg.in_channels))
     for m in (net, te_l, te_g, t5, vae):
-        m.to(device).eval().requires_grad_(False)
+        if m is not None:
+            m.to(device).eval().requires_grad_(False)
     latent_hw, resolution = latent_geometry(vae, parse_resolution(cfg.sample_size))
     clip_len = min(token_limit(toks[0], te_l), token_limit(toks[1], te_g))
-    t5_len = int(meta.get("max_tokens", token_limit(toks[2], t5, T5_TOKENS)))
+    # without T5 the pipeline puts zeros of its max_sequence_length (256) in T5's place
+    t5_len = int(meta.get("max_tokens", token_limit(toks[2], t5, T5_TOKENS) if with_t5 else T5_TOKENS))
     layout = CondLayout(clip_len + t5_len, width, (("pooled", pooled_dim),))
 
     def encode(prompts: list[str]) -> torch.Tensor:
         s_l, p_l = clip_states(toks[0], te_l, prompts, clip_len, device)
         s_g, p_g = clip_states(toks[1], te_g, prompts, clip_len, device)
-        s_t5, _ = t5_states(toks[2], t5, prompts, t5_len, device, masked=False)
+        if with_t5:
+            s_t5, _ = t5_states(toks[2], t5, prompts, t5_len, device, masked=False)
+        else:
+            s_t5 = torch.zeros(len(prompts), t5_len, width, device=device)
         clip_states_ = F.pad(torch.cat([s_l, s_g], dim=-1), (0, width - clip_width))
         states = torch.cat([clip_states_, s_t5.to(clip_states_.dtype)], dim=-2)
         return layout.pack(states, pooled=torch.cat([p_l, p_g], dim=-1))
@@ -107,7 +127,8 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
     raw = SD3Network(net, layout, sigmas).to(device).eval()
 
     acp = snr_alphas_cumprod(sigmas)
-    dirs = [folder / c for c in ("transformer", *TEXT, "vae", "scheduler")]
+    text = [folder / c for c in TEXT if with_t5 or not c.endswith("_3")]
+    dirs = [folder / "transformer", *text, folder / "vae", folder / "scheduler"]
     return ModelBundle(
         name=name,
         cond_kind="text",
@@ -120,7 +141,7 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
         device=device,
         dtype=dtype,
         fingerprint=fingerprint_paths(*dirs),
-        text_fingerprint=fingerprint_paths(*dirs[1:7]),  # all three encoders and tokenizers
+        text_fingerprint=fingerprint_paths(*text),  # every encoder and tokenizer
         encode_images=make_image_encoder(vae, resolution, int(vae.config.in_channels), device, dtype),
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, "flow", device),

@@ -205,3 +205,38 @@ def test_family_name_and_prediction(family_folder, fam):
     b = load_model(str(family_folder(fam)), device="cpu")
     assert b.family == fam
     assert b.target == ("velocity" if fam in ("sd3", "flux") else "eps")
+
+
+@torch.no_grad()
+def test_sd3_without_t5_matches_pipeline(family_folder, tmp_path):
+    """SD3 saved without T5 (model_index.json lists text_encoder_3 as null): zeros in T5's place, as the pipeline."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = tmp_path / "sd3"
+    shutil.copytree(family_folder("sd3"), folder)
+    shutil.rmtree(folder / "text_encoder_3")
+    shutil.rmtree(folder / "tokenizer_3")
+    (folder / "model_index.json").write_text(json.dumps({"text_encoder_3": [None, None], "tokenizer_3": [None, None]}))
+    b = load_model(str(folder), device="cpu")
+    c = _components(
+        folder,
+        {
+            "vae": "AutoencoderKL",
+            "text_encoder": "CLIPTextModelWithProjection",
+            "text_encoder_2": "CLIPTextModelWithProjection",
+            "tokenizer": "",
+            "tokenizer_2": "",
+            "transformer": "SD3Transformer2DModel",
+            "scheduler": "FlowMatchEulerDiscreteScheduler",
+        },
+    )
+    pipe = StableDiffusion3Pipeline(**c, text_encoder_3=None, tokenizer_3=None)
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        PROMPTS, PROMPTS, PROMPTS, device="cpu", do_classifier_free_guidance=False
+    )
+    states, v = _unpack(b, b.encode_prompts(PROMPTS), (("pooled", 16),))
+    torch.testing.assert_close(states, embeds)
+    torch.testing.assert_close(v["pooled"], pooled)
