@@ -21,6 +21,23 @@ from ..errors import UserError
 from ..images import as_hw
 from .common import load_weights, need_component, quiet_loading, read_json, vae_dtype, vae_resolution
 
+_ROLES = {
+    "unet": "the denoiser",
+    "transformer": "the denoiser",
+    "vae": "the autoencoder",
+    "scheduler": "the noise schedule",
+}
+
+
+def check_layout(folder: Path, family: str, components: dict[str, str]) -> None:
+    """Every folder of the family's layout ({folder: what it holds}) is there: the first missing one in one line,
+    with the whole layout (need_component's message names Stable Diffusion's)."""
+    for sub, what in components.items():
+        if not (folder / sub).is_dir():
+            layout = ", ".join(f"{c}/" for c in components)
+            role = what or _ROLES.get(sub, sub)
+            raise UserError(f"{folder}: missing {sub}/ ({role}); {family} folders have {layout}")
+
 
 def load_tokenizer(folder: Path, sub: str):
     tok_dir = need_component(folder, sub, f"the tokenizer ({sub})")

@@ -27,6 +27,7 @@ from ..errors import UserError
 from .bundle import ModelBundle
 from .common import make_image_encoder, make_unet_denoiser, parse_resolution, scheduler_config
 from .family_parts import (
+    check_layout,
     check_vocab,
     clip_states,
     in_chunks,
@@ -100,6 +101,19 @@ class FluxNetwork(torch.nn.Module):
 def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import FluxTransformer2DModel
 
+    check_layout(
+        folder,
+        "Flux",
+        {
+            "transformer": "",
+            "text_encoder": "CLIPTextModel",
+            "text_encoder_2": "T5EncoderModel",
+            "tokenizer": "CLIP's tokenizer",
+            "tokenizer_2": "T5's tokenizer",
+            "vae": "",
+            "scheduler": "",
+        },
+    )
     sched_cfg = scheduler_config(folder)
     meta = meta_of(folder)
     tok_c, tok_t = load_tokenizer(folder, "tokenizer"), load_tokenizer(folder, "tokenizer_2")

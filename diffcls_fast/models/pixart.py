@@ -28,6 +28,7 @@ from .common import (
     scheduler_config,
 )
 from .family_parts import (
+    check_layout,
     check_vocab,
     in_chunks,
     latent_geometry,
@@ -80,6 +81,17 @@ class PixArtNetwork(torch.nn.Module):
 def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import PixArtTransformer2DModel
 
+    check_layout(
+        folder,
+        "PixArt",
+        {
+            "transformer": "",
+            "text_encoder": "T5EncoderModel",
+            "tokenizer": "T5's tokenizer",
+            "vae": "",
+            "scheduler": "",
+        },
+    )
     sched_cfg = scheduler_config(folder)
     acp = alphas_cumprod_from_config(sched_cfg)
     pred_type = sched_cfg.get("prediction_type", "epsilon")

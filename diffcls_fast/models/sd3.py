@@ -24,6 +24,7 @@ from ..errors import UserError
 from .bundle import ModelBundle
 from .common import make_image_encoder, make_unet_denoiser, parse_resolution, read_json, scheduler_config
 from .family_parts import (
+    check_layout,
     check_vocab,
     clip_states,
     in_chunks,
@@ -84,6 +85,18 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
     sigmas = flow_schedule(folder, sched_cfg)
     meta = meta_of(folder)
     with_t5 = not t5_left_out(folder)
+    layout_ = {
+        "transformer": "",
+        "text_encoder": "CLIP-L, CLIPTextModelWithProjection",
+        "text_encoder_2": "CLIP-G, CLIPTextModelWithProjection",
+        "text_encoder_3": "T5EncoderModel",
+        "tokenizer": "CLIP's tokenizer",
+        "tokenizer_2": "CLIP's tokenizer",
+        "tokenizer_3": "T5's tokenizer",
+        "vae": "",
+        "scheduler": "",
+    }
+    check_layout(folder, "SD3", {k: v for k, v in layout_.items() if with_t5 or not k.endswith("_3")})
     subs = ("tokenizer", "tokenizer_2", "tokenizer_3") if with_t5 else ("tokenizer", "tokenizer_2")
     toks = [load_tokenizer(folder, s) for s in subs]
     clip = ("CLIPTextModelWithProjection",)

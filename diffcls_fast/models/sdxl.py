@@ -29,6 +29,7 @@ from .common import (
 )
 from .family_parts import (
     check_dim,
+    check_layout,
     check_vocab,
     clip_states,
     in_chunks,
@@ -69,6 +70,19 @@ class SDXLNetwork(torch.nn.Module):
 def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     from diffusers import UNet2DConditionModel
 
+    check_layout(
+        folder,
+        "SDXL",
+        {
+            "unet": "",
+            "text_encoder": "CLIPTextModel",
+            "text_encoder_2": "CLIPTextModelWithProjection",
+            "tokenizer": "CLIP's tokenizer",
+            "tokenizer_2": "CLIP's tokenizer",
+            "vae": "",
+            "scheduler": "",
+        },
+    )
     sched_cfg = scheduler_config(folder)
     tok1, tok2 = load_tokenizer(folder, "tokenizer"), load_tokenizer(folder, "tokenizer_2")
     te1 = load_text_encoder(folder, "text_encoder", ("CLIPTextModel",), dtype)
