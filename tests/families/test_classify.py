@@ -197,3 +197,16 @@ def test_bf16_runs_close_to_fp32(family_folder, fam):
     b = DiffusionClassifier(full, "exhaustive", **kw).classify(_images(1), CLASSES[:2])[0]
     assert a.ok, a.error
     np.testing.assert_allclose(a.mean_errors, b.mean_errors, rtol=2e-2)
+
+
+@pytest.mark.parametrize("fam", ["sdxl", "flux"])
+def test_embedding_cache_stores_the_packed_condition(family_folder, tmp_path, fam):
+    """The cache holds the whole packed row (token states, pooled vector, time ids): a cached run scores the same."""
+    model = load_model(str(family_folder(fam)), device="cpu")
+    kw = {"n_grid": 3, "cache_dir": tmp_path}
+    first = DiffusionClassifier(model, "exhaustive", **kw)
+    a = first.classify(_images(1), CLASSES)[0]
+    again = DiffusionClassifier(model, "exhaustive", **kw)
+    b = again.classify(_images(1), CLASSES)[0]
+    assert again.config.cache.hits == len(CLASSES) and again.config.cache.misses == 0
+    np.testing.assert_array_equal(a.mean_errors, b.mean_errors)
