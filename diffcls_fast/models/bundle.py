@@ -43,7 +43,8 @@ class ModelBundle:
     # ``out_channels`` attribute. None: export wraps ``network`` (export/spec.py RawNetwork).
     raw_module: torch.nn.Module | None = None
     cond_shape: tuple[int, ...] = ()  # shape of one condition row ([L, D] text embedding, () class id)
-    family: str = "sd"  # export spec key: "sd" (UNet2DCondition), "dit", "class-unet"
+    # export spec key: "sd" (UNet2DCondition), "dit", "class-unet", "sdxl", "sd3", "pixart", "flux"
+    family: str = "sd"
     random_weights: bool = False  # presets: timing only, never accuracy
     class_names: list[str] = field(default_factory=list)  # defaults shipped with the model
     prompt_template: str = "{}"  # how a bare class name becomes a prompt
