@@ -42,7 +42,8 @@ class ModelBundle:
     # table, latent packing): ``forward(sample, timestep index [B], cond [B, *cond_shape]) -> raw output``, with an
     # ``out_channels`` attribute. None: export wraps ``network`` (export/spec.py RawNetwork).
     raw_module: torch.nn.Module | None = None
-    cond_shape: tuple[int, ...] = ()  # shape of one condition row ([L, D] text embedding, () class id)
+    # shape of one condition row: [L, D] text embedding, [L + r, D] packed (models/packed_cond.py), () class id
+    cond_shape: tuple[int, ...] = ()
     # export spec key: "sd" (UNet2DCondition), "dit", "class-unet", "sdxl", "sd3", "pixart", "flux"
     family: str = "sd"
     random_weights: bool = False  # presets: timing only, never accuracy
