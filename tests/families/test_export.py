@@ -39,15 +39,17 @@ def test_onnx_refused_with_the_reason(family_folder, tmp_path, fam, why):
 
 
 @pytest.mark.slow
-def test_aoti_backend_matches_torch_sd3(family_folder, tmp_path):
-    """--backend aoti traces the same module (packed condition, σ table): minutes of C++ compile on a small CPU."""
+@pytest.mark.parametrize("fam", ["sd3", "flux"])
+def test_aoti_backend_matches_torch(family_folder, tmp_path, fam):
+    """--backend aoti traces the same module (packed condition, σ table, Flux's packing): torch.export takes Flux,
+    which the ONNX exporter does not. Minutes of C++ compile per model on a small CPU."""
     from diffcls_fast.export.aoti_export import require_aoti
 
     try:
         require_aoti()
     except UserError as e:
         pytest.skip(str(e))
-    model = load_model(str(family_folder("sd3")), device="cpu")
+    model = load_model(str(family_folder(fam)), device="cpu")
     aoti = apply_backend(model, "aoti", cache_dir=tmp_path, batch_sizes=[4])
     x = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([5, 400, 990])
