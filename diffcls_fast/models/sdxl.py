@@ -137,9 +137,9 @@ def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         device=device,
         dtype=dtype,
         fingerprint=fingerprint_paths(*dirs),
-        # the embedding cache key: both encoders, both tokenizers (and the time ids' resolution, via the unet
-        # config being part of the condition's meaning)
-        text_fingerprint=fingerprint_paths(*dirs[1:5], folder / "unet" / "config.json"),
+        # the embedding cache key: both encoders and tokenizers, and the configs that set the native size the cached
+        # time ids hold (the unet's sample_size times the VAE's scale)
+        text_fingerprint=fingerprint_paths(*dirs[1:5], folder / "unet" / "config.json", folder / "vae" / "config.json"),
         encode_images=make_image_encoder(vae, resolution, int(vae.config.in_channels), device, dtype),
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, pred_type, device),
