@@ -162,5 +162,14 @@ def latent_geometry(vae, latent_hw) -> tuple[tuple[int, int], int | tuple[int, i
     return hw, vae_resolution(vae, hw)
 
 
+def meta_number(folder: Path, meta: dict, key: str, default, kind=int, minimum=2):
+    """``diffcls.json``'s ``key`` (an int, or a float for ``kind=float``) >= ``minimum``, else ``default``."""
+    value = meta.get(key, default)
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        raise UserError(f"{folder}/diffcls.json: {key} must be a number >= {minimum}, got {value!r}")
+    return kind(value)
+
+
 def meta_of(folder: Path) -> dict:
     return read_json(folder / "diffcls.json") if (folder / "diffcls.json").is_file() else {}

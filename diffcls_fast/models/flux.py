@@ -36,6 +36,7 @@ from .family_parts import (
     load_tokenizer,
     load_vae,
     long_prompt_finder,
+    meta_number,
     meta_of,
     t5_states,
     token_limit,
@@ -147,11 +148,9 @@ def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
     h, w = ph // scale, pw // scale
     sigmas = flow_schedule(folder, sched_cfg, image_seq_len=(h // 2) * (w // 2))
     guided = bool(cfg.guidance_embeds)
-    guidance = float(meta.get("guidance", DEFAULT_GUIDANCE))
+    guidance = meta_number(folder, meta, "guidance", DEFAULT_GUIDANCE, kind=float, minimum=0)
     clip_len = token_limit(tok_c, clip)
-    t5_len = meta.get("max_tokens", token_limit(tok_t, t5, 512 if guided else 256))
-    if not isinstance(t5_len, int) or t5_len < 2:
-        raise UserError(f"{folder}/diffcls.json: max_tokens must be an integer >= 2, got {t5_len!r}")
+    t5_len = meta_number(folder, meta, "max_tokens", token_limit(tok_t, t5, 512 if guided else 256))
     layout = CondLayout(t5_len, width, (("pooled", pooled_dim),))
 
     def encode(prompts: list[str]) -> torch.Tensor:

@@ -34,6 +34,7 @@ from .family_parts import (
     load_tokenizer,
     load_vae,
     long_prompt_finder,
+    meta_number,
     meta_of,
     t5_states,
     token_limit,
@@ -123,7 +124,7 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
     latent_hw, resolution = latent_geometry(vae, parse_resolution(cfg.sample_size))
     clip_len = min(token_limit(toks[0], te_l), token_limit(toks[1], te_g))
     # without T5 the pipeline puts zeros of its max_sequence_length (256) in T5's place
-    t5_len = int(meta.get("max_tokens", token_limit(toks[2], t5, T5_TOKENS) if with_t5 else T5_TOKENS))
+    t5_len = meta_number(folder, meta, "max_tokens", token_limit(toks[2], t5, T5_TOKENS) if with_t5 else T5_TOKENS)
     layout = CondLayout(clip_len + t5_len, width, (("pooled", pooled_dim),))
 
     def encode(prompts: list[str]) -> torch.Tensor:

@@ -210,3 +210,11 @@ def test_embedding_cache_stores_the_packed_condition(family_folder, tmp_path, fa
     b = again.classify(_images(1), CLASSES)[0]
     assert again.config.cache.hits == len(CLASSES) and again.config.cache.misses == 0
     np.testing.assert_array_equal(a.mean_errors, b.mean_errors)
+
+
+def test_bad_diffcls_json_numbers_are_one_line(family_folder, tmp_path):
+    folder = _copy(family_folder, "flux", tmp_path)
+    (folder / "diffcls.json").write_text(json.dumps({"resolution": 16, "guidance": "high"}))
+    _refused(folder, "diffcls.json: guidance must be a number >= 0, got 'high'")
+    (folder / "diffcls.json").write_text(json.dumps({"resolution": 16, "max_tokens": 1}))
+    _refused(folder, "diffcls.json: max_tokens must be a number >= 2, got 1")
