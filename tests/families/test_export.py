@@ -57,3 +57,17 @@ def test_aoti_backend_matches_torch(family_folder, tmp_path, fam):
     t = torch.tensor([5, 400, 990])
     cond = model.encode_prompts(["a cat", "a dog", "a bird"])
     torch.testing.assert_close(aoti.denoise(x, t, cond), model.denoise(x, t, cond), atol=1e-4, rtol=1e-4)
+
+
+def test_cli_onnx_refusal_is_one_line(family_folder, tmp_path, capsys):
+    from diffcls_fast.cli import main
+
+    from ..models.tiny_folders import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", ["cat"], per_class=1)
+    img = next((data / "cat").iterdir())
+    model = ["--model", str(family_folder("flux")), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    capsys.readouterr()  # building the folder logs
+    code = main(["classify", str(img), *model, "--classes", "cat,dog", "--backend", "onnx", "--no-cache"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "flux models do not export to ONNX" in err[0], err
