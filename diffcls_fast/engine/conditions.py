@@ -100,7 +100,8 @@ def _long_prompts(model: ModelBundle, spec: ClassSpec) -> Notice | None:
     found = finder(spec.prompts) if finder is not None else []  # [(prompt index, token count)]
     if not found:
         return None
-    limit = int(model.cond_shape[0])
+    # a packed condition (SDXL, SD3, Flux, PixArt) has rows after the tokens: the model says its token limit
+    limit = int(getattr(model, "prompt_tokens", 0) or model.cond_shape[0])
     shown = ", ".join(f"{spec.prompts[i]!r} ({n} tokens)" for i, n in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     return (

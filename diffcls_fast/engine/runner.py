@@ -75,12 +75,18 @@ class Runner:
         self.kind = "l2" if loss == "x0" else loss
         self.x0_weight = loss == "x0"
         self.T = model.num_timesteps
-        acp = model.alphas_cumprod.to(torch.float64)
-        self.a_tab = acp.sqrt().float().to(self.device)
-        self.b_tab = (1 - acp).sqrt().float().to(self.device)
-        # Clark & Jaini: the x0 error is the eps l2 error times (1 - abar) / abar, weighted by exp(-7 t), t in [0, 1].
+        # x_t = a[t] x0 + b[t] eps: sqrt(abar), sqrt(1 - abar) for DDPM; 1 - sigma, sigma for flow matching
+        a, b = model.noise_coefficients()
+        self.a_tab = a.float().to(self.device)
+        self.b_tab = b.float().to(self.device)
+        # flow matching: denoise() returns the velocity and the error is against eps - x0 (ModelBundle.target)
+        self.velocity = model.target == "velocity"
+        # Clark & Jaini: the x0 error, weighted by exp(-7 t), t in [0, 1]. From an eps error it is (b / a)^2 times
+        # it (x0 = (x_t - b eps) / a); from a velocity error sigma^2 times it (x0 = x_t - sigma v).
         t01 = torch.arange(self.T, dtype=torch.float64) / self.T
-        self.w_tab = (torch.exp(-7.0 * t01) * (1 - acp) / acp).float().to(self.device)
+        acp = model.alphas_cumprod.to(torch.float64)
+        scale = b * b if self.velocity else (1 - acp) / acp
+        self.w_tab = (torch.exp(-7.0 * t01) * scale).float().to(self.device)
         self._buffers: dict[int, torch.Tensor] = {}
 
     def _buffer(self, size: int) -> torch.Tensor:
@@ -154,9 +160,11 @@ class Runner:
         x_t = kernels.make_noisy(
             x0, eps, img_idx_t, noise_idx_t, self.a_tab[t_t], self.b_tab[t_t], out=self._buffer(batch.size)
         )
-        eps_hat = self.model.denoise(x_t, t_t, self.cond_table[cond_t])
+        pred = self.model.denoise(x_t, t_t, self.cond_table[cond_t])
         weight = self.w_tab[t_t[:rows]] if self.x0_weight else None
-        err_rows = kernels.query_errors(eps_hat[:rows], eps, noise_idx_t[:rows], kind=self.kind, weight=weight)
+        # the target per (image, sample) pair: eps, or the velocity eps - x0 of a flow-matching model
+        target = eps - x0[torch.from_numpy(pair_img).to(dev)].to(eps.dtype) if self.velocity else eps
+        err_rows = kernels.query_errors(pred[:rows], target, noise_idx_t[:rows], kind=self.kind, weight=weight)
         if rows == len(cls):  # one prompt per class: rows are queries
             err = err_rows
         else:  # mean over each query's prompts

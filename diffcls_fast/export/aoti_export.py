@@ -38,7 +38,7 @@ import torch
 
 from ..errors import UserError
 from ..models.bundle import ModelBundle
-from .spec import RawNetwork, artifact_key, spec_for
+from .spec import artifact_key, export_module, raw_out_channels, spec_for
 
 MANIFEST_VERSION = 1
 # The batch size where diffusers' Upsample2D changes its traced program (see the module docstring).
@@ -93,7 +93,7 @@ def compile_package(bundle: ModelBundle, rng: PackageRange, path: Path) -> float
     """Export ``bundle``'s raw network with a dynamic batch axis over ``rng`` and AOT-compile it to ``path``; seconds
     taken."""
     spec = spec_for(bundle)
-    module = RawNetwork(bundle.network, bundle.cond_kind == "class").eval()
+    module = export_module(bundle)
     args = spec.sample_input(rng.trace_batch(), bundle.device, bundle.dtype)
     t0 = time.perf_counter()
     if rng.lo == rng.hi:
@@ -336,7 +336,7 @@ def export_aoti(
         "cond_kind": bundle.cond_kind,
         "num_timesteps": bundle.num_timesteps,
         "prediction_type": bundle.prediction_type,
-        "out_channels": int(getattr(getattr(bundle.network, "config", None), "out_channels", bundle.latent_shape[0])),
+        "out_channels": raw_out_channels(bundle),
         "batch_sizes": sorted({int(b) for b in batch_sizes}),
         "packages": packages,
         "preprocessing": _preprocessing(bundle),

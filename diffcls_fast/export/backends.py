@@ -18,6 +18,7 @@ from ..engine.cache import default_cache_dir
 from ..errors import BackendUnavailable, UserError
 from ..models.bundle import ModelBundle
 from ..models.common import make_unet_denoiser
+from .spec import raw_out_channels
 
 BACKENDS = ("torch", "compile", "onnx", "tensorrt", "aoti")
 
@@ -73,8 +74,11 @@ def compiled_raw(bundle: ModelBundle, class_cond: bool):
 
     mode = "reduce-overhead" if bundle.device.type == "cuda" else "default"
     # dynamic=False: each bucket size is its own static graph (and CUDA graph); the bucket set is small.
-    compiled = torch.compile(bundle.network, mode=mode, dynamic=False, fullgraph=False)
-    call = raw_network_call(compiled, class_cond)
+    if bundle.raw_module is not None:  # a family whose call is its own module (SDXL, SD3, PixArt, Flux)
+        call = torch.compile(bundle.raw_module, mode=mode, dynamic=False, fullgraph=False)
+    else:
+        compiled = torch.compile(bundle.network, mode=mode, dynamic=False, fullgraph=False)
+        call = raw_network_call(compiled, class_cond)
     if bundle.device.type == "cuda":
 
         def raw(x_t, t, cond):
@@ -110,7 +114,7 @@ def onnxruntime_raw(bundle: ModelBundle, art_dir: Path):
         raise BackendUnavailable(f"the onnx backend runs fp32 or fp16, not {bundle.dtype}")
 
     if bundle.device.type == "cuda":
-        out_ch = int(bundle.network.config.out_channels)
+        out_ch = raw_out_channels(bundle)
 
         def raw(x_t, t, cond):
             # IO binding on device pointers: no host copies.

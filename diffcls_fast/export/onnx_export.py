@@ -13,7 +13,7 @@ import torch
 
 from ..errors import BackendUnavailable, UserError
 from ..models.bundle import ModelBundle
-from .spec import OPSET, ExportSpec, RawNetwork, artifact_key, spec_for
+from .spec import OPSET, ExportSpec, artifact_key, check_onnx_exportable, export_module, spec_for
 
 
 @dataclass
@@ -46,6 +46,7 @@ def export_onnx(bundle: ModelBundle, out_dir: str | Path, compare_batch: int = 3
     onnx = require_onnx()
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
+    check_onnx_exportable(bundle)
     spec = spec_for(bundle)
     out_dir = writable_dir(out_dir)
     key = artifact_key(bundle, spec)
@@ -56,7 +57,7 @@ def export_onnx(bundle: ModelBundle, out_dir: str | Path, compare_batch: int = 3
         meta = _valid_cached(onnx, path, meta_path)
         if meta is not None:
             return OnnxArtifact(path, True, meta.get("max_abs_error"), time.perf_counter() - t0, spec)
-    module = RawNetwork(bundle.network, bundle.cond_kind == "class").eval()
+    module = export_module(bundle)
     args = spec.sample_input(2, bundle.device, bundle.dtype)
     tmp = path.with_suffix(".onnx.tmp")
     with warnings.catch_warnings(), torch.no_grad():
@@ -131,9 +132,8 @@ def compare_with_torch(bundle: ModelBundle, path: Path, spec: ExportSpec, batch:
     x, t, c = spec.sample_input(batch, torch.device("cpu"), torch.float32, seed=123)
     feeds = {"sample": x.numpy(), "timestep": t.numpy(), "cond": c.numpy()}
     got = torch.from_numpy(sess.run(None, feeds)[0])
-    net = bundle.network
     with torch.no_grad():
         dev, dt = bundle.device, bundle.dtype
         args = (x.to(dev, dt), t.to(dev), c.to(dev) if spec.cond_dtype == "int64" else c.to(dev, dt))
-        want = RawNetwork(net, bundle.cond_kind == "class")(*args).float().cpu()
+        want = export_module(bundle)(*args).float().cpu()
     return float((got - want).abs().max())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from ..models.bundle import ModelBundle
 
 OPSET = 18
@@ -31,6 +32,38 @@ class RawNetwork(torch.nn.Module):
         if self.class_cond:
             return self.net(sample, timestep, class_labels=cond).sample
         return self.net(sample, timestep, encoder_hidden_states=cond).sample
+
+
+# Families whose network the TorchScript ONNX exporter (torch.onnx.export, dynamo=False, opset 18) cannot turn
+# into a graph ONNX Runtime loads, and why; checked before a long trace.
+ONNX_REFUSED = {
+    "pixart": (
+        "diffusers' PixArt transformer squeezes a dimension that is 1 only at batch 1 (hidden_states.squeeze(1));"
+        " with a dynamic batch the exporter emits an If node whose shape inference ONNX Runtime rejects"
+    ),
+    "flux": "diffusers' Flux transformer uses torch's rms_norm, which the ONNX exporter has no opset-18 symbol for",
+}
+
+
+def check_onnx_exportable(bundle: ModelBundle) -> None:
+    why = ONNX_REFUSED.get(bundle.family)
+    if why:
+        raise UserError(f"{bundle.name}: {bundle.family} models do not export to ONNX: {why}; use --backend torch")
+
+
+def export_module(bundle: ModelBundle) -> torch.nn.Module:
+    """The module to trace: the family's own (SDXL, SD3, PixArt, Flux: ``ModelBundle.raw_module``), else the
+    network behind :class:`RawNetwork`."""
+    if bundle.raw_module is not None:
+        return bundle.raw_module.eval()
+    return RawNetwork(bundle.network, bundle.cond_kind == "class").eval()
+
+
+def raw_out_channels(bundle: ModelBundle) -> int:
+    """Channels of the raw output (eps and a learned sigma count twice); Flux's out_channels config is None."""
+    if bundle.raw_module is not None:
+        return int(bundle.raw_module.out_channels)
+    return int(getattr(getattr(bundle.network, "config", None), "out_channels", None) or bundle.latent_shape[0])
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import BackendUnavailable
 from ..models.bundle import ModelBundle
-from .spec import ExportSpec, artifact_key, spec_for
+from .spec import ExportSpec, artifact_key, raw_out_channels, spec_for
 
 
 def require_tensorrt():
@@ -97,7 +97,7 @@ def tensorrt_raw(bundle: ModelBundle, art_dir: Path, batch_sizes: list[int]):
         for name, shape in spec.input_shapes(b).items():
             ctx.set_input_shape(name, shape)
         contexts[b] = ctx
-    out_ch = int(bundle.network.config.out_channels)
+    out_ch = raw_out_channels(bundle)
 
     def raw(x_t, t, cond):
         b = x_t.shape[0]

@@ -108,7 +108,7 @@ def need_component(folder: Path, sub: str, what: str) -> Path:
     p = folder / sub
     if not p.is_dir():
         raise UserError(f"{folder}: missing {sub}/ ({what}); expected {_LAYOUT}")
-    if sub != "tokenizer" and sub != "scheduler":
+    if not sub.startswith("tokenizer") and sub != "scheduler":  # tokenizer_2/, tokenizer_3/ too
         if not (p / "config.json").is_file():
             raise UserError(f"{p}: missing config.json")
         if not any(p.glob("*.safetensors")):
@@ -239,7 +239,8 @@ def vae_resolution(vae, latent_hw: tuple[int, int]) -> int | tuple[int, int]:
 
 
 def make_image_encoder(vae, resolution: int, channels: int, device: torch.device, dtype: torch.dtype):
-    """``encode_images(images) -> x0`` (float32): preprocess, then the VAE's mean latent times its scaling factor.
+    """``encode_images(images) -> x0`` (float32): preprocess, then the VAE's mean latent, minus its shift factor
+    (SD3 and Flux VAEs have one; SD's none), times its scaling factor.
 
     Without a VAE, the preprocessed pixels are the latents.
     """
@@ -252,7 +253,10 @@ def make_image_encoder(vae, resolution: int, channels: int, device: torch.device
             return px.to(device=device, dtype=torch.float32)
         dt = next(vae.parameters()).dtype  # float32 when the VAE asks to be upcast (see vae_dtype)
         scale = float(vae.config.scaling_factor)
-        return torch.cat([vae.encode(c.to(device, dt)).latent_dist.mean.float() * scale for c in px.split(16)])
+        shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        return torch.cat(
+            [(vae.encode(c.to(device, dt)).latent_dist.mean.float() - shift) * scale for c in px.split(16)]
+        )
 
     return encode_images
 
@@ -324,13 +328,14 @@ def raw_network_call(net: torch.nn.Module, class_cond: bool = False):
 
 
 def make_unet_denoiser(raw, acp: torch.Tensor, pred_type: str, device: torch.device):
-    """Wrap a raw network call as ``denoise(x_t, t, cond) -> eps_hat`` (always eps).
+    """Wrap a raw network call as ``denoise(x_t, t, cond) -> eps_hat`` (eps for the DDPM family; for
+    ``pred_type="flow"`` the velocity eps - x0 the network predicts, which is the engine's target there).
 
     ``raw`` is the network itself, whichever backend runs it (eager, compiled,
     ONNX Runtime, TensorRT): the eps extraction below is shared by all of them.
     """
-    if pred_type not in ("epsilon", "v_prediction"):
-        raise UserError(f"prediction_type {pred_type!r} is not supported (epsilon or v_prediction)")
+    if pred_type not in ("epsilon", "v_prediction", "flow"):
+        raise UserError(f"prediction_type {pred_type!r} is not supported (epsilon, v_prediction or flow)")
     acp_dev = acp.to(device=device, dtype=torch.float32)
 
     @torch.no_grad()

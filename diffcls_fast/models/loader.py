@@ -4,6 +4,8 @@
 * a bundled name (``digits``, ``numbers``, ``fashion``): that folder inside the package (bundled).
 * a folder with ``transformer/`` (DiT), or a ``unet/`` that is a ``UNet2DModel``: class-conditional.
 * a folder with ``unet/`` and ``text_encoder/``: text-to-image, Stable Diffusion layout.
+* SDXL (a ``text_time`` unet, or ``text_encoder_2/``), and ``transformer/`` folders of SD3, PixArt or Flux:
+  their own loaders (sdxl, sd3, pixart, flux).
 
 Each family's loader checks the rest of its folder itself; this module only picks one.
 """
@@ -23,6 +25,8 @@ from .common import resolve_device, resolve_dtype
 from .locate import PRESET_PREFIX, family, model_folder
 from .presets import load_preset
 from .text_to_image import load_text_to_image
+
+_FAMILY_MODULES = {"sdxl": "sdxl", "sd3": "sd3", "pixart": "pixart", "flux": "flux"}
 
 
 def load_model(
@@ -54,4 +58,9 @@ def load_model(
 
 def detect_family(folder: Path) -> Callable[..., ModelBundle]:
     """The loader for ``folder``, from which components it has."""
-    return {"class_conditional": load_class_conditional, "text_to_image": load_text_to_image}[family(folder)]
+    fam = family(folder)
+    if fam in _FAMILY_MODULES:  # imported on demand: each pulls in its diffusers classes
+        import importlib
+
+        return getattr(importlib.import_module(f".{fam}", __package__), f"load_{fam}")
+    return {"class_conditional": load_class_conditional, "text_to_image": load_text_to_image}[fam]

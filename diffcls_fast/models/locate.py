@@ -40,10 +40,25 @@ def model_folder(name: str) -> Path:
     return folder
 
 
+# transformer/ classes of the text-to-image transformer families (any other transformer/ is taken for a DiT)
+TRANSFORMER_FAMILIES = {
+    "SD3Transformer2DModel": "sd3",
+    "PixArtTransformer2DModel": "pixart",
+    "FluxTransformer2DModel": "flux",
+}
+
+
 def family(folder: Path) -> str:
-    """``"class_conditional"`` or ``"text_to_image"``, from which components ``folder`` has."""
+    """``"class_conditional"``, ``"text_to_image"`` (Stable Diffusion 1.x/2.x), ``"sdxl"``, ``"sd3"``,
+    ``"pixart"`` or ``"flux"``, from which components ``folder`` has and what its denoiser's config names."""
     if (folder / "transformer").is_dir():
-        return "class_conditional"
+        cls = component_config(folder, "transformer").get("_class_name", "")
+        return TRANSFORMER_FAMILIES.get(cls, "class_conditional")
+    unet_cfg = component_config(folder, "unet") if (folder / "unet").is_dir() else {}
+    if unet_cfg.get("addition_embed_type") == "text_time" or (
+        (folder / "unet").is_dir() and (folder / "text_encoder_2").is_dir()
+    ):
+        return "sdxl"
     if (folder / "unet").is_dir() and component_config(folder, "unet").get("_class_name", "") == "UNet2DModel":
         return "class_conditional"
     if (folder / "unet").is_dir() and (folder / "text_encoder").is_dir():
