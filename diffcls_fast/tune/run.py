@@ -41,13 +41,6 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     from ..evaluate import load_eval_split
 
     out = check_tune_args(a)
-    if a.data is None and a.split == "train":
-        warnings.warn(
-            "tuning on the model's own training images (--split train): it classifies them more easily than new"
-            " images, so the chosen rule may be cheaper than new images need (fashion ships unseen ones: --split tune)",
-            DiffclsWarning,
-            stacklevel=2,
-        )
     images, labels, class_names, ids = load_eval_split(
         Path(a.model).name if a.data is None else a.model, a.split, a.data
     )
@@ -56,6 +49,18 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     labels = np.asarray(labels)
     if len(images) < 10:
         raise UserError(f"tune needs at least 10 labelled images, got {len(images)}")
+    if a.budget is not None and a.budget < len(class_names):  # before scoring: no rule can be that cheap
+        raise UserError(
+            f"--budget {a.budget:g}: no candidate rule costs that little (the cheapest scores each of the"
+            f" {len(class_names)} classes once)"
+        )
+    if a.data is None and a.split == "train":
+        warnings.warn(
+            "tuning on the model's own training images (--split train): it classifies them more easily than new"
+            " images, so the chosen rule may be cheaper than new images need (fashion ships unseen ones: --split tune)",
+            DiffclsWarning,
+            stacklevel=2,
+        )
     present = len(set(labels.tolist()))
     a.policy, a.n_grid = "exhaustive", a.grid  # the tables are the exhaustive policy's, on this grid
     clf = make_classifier(a)
