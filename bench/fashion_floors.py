@@ -1,7 +1,9 @@
-"""The ``fashion`` model's floor: an RBF SVC on the same training images, scored on the same held-out images.
+"""The ``fashion`` model's floors: RBF SVC, logistic regression and k-NN on the same training images' pixels,
+scored on the same held-out images.
 
     python -m bench.fashion_floors                         # SVC on all 60,000 training images (needs the dataset)
     python -m bench.fashion_floors --train-limit 10000     # a quicker, weaker floor (first N of a seeded shuffle)
+    python -m bench.fashion_floors --classifiers logreg knn  # only these; the day's file keeps the others' rows
     python -m bench.fashion_floors --front bench/results/accuracy_vs_evals_fashion_cpu_2026-12-06.json
         # also list the diffusion classifier's rows of an accuracy_vs_evals run on the same held-out prefix
 
@@ -23,63 +25,89 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import environment, write_json
+from bench.common import RESULTS, environment, write_json
 from diffcls_fast.data import fashion
 
+CLASSIFIERS = {
+    "svc": "sklearn SVC() (RBF, C=1, gamma='scale') on pixels / 255",
+    "logreg": "sklearn LogisticRegression(max_iter=1000) (L2, C=1, lbfgs) on pixels / 255",
+    "knn": "sklearn KNeighborsClassifier(n_neighbors=5) (Euclidean) on pixels / 255",
+}
 
-def fit_svc(train_limit: int | None, seed: int = 0):
-    from sklearn.svm import SVC
 
+def _model(kind: str):
+    if kind == "svc":
+        from sklearn.svm import SVC
+
+        return SVC(kernel="rbf")
+    if kind == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=1000)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=5)
+
+
+def fit_floor(kind: str, train_limit: int | None, seed: int = 0):
     images, labels = fashion.load_full("train")
     order = np.random.default_rng(seed).permutation(len(labels))[:train_limit]
     x = images[order].reshape(len(order), -1).astype(np.float32) / 255.0
-    return SVC(kernel="rbf").fit(x, labels[order]), len(order)
+    return _model(kind).fit(x, labels[order]), len(order)
+
+
+def fit_svc(train_limit: int | None, seed: int = 0):
+    return fit_floor("svc", train_limit, seed)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-limit", type=int, default=None, help="fit on N training images (default: all 60,000)")
+    ap.add_argument("--classifiers", nargs="+", default=list(CLASSIFIERS), choices=list(CLASSIFIERS))
     ap.add_argument("--front", nargs="*", default=[], help="accuracy_vs_evals result files to list beside the floor")
     a = ap.parse_args()
 
-    t0 = time.perf_counter()
-    svc, n_train = fit_svc(a.train_limit)
-    fit_s = time.perf_counter() - t0
+    env = environment("cpu")
+    name = f"fashion_floors_cpu_{env['date']}.json"
+    old = RESULTS / name
+    payload = json.loads(old.read_text()) if old.is_file() else {"benchmark": "fashion_floors", "diffusion": []}
+    payload.update(env)
     images, labels, _ = fashion.split_arrays("heldout")
-    pred = svc.predict(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-    hits = pred == labels
-    prefixes = sorted({len(hits), 200, 500, 1000} & set(range(1, len(hits) + 1)))
-    floor = {
-        "classifier": "sklearn SVC() (RBF, C=1, gamma='scale') on pixels / 255",
-        "train_images": n_train,
-        "fit_seconds": round(fit_s, 1),
-        "accuracy": float(hits.mean()),
-        "accuracy_of_first": {str(k): float(hits[:k].mean()) for k in prefixes},
-        "predictions": pred.tolist(),
-    }
-    diffusion = []
+    x_held = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    prefixes = sorted({len(labels), 200, 500, 1000} & set(range(1, len(labels) + 1)))
+    for kind in a.classifiers:
+        t0 = time.perf_counter()
+        clf, n_train = fit_floor(kind, a.train_limit)
+        fit_s = time.perf_counter() - t0
+        pred = clf.predict(x_held)
+        hits = pred == labels
+        payload[kind] = {
+            "classifier": CLASSIFIERS[kind],
+            "train_images": n_train,
+            "fit_seconds": round(fit_s, 1),
+            "accuracy": float(hits.mean()),
+            "accuracy_of_first": {str(k): float(hits[:k].mean()) for k in prefixes},
+            "predictions": pred.tolist(),
+        }
+        print(f"{kind} on {n_train} training images: held-out accuracy {hits.mean():.4f} ({len(hits)} images)")
+    svc_hits = np.array(payload["svc"]["predictions"]) == labels if "svc" in payload else None
+    if a.front:
+        payload["diffusion"] = []
     for f in a.front:
-        payload = json.loads(Path(f).read_text())
-        n = payload["images"]
-        for r in payload["results"]:
-            diffusion.append(
+        front = json.loads(Path(f).read_text())
+        n = front["images"]
+        for r in front["results"]:
+            payload["diffusion"].append(
                 {
                     "file": Path(f).name,
                     "images": n,
                     "name": r["name"],
                     "accuracy": r["accuracy"],
                     "evals_per_image": r["evals_per_image"],
-                    "svc_same_images": float(hits[:n].mean()),
+                    "svc_same_images": None if svc_hits is None else float(svc_hits[:n].mean()),
                 }
             )
-    payload = {"benchmark": "fashion_floors", **environment("cpu"), "svc": floor, "diffusion": diffusion}
-    path = write_json(f"fashion_floors_cpu_{payload['date']}.json", payload)
-    print(f"RBF SVC on {n_train} training images: held-out accuracy {floor['accuracy']:.4f} ({len(hits)} images)")
-    for k, v in floor["accuracy_of_first"].items():
-        print(f"  first {k}: {v:.4f}")
-    for d in diffusion:
-        print(f"  diffusion {d['name']}: {d['accuracy']:.4f} on {d['images']} (SVC {d['svc_same_images']:.4f})")
-    print(f"wrote {path}")
+    print(f"wrote {write_json(name, payload)}")
 
 
 if __name__ == "__main__":

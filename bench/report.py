@@ -102,14 +102,17 @@ def _fashion_floors() -> list[str]:
     s = floors["svc"]
     out = [
         (
-            f"**fashion floor** — RBF SVC (scikit-learn defaults) on {s['train_images']} training images, held-out"
+            f"**fashion floors** — scikit-learn on the pixels of {s['train_images']} training images, held-out"
             f" images, {floors['device']}, {floors['date']} ([json](../bench/results/{floors['_file']})):"
         ),
         "",
         "| classifier | held-out images | accuracy | evals / image |",
         "|---|---|---|---|",
     ]
-    out += [f"| RBF SVC | {k} | {v:.4f} | — |" for k, v in s["accuracy_of_first"].items()]
+    names = {"svc": "RBF SVC", "logreg": "logistic regression", "knn": "k-NN (k = 5)"}
+    for kind, label in names.items():
+        if kind in floors:
+            out += [f"| {label} | {k} | {v:.4f} | — |" for k, v in floors[kind]["accuracy_of_first"].items()]
     out += [
         f"| diffusion, {d['name']} | {d['images']} | {d['accuracy']:.4f} | {d['evals_per_image']:.0f} |"
         for d in floors["diffusion"]
