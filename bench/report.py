@@ -120,6 +120,30 @@ def _fashion_floors() -> list[str]:
     return out + [""]
 
 
+def _fashion_wording() -> list[str]:
+    """Zero-shot wording on the fashion model: unseen prompts against the trained ones (bench.fashion_wording)."""
+    res = _latest("fashion_wording")
+    if not res or not res.get("rows"):
+        return []
+    out = [
+        (
+            f"**fashion, zero-shot wording** — {res['policy']} on the first {res['images']} held-out images, the"
+            f" same noise for every row; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
+        ),
+        "",
+        "| class prompts | example (t-shirt; bag) | accuracy | evals / image | weakest class |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        example = f"{' / '.join(r['prompts'][0])}; {' / '.join(r['prompts'][8])}"
+        weakest = min(r["per_class_accuracy"].items(), key=lambda kv: kv[1])
+        out.append(
+            f"| {r['set']} | {example} | {r['accuracy']:.3f} | {r['evals_per_image']:.0f} |"
+            f" {weakest[0]} {weakest[1]:.2f} |"
+        )
+    return out + [""]
+
+
 def _seconds(r: dict) -> str:
     if "memo" not in r:
         return f"{r['seconds']:.1f}"
@@ -155,6 +179,7 @@ def _render_rest(out: list[str]) -> str:
             "",
         ]
     out += _fashion_floors()
+    out += _fashion_wording()
     for model in ("digits", "numbers", "fashion"):
         rows = _calibration_rows(model)
         if not rows:
