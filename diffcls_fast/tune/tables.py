@@ -42,9 +42,12 @@ class _Recording:
 
 
 def tables_key(clf: Any, ids: Sequence[str], labels: np.ndarray, n_grid: int) -> str:
-    """What the tables depend on: the weights, the noise seed, the loss, the grid, the images and classes."""
+    """What the tables depend on: the weights, their dtype and backend, the noise seed, the loss, the grid, the
+    images and their labels."""
     what = {
         "model": clf.model.fingerprint,
+        "dtype": str(clf.model.dtype),  # bf16 errors are not fp32 errors
+        "backend": clf.model.backend,
         "seed": clf.seed,
         "loss": clf.loss,
         "grid": n_grid,
