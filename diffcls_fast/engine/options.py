@@ -10,6 +10,7 @@ engine never copies or reaches into the :class:`DiffusionClassifier` facade.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import operator
@@ -107,6 +108,7 @@ class RequestOptions:
     distinct_classes: bool = True  # refuse classes whose conditions are identical (match allows them)
     ood_threshold: float | None = None  # the model's out-of-distribution rule for this policy and loss (see .ood)
     abstain_ood: bool = False  # answer no label for an image the rule flags
+    from_rule: bool = False  # ``explicit`` holds a tuned rule's calibration, not the caller's values
 
     @classmethod
     def build(
@@ -123,6 +125,7 @@ class RequestOptions:
         """Checked options for ``model`` scored with ``loss``: the policy and its options, the noise bank, the
         posterior's temperature and floor (None: the model's calibration for the policy and loss), and whether
         to abstain on out-of-distribution images."""
+        given = (temperature, posterior_floor)
         temperature, posterior_floor = _tuned_posterior(
             model, policy, policy_options or {}, loss, temperature, posterior_floor
         )
@@ -137,6 +140,7 @@ class RequestOptions:
             (temperature, posterior_floor),
             ood_threshold=ood_threshold(model, cfg, loss),
             abstain_ood=abstain,
+            from_rule=(temperature, posterior_floor) != given,
         )
 
     def derive(
@@ -161,17 +165,20 @@ class RequestOptions:
         cfg = self.policy
         if not isinstance(cfg, PolicyConfig):
             raise TypeError("derive() needs options whose policy is a PolicyConfig")
-        explicit = self.explicit
+        explicit, from_rule = self.explicit, self.from_rule
+        if policy is not None and from_rule:  # another policy: the old rule's calibration is not the caller's
+            explicit, from_rule = (None, None), False
         if policy is not None or policy_options:
             opts = dict(cfg.options) | policy_options
             if policy == "tuned" and temperature is None:
                 explicit = _tuned_posterior(model, policy, opts, loss, None, posterior_floor)
+                from_rule = True
             cfg = policy_config(model, cfg.name if policy is None else policy, opts, self.bank)
         bank = self.bank
         if seed is not None and check_seed(seed) != bank.seed:
             bank = bank.with_seed(check_seed(seed))
         if temperature is not None:
-            explicit = (temperature, posterior_floor)
+            explicit, from_rule = (temperature, posterior_floor), False
         elif posterior_floor is not None:
             explicit = (explicit[0], posterior_floor)
         t, f = posterior_params(model, cfg.name, loss, *explicit)
@@ -185,6 +192,7 @@ class RequestOptions:
             explicit=explicit,
             ood_threshold=ood_threshold(model, cfg, loss),
             abstain_ood=abstain,
+            from_rule=from_rule,
         )
 
     @property
@@ -255,11 +263,17 @@ def tuned_source(model: ModelBundle, options: dict) -> str:
     if src:
         return str(src)
     own = Path(model.path) / "diffcls.json" if model.path and not model.path.startswith("preset:") else None
-    if own is not None and own.is_file() and '"tuned"' in own.read_text():
-        return str(own)
+    if own is not None and own.is_file():
+        try:
+            ships = isinstance(meta := json.loads(own.read_text()), dict) and "tuned" in meta
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ships = False  # the loader reported a broken diffcls.json already; here it only has no rule
+        if ships:
+            return str(own)
     raise UserError(
         f"--policy tuned: the {model.name} model ships no tuned rule; pass --tuned FILE "
-        f"(made by: diffcls-fast tune --model {model.name} --split train --out FILE)"
+        f"(made by: diffcls-fast tune --model {model.name} --data DIR --out FILE, on labelled images it was not"
+        " trained on)"
     )
 
 
@@ -306,7 +320,18 @@ def _tuned_posterior(
         return temperature, floor
     cal = tuned_calibration(model, options)
     if not cal or cal.get("loss", "l2") != loss:
-        return temperature, floor
+        # not the model's calibration for the concrete policy: that one was fitted for other options
+        key = (model.fingerprint, tuned_source(model, options), loss)
+        if key not in _WARNED_TUNED:
+            _WARNED_TUNED.add(key)
+            why = "has no calibration" if not cal else f"was calibrated with loss {cal.get('loss', 'l2')}"
+            warnings.warn(
+                f"the tuned rule {why}; with loss {loss} the posteriors are uncalibrated (temperature"
+                f" {DEFAULT_TEMPERATURE:g}, no floor): pass a temperature, or tune with this loss",
+                DiffclsWarning,
+                stacklevel=4,
+            )
+        return DEFAULT_TEMPERATURE, 0.0 if floor is None else floor
     return float(cal["temperature"]), float(cal.get("floor", 0.0)) if floor is None else floor
 
 

@@ -32,9 +32,21 @@ def check_tune_args(a: Any) -> Path:
         raise UserError(f"--out {out} is a folder; give a file name")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UserError(f"--out {out}: cannot write into {parent}")
-    if a.max_loss < 0 or a.max_loss >= 100:
+    if not 0 <= a.max_loss < 100:
         raise UserError(f"--max-loss is in accuracy points, in [0, 100); got {a.max_loss}")
+    if a.folds < 2:
+        raise UserError(f"--folds must be at least 2 (cross-validation), got {a.folds}")
     return out
+
+
+def balanced_order(labels: np.ndarray) -> np.ndarray:
+    """Indices that take the classes in turn (first image of each class, then the second, ...), keeping each
+    class's own order: ``--limit N`` then tunes on every class, even on a folder read class after class."""
+    rank = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rank[idx] = np.arange(len(idx))
+    return np.lexsort((labels, rank))
 
 
 def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[int, str], Any]) -> dict:
@@ -44,9 +56,9 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
     images, labels, class_names, ids = load_eval_split(
         Path(a.model).name if a.data is None else a.model, a.split, a.data
     )
-    if a.limit is not None:
-        images, labels, ids = images[: a.limit], labels[: a.limit], ids[: a.limit]
     labels = np.asarray(labels)
+    order = balanced_order(labels)[: a.limit]
+    images, labels, ids = [images[i] for i in order], labels[order], [ids[i] for i in order]
     if len(images) < 10:
         raise UserError(f"tune needs at least 10 labelled images, got {len(images)}")
     if a.budget is not None and a.budget < len(class_names):  # before scoring: no rule can be that cheap
@@ -62,8 +74,17 @@ def run_tune(a: Any, make_classifier: Callable[[Any], Any], progress: Callable[[
             stacklevel=2,
         )
     present = len(set(labels.tolist()))
+    if present < len(class_names):
+        warnings.warn(
+            f"{len(class_names) - present} of the {len(class_names)} classes have no tuning image: the rule is fitted"
+            " without them",
+            DiffclsWarning,
+            stacklevel=2,
+        )
     a.policy, a.n_grid = "exhaustive", a.grid  # the tables are the exhaustive policy's, on this grid
     clf = make_classifier(a)
+    if clf.model.random_weights:
+        raise UserError(f"{clf.model.name} has random weights (for timing only): there is nothing to tune")
     T = clf.model.num_timesteps
     parts = Path(a.tables).expanduser() if a.tables else out.with_name(out.name + ".tables")
     tables = score_tables_for(clf, images, labels, class_names, ids, a.grid, parts, progress)

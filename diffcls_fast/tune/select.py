@@ -27,15 +27,14 @@ def cross_validate(
     """Per tolerance: the out-of-fold accuracy and mean evaluations of the rule chosen on the other folds.
     ``hits`` ``[candidates, images]`` (a hit rate per image), ``evals`` ``[candidates]``."""
     n = hits.shape[1]
+    if min(folds, n) < 2:
+        raise ValueError("cross-validation needs at least 2 folds and 2 images")
     fold = np.random.default_rng(seed).permutation(n) % min(folds, n)
     rows = []
     for tol in tolerances:
         right, spent = 0.0, 0.0
         for f in range(min(folds, n)):
             test = fold == f
-            if test.all():  # one image: nothing to choose on
-                test = np.zeros(n, bool)
-                continue
             pick = cheapest_within(hits[:, ~test].mean(axis=1), evals, tol)
             right += hits[pick, test].sum()
             spent += evals[pick] * test.sum()

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..engine.policies import exhaustive
 from ..engine.timesteps import li_grid
+from ..errors import UserError
 
 
 @dataclass
@@ -41,7 +42,7 @@ class _Recording:
         return f"exhaustive(grid={self.n_grid})"
 
 
-def tables_key(clf: Any, ids: Sequence[str], labels: np.ndarray, n_grid: int) -> str:
+def tables_key(clf: Any, ids: Sequence[str], labels: np.ndarray, n_grid: int, class_names: Sequence[str] = ()) -> str:
     """What the tables depend on: the weights, their dtype and backend, the noise seed, the loss, the grid, the
     images and their labels."""
     what = {
@@ -51,6 +52,7 @@ def tables_key(clf: Any, ids: Sequence[str], labels: np.ndarray, n_grid: int) ->
         "seed": clf.seed,
         "loss": clf.loss,
         "grid": n_grid,
+        "classes": list(class_names),
         "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
         "labels": hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest(),
     }
@@ -81,19 +83,24 @@ def score_tables(
     for start in range(0, len(images), chunk):
         n = min(chunk, len(images) - start)
         # keyed by its own images: a run on the first 50 images reuses the parts of a run on the first 200
-        key = tables_key(clf, ids[start : start + n], labels[start : start + n], n_grid)
+        key = tables_key(clf, ids[start : start + n], labels[start : start + n], n_grid, class_names)
         part = parts / f"{key}-{start:06d}-{n}.npz"
         if part.is_file():
             errors = np.load(part)["errors"]
         else:
             recording.policies.clear()
             t0 = time.perf_counter()
-            scorer.classify(images[start : start + n], list(class_names))
+            results = scorer.classify(images[start : start + n], list(class_names))
             seconds += time.perf_counter() - t0
+            failed = [(i, r.error) for i, r in enumerate(results) if r.error]
+            if failed:  # an unreadable image or a non-finite score: say which, rather than tune around it
+                i, why = failed[0]
+                what = f"tuning image {ids[start + i]} failed ({why})"
+                raise UserError(f"{what}; remove it and rerun (finished parts are kept)")
             errors = np.stack([recording.policies[i].table.err[:, :n_grid] for i in range(n)]).astype(np.float32)
             if not np.isfinite(errors).all():
                 bad = int(np.flatnonzero(~np.isfinite(errors).all(axis=(1, 2)))[0]) + start
-                raise ValueError(f"image {ids[bad]} has a non-finite error: it cannot be used for tuning")
+                raise UserError(f"tuning image {ids[bad]} has a non-finite error; remove it and rerun")
             tmp = part.with_suffix(".tmp.npz")
             np.savez(tmp, errors=errors)
             tmp.replace(part)  # a part is whole or absent: a killed run resumes from its finished parts

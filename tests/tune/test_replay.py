@@ -76,3 +76,12 @@ def test_sweep_finds_the_informative_band():
     lo, hi = cheap.band
     assert 0.3 <= lo and hi <= 0.7, cheap.describe()
     assert isinstance(cheap, Rule)
+
+
+def test_balanced_order_takes_the_classes_in_turn():
+    from diffcls_fast.tune.run import balanced_order
+
+    labels = np.array([0, 0, 0, 1, 1, 2])  # a folder read class after class
+    order = balanced_order(labels)
+    assert labels[order].tolist() == [0, 1, 2, 0, 1, 0]
+    assert order.tolist() == [0, 3, 5, 1, 4, 2]  # each class keeps its own order

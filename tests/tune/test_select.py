@@ -51,3 +51,10 @@ def test_front_is_increasing_in_both():
     evals = np.array([10, 50, 20, 100, 30])
     idx = front(acc, evals)
     assert idx == [0, 2, 1, 3]
+
+
+def test_cross_validation_needs_two_folds():
+    import pytest
+
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        cross_validate(np.ones((2, 10)), np.array([1.0, 2.0]), folds=1)

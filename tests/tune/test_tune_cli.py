@@ -51,6 +51,7 @@ def test_the_report_is_a_table(tmp_path, capsys):
         (["--split", "heldout"], "never held-out images"),
         (["--out", "/proc/nope/x.json"], "cannot write into /proc/nope"),
         (["--max-loss", "-1"], "--max-loss is in accuracy points"),
+        (["--folds", "1"], "--folds must be at least 2"),
         (["--limit", "5"], "at least 10 labelled images"),
         (["--budget", "1"], "no candidate rule costs that little"),
     ],

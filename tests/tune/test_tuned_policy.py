@@ -104,3 +104,22 @@ def test_a_server_started_with_a_rule_finds_it_for_a_request_that_asks_for_tuned
     tuned_default = DiffusionClassifier(digits, "tuned", tuned=path, use_cache=False)
     again = tuned_default.with_options(policy="ttest").with_options(policy="tuned")
     assert again.policy_cfg.rounds == [2, 6]
+
+
+def test_switching_away_from_a_tuned_rule_drops_its_calibration(tmp_path, digits):
+    clf = DiffusionClassifier(digits, "tuned", tuned=_write(tmp_path, RULE), use_cache=False)
+    other = clf.with_options(policy="halving")
+    plain = DiffusionClassifier(digits, "halving", use_cache=False)
+    assert (other.temperature, other.posterior_floor) == (plain.temperature, plain.posterior_floor)
+    assert other.temperature != 0.0123
+    mine = DiffusionClassifier(digits, "tuned", tuned=_write(tmp_path, RULE), temperature=0.3, use_cache=False)
+    assert mine.with_options(policy="halving").temperature == 0.3  # the caller's own value stays
+
+
+def test_a_rule_without_calibration_runs_uncalibrated_not_on_another_rules_calibration(tmp_path, digits):
+    from diffcls_fast.engine.options import DEFAULT_TEMPERATURE
+
+    rule = {k: v for k, v in RULE.items() if k != "calibration"}
+    with pytest.warns(Warning, match="has no calibration"):
+        clf = DiffusionClassifier(digits, "tuned", tuned=_write(tmp_path, rule, "bare.json"), use_cache=False)
+    assert (clf.temperature, clf.posterior_floor) == (DEFAULT_TEMPERATURE, 0.0)
