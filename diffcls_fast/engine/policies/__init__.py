@@ -14,7 +14,14 @@ from .base import Failure, Outcome, Policy
 from .halving import HALVING, HalvingPolicy, check_halving, halving_evaluations
 from .options import Option, PolicySpec
 from .stages import ADAPTIVE, EXHAUSTIVE, StagedPolicy, exhaustive, stage_evaluations, stage_plan
-from .ttest import TTEST, TTestPolicy, paired_t_pvalues
+from .ttest import (
+    TTEST,
+    TTestPolicy,
+    drops_from_sums,
+    paired_t_pvalues,
+    paired_t_pvalues_from_sums,
+    sequential_ttest,
+)
 from .tuned import TUNED, read_rule
 
 if TYPE_CHECKING:
@@ -132,12 +139,15 @@ __all__ = [
     "StagedPolicy",
     "TTestPolicy",
     "check_halving",
+    "drops_from_sums",
     "exhaustive",
     "halving_evaluations",
     "make_policy",
     "options_table",
     "paired_t_pvalues",
+    "paired_t_pvalues_from_sums",
     "read_rule",
+    "sequential_ttest",
     "stage_evaluations",
     "stage_plan",
     "used_options",

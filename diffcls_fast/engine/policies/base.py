@@ -108,6 +108,42 @@ class ScoreTable:
         return Failure("non-finite", sample=start + s, cls=c, value=float(self.err[c, start + s]))
 
 
+class CompactScoreTable(ScoreTable):
+    """A :class:`ScoreTable` whose rows can be dropped: ``err[row[c]]`` holds class c's errors while
+    ``row[c] >= 0``. :meth:`keep` frees the rows of classes the rule no longer reads (pruned ones), so an
+    image's memory follows the classes still alive, not the label set (1,000 classes x 2,000 samples of
+    float64 would be 16 MB per in-flight image). Scores of dropped classes (speculative rows that arrive
+    after their class was pruned) are ignored."""
+
+    def __init__(self, n_classes: int, init_cols: int = 64):
+        super().__init__(n_classes, init_cols)
+        self.row = np.arange(n_classes, dtype=np.int64)
+
+    def put(self, classes: np.ndarray, samples: np.ndarray, errors: np.ndarray) -> None:
+        rows = self.row[classes]
+        live = rows >= 0
+        if not live.all():
+            rows, samples, errors = rows[live], samples[live], np.asarray(errors)[live]
+        super().put(rows, samples, errors)
+
+    def keep(self, classes: np.ndarray) -> None:
+        """Keep only ``classes``' rows (a subset of the kept ones), when that frees at least half of the table."""
+        classes = np.asarray(classes, dtype=np.int64)
+        if 2 * len(classes) > len(self.err) or len(self.err) <= 8:
+            return
+        old = self.row[classes]
+        self.err, self.scored = self.err[old], self.scored[old]
+        self.row[:] = -1
+        self.row[classes] = np.arange(len(classes))
+
+    def first_non_finite(self, classes: np.ndarray, start: int, stop: int) -> Failure | None:
+        classes = np.asarray(classes, dtype=np.int64)
+        bad = super().first_non_finite(self.row[classes], start, stop)
+        if bad is not None:  # the parent names a row: name the class
+            bad.cls = int(classes[np.flatnonzero(self.row[classes] == bad.cls)[0]])
+        return bad
+
+
 class Policy(ABC):
     name: str = "policy"
 
