@@ -61,6 +61,25 @@ class ImageState:
     noise: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """One batch's denoiser inputs on the device (:meth:`Runner.prepare`), ready for :meth:`Runner.execute`."""
+
+    size: int  # bucket size (rows + padding)
+    rows: int  # real denoiser rows
+    n_queries: int
+    x0: torch.Tensor  # [images, C, H, W]
+    eps: torch.Tensor  # [pairs, C, H, W]: one noise row per (image, sample)
+    img_idx: torch.Tensor  # [size] per row: image of x0
+    noise_idx: torch.Tensor  # [size] per row: noise row
+    t: torch.Tensor  # [size] per row: timestep
+    cond: torch.Tensor  # [size] per row: condition-table row
+    cond_table: torch.Tensor  # the table as it was when prepared (it may grow while this batch runs)
+    pair_img: torch.Tensor | None  # [pairs]: image of each noise row (flow matching's velocity target)
+    row_query: torch.Tensor | None  # [rows]: query of each row, with prompt ensembles
+    counts: torch.Tensor | None  # [queries]: rows per query, with prompt ensembles
+
+
 class Runner:
     """Runs scheduled batches of one model with one loss; the engine (:mod:`.core`) sets
     ``cond_table`` to its shared condition table, and every image state carries its own
@@ -111,9 +130,14 @@ class Runner:
                 st.noise[s] = row
         return torch.stack([st.noise[s] for st, s in pairs])
 
-    @torch.no_grad()
     def run(self, batch: Batch, states: dict) -> np.ndarray:
         """Per-query errors (float64, in batch order)."""
+        return self.execute(self.prepare(batch, states))
+
+    @torch.no_grad()
+    def prepare(self, batch: Batch, states: dict) -> Prepared:
+        """The host half of a batch: index arrays, noise rows and timesteps, copied to the device. It reads
+        the image states; :meth:`execute` never does, so the engine can prepare batch k+1 while batch k runs."""
         img, cls, smp = batch.image, batch.classes, batch.samples
         # Unique (image, sample) pairs share one noise row and one timestep.
         n_smp = int(smp.max()) + 1
@@ -156,19 +180,39 @@ class Runner:
         img_idx_t, noise_idx_t, t_t, cond_t = (
             torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx])).to(dev).unbind(0)
         )
-
-        x_t = kernels.make_noisy(
-            x0, eps, img_idx_t, noise_idx_t, self.a_tab[t_t], self.b_tab[t_t], out=self._buffer(batch.size)
+        multi = rows != len(cls)  # prompt ensembles: a query's error is the mean over its rows
+        return Prepared(
+            size=batch.size,
+            rows=rows,
+            n_queries=len(cls),
+            x0=x0,
+            eps=eps,
+            img_idx=img_idx_t,
+            noise_idx=noise_idx_t,
+            t=t_t,
+            cond=cond_t,
+            cond_table=self.cond_table,
+            pair_img=torch.from_numpy(pair_img).to(dev) if self.velocity else None,
+            row_query=torch.from_numpy(row_query).to(dev) if multi else None,
+            counts=torch.from_numpy(counts).to(dev, torch.float32) if multi else None,
         )
-        pred = self.model.denoise(x_t, t_t, self.cond_table[cond_t])
-        weight = self.w_tab[t_t[:rows]] if self.x0_weight else None
+
+    @torch.no_grad()
+    def execute(self, p: Prepared) -> np.ndarray:
+        """The device half: noise, denoise, reduce, and copy the per-query errors back (float64)."""
+        x_t = kernels.make_noisy(
+            p.x0, p.eps, p.img_idx, p.noise_idx, self.a_tab[p.t], self.b_tab[p.t], out=self._buffer(p.size)
+        )
+        pred = self.model.denoise(x_t, p.t, p.cond_table[p.cond])
+        rows = p.rows
+        weight = self.w_tab[p.t[:rows]] if self.x0_weight else None
         # the target per (image, sample) pair: eps, or the velocity eps - x0 of a flow-matching model
-        target = eps - x0[torch.from_numpy(pair_img).to(dev)].to(eps.dtype) if self.velocity else eps
-        err_rows = kernels.query_errors(pred[:rows], target, noise_idx_t[:rows], kind=self.kind, weight=weight)
-        if rows == len(cls):  # one prompt per class: rows are queries
+        target = p.eps - p.x0[p.pair_img].to(p.eps.dtype) if self.velocity else p.eps
+        err_rows = kernels.query_errors(pred[:rows], target, p.noise_idx[:rows], kind=self.kind, weight=weight)
+        if p.row_query is None:  # one prompt per class: rows are queries
             err = err_rows
         else:  # mean over each query's prompts
-            err = torch.zeros(len(cls), dtype=torch.float32, device=dev)
-            err.index_add_(0, torch.from_numpy(row_query).to(dev), err_rows)
-            err /= torch.from_numpy(counts).to(dev, torch.float32)
+            err = torch.zeros(p.n_queries, dtype=torch.float32, device=err_rows.device)
+            err.index_add_(0, p.row_query, err_rows)
+            err /= p.counts
         return err.double().cpu().numpy()

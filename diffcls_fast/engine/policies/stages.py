@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..timesteps import li_grid, strided_subset
-from .base import Outcome, Policy
+from .base import CompactScoreTable, Outcome, Policy
 from .options import Option, PolicySpec, positive_int
 
 
@@ -70,6 +70,10 @@ class StagedPolicy(Policy):
         """Begin with ``plan`` (each stage's new points and the classes it keeps) and sample i's timestep
         ``t_of_sample[i]``."""
         super().__init__(n_classes, cost)
+        self.table = CompactScoreTable(n_classes)
+        # the mean and score count of each class pruned at a stage close (its rows then leave the table)
+        self._pruned_mean = np.full(n_classes, np.nan)
+        self._pruned_n = np.zeros(n_classes, dtype=np.int64)
         self.plan = plan
         self._t_of_sample = np.asarray(t_of_sample, dtype=np.int64)
         self.alive = np.arange(n_classes)
@@ -126,7 +130,7 @@ class StagedPolicy(Policy):
                 self._open_stage()
 
     def _means(self, classes: np.ndarray) -> np.ndarray:
-        return np.nanmean(self.table.err[classes, : self.table.n_cols], axis=1)
+        return np.nanmean(self.table.err[self.table.row[classes], : self.table.n_cols], axis=1)
 
     def _close_stage(self) -> None:
         idx, keep = self.plan[self.stage]
@@ -142,21 +146,32 @@ class StagedPolicy(Policy):
         self._stage_start += len(idx)
         means = self._means(self.alive)
         order = np.argsort(means, kind="stable")  # ties go to the lower class id
+        dropped = self.alive[order[keep:]]
         self.alive = np.sort(self.alive[order[:keep]])
         self.stage += 1
         if len(self.alive) == 1 or self.stage >= len(self.plan):
             self._done = True
+        elif len(dropped):
+            # Later stages score only the survivors: the pruned classes' rows leave the table (memory follows the
+            # classes alive, ~15 MB an image less at 1,000 classes on Li's ImageNet stages), their means stay.
+            # The last stage keeps every row: a finished exhaustive table is read whole (tune, score_tables).
+            rows = self.table.row[dropped]
+            self._pruned_mean[dropped] = means[order[keep:]]
+            self._pruned_n[dropped] = self.table.scored[rows, : self.table.n_cols].sum(axis=1)
+            self.table.keep(self.alive)
 
     def outcome(self) -> Outcome:
         if self.n_classes == 1:
             return Outcome(0, np.array([np.nan]), np.zeros(1, np.int64), 0)
-        err = self.table.err[:, : self.table.n_cols]
-        n = np.sum(self.table.scored[:, : self.table.n_cols], axis=1)
+        means, n = self._pruned_mean.copy(), self._pruned_n.copy()
+        kept = np.flatnonzero(self.table.row >= 0)  # every class until a stage pruned some
+        rows = self.table.row[kept]
+        err = self.table.err[rows, : self.table.n_cols]
+        scored = self.table.scored[rows, : self.table.n_cols]
+        n[kept] = scored.sum(axis=1)
         with np.errstate(invalid="ignore"):
-            means = np.where(
-                n > 0,
-                np.sum(np.where(self.table.scored[:, : self.table.n_cols], err, 0.0), axis=1) / np.maximum(n, 1),
-                np.nan,
+            means[kept] = np.where(
+                n[kept] > 0, np.sum(np.where(scored, err, 0.0), axis=1) / np.maximum(n[kept], 1), np.nan
             )
         label = int(self.alive[np.argmin(means[self.alive])])
         return Outcome(label, means, n.astype(np.int64), self.spent, self.failure)
