@@ -18,6 +18,11 @@ in-flight image's policy (score table, queues, running sums). The noise rows an
 image holds come on top: samples used x the latent's bytes (4 KB per sample for
 SD's 4x64x64 float32 latent), the same for every policy with the same samples.
 
+With ``--sleep-ms S`` (default 2) each configuration also runs with a
+denoiser that sleeps S ms a batch, standing in for a device, without and with
+the engine's overlap (``EngineConfig.overlap``: batch k+1 prepared while batch k
+runs): wall milliseconds per batch, S + host without, about max(S, host) with.
+
 The target (issue 29): at most 2 ms per batch at 1,000 classes, for every
 policy. Timings depend on the CPU and on what else runs on it; the result file
 records the device and the load average.
@@ -39,9 +44,10 @@ T = 1000
 SIZE = 4  # latent 1 x SIZE x SIZE
 
 
-def zero_cost_bundle(n_classes: int, noise: float = 0.1, separation: float = 0.1, seed: int = 0):
-    """A weightless :class:`ModelBundle` of ``n_classes`` prototypes (see the module docstring) and its
-    prototypes; ``denoise_seconds[0]`` accumulates the denoiser's own time."""
+def zero_cost_bundle(n_classes: int, noise: float = 0.1, separation: float = 0.1, seed: int = 0, sleep_ms: float = 0.0):
+    """A weightless :class:`ModelBundle` of ``n_classes`` prototypes (see the module docstring), its
+    prototypes, and a one-item list accumulating the denoiser's own seconds. ``sleep_ms``: each call
+    also sleeps that long (a device batch, for the overlap measurement)."""
     from diffcls_fast.models.bundle import ModelBundle
 
     gen = torch.Generator().manual_seed(seed)
@@ -57,6 +63,8 @@ def zero_cost_bundle(n_classes: int, noise: float = 0.1, separation: float = 0.1
         a, b = a_tab[t].view(-1, 1, 1, 1), b_tab[t].view(-1, 1, 1, 1)
         exact = (x_t - a * protos[cond]) / b
         out = exact + torch.randn(exact.shape, generator=gen) * noise
+        if sleep_ms:
+            time.sleep(sleep_ms / 1e3)  # a device batch: the thread waits and the host is free
         spent[0] += time.perf_counter() - t0
         return out
 
@@ -103,13 +111,15 @@ def policy_bytes(policy) -> int:
     return total
 
 
-def measure(policy: str, n_classes: int, images: int, max_inflight: int = 64) -> dict:
+def measure(
+    policy: str, n_classes: int, images: int, max_inflight: int = 64, sleep_ms: float = 0.0, overlap: bool = False
+) -> dict:
     from diffcls_fast.engine.core import Engine
     from diffcls_fast.engine.noise import NoiseBank
     from diffcls_fast.engine.options import EngineConfig, RequestOptions
 
-    bundle, protos, spent = zero_cost_bundle(n_classes)
-    cfg = EngineConfig.build(bundle, batch_size=BATCH, max_inflight=max_inflight, use_cache=False)
+    bundle, protos, spent = zero_cost_bundle(n_classes, sleep_ms=sleep_ms)
+    cfg = EngineConfig.build(bundle, batch_size=BATCH, max_inflight=max_inflight, use_cache=False, overlap=overlap)
     bank = NoiseBank(bundle.latent_shape, 0)
     opts = RequestOptions.build(bundle, "l2", bank, policy, policy_options(policy, n_classes))
     engine = Engine(bundle, cfg, opts)
@@ -125,6 +135,8 @@ def measure(policy: str, n_classes: int, images: int, max_inflight: int = 64) ->
         for st in engine.states.values():
             peak = max(peak, policy_bytes(st.policy))
         correct += sum(r.label == truth[i] for _, i, r in events)
+    wall = time.perf_counter() - t_start
+    engine.close()
     ms = np.array(host) * 1e3
     stats = engine.stats
     return {
@@ -141,13 +153,15 @@ def measure(policy: str, n_classes: int, images: int, max_inflight: int = 64) ->
         "denoiser_ms_mean": spent[0] * 1e3 / max(1, stats.batches),
         "policy_bytes_peak": int(peak),
         "correct": int(correct),
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": wall,
+        "wall_ms_per_batch": wall * 1e3 / max(1, stats.batches),
     }
 
 
 DEFAULT_IMAGES = {100: 16, 1000: 4, 10000: 1}
 # halving spends about 2 evaluations per class an image: more images, so that the mean covers 100+ batches
 IMAGES_FACTOR = {"halving": 16}
+OVERLAP_IMAGES = {"halving": 16}  # the others: one image (hundreds of batches at 1,000 classes)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--policies", nargs="+", default=["exhaustive", "adaptive", "ttest", "halving"])
     ap.add_argument("--images", type=int, default=None, help="images per configuration (default: 16, 4, 1 by size)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: host work is single-threaded)")
+    ap.add_argument(
+        "--sleep-ms", type=float, default=2.0, help="the overlap runs' denoiser sleeps this long a batch (0: skip them)"
+    )
     ap.add_argument("--no-save", action="store_true", help="print, do not write bench/results/")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,12 +188,32 @@ def main(argv: list[str] | None = None) -> dict:
                 f"  {r['correct']}/{r['images']} right",
                 flush=True,
             )
+    overlap_rows = []
+    if args.sleep_ms:
+        # A denoiser that sleeps sleep_ms a batch stands in for a device: off, a batch costs sleep + host;
+        # with overlap the host's work for the next batch hides under the sleep.
+        for c in args.classes:
+            for p in args.policies:
+                row = {"policy": p, "classes": c, "sleep_ms": args.sleep_ms}
+                for mode in (False, True):
+                    r = measure(p, c, OVERLAP_IMAGES.get(p, 1), sleep_ms=args.sleep_ms, overlap=mode)
+                    row["on" if mode else "off"] = {
+                        k: r[k] for k in ("wall_ms_per_batch", "batches", "evals_per_image", "correct")
+                    }
+                overlap_rows.append(row)
+                print(
+                    f"{c:>6} classes  {p:<10} sleep {args.sleep_ms:g} ms: wall"
+                    f" {row['off']['wall_ms_per_batch']:.2f} ms/batch without overlap,"
+                    f" {row['on']['wall_ms_per_batch']:.2f} with",
+                    flush=True,
+                )
     payload = {
         "benchmark": "host_scaling",
         **environment("cpu"),
         "batch": BATCH,
         "load_average": os.getloadavg(),
         "results": rows,
+        "overlap": overlap_rows,
     }
     if not args.no_save:
         p = write_json(f"host_scaling_{device_tag('cpu')}_{payload['date']}.json", payload)

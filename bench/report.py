@@ -312,6 +312,7 @@ def _render_rest(out: list[str]) -> str:
         out.append("")
     out += _ood()
     out += _tuned()
+    out += _host_scaling()
     kern = _latest("kernels")
     if kern:
         out += [
@@ -397,6 +398,53 @@ def _tuned() -> list[str]:
                 " candidate."
             )
         out.append("")
+    return out
+
+
+def _host_scaling() -> list[str]:
+    """Host milliseconds per batch and policy memory per image by label-set size (bench.host_scaling)."""
+    res = _latest("host_scaling")
+    if not res:
+        return []
+    load = ", ".join(f"{x:.1f}" for x in res.get("load_average", []))
+    out = [
+        "### Host work per batch",
+        "",
+        (
+            f"`python -m bench.host_scaling`: everything `Engine.step` does but the denoiser, which costs nothing"
+            f" here; {res['batch']}-row batches; {res['device']}, load average {load}, {res['date']}"
+            f" ([json](../bench/results/{res['_file']})). Target: at most 2 ms per batch at 1,000 classes."
+        ),
+        "",
+        "| classes | policy | host ms / batch (mean) | median | p90 | batches | evals / image"
+        " | policy state per in-flight image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["results"]:
+        out.append(
+            f"| {r['classes']:,} | {r['policy']} | **{r['host_ms_mean']:.2f}** | {r['host_ms_median']:.2f} |"
+            f" {r['host_ms_p90']:.2f} | {r['batches']} | {r['evals_per_image']:,.0f} |"
+            f" {r['policy_bytes_peak'] / 1e6:.2f} MB |"
+        )
+    if res.get("overlap"):
+        sleep = res["overlap"][0]["sleep_ms"]
+        out += [
+            "",
+            (
+                f"With a denoiser that sleeps {sleep:g} ms a batch (a stand-in for a device), wall milliseconds per"
+                " batch without and with the engine's overlap (batch k+1 prepared while batch k runs; on by default"
+                " for CUDA models, `--overlap`):"
+            ),
+            "",
+            "| classes | policy | without overlap | with overlap |",
+            "|---|---|---|---|",
+        ]
+        for r in res["overlap"]:
+            out.append(
+                f"| {r['classes']:,} | {r['policy']} | {r['off']['wall_ms_per_batch']:.2f} |"
+                f" {r['on']['wall_ms_per_batch']:.2f} |"
+            )
+    out.append("")
     return out
 
 

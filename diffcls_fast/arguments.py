@@ -25,6 +25,7 @@ ENGINE_WIDE = (
     "max_inflight",
     "loss",
     "speculate",
+    "overlap",
     "backend",
     "xformers",
     "device",
@@ -92,6 +93,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "none", "pad", "fill"],
         help="score ahead when in-flight images cannot fill a batch: fill (=auto), pad, none",
+    )
+    add(
+        "--overlap",
+        action=Given,
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="prepare the next batch while the device runs this one: auto (on for CUDA), on, off",
     )
     add(
         "--backend",

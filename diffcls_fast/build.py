@@ -61,6 +61,7 @@ def classifier_from_args(a: argparse.Namespace, noise: Any = None):
         temperature=a.temperature,
         abstain_ood=bool(getattr(a, "abstain_ood", False)),
         speculate=a.speculate,
+        overlap={"on": True, "off": False}.get(a.overlap, a.overlap),
         cache_dir=a.cache_dir,
         use_cache=not a.no_cache,
         noise=noise,

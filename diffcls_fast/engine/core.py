@@ -32,6 +32,7 @@ decisions by the policies and the scheduler.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 
 _REQUEST_IDS = itertools.count()
+SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's GIL switch interval once an engine overlaps (see Engine._launch)
 
 
 class ConditionTable:
@@ -166,6 +168,8 @@ class Engine:
         self._uids = itertools.count()
         self._memo: OrderedDict[tuple, tuple[torch.Tensor, list[Notice]]] = OrderedDict()
         self.images_done = 0
+        self._inflight: tuple[Any, Any] | None = None  # (batch, future) running on the device worker (overlap)
+        self._worker = None  # the device worker thread (overlap), started with the first batch
 
     # -- requests ------------------------------------------------------------------------
     def submit(
@@ -239,7 +243,12 @@ class Engine:
 
     @property
     def has_work(self) -> bool:
-        return bool(self._ready or self.sched.has_work or any(not r.exhausted for r in self._requests.values()))
+        return bool(
+            self._ready
+            or self._inflight is not None
+            or self.sched.has_work
+            or any(not r.exhausted for r in self._requests.values())
+        )
 
     @property
     def live_requests(self) -> int:
@@ -265,20 +274,7 @@ class Engine:
         out: list[Event] = []
         while self._ready:
             out.append(self._finish_event(*self._ready.popleft()))
-        batch = self.sched.schedule()
-        if batch is None:
-            finished = self.sched.retire()
-            if not finished and self.sched.running:
-                # A policy bug (no policy should get here): fail those images, not the whole run.
-                finished = self.sched.fail_stalled()
-                if not finished:
-                    raise RuntimeError("scheduler stalled with no in-flight image to fail")
-        else:
-            now = time.perf_counter()
-            for uid in batch.image_ids:
-                self._started.setdefault(uid, now)
-            errors = self.runner.run(batch, self.states)
-            finished = self.sched.update(batch, errors)
+        finished = self._run_overlapped() if self.config.overlap else self._run_one()
         now = time.perf_counter()
         for uid in finished:
             st = self.states[uid]
@@ -288,6 +284,70 @@ class Engine:
             out.append(self._finish_event(req, i, result))
         self._refill()
         return out
+
+    def _run_one(self) -> list[int]:
+        """Schedule, run and apply one batch; the ids of the images that finished."""
+        batch = self.sched.schedule()
+        if batch is None:
+            return self._nothing_to_run()
+        self._mark_started(batch)
+        return self.sched.update(batch, self.runner.run(batch, self.states))
+
+    def _run_overlapped(self) -> list[int]:
+        """As :meth:`_run_one`, with batch k+1 scheduled and prepared while batch k runs on the device worker.
+
+        Batch k+1 is built before batch k's errors are known, from the queries the policies can already
+        give (their remaining required queries, then speculative ones): policies replay their rule in
+        order, so results are those of the sequential engine; only the evaluations spent may differ."""
+        if self._inflight is None:
+            batch = self.sched.schedule()
+            if batch is None:
+                return self._nothing_to_run()
+            self._inflight = self._launch(batch, self.runner.prepare(batch, self.states))
+        nxt = self.sched.schedule()
+        prepared = self.runner.prepare(nxt, self.states) if nxt is not None else None
+        batch, future = self._inflight
+        self._inflight = None
+        errors = future.result()  # a denoiser error surfaces here, as from Runner.run in _run_one
+        if nxt is not None:
+            self._inflight = self._launch(nxt, prepared)
+        return self.sched.update(batch, errors)
+
+    def _launch(self, batch, prepared) -> tuple[Any, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._worker is None:
+            # One thread owns the device: it runs the batches in order, while this one prepares the next.
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffcls-device")
+            # The host's work is numpy on small arrays, which holds the GIL: at the default 5 ms switch interval the
+            # worker, ready to launch or finish a batch, could wait that long for it. 0.2 ms (process-wide; never
+            # raised) bounds that wait.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        self._mark_started(batch)
+        return batch, self._worker.submit(self.runner.execute, prepared)
+
+    def _mark_started(self, batch) -> None:
+        now = time.perf_counter()
+        for uid in batch.image_ids:
+            self._started.setdefault(uid, now)
+
+    def _nothing_to_run(self) -> list[int]:
+        finished = self.sched.retire()
+        if not finished and self.sched.running:
+            # A policy bug (no policy should get here): fail those images, not the whole run.
+            finished = self.sched.fail_stalled()
+            if not finished:
+                raise RuntimeError("scheduler stalled with no in-flight image to fail")
+        return finished
+
+    def close(self) -> None:
+        """Wait for a batch still running on the device worker and stop the worker (overlap only)."""
+        if self._inflight is not None:
+            self._inflight[1].exception()  # waits; its error, if any, was the caller's to see in step()
+            self._inflight = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     def _finish_event(self, req: Request, index: int, result: ClassificationResult) -> Event:
         req.finished += 1
@@ -422,6 +482,7 @@ class Engine:
         finally:
             if not req.done:
                 self.cancel(req)
+            self.close()  # the device worker (overlap) is not left waiting; the next step starts another
             stats.seconds = time.perf_counter() - t0
             rows, padded, batches, buckets = self._counters()
             stats.evaluations, stats.padded_rows, stats.batches = (

@@ -162,14 +162,19 @@ class Scheduler:
         return batch
 
     def update(self, batch: Batch, errors: np.ndarray) -> list[Any]:
-        """Feed per-query errors back; returns the ids of the images that finished."""
+        """Feed per-query errors back; returns the ids of the images that finished.
+
+        Images no longer in flight are skipped: a batch scheduled ahead (the engine's overlap) may hold
+        speculative queries of an image that finished, or was removed, while it ran."""
         errors = np.asarray(errors, dtype=np.float64)
         bounds = np.flatnonzero(np.diff(batch.image)) + 1
         starts = np.concatenate([[0], bounds])
         ends = np.concatenate([bounds, [len(batch.image)]])
         for st, en in zip(starts, ends):
             iid = batch.image_ids[int(batch.image[st])]
-            pol = self.running[iid]
+            pol = self.running.get(iid)
+            if pol is None:
+                continue
             pol.observe(batch.classes[st:en], batch.samples[st:en], errors[st:en])
         return self.retire()
 
