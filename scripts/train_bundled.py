@@ -54,6 +54,14 @@ from diffcls_fast.data import digits, numbers, numbers3
 from diffcls_fast.images import preprocess
 
 MAX_TOKENS = 16
+# The pixel-space denoisers' backbone (8x8 -> 4x4 -> 2x2 for digits): the text-to-image and class-conditional UNets
+PIXEL_UNET = {
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (32, 64, 96),
+    "layers_per_block": 1,
+    "norm_num_groups": 16,
+}
 NUMBERS3_STEPS = 20000  # batch 64: about 2.6 h on one CPU thread (0.47 s a step)
 
 
@@ -174,15 +182,11 @@ def build_models(vocab_size: int, tokenizer, sample_size):
     )
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 96),
-        layers_per_block=1,
+        **PIXEL_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64,
         attention_head_dim=8,
-        norm_num_groups=16,
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
     return text_encoder, unet, scheduler
@@ -292,14 +296,10 @@ def build_class_unet(task):
 
     return UNet2DModel(
         sample_size=task.resolution,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 96),
-        layers_per_block=1,
+        **PIXEL_UNET,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=32,
-        norm_num_groups=16,
         resnet_time_scale_shift="scale_shift",
         num_class_embeds=len(task.class_names),
     )
@@ -316,7 +316,7 @@ def build_numbers3(task):
 
 def train_numbers3(args) -> None:
     """Train (or resume) the class-conditional numbers3 model in ``args.run``, then export it to ``args.out``."""
-    from train_fashion import Timer, lr_at, restore_rng, rng_state, save_atomic
+    from train_fashion import Timer, checkpoint_state, lr_at, resume, save_atomic
 
     run, device = Path(args.run), torch.device(args.device)
     run.mkdir(parents=True, exist_ok=True)
@@ -328,15 +328,9 @@ def train_numbers3(args) -> None:
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
-    ckpt_path, start = run / "ckpt.pt", 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False, map_location=device)  # our own file, written by save_atomic
-        unet.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        for e, saved in zip(ema, ck["ema"]):
-            e.copy_(saved)
-        restore_rng(rng, ck["rng"])
-        start = ck["step"]
+    ckpt_path = run / "ckpt.pt"
+    start = resume(ckpt_path, unet, opt, rng, ema, device)
+    if start:
         print(f"numbers3: resuming at step {start}", flush=True)
     (run / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     print(f"numbers3: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, steps {start}..{args.steps}", flush=True)
@@ -365,8 +359,7 @@ def train_numbers3(args) -> None:
             (run / "snapshots").mkdir(exist_ok=True)
             save_atomic({"ema": ema, "step": step + 1}, run / "snapshots" / f"ema_step{step + 1}.pt")
         if timer.due() or step + 1 == args.steps:
-            state = {"model": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "rng": rng_state(rng)}
-            save_atomic({**state, "step": step + 1}, ckpt_path)
+            save_atomic(checkpoint_state(unet, opt, rng, step + 1, ema), ckpt_path)
     log.close()
     export_numbers3(args, run, Path(args.out))
 
