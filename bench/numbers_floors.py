@@ -41,15 +41,17 @@ def position_accuracy(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def svc_baseline(pairs: list[list[int]]) -> np.ndarray:
-    """Predicted classes 10a+b of an RBF SVC (scikit-learn defaults) fitted on single training digits."""
+    """Predicted classes of an RBF SVC (scikit-learn defaults) fitted on single training digits and applied to
+    each digit of every index tuple into ``load_digits``: 10a+b for pairs (100a+10b+c for numbers3's triples)."""
     from sklearn.svm import SVC
 
     images, labels = digits._load()
     train = digits.split_indices("train")
     svc = SVC(kernel="rbf").fit(images[train].reshape(len(train), -1) / 16.0, labels[train])
     flat = np.array(pairs).reshape(-1)
-    pred = svc.predict(images[flat].reshape(len(flat), -1) / 16.0).reshape(-1, 2)
-    return 10 * pred[:, 0] + pred[:, 1]
+    n = len(pairs[0])
+    pred = svc.predict(images[flat].reshape(len(flat), -1) / 16.0).reshape(-1, n)
+    return pred @ 10 ** np.arange(n - 1, -1, -1)
 
 
 def main() -> None:

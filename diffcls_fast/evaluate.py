@@ -26,7 +26,7 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
             msg = f"--data {data}: {len(paths)} images; skipped {skipped.describe()}"
             warnings.warn(msg, DiffclsWarning, stacklevel=2)
         return paths, labels, classes, ids
-    from .data import digits, fashion, numbers
+    from .data import digits, fashion, numbers, numbers3
 
     if split == "tune" and model_name != "fashion":
         raise UserError(
@@ -39,12 +39,15 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
     if model_name == "numbers":
         images, labels, pair_ids = numbers.load_split(split)
         return images, labels, numbers.CLASS_NAMES, [f"numbers/{split}/{i}" for i in pair_ids]
+    if model_name == "numbers3":
+        images, labels, triple_ids = numbers3.load_split(split)
+        return images, labels, numbers3.CLASS_NAMES, [f"numbers3/{split}/{i}" for i in triple_ids]
     if model_name == "fashion":
         images, labels, idx = fashion.load_split(split)  # idx: into Fashion-MNIST's test (heldout) or train part
         return images, labels, fashion.CLASS_NAMES, [f"fashion/{split}/{i}" for i in idx]
     raise UserError(
-        f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers, fashion); pass --data DIR"
-        " (DIR/<class>/<image>)"
+        f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers, numbers3, fashion);"
+        " pass --data DIR (DIR/<class>/<image>)"
     )
 
 

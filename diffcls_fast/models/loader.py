@@ -1,7 +1,7 @@
 """``load_model``: which loader serves a model, decided from its name or its folder's layout.
 
 * ``preset:NAME``: an architecture with random weights, for timing (presets).
-* a bundled name (``digits``, ``numbers``, ``fashion``): that folder inside the package (bundled).
+* a bundled name (``digits``, ``numbers``, ``numbers3``, ``fashion``): that folder inside the package (bundled).
 * a folder with ``transformer/`` (DiT), or a ``unet/`` that is a ``UNet2DModel``: class-conditional.
 * a folder with ``unet/`` and ``text_encoder/``: text-to-image, Stable Diffusion layout.
 * SDXL (a ``text_time`` unet, or ``text_encoder_2/``), and ``transformer/`` folders of SD3, PixArt or Flux:

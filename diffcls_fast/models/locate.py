@@ -33,6 +33,9 @@ def model_folder(name: str) -> Path:
         # Path("") is the current directory: an empty --model (an unset shell variable) must not load "."
         raise UserError(f"--model is empty; give a bundled model ({known}), preset:NAME or a model folder")
     folder = BUNDLED.get(name, Path(name).expanduser())
+    if name in BUNDLED and not folder.is_dir():  # a bundled model whose folder is not trained (or exported) yet
+        how = f"python scripts/train_bundled.py --model {name} (see its docstring)"
+        raise UserError(f"the {name} model is not trained yet: run {how}")
     if not folder.exists():
         raise UserError(f"model {name!r}: no such folder (bundled models: {known}; presets: preset:NAME)")
     if not folder.is_dir():

@@ -9,9 +9,11 @@ import torch
 
 from diffcls_fast.models.bundled import BUNDLED
 
-# The bundled models the native modules run: the pixel-space ones (fashion is latent, with a BERT encoder,
-# and loads through the libraries; tests/models/test_bundled_fashion.py).
-NATIVE_BUNDLED = sorted(name for name, folder in BUNDLED.items() if not (folder / "vae").is_dir())
+# The bundled models the native modules run: the pixel-space text-to-image ones (fashion is latent, with a BERT
+# encoder, and loads through the libraries; tests/models/test_bundled_fashion.py; numbers3 is class-conditional).
+NATIVE_BUNDLED = sorted(
+    name for name, folder in BUNDLED.items() if (folder / "text_encoder").is_dir() and not (folder / "vae").is_dir()
+)
 
 
 def config(model: str, component: str) -> dict:
