@@ -169,6 +169,11 @@ def _engine(by: dict) -> dict | None:
         out["same_work"] = ref["evals"] / ref["images"] == eng["evals"] / eng["images"]
         out["labels_agree"] = f"{sum(a == b for a, b in zip(ref['labels'], eng['labels']))}/{len(eng['labels'])}"
         out["ratio_evals_per_s"] = _r(eng["evals"] / eng["seconds"] / (ref["evals"] / ref["seconds"]), 3)
+    seq = runs.get("engine-sequential")
+    if seq and eng:  # the engine without its overlap, same images: evals/s with over without
+        out["overlap_speedup"] = _r(eng["evals"] / eng["seconds"] / (seq["evals"] / seq["seconds"]), 3)
+        same = sum(a == b for a, b in zip(seq["labels"], eng["labels"]))
+        out["overlap_labels_agree"] = f"{same}/{len(eng['labels'])}"
     bare = [r for r in by.get("bare", []) if eng and (r["model"], r["batch"]) == (eng["model"], eng["batch_size"])]
     if bare:  # the engine's seconds over those of its evaluations in full bare batches
         out["bare_ms_per_batch"] = ms = bare[-1]["ms"]

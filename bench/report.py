@@ -569,7 +569,13 @@ def render_gpu(p: dict, file: str) -> list[str]:
             f" {_f(e.get('reference', {}).get('evals_per_s'), '.0f')} vs {_f(e['engine']['evals_per_s'], '.0f')}"
             f" evals/s = **{_f(e.get('ratio_evals_per_s'), '.2f')}x**; labels agree {e.get('labels_agree', '—')};"
             f" engine overhead over bare batch-{e['engine']['batch_size']} calls"
-            f" {_f(e.get('overhead_vs_bare'), '.1%')}."
+            f" {_f(e.get('overhead_vs_bare'), '.1%')}"
+            + (
+                f"; the overlap (batch k+1 prepared while batch k runs) {_f(e['overlap_speedup'], '.2f')}x evals/s"
+                f" over the sequential engine, labels agree {e.get('overlap_labels_agree', '—')}."
+                if e.get("overlap_speedup")
+                else "."
+            )
         )
     if p["per_image"]:
         out += [

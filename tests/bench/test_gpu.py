@@ -96,6 +96,7 @@ def _synthetic(tmp_path: Path, date: str = "2026-12-02") -> dict:
     run = dict(model="preset:sd2-base", images=2, evals=5500, labels=[3, 7], warmup_s=1.0, schedule="cifar10")
     eng("engine", system="reference", policy="adaptive 50 500 / 5 1", seconds=12.0, batch_size=32, **run)
     eng("engine", system="engine", policy="adaptive(...)", seconds=10.0, batch_size=256, **run)
+    eng("engine", system="engine-sequential", policy="adaptive(...)", seconds=11.0, batch_size=256, **run)
     eng("bare", batch=256, ms=460.0, **sd2)
     eng("slice", model="preset:sd2-base", schedule="imagenet", classes=1000, policy="[4]", evals=4000, seconds=8.0)
     meta = {"date": date, "device": "NVIDIA H200", "cuda_available": True, "torch": "2.11.0", "commit": "abc1234"}
@@ -121,6 +122,7 @@ def test_finalize_derives_the_figures_and_checks_the_targets(tmp_path):
     assert t["engine_vs_reference"]["value"] == pytest.approx(1.2) and t["engine_vs_reference"]["met"] is False
     assert t["engine_overhead"]["value"] == pytest.approx(10.0 / (0.46 * 5500 / 256) - 1, abs=1e-3)
     assert t["engine_overhead"]["met"] is True and p["engine"]["labels_agree"] == "2/2"  # 1.2%
+    assert p["engine"]["overlap_speedup"] == pytest.approx(1.1) and p["engine"]["overlap_labels_agree"] == "2/2"
     img = {r["schedule"]: r for r in p["per_image"] if r["system"] == "engine"}
     assert img["Li et al. CIFAR-10"]["seconds_per_image"] == 5.0
     assert img["Li et al. ImageNet"]["evals_per_image"] == 124500
@@ -141,6 +143,7 @@ def test_readme_gpu_table_renders_the_written_file(tmp_path):
     assert "**GPU: NVIDIA H200**" in md and "[json](../bench/results/gpu_h200_2026-12-02.json)" in md
     assert "| preset:sd2-base | compile-cudagraphs | float16 | 64 | 100.0 | 640 | 515 | 0.65 | 0.52 | 80 |" in md
     assert "| make_noisy | float16 | 256 | 4194 |" in md
+    assert "the overlap (batch k+1 prepared while batch k runs) 1.10x evals/s" in md
     assert "**1.20x**" in md and "| Li et al. ImageNet | engine | preset:sd2-base | 124500 | 249.00 |" in md
     assert "Not run: TensorRT (not installable on the device)." in md
     assert "compile: partial: killed at its budget of 110 s" in md

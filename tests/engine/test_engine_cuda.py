@@ -69,6 +69,23 @@ def test_engine_cuda_fp16_matches_cpu_subset():
     assert ag.ok, ag.describe()
 
 
+def test_engine_cuda_overlap_matches_sequential():
+    """The overlap (on by default for CUDA: batch k+1 prepared while batch k runs) changes no result, for a
+    pruning policy too, and every batch ran on the device worker."""
+    model = load_model("digits", device="cuda")
+    images = _images(32)
+    for policy, kw in (("exhaustive", dict(n_grid=N_GRID)), ("ttest", dict(min_scores=5, max_scores=60))):
+        runs = {}
+        for overlap in (False, True):
+            clf = DiffusionClassifier(model, policy, use_cache=False, batch_size=64, overlap=overlap, **kw)
+            assert clf.config.overlap is overlap
+            runs[overlap] = clf.classify(images)
+        ag = compare_results(runs[False], runs[True], rtol=DTYPE_RTOL["float16"])
+        assert ag.ok and ag.same_labels == len(images), ag.describe()
+        assert [r.evaluations for r in runs[False]] == [r.evaluations for r in runs[True]]
+    assert DiffusionClassifier(model, "halving", use_cache=False).config.overlap is True  # auto: on for CUDA
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_engine_cuda_matches_cpu_heldout(dtype):
