@@ -97,18 +97,51 @@ def _classes_of(spec: ClassSpec, prompts: set[int]) -> list[int]:
 
 def _long_prompts(model: ModelBundle, spec: ClassSpec) -> Notice | None:
     finder = getattr(model, "long_prompts", None)
-    found = finder(spec.prompts) if finder is not None else []  # [(prompt index, token count)]
+    # [(prompt index, token count)], or with several encoders [(index, count, ((encoder, limit, count), ...))]
+    found = finder(spec.prompts) if finder is not None else []
     if not found:
         return None
     # a packed condition (SDXL, SD3, Flux, PixArt) has rows after the tokens: the model says its token limit
     limit = int(getattr(model, "prompt_tokens", 0) or model.cond_shape[0])
-    shown = ", ".join(f"{spec.prompts[i]!r} ({n} tokens)" for i, n in found[:3])
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (
-        f"{'prompt' if len(found) == 1 else 'prompts'} {shown}{more} {'is' if len(found) == 1 else 'are'} longer"
-        f" than the {model.name} text encoder's {limit} tokens, which sees only the first {limit}",
-        set(_classes_of(spec, {i for i, _ in found})),
-    )
+    sentences = []
+    by_cut: dict[tuple, list[tuple[int, int]]] = {}
+    for item in found:
+        key = tuple((name, lim) for name, lim, _ in item[2]) if len(item) > 2 else ()  # which encoders cut it
+        by_cut.setdefault(key, []).append((item[0], item[1]))
+    for cut, items in by_cut.items():
+        shown = ", ".join(f"{spec.prompts[i]!r} ({n} tokens)" for i, n in items[:3])
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        one = len(items) == 1
+        head = f"{'prompt' if one else 'prompts'} {shown}{more} {'is' if one else 'are'} longer than"
+        if not cut:
+            sentences.append(
+                f"{head} the {model.name} text encoder's {limit} tokens, which sees only the first {limit}"
+            )
+            continue
+        names = {name for name, _ in cut}
+        kinds = _first_per_name(cut)
+        if len(kinds) == 1:
+            name, lim = kinds[0]
+            sentence = f"{head} the {model.name} {name} text encoder's {lim} tokens: it sees only the first {lim}"
+        else:
+            what = " and ".join(f"{name} ({lim} tokens)" for name, lim in kinds)
+            sentence = f"{head} the {model.name} {what} text encoders take, which see only the start"
+        whole = [(n, lim) for n, lim in getattr(finder, "encoders", ()) if n not in names]
+        if whole:
+            readers = " and ".join(f"{n} encoder ({lim} tokens)" for n, lim in whole)
+            sentence += f"; its {readers} reads {'it' if one else 'them'} whole"
+        sentences.append(sentence)
+    classes = set(_classes_of(spec, {item[0] for item in found}))
+    return "; ".join(sentences), classes
+
+
+def _first_per_name(cut: tuple) -> list[tuple[str, int]]:
+    seen, out = set(), []
+    for name, lim in cut:
+        if name not in seen:
+            seen.add(name)
+            out.append((name, lim))
+    return out
 
 
 def _unknown_words(model: ModelBundle, spec: ClassSpec) -> Notice | None:

@@ -144,15 +144,32 @@ def in_chunks(encode: Callable[[list[str]], torch.Tensor], prompts: Sequence[str
         return torch.cat([encode(prompts[i : i + 64]) for i in range(0, len(prompts), 64)]).to(dtype)
 
 
-def long_prompt_finder(pairs: Sequence[tuple[object, int]]) -> Callable[[Sequence[str]], list[tuple[int, int]]]:
-    """(prompt index, token count) of the prompts longer than the first (shortest-limit, CLIP's 77) tokenizer
-    of ``pairs`` takes: the engine's notice names that limit (``ModelBundle.prompt_tokens``)."""
-    tokenizer, limit = pairs[0]
+def long_prompt_finder(
+    encoders: Sequence[tuple[str, object, int]],
+) -> Callable[[Sequence[str]], list[tuple[int, int, tuple[tuple[str, int, int], ...]]]]:
+    """``long_prompts(prompts)`` for a family with several text encoders: ``encoders`` is ``(name, tokenizer,
+    token limit)`` for each kind (CLIP, T5), shortest limit first. Returns, for each prompt some encoder cuts,
+    ``(prompt index, its token count under the first encoder that cuts it, ((name, limit, count), ...) of every
+    encoder that cuts it)``; the engine's notice says which encoders see the prompt whole (SD3's T5 reads 256
+    tokens where its CLIP encoders read 77)."""
+    encoders = list(encoders)
 
-    def long_prompts(prompts: Sequence[str]) -> list[tuple[int, int]]:
-        enc = tokenizer(list(prompts), truncation=False, verbose=False)
-        return [(i, len(ids)) for i, ids in enumerate(enc["input_ids"]) if len(ids) > limit]
+    def long_prompts(prompts: Sequence[str]) -> list[tuple[int, int, tuple[tuple[str, int, int], ...]]]:
+        prompts = list(prompts)
+        counts = [
+            [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
+            for _, tokenizer, _ in encoders
+        ]
+        out = []
+        for i in range(len(prompts)):
+            cut = tuple(
+                (name, limit, counts[k][i]) for k, (name, _, limit) in enumerate(encoders) if counts[k][i] > limit
+            )
+            if cut:
+                out.append((i, cut[0][2], cut))
+        return out
 
+    long_prompts.encoders = tuple((name, limit) for name, _, limit in encoders)  # the notice names the others
     return long_prompts
 
 

@@ -190,6 +190,6 @@ def load_flux(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
-        long_prompts=long_prompt_finder([(tok_t, t5_len)]),
+        long_prompts=long_prompt_finder([("CLIP", tok_c, clip_len), ("T5", tok_t, t5_len)]),
         prompt_tokens=t5_len,
     )

@@ -150,6 +150,6 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
-        long_prompts=long_prompt_finder([(tok, max_len)]),
+        long_prompts=long_prompt_finder([("T5", tok, max_len)]),
         prompt_tokens=max_len,
     )

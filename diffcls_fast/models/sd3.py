@@ -167,6 +167,6 @@ def load_sd3(folder: Path, *, name: str, device: torch.device, dtype: torch.dtyp
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
-        long_prompts=long_prompt_finder([(toks[0], clip_len)]),
+        long_prompts=long_prompt_finder([("CLIP", toks[0], clip_len)] + ([("T5", toks[2], t5_len)] if with_t5 else [])),
         prompt_tokens=clip_len,
     )

@@ -151,6 +151,6 @@ def load_sdxl(folder: Path, *, name: str, device: torch.device, dtype: torch.dty
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
-        long_prompts=long_prompt_finder([(tok1, max_len)]),
+        long_prompts=long_prompt_finder([("CLIP", tok1, max_len)]),
         prompt_tokens=max_len,
     )

@@ -218,3 +218,35 @@ def test_bad_diffcls_json_numbers_are_one_line(family_folder, tmp_path):
     _refused(folder, "diffcls.json: guidance must be a number >= 0, got 'high'")
     (folder / "diffcls.json").write_text(json.dumps({"resolution": 16, "max_tokens": 1}))
     _refused(folder, "diffcls.json: max_tokens must be a number >= 2, got 1")
+
+
+def test_long_prompt_notice_names_each_encoder_that_cuts(family_folder):
+    from diffcls_fast.engine.conditions import class_spec, prompt_notices
+
+    model = load_model(str(family_folder("sd3")), device="cpu")
+    assert model.long_prompts.encoders == (("CLIP", 16), ("T5", 24))
+    spec = class_spec(model, ["cat", " ".join(["word"] * 40)], 64)
+    (sentence, classes), *rest = prompt_notices(model, spec)
+    assert not rest and classes == {1}
+    assert "CLIP (16 tokens) and T5 (24 tokens) text encoders take" in sentence
+
+
+def test_long_prompt_notice_says_which_encoder_reads_the_prompt_whole():
+    """SD3's T5 reads 256 tokens where its CLIP encoders read 77: a prompt only CLIP cuts is said to be read whole."""
+    from types import SimpleNamespace
+
+    from diffcls_fast.engine.conditions import prompt_notices
+    from diffcls_fast.engine.prompts import ClassSpec
+
+    def finder(prompts):
+        return [(i, 90, (("CLIP", 77, 90),)) for i, p in enumerate(prompts) if p.startswith("long")]
+
+    finder.encoders = (("CLIP", 77), ("T5", 256))
+    model = SimpleNamespace(
+        name="sd3", cond_kind="text", long_prompts=finder, prompt_tokens=77, cond_shape=(333, 8), prompt_template=None
+    )
+    spec = ClassSpec(["a", "b"], ["long a", "short b"], [np.array([0]), np.array([1])])
+    (sentence, classes), *rest = prompt_notices(model, spec)
+    assert not rest and classes == {0}
+    assert "longer than the sd3 CLIP text encoder's 77 tokens: it sees only the first 77" in sentence
+    assert "its T5 encoder (256 tokens) reads it whole" in sentence
