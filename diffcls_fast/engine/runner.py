@@ -117,6 +117,14 @@ class Runner:
             )
         return buf
 
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device. On CUDA through pinned memory, without blocking: a pageable
+        copy would wait for the batch the device worker is running (same stream), and the host could not
+        prepare the next one meanwhile. Stream order still puts the copy before the kernels that read it."""
+        if torch.device(self.device).type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _eps(self, pairs: list[tuple[ImageState, int]]) -> torch.Tensor:
         """Noise rows of (image, sample) pairs, [P, C, H, W] on the device.
 
@@ -125,7 +133,7 @@ class Runner:
         """
         missing = [(st, s) for st, s in pairs if s not in st.noise]
         if missing:
-            fresh = torch.stack([st.bank.noise(st.key, s) for st, s in missing]).to(self.device)
+            fresh = self._upload(torch.stack([st.bank.noise(st.key, s) for st, s in missing]))
             for (st, s), row in zip(missing, fresh):
                 st.noise[s] = row
         return torch.stack([st.noise[s] for st, s in pairs])
@@ -175,11 +183,10 @@ class Runner:
         cond_idx = np.concatenate([cond_idx, np.full(pad, cond_idx[0], np.int64)])
         t_rows = t_pair[noise_idx]
 
-        dev = self.device
         # All per-row indices travel to the device in one copy.
-        img_idx_t, noise_idx_t, t_t, cond_t = (
-            torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx])).to(dev).unbind(0)
-        )
+        img_idx_t, noise_idx_t, t_t, cond_t = self._upload(
+            torch.from_numpy(np.stack([img_idx, noise_idx, t_rows, cond_idx]))
+        ).unbind(0)
         multi = rows != len(cls)  # prompt ensembles: a query's error is the mean over its rows
         return Prepared(
             size=batch.size,
@@ -192,9 +199,9 @@ class Runner:
             t=t_t,
             cond=cond_t,
             cond_table=self.cond_table,
-            pair_img=torch.from_numpy(pair_img).to(dev) if self.velocity else None,
-            row_query=torch.from_numpy(row_query).to(dev) if multi else None,
-            counts=torch.from_numpy(counts).to(dev, torch.float32) if multi else None,
+            pair_img=self._upload(torch.from_numpy(pair_img)) if self.velocity else None,
+            row_query=self._upload(torch.from_numpy(row_query)) if multi else None,
+            counts=self._upload(torch.from_numpy(counts).float()) if multi else None,
         )
 
     @torch.no_grad()
