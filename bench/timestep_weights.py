@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     T = load_model(args.model).num_timesteps
     timesteps = li_grid(T, args.grid)
     rows = []
-    for name, pts in (("all grid points", np.arange(args.grid)), ("every third point", np.arange(0, args.grid, 3))):
+    subsets = [("all grid points", np.arange(args.grid))]
+    subsets += [(f"every {k} points", np.arange(0, args.grid, k)) for k in (2, 3, 4)]
+    for name, pts in subsets:
         acc, duel, chosen, w = study(errors, labels, timesteps, T, args.folds, pts)
         rows.append(
             {
