@@ -104,8 +104,32 @@ NUMBERS_CONFIGS = [
         for r, k, b in HALVING
     ],
 ]
+# 1,000 classes (issue 29): every sample of every class costs 1,000 evaluations, so exhaustive stops at 10 grid
+# points; Li et al.'s ImageNet schedule (124,500 evaluations an image) and the t-test (20,000 at least) run on
+# a prefix (--limit); the goal is the best exhaustive accuracy within 0.5 point at <= 1,250 evaluations, which
+# needs a first round of one sample per class.
+NUMBERS3_CONFIGS = [
+    ("exhaustive-2", "exhaustive", dict(n_grid=2)),
+    ("exhaustive-5", "exhaustive", dict(n_grid=5)),
+    ("exhaustive-10", "exhaustive", dict(n_grid=10)),
+    (
+        "adaptive 50 100 500 1000 / 500 50 10 1 (Li, ImageNet)",
+        "adaptive",
+        dict(n_samples=[50, 100, 500, 1000], to_keep=[500, 50, 10, 1]),
+    ),
+    ("ttest p<2e-3 stratified", "ttest", dict(cutoff_pval=2e-3)),
+    ("halving 2 4 12 / 10 3 1", "halving", dict()),
+    ("halving 1 3 11 / 25 5 1", "halving", dict(rounds=[1, 3, 11], keep=[25, 5, 1])),
+    ("halving 1 2 4 12 / 50 10 3 1", "halving", dict(rounds=[1, 2, 4, 12], keep=[50, 10, 3, 1])),
+    ("halving 1 3 11 / 25 5 1 band 0.0-1.0", "halving", dict(rounds=[1, 3, 11], keep=[25, 5, 1], t_band=[0.0, 1.0])),
+]
 # fashion has ten classes too: the digits list, so the two fronts compare row by row
-CONFIGS = {"digits": DIGITS_CONFIGS, "numbers": NUMBERS_CONFIGS, "fashion": DIGITS_CONFIGS}
+CONFIGS = {
+    "digits": DIGITS_CONFIGS,
+    "numbers": NUMBERS_CONFIGS,
+    "fashion": DIGITS_CONFIGS,
+    "numbers3": NUMBERS3_CONFIGS,
+}
 QUICK = {
     "exhaustive-10",
     "exhaustive-50",

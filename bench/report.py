@@ -41,7 +41,7 @@ def _not_measured(model: str, rows: list[dict]) -> list[str]:
 
 def render() -> str:
     out = []
-    for model in ("digits", "numbers", "fashion"):
+    for model in ("digits", "numbers", "fashion", "numbers3"):
         for ave in _per_size(f"accuracy_vs_evals_{model}"):
             out += _front(model, ave)
     return _render_rest(out)
