@@ -14,9 +14,9 @@ out of each step.
 Reported per (classes, policy): host milliseconds per 256-row batch (mean, the
 figure that decides how long a GPU waits, and median and 90th percentile),
 batches, evaluations per image, and the peak bytes of numpy state held by one
-in-flight image's policy (score table, queues, running sums). The noise rows an
-image holds come on top: samples used x the latent's bytes (4 KB per sample for
-SD's 4x64x64 float32 latent), the same for every policy with the same samples.
+in-flight image's policy (score table, queues, running sums), and the most noise
+rows it held at once: each is a latent (64 KB for SD's 4x64x64 float32), kept
+only while the policy may still ask for its sample.
 
 With ``--sleep-ms S`` (default 2) each configuration also runs with a
 denoiser that sleeps S ms a batch, standing in for a device, without and with
@@ -125,7 +125,7 @@ def measure(
     engine = Engine(bundle, cfg, opts)
     truth = [(i * 7919) % n_classes for i in range(images)]
     engine.submit([protos[c].numpy() for c in truth], [str(c) for c in range(n_classes)])
-    host, peak, correct = [], 0, 0
+    host, peak, correct, rows_held = [], 0, 0, 0
     t_start = time.perf_counter()
     while engine.has_work:
         before = spent[0]
@@ -134,6 +134,7 @@ def measure(
         host.append(time.perf_counter() - t0 - (spent[0] - before))
         for st in engine.states.values():
             peak = max(peak, policy_bytes(st.policy))
+            rows_held = max(rows_held, len(st.noise))
         correct += sum(r.label == truth[i] for _, i, r in events)
     wall = time.perf_counter() - t_start
     engine.close()
@@ -152,6 +153,7 @@ def measure(
         "host_ms_p90": float(np.percentile(ms, 90)),
         "denoiser_ms_mean": spent[0] * 1e3 / max(1, stats.batches),
         "policy_bytes_peak": int(peak),
+        "noise_rows_peak": int(rows_held),
         "correct": int(correct),
         "wall_seconds": wall,
         "wall_ms_per_batch": wall * 1e3 / max(1, stats.batches),
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{c:>6} classes  {p:<10} host {r['host_ms_mean']:6.2f} ms/batch mean"
                 f" ({r['host_ms_median']:.2f} median, {r['host_ms_p90']:.2f} p90)  {r['batches']:>6} batches"
                 f"  {r['evals_per_image']:>9.0f} evals/image  policy state {r['policy_bytes_peak'] / 1e6:.2f} MB"
+                f"  noise rows {r['noise_rows_peak']}"
                 f"  {r['correct']}/{r['images']} right",
                 flush=True,
             )

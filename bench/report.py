@@ -417,14 +417,14 @@ def _host_scaling() -> list[str]:
         ),
         "",
         "| classes | policy | host ms / batch (mean) | median | p90 | batches | evals / image"
-        " | policy state per in-flight image |",
-        "|---|---|---|---|---|---|---|---|",
+        " | policy state per in-flight image | noise rows held (peak) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["results"]:
         out.append(
             f"| {r['classes']:,} | {r['policy']} | **{r['host_ms_mean']:.2f}** | {r['host_ms_median']:.2f} |"
             f" {r['host_ms_p90']:.2f} | {r['batches']} | {r['evals_per_image']:,.0f} |"
-            f" {r['policy_bytes_peak'] / 1e6:.2f} MB |"
+            f" {r['policy_bytes_peak'] / 1e6:.2f} MB | {r.get('noise_rows_peak', '—')} |"
         )
     if res.get("overlap"):
         sleep = res["overlap"][0]["sleep_ms"]

@@ -59,6 +59,15 @@ class ImageState:
     bank: NoiseBank
     conditions: ClassConditions
     noise: dict[int, torch.Tensor] = field(default_factory=dict)
+    noise_floor: int = 0  # rows of samples below it were dropped (the policy never asks for them again)
+
+    def drop_finished_noise(self) -> None:
+        """Free the noise rows of samples the policy has finished with (``Policy.finished_samples``): a t-test
+        image that runs to 2,000 samples would otherwise hold them all (128 MB of SD latents)."""
+        done = self.policy.finished_samples()
+        for s in range(self.noise_floor, done):
+            self.noise.pop(s, None)
+        self.noise_floor = max(self.noise_floor, done)
 
 
 @dataclass
@@ -131,6 +140,8 @@ class Runner:
         New rows are drawn on the CPU (device-independent), stacked, and moved in one
         copy; each image caches its rows for the other classes and later batches.
         """
+        for st in {id(st): st for st, _ in pairs}.values():
+            st.drop_finished_noise()
         missing = [(st, s) for st, s in pairs if s not in st.noise]
         if missing:
             fresh = self._upload(torch.stack([st.bank.noise(st.key, s) for st, s in missing]))

@@ -189,6 +189,11 @@ class Policy(ABC):
     @abstractmethod
     def outcome(self) -> Outcome: ...
 
+    def finished_samples(self) -> int:
+        """Samples ``0 .. k-1`` are finished: no query of theirs will be taken again (so their noise rows can go).
+        0 is always safe."""
+        return 0
+
     # -- helpers ---------------------------------------------------------------------
     @abstractmethod
     def _advance(self) -> None:

@@ -89,6 +89,10 @@ class StagedPolicy(Policy):
     def timestep(self, sample: int) -> int:
         return int(self._t_of_sample[sample])
 
+    def finished_samples(self) -> int:
+        # A stage scores only its own new samples; the earlier stages' are done.
+        return self._stage_start
+
     def _open_stage(self) -> None:
         # Skip stages that add no new points (possible when n_samples repeat).
         while self.stage < len(self.plan) and len(self.plan[self.stage][0]) == 0:

@@ -221,6 +221,10 @@ class TTestPolicy(Policy):
         """Samples in each class's mean: the samples consumed for a class still alive."""
         return np.where(self.alive, self.n, self._n_pruned)
 
+    def finished_samples(self) -> int:
+        # Sample s < n was scored for every class alive then, and the queue only holds samples >= n.
+        return self.n
+
     def timestep(self, sample: int) -> int:
         t = self._t_cache.get(sample)
         if t is None:
