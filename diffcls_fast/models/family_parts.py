@@ -7,7 +7,7 @@ How prompts become token states follows each family's diffusers pipeline:
   fixed length, no attention mask; the pooled vector is ``text_embeds`` of a ``CLIPTextModelWithProjection``
   (its projected end-of-text state) or ``pooler_output`` of a ``CLIPTextModel`` (Flux).
 * T5 (SD3, PixArt, Flux): the last hidden state, fixed length; PixArt also passes the padding mask to both T5 and
-  the transformer, SD3 and Flux neither.
+  the transformer, SD3 and Flux neither, and lower-cases the prompt first (its pipelines do, the others not).
 """
 
 from __future__ import annotations
@@ -146,16 +146,18 @@ def in_chunks(encode: Callable[[list[str]], torch.Tensor], prompts: Sequence[str
 
 def long_prompt_finder(
     encoders: Sequence[tuple[str, object, int]],
+    prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> Callable[[Sequence[str]], list[tuple[int, int, tuple[tuple[str, int, int], ...]]]]:
     """``long_prompts(prompts)`` for a family with several text encoders: ``encoders`` is ``(name, tokenizer,
     token limit)`` for each kind (CLIP, T5), shortest limit first. Returns, for each prompt some encoder cuts,
     ``(prompt index, its token count under the first encoder that cuts it, ((name, limit, count), ...) of every
     encoder that cuts it)``; the engine's notice says which encoders see the prompt whole (SD3's T5 reads 256
-    tokens where its CLIP encoders read 77)."""
+    tokens where its CLIP encoders read 77). ``prepare``: what the family's encoder does to the prompts before
+    tokenizing them (PixArt lower-cases them), so the counts are of the tokens it reads."""
     encoders = list(encoders)
 
     def long_prompts(prompts: Sequence[str]) -> list[tuple[int, int, tuple[tuple[str, int, int], ...]]]:
-        prompts = list(prompts)
+        prompts = prepare(list(prompts)) if prepare else list(prompts)
         counts = [
             [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
             for _, tokenizer, _ in encoders

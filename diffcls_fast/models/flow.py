@@ -56,7 +56,8 @@ def flow_sigmas(cfg: dict, image_seq_len: int | None = None) -> torch.Tensor:
     if cfg.get("use_dynamic_shifting"):
         if image_seq_len is None:
             raise UserError(f"scheduler {cls}: use_dynamic_shifting needs the image's token count")
-        base, top = float(cfg.get("base_shift") or 0.5), float(cfg.get("max_shift") or 1.15)
+        # the pipeline's defaults only where the config sets none: a configured 0 is a shift of 0, not the default
+        base, top = (float(d if cfg.get(k) is None else cfg[k]) for k, d in (("base_shift", 0.5), ("max_shift", 1.15)))
         lo, hi = int(cfg.get("base_image_seq_len", 256)), int(cfg.get("max_image_seq_len", 4096))
         mu = base + (top - base) * (image_seq_len - lo) / (hi - lo)
         m = math.exp(mu) if cfg.get("time_shift_type", "exponential") == "exponential" else mu

@@ -2,10 +2,12 @@
 ``tokenizer/``, ``vae/`` and ``scheduler/`` (a DDPM-family schedule; the network predicts eps with a learned
 sigma: the first half of its output channels is eps, which make_unet_denoiser keeps).
 
-As the PixArt pipelines encode prompts: T5's last hidden state with the padding mask, which the transformer also
-gets (``encoder_attention_mask``); it is packed after the tokens (packed_cond.py). Token count: 120, PixArt-α's
-training length, unless diffcls.json sets ``max_tokens`` (PixArt-Σ: 300). The pipelines' caption cleaning
-(lower-casing, stripping URLs and markup) is not applied: a class prompt is plain text already.
+As the PixArt pipelines encode prompts: the prompt lower-cased and stripped (``_text_preprocessing``, which
+``encode_prompt`` always applies, as PixArt's own T5 embedder does; T5's tokenizer is case-sensitive), then
+T5's last hidden state with the padding mask, which the transformer also gets (``encoder_attention_mask``); it
+is packed after the tokens (packed_cond.py). Token count: 120, PixArt-α's training length, unless diffcls.json
+sets ``max_tokens`` (PixArt-Σ: 300). The rest of the pipelines' optional caption cleaning (``clean_caption``:
+stripping URLs and markup, with bs4 and ftfy) is not applied: a class prompt is plain text already.
 
 PixArt-α at 1024 px (``use_additional_conditions``: its sample_size 128 makes it so by default) also takes the
 image's ``resolution`` (H, W) and ``aspect_ratio`` H / W; they are the model's native size, the size the engine
@@ -45,6 +47,11 @@ from .fingerprint import fingerprint_paths
 from .packed_cond import CondLayout
 
 ALPHA_TOKENS = 120  # PixArt-α's max_sequence_length (PixArt-Σ: 300, set max_tokens in diffcls.json)
+
+
+def pixart_text(prompts: list[str]) -> list[str]:
+    """The prompts as the PixArt pipelines hand them to T5: lower-cased and stripped."""
+    return [p.lower().strip() for p in prompts]
 
 
 class PixArtNetwork(torch.nn.Module):
@@ -121,7 +128,7 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
     layout = CondLayout(max_len, width, (("mask", max_len),))
 
     def encode(prompts: list[str]) -> torch.Tensor:
-        states, mask = t5_states(tok, t5, prompts, max_len, device, masked=True)
+        states, mask = t5_states(tok, t5, pixart_text(prompts), max_len, device, masked=True)
         return layout.pack(states, mask=mask)
 
     raw = PixArtNetwork(net, layout, (h, w)).to(device).eval()
@@ -138,7 +145,8 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
         device=device,
         dtype=dtype,
         fingerprint=fingerprint_paths(*dirs),
-        text_fingerprint=fingerprint_paths(*dirs[1:3]),
+        # the tag: embeddings cached before prompts were lower-cased are not reused
+        text_fingerprint=fingerprint_paths(*dirs[1:3]) + "-lc",
         encode_images=make_image_encoder(vae, resolution, int(vae.config.in_channels), device, dtype),
         encode_prompts=lambda prompts: in_chunks(encode, prompts, dtype),
         denoise=make_unet_denoiser(raw, acp, pred_type, device),
@@ -150,6 +158,6 @@ def load_pixart(folder: Path, *, name: str, device: torch.device, dtype: torch.d
         prompt_template=meta.get("prompt_template", "a photo of a {}."),
         default_prompts=list(meta.get("prompts", [])),
         path=str(folder),
-        long_prompts=long_prompt_finder([("T5", tok, max_len)]),
+        long_prompts=long_prompt_finder([("T5", tok, max_len)], prepare=pixart_text),
         prompt_tokens=max_len,
     )

@@ -29,6 +29,30 @@ def test_sigmas_are_the_schedulers_training_table(shift):
     torch.testing.assert_close(sig, shift * s / (1 + (shift - 1) * s))
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"base_shift": 0.0},  # a configured 0 is the pipeline's mu, not the default 0.5
+        {"max_shift": 0.0},
+        {"base_shift": 0.3, "max_shift": 2.0, "base_image_seq_len": 64, "max_image_seq_len": 1024},
+        {"time_shift_type": "linear"},
+    ],
+)
+@pytest.mark.parametrize("seq", [16, 4096])
+def test_dynamic_shift_is_the_pipelines(kw, seq):
+    """With use_dynamic_shifting, σ is the scheduler's for FluxPipeline's mu, computed from the config's values."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, use_dynamic_shifting=True, **kw)
+    c = sched.config
+    mu = calculate_shift(seq, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 1000, 1000), mu=mu)
+    sig = flow_sigmas(dict(c, _class_name=FLOW), image_seq_len=seq)
+    torch.testing.assert_close(sig, sched.sigmas[:-1].double().flip(0), atol=1e-6, rtol=0)
+
+
 def test_refused_flow_options():
     with pytest.raises(UserError, match="invert_sigmas"):
         flow_sigmas({"_class_name": FLOW, "invert_sigmas": True})

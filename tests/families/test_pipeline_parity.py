@@ -9,6 +9,13 @@ from diffcls_fast.models.flux import image_ids, pack_latents, unpack_latents
 from diffcls_fast.models.packed_cond import CondLayout
 
 PROMPTS = ["a cat", "a small dog"]
+PIXART = {
+    "vae": "AutoencoderKL",
+    "text_encoder": "T5EncoderModel",
+    "tokenizer": "",
+    "transformer": "PixArtTransformer2DModel",
+    "scheduler": "DPMSolverMultistepScheduler",
+}
 
 
 def _components(folder, names):
@@ -115,16 +122,7 @@ def test_pixart_matches_pipeline(family_folder):
 
     folder = family_folder("pixart")
     b = load_model(str(folder), device="cpu")
-    c = _components(
-        folder,
-        {
-            "vae": "AutoencoderKL",
-            "text_encoder": "T5EncoderModel",
-            "tokenizer": "",
-            "transformer": "PixArtTransformer2DModel",
-            "scheduler": "DPMSolverMultistepScheduler",
-        },
-    )
+    c = _components(folder, PIXART)
     pipe = PixArtAlphaPipeline(**c)
     embeds, mask, _, _ = pipe.encode_prompt(
         PROMPTS, do_classifier_free_guidance=False, device="cpu", max_sequence_length=24
@@ -140,6 +138,24 @@ def test_pixart_matches_pipeline(family_folder):
         x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t, added_cond_kwargs=added
     ).sample
     torch.testing.assert_close(b.denoise(x, t, cond), want[:, :4])  # learned sigma: eps is the first half
+
+
+@torch.no_grad()
+def test_pixart_lower_cases_prompts_as_the_pipeline(family_folder):
+    """PixArt's encode_prompt lower-cases and strips every prompt before T5 (case-sensitive) reads it."""
+    from diffusers import PixArtAlphaPipeline
+
+    folder = family_folder("pixart")
+    b = load_model(str(folder), device="cpu")
+    c = _components(folder, PIXART)
+    prompts = ["A Cat", " a small Dog "]
+    embeds, mask, _, _ = PixArtAlphaPipeline(**c).encode_prompt(
+        prompts, do_classifier_free_guidance=False, device="cpu", max_sequence_length=24
+    )
+    states, v = _unpack(b, b.encode_prompts(prompts), (("mask", 24),))
+    torch.testing.assert_close(states, embeds)
+    torch.testing.assert_close(v["mask"], mask.float())
+    torch.testing.assert_close(b.encode_prompts(prompts), b.encode_prompts(["a cat", "a small dog"]))
 
 
 @torch.no_grad()
