@@ -32,6 +32,8 @@ setup(
             "models/numbers3/*.json",
             "models/numbers3/*.txt",
             "models/numbers3/*/*",
+            "models/numbers-flow/*.json",
+            "models/numbers-flow/*/*",
             "models/fashion/*.json",
             "models/fashion/*/*",
         ],

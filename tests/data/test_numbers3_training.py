@@ -1,41 +1,17 @@
 """``scripts/train_bundled.py --model numbers3``: a few steps write a class-conditional folder that the loader
 serves with the number words as class names, and a resumed run continues exactly where it stopped."""
 
-import sys
-from pathlib import Path
-
-import pytest
 import torch
 
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.data import numbers3
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-@pytest.fixture(scope="module")
-def train_bundled():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import train_bundled
-
-        yield train_bundled
-    finally:
-        sys.path.remove(str(SCRIPTS))
-
-
-def _train(train_bundled, run: Path, out: Path, steps: int, *extra: str) -> None:
-    argv = ["--model", "numbers3", "--run", str(run), "--out", str(out), "--steps", str(steps), "--batch-size", "4"]
-    train_bundled.main(argv + list(extra))
-
-
-class Killed(Exception):
-    pass
+from .conftest import check_resume_is_exact, train
 
 
 def test_a_few_steps_give_a_folder_the_loader_classifies_with(train_bundled, tmp_path):
     out = tmp_path / "numbers3"
-    _train(train_bundled, tmp_path / "run", out, 2)
+    train(train_bundled, "numbers3", tmp_path / "run", out, 2)
     assert (out / "classes.txt").read_text().splitlines()[314] == "three one four"
     m = load_model(str(out), device="cpu")
     assert m.cond_kind == "class" and m.family == "class-unet" and m.latent_shape == (1, 8, 24)
@@ -54,27 +30,7 @@ def test_a_few_steps_give_a_folder_the_loader_classifies_with(train_bundled, tmp
 
 
 def test_a_resumed_run_matches_an_uninterrupted_one(train_bundled, tmp_path, monkeypatch):
-    _train(train_bundled, tmp_path / "straight", tmp_path / "a", 3)
-    step, calls = train_bundled.optimizer_step, []
-
-    def killed_in_the_third_step(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        step(*args)
-
-    monkeypatch.setattr(train_bundled, "optimizer_step", killed_in_the_third_step)
-    with pytest.raises(Killed):  # checkpoints after every step (--checkpoint-minutes 0), killed in the third
-        _train(train_bundled, tmp_path / "resumed", tmp_path / "b", 3, "--checkpoint-minutes", "0")
-    monkeypatch.undo()
-    assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)["step"] == 2
-    _train(train_bundled, tmp_path / "resumed", tmp_path / "b", 3)
-    straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)
-    assert straight["step"] == resumed["step"] == 3
-    for e, f in zip(straight["ema"], resumed["ema"]):
-        torch.testing.assert_close(e, f, rtol=0, atol=0)
-    assert (tmp_path / "b" / "unet").is_dir()
+    check_resume_is_exact(train_bundled, "numbers3", tmp_path, monkeypatch)
 
 
 def _factored(train_bundled, ck: dict) -> tuple[torch.Tensor, torch.Tensor]:

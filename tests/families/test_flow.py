@@ -83,13 +83,14 @@ def test_snr_equivalent_alphas_cumprod():
     torch.testing.assert_close(acp / (1 - acp), ((1 - sig) / sig) ** 2)  # the same signal-to-noise ratio
 
 
-@pytest.mark.parametrize("loss", ["l2", "x0"])
+@pytest.mark.parametrize("fam, loss", [("sd3", "l2"), ("sd3", "x0"), ("sd-flow", "l2"), ("sd-flow", "x0")])
 @torch.no_grad()
-def test_engine_errors_are_the_plain_velocity_formula(family_folder, loss):
-    """Exhaustive scoring of the tiny SD3 model: every class's mean error is the mean over its samples of
-    mean((v_hat - (ε - x0))²) with x_t = (1 - σ_t) x0 + σ_t ε, recomputed here by hand. The x0 loss is the x0
-    error (x0 = x_t - σ v, so σ² times the velocity error) weighted by exp(-7 t / T)."""
-    model = load_model(str(family_folder("sd3")), device="cpu")
+def test_engine_errors_are_the_plain_velocity_formula(family_folder, fam, loss):
+    """Exhaustive scoring of a tiny flow model (SD3; a pixel-space UNet with a FlowMatch scheduler): every
+    class's mean error is the mean over its samples of mean((v_hat - (ε - x0))²) with x_t = (1 - σ_t) x0 + σ_t ε,
+    recomputed here by hand. The x0 loss is the x0 error (x0 = x_t - σ v, so σ² times the velocity error)
+    weighted by exp(-7 t / T)."""
+    model = load_model(str(family_folder(fam)), device="cpu")
     seen = []
 
     def encode_images(images):
@@ -99,7 +100,7 @@ def test_engine_errors_are_the_plain_velocity_formula(family_folder, loss):
     spy = dataclasses.replace(model, encode_images=encode_images)
     clf = DiffusionClassifier(spy, "exhaustive", n_grid=4, use_cache=False, loss=loss)
     classes = ["cat", "dog"]
-    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    img = torch.rand(model.image_channels, *model.image_hw, generator=torch.Generator().manual_seed(3)) * 2 - 1
     (res,) = clf.classify([img], classes)
     px = seen[0]
     x0 = model.encode_images([px])[0]

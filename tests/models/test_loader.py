@@ -37,7 +37,8 @@ def test_the_layout_picks_the_loader(tmp_path):
 
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(
-        UserError, match=r"model 'nope': no such folder \(bundled models: digits, fashion, numbers, numbers3; presets"
+        UserError,
+        match=r"model 'nope': no such folder \(bundled models: digits, fashion, numbers, numbers-flow, numbers3; ",
     ):
         load_model("nope", device="cpu")
     (tmp_path / "f").write_text("")
@@ -64,15 +65,16 @@ def test_missing_component_is_one_line(tmp_path, remove, fragment):
     assert "\n" not in str(e.value)
 
 
-def test_a_bundled_model_not_trained_yet_says_how_to_train_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["numbers3", "numbers-flow"])
+def test_a_bundled_model_not_trained_yet_says_how_to_train_it(tmp_path, monkeypatch, name):
     from diffcls_fast.models import bundled
 
-    monkeypatch.setitem(bundled.BUNDLED, "numbers3", tmp_path / "numbers3")  # as in a checkout before training
+    monkeypatch.setitem(bundled.BUNDLED, name, tmp_path / name)  # as in a checkout before training
     with pytest.raises(UserError) as e:
-        load_model("numbers3", device="cpu")
+        load_model(name, device="cpu")
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith("the numbers3 model is not trained yet: run python scripts/train_bundled.py --model numbers3")
+    assert msg.startswith(f"the {name} model is not trained yet: run python scripts/train_bundled.py --model {name}")
 
 
 def test_an_empty_model_name_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):

@@ -110,3 +110,51 @@ def test_v_prediction_converted_consistently_with_diffusers(tmp_path, capsys):
     x0_hat = abar.sqrt() * x_t - (1 - abar).sqrt() * v_hat
     torch.testing.assert_close(abar.sqrt() * x0_hat + (1 - abar).sqrt() * eps_hat, x_t, atol=1e-5, rtol=1e-5)
     classify_and_eval(folder, ["cat", "dog"], tmp_path, capsys)
+
+
+def test_flow_match_scheduler_loads_as_rectified_flow(tmp_path, capsys):
+    """A UNet folder whose scheduler is FlowMatchEulerDiscrete: σ from the config's shift, the noising (1 - σ, σ),
+    the velocity target, and the network called with diffusers' FlowMatch timestep σ x num_train_timesteps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffcls_fast.models.flow import flow_sigmas
+
+    folder = make_sd_folder(tmp_path / "flow", vae=False, flow_shift=3.0)
+    m = load_model(str(folder), device="cpu")
+    assert (m.prediction_type, m.target, m.family, m.num_timesteps) == ("flow", "velocity", "sd", 1000)
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+    torch.testing.assert_close(m.sigmas, flow_sigmas(dict(sched.config, _class_name=type(sched).__name__)))
+    a, b = m.noise_coefficients()
+    torch.testing.assert_close((a, b), (1 - m.sigmas, m.sigmas))
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(4, *m.latent_shape, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    cond = m.encode_prompts(["a cat"] * 4)
+    # the scheduler's training timesteps, high to low, are σ x 1000: index t is the t-th from the low end
+    timestep = sched.timesteps.flip(0)[t].float()
+    torch.testing.assert_close(timestep, (m.sigmas[t] * 1000).float())
+    want = m.network(x_t, timestep, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(m.denoise(x_t, t, cond), want)
+    assert m.raw_module is not None and m.raw_module.out_channels == 3  # what export traces: the same call
+    torch.testing.assert_close(m.raw_module(x_t, t, cond), want)
+    classify_and_eval(folder, ["cat", "dog"], tmp_path, capsys)
+
+
+def test_a_ddpm_folder_is_not_flow(digits):
+    assert (digits.prediction_type, digits.sigmas, digits.raw_module) == ("epsilon", None, None)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"use_dynamic_shifting": True}, "use_dynamic_shifting needs the image's token count"),
+        ({"invert_sigmas": True}, "invert_sigmas is not supported"),
+        ({"shift": 0}, "shift > 0"),
+    ],
+)
+def test_flow_match_options_the_unet_loader_refuses(tmp_path, change, fragment):
+    from .helpers import edit_json, refused
+
+    folder = make_sd_folder(tmp_path / "flow", vae=False, flow_shift=1.0)
+    edit_json(folder / "scheduler" / "scheduler_config.json", **change)
+    refused(folder, fragment)

@@ -32,9 +32,12 @@ def _clip_tokenizer(dst: Path, max_len: int = 16):
     return tok
 
 
-def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """A Stable-Diffusion-layout folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def make_sd_folder(
+    root: Path, *, vae: bool = True, prediction_type: str = "epsilon", seed: int = 0, flow_shift: float | None = None
+) -> Path:
+    """A Stable-Diffusion-layout folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]. With ``flow_shift``
+    the scheduler is a FlowMatchEulerDiscreteScheduler of that shift (a rectified-flow UNet)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -67,6 +70,9 @@ def make_sd_folder(root: Path, *, vae: bool = True, prediction_type: str = "epsi
     unet.save_pretrained(root / "unet", safe_serialization=True)
     if vae:
         _tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
+    if flow_shift is not None:
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=flow_shift).save_pretrained(root / "scheduler")
+        return root
     DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="scaled_linear",

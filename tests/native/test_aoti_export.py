@@ -151,3 +151,15 @@ def test_export_aoti_user_errors(tmp_path):
     # batch 1 is padded to 2 and says so (checked before the folder, so the refusal below ends the run at once)
     r = run_cli("export", "--format", "aoti", "--out", str(tmp_path / "file"), "--batch-sizes", "1")
     assert r.returncode == 2 and "note: --batch-sizes 1: a batch of 1 runs padded to 2" in r.stderr, r.stderr
+
+
+def test_export_aoti_refuses_a_flow_model(tmp_path):
+    """The native runner noises with alphas_cumprod and scores ε: a flow model's export would score wrongly."""
+    from types import SimpleNamespace
+
+    from diffcls_fast import UserError
+    from diffcls_fast.export.aoti_export import export_aoti
+
+    clf = SimpleNamespace(model=SimpleNamespace(name="numbers-flow", prediction_type="flow"))
+    with pytest.raises(UserError, match="numbers-flow: the native runner scores the DDPM family only"):
+        export_aoti(clf, tmp_path / "out", [8], tmp_path / "art")
