@@ -32,7 +32,9 @@ decisions by the policies and the scheduler.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
@@ -59,7 +61,30 @@ if TYPE_CHECKING:
 
 
 _REQUEST_IDS = itertools.count()
-SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's GIL switch interval once an engine overlaps (see Engine._launch)
+SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's GIL switch interval once an engine overlaps (see device_thread)
+_DEVICE_LOCK = threading.Lock()
+_device: tuple[int, Any] | None = None  # (pid, the device thread's executor)
+
+
+def device_thread():
+    """The process's one device thread (overlap), a one-thread executor started on first use.
+
+    Every overlapping engine runs its batches on it, in launch order, and the server warms the model up on it
+    (:meth:`Engine.on_device`). So the state a thread keeps for the device is built once and serves every batch
+    of every run (torch.compile's CUDA graph trees are thread-local: torch < 2.13 asserts in a thread that did
+    not set them up, later versions capture every graph again for each new thread), and two engines' batches
+    never run at once (a backend's static buffers, such as a CUDA graph's output, are shared)."""
+    global _device
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _DEVICE_LOCK:
+        if _device is None or _device[0] != os.getpid():  # a forked child has no such thread: it starts its own
+            _device = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffcls-device"))
+            # The host's work is numpy on small arrays, which holds the GIL: at the default 5 ms switch interval the
+            # device thread, ready to launch or finish a batch, could wait that long for it. 0.2 ms (process-wide;
+            # never raised) bounds that wait.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        return _device[1]
 
 
 class ConditionTable:
@@ -168,8 +193,7 @@ class Engine:
         self._uids = itertools.count()
         self._memo: OrderedDict[tuple, tuple[torch.Tensor, list[Notice]]] = OrderedDict()
         self.images_done = 0
-        self._inflight: tuple[Any, Any] | None = None  # (batch, future) running on the device worker (overlap)
-        self._worker = None  # the device worker thread (overlap), started with the first batch
+        self._inflight: tuple[Any, Any] | None = None  # (batch, future) running on the device thread (overlap)
 
     # -- requests ------------------------------------------------------------------------
     def submit(
@@ -294,7 +318,7 @@ class Engine:
         return self.sched.update(batch, self.runner.run(batch, self.states))
 
     def _run_overlapped(self) -> list[int]:
-        """As :meth:`_run_one`, with batch k+1 scheduled and prepared while batch k runs on the device worker.
+        """As :meth:`_run_one`, with batch k+1 scheduled and prepared while batch k runs on the device thread.
 
         Batch k+1 is built before batch k's errors are known, from the queries the policies can already
         give (their remaining required queries, then speculative ones): policies replay their rule in
@@ -314,17 +338,16 @@ class Engine:
         return self.sched.update(batch, errors)
 
     def _launch(self, batch, prepared) -> tuple[Any, Any]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._worker is None:
-            # One thread owns the device: it runs the batches in order, while this one prepares the next.
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffcls-device")
-            # The host's work is numpy on small arrays, which holds the GIL: at the default 5 ms switch interval the
-            # worker, ready to launch or finish a batch, could wait that long for it. 0.2 ms (process-wide; never
-            # raised) bounds that wait.
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        # One thread owns the device: it runs the batches in order, while this one prepares the next.
         self._mark_started(batch)
-        return batch, self._worker.submit(self.runner.execute, prepared)
+        return batch, device_thread().submit(self.runner.execute, prepared)
+
+    def on_device(self, fn, *args):
+        """``fn(*args)`` on the thread that runs this engine's batches: the device thread with overlap (see
+        :func:`device_thread`; a warm-up must build its per-thread state there), else the caller's."""
+        if not self.config.overlap:
+            return fn(*args)
+        return device_thread().submit(fn, *args).result()
 
     def _mark_started(self, batch) -> None:
         now = time.perf_counter()
@@ -341,13 +364,11 @@ class Engine:
         return finished
 
     def close(self) -> None:
-        """Wait for a batch still running on the device worker and stop the worker (overlap only)."""
+        """Wait for a batch of this engine still running on the device thread (overlap only). The thread stays,
+        for the next run and every other engine (:func:`device_thread`)."""
         if self._inflight is not None:
             self._inflight[1].exception()  # waits; its error, if any, was the caller's to see in step()
             self._inflight = None
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
 
     def _finish_event(self, req: Request, index: int, result: ClassificationResult) -> Event:
         req.finished += 1
@@ -482,7 +503,7 @@ class Engine:
         finally:
             if not req.done:
                 self.cancel(req)
-            self.close()  # the device worker (overlap) is not left waiting; the next step starts another
+            self.close()  # no batch of this run is left running on the device thread (overlap)
             stats.seconds = time.perf_counter() - t0
             rows, padded, batches, buckets = self._counters()
             stats.evaluations, stats.padded_rows, stats.batches = (

@@ -289,7 +289,9 @@ class EngineLoop:
         cond = None
         if m.cond_kind == "text":
             cond = m.encode_prompts(["warm-up"])
-        with torch.no_grad():
+
+        @torch.no_grad()
+        def warm_up() -> None:
             for b in clf.buckets:
                 x = torch.zeros((b, *m.latent_shape), dtype=m.dtype, device=m.device)
                 t = torch.full((b,), m.num_timesteps // 2, dtype=torch.long, device=m.device)
@@ -299,6 +301,10 @@ class EngineLoop:
                     else torch.zeros((b,), dtype=torch.long, device=m.device)
                 )
                 m.denoise(x, t, c.contiguous())
+
+        # On the thread that will run the batches (with overlap, the engine's device thread): what a backend
+        # builds per thread (torch.compile's CUDA graphs) is then built here, not again by the first request.
+        self.engine.on_device(warm_up)
         self.warmup_seconds = time.perf_counter() - t0
 
 

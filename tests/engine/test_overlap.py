@@ -117,3 +117,86 @@ def test_overlap_setting():
     assert EngineConfig.build(bundle, overlap=True).overlap is True
     with pytest.raises(UserError, match="overlap"):
         EngineConfig.build(bundle, overlap="yes")
+
+
+def _thread_recorder(bundle, sleep: float = 0.0):
+    """Wrap ``bundle.denoise``: every call's thread (the objects, kept alive so that no id is reused) and the
+    most calls seen running at once."""
+    inner = bundle.denoise
+    seen = {"threads": [], "active": 0, "most": 0}
+    lock = threading.Lock()
+
+    def denoise(x_t, t, cond):
+        with lock:
+            seen["threads"].append(threading.current_thread())
+            seen["active"] += 1
+            seen["most"] = max(seen["most"], seen["active"])
+        try:
+            time.sleep(sleep)
+            return inner(x_t, t, cond)
+        finally:
+            with lock:
+                seen["active"] -= 1
+
+    bundle.denoise = denoise
+    return seen
+
+
+def test_every_run_uses_the_same_device_thread():
+    """Regression: each run (and each engine: every classify call makes one) started its own device thread
+    and shut it at the end. Per-thread device state was then built again for every call, or not at all:
+    torch.compile's CUDA graph trees live in thread-local storage (torch < 2.13 asserts in a thread that
+    did not import them; later versions capture every graph again, in a new memory pool)."""
+    bundle, protos = fake_bundle(N_CLASSES, size=4, T=100)
+    seen = _thread_recorder(bundle)
+    for _ in range(2):
+        engine = _engine(True, "exhaustive", bundle, batch_size=16, n_grid=4)
+        assert len(list(engine.run(_images(protos, 2), [str(c) for c in range(N_CLASSES)]))) == 2
+    assert len(seen["threads"]) >= 4
+    assert len(set(seen["threads"])) == 1
+    assert seen["threads"][0] is not threading.main_thread()
+
+
+def test_two_engines_never_run_batches_at_once():
+    """Regression: two overlapping engines stepped in turn (two classify_iter generators read in turn) each
+    had a device thread, so their batches ran at the same time; batches now queue on one device thread."""
+    bundle, protos = fake_bundle(N_CLASSES, size=4, T=100)
+    seen = _thread_recorder(bundle, sleep=0.01)
+    engines = [_engine(True, "exhaustive", bundle, batch_size=16, n_grid=4) for _ in range(2)]
+    for e in engines:
+        e.submit(_images(protos, 2), [str(c) for c in range(N_CLASSES)])
+    while any(e.has_work for e in engines):
+        for e in engines:
+            if e.has_work:
+                e.step()
+    for e in engines:
+        e.close()
+    assert len(seen["threads"]) >= 6
+    assert seen["most"] == 1
+
+
+def test_the_server_warms_up_on_the_device_thread():
+    """Regression: the server warmed the model up on its loop thread, while with overlap the batches run on
+    the device thread: what a backend builds per thread (CUDA graphs) was built for a thread that never
+    runs a batch (or, torch < 2.13, the device thread's first compiled call asserted)."""
+    from diffcls_fast.engine.classifier import DiffusionClassifier
+    from diffcls_fast.images import to_pixels
+    from diffcls_fast.server.engine_loop import EngineLoop, Job
+    from diffcls_fast.server.metrics import Metrics
+
+    bundle, protos = fake_bundle(N_CLASSES, size=4, T=100)
+    seen = _thread_recorder(bundle)
+    clf = DiffusionClassifier(bundle, "exhaustive", n_grid=4, batch_size=16, overlap=True, use_cache=False)
+    loop = EngineLoop(lambda: clf, Metrics(), warmup=True)
+    loop.start()
+    try:
+        assert loop.ready.wait(60), loop.load_error
+        warm = len(seen["threads"])
+        assert warm == len(clf.buckets)
+        px = [to_pixels(im, bundle.image_hw, bundle.image_channels) for im in _images(protos, 2)]
+        results = loop.submit(Job(px, [str(c) for c in range(N_CLASSES)], {}, 60.0)).result(timeout=60)
+        assert all(r.error is None for r in results)
+    finally:
+        loop.stop(timeout=60)
+    assert len(seen["threads"]) > warm
+    assert len(set(seen["threads"])) == 1
