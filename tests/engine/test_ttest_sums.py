@@ -96,3 +96,20 @@ def test_drops_from_t_critical_match_the_pvalues(seed, n, sides, cutoff):
     clear = np.abs(p - cutoff) > 1e-6 * cutoff  # leave out rows within rounding of the cutoff
     np.testing.assert_array_equal(got[clear], (p < cutoff)[clear])
     assert 0 < got.sum() < 200 or n < 3
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e160, 1e300])
+@pytest.mark.parametrize("sides", [1, 2])
+def test_overflowed_sums_never_drop_a_class(scale, sides):
+    """Regression: sums that overflow (a squared difference past the float64 range, or a sum of them) made ss
+    NaN, and the row then fell to the zero-spread branch, where a non-zero mean drops it: the p-values say p = 1
+    there (sd = inf, t = 0)."""
+    diffs = np.tile([1.0, 2.0, 3.0, 1.5, 2.5], (2, 4)) * scale
+    diffs[1] *= -1
+    with np.errstate(over="ignore"):
+        dsum, dsq, const, first = _sums(diffs)
+    n = diffs.shape[1]
+    p = paired_t_pvalues_from_sums(n, dsum, dsq, const, first, sides)
+    got = drops_from_sums(n, dsum, dsq, const, first, 0.05, sides)
+    np.testing.assert_array_equal(got, p < 0.05)
+    np.testing.assert_array_equal(p < 0.05, paired_t_pvalues(diffs, sides) < 0.05)

@@ -113,8 +113,10 @@ def drops_from_sums(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         mean = dsum / n
         ss = dsq - dsum * mean  # sum of squared deviations
-        varying = ~constant & (ss > 0)
-        t = mean / np.sqrt(ss / (n - 1) / n)  # NaN / inf where overflowed: never a drop, as t = 0 there
+        # Overflowed sums (ss inf, or NaN from inf - inf) count as varying: t is then 0 or NaN, never a drop, as
+        # in the two-pass formula (sd = inf, p = 1); left to the sign below, a huge mean would drop the row.
+        varying = ~constant & ((ss > 0) | ~np.isfinite(ss))
+        t = mean / np.sqrt(ss / (n - 1) / n)
         tc = t_critical(n, cutoff_pval, sides)
         # Rows of zero spread (constant, or rounded to zero): the sign of their difference decides, p = 0 or 1.
         sign = np.where(constant, first, mean)
