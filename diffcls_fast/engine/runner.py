@@ -129,10 +129,12 @@ class Runner:
     def _upload(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor on the model's device. On CUDA through pinned memory, without blocking: a pageable
         copy would wait for the batch the device worker is running (same stream), and the host could not
-        prepare the next one meanwhile. Stream order still puts the copy before the kernels that read it."""
-        if torch.device(self.device).type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        prepare the next one meanwhile. Stream order still puts the copy before the kernels that read it. Other
+        devices (mps) take a plain copy; on the CPU it is ``t`` itself."""
+        dev = torch.device(self.device)
+        if dev.type != "cuda":
+            return t.to(dev)
+        return t.pin_memory().to(dev, non_blocking=True)
 
     def _eps(self, pairs: list[tuple[ImageState, int]]) -> torch.Tensor:
         """Noise rows of (image, sample) pairs, [P, C, H, W] on the device.

@@ -200,3 +200,18 @@ def test_the_server_warms_up_on_the_device_thread():
         loop.stop(timeout=60)
     assert len(seen["threads"]) > warm
     assert len(set(seen["threads"])) == 1
+
+
+def test_prepare_puts_its_tensors_on_a_device_other_than_cuda():
+    """Regression: Runner._upload copied to the device only on CUDA and returned the host tensor anywhere else,
+    so on an mps model the noise rows and index arrays stayed on the CPU (a device mismatch in execute)."""
+    import torch
+
+    bundle, protos = fake_bundle(N_CLASSES, size=4, T=100)
+    engine = _engine(False, "exhaustive", bundle, n_grid=4)
+    engine.submit(_images(protos, 1), [str(c) for c in range(N_CLASSES)])
+    engine._refill()
+    batch = engine.sched.schedule()
+    engine.runner.device = torch.device("meta")  # neither the CPU nor CUDA, like mps
+    p = engine.runner.prepare(batch, engine.states)
+    assert {t.device.type for t in (p.eps, p.img_idx, p.noise_idx, p.t, p.cond)} == {"meta"}
