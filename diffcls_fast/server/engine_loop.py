@@ -173,6 +173,7 @@ class EngineLoop:
                 log.exception("engine loop iteration failed")
                 for job in list(self._live.values()):
                     self._finish(job, HTTPError(500, "internal", f"internal error: {type(e).__name__}: {e}"))
+                self.engine.close()  # a batch it launched ahead (overlap) finishes before the new engine's first
                 self.engine = self.clf.engine()
                 last = (0, 0, 0, 0)
                 self.metrics.observe_engine(
