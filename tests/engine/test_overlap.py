@@ -115,6 +115,8 @@ def test_overlap_setting():
     bundle, _ = fake_bundle(3)
     assert EngineConfig.build(bundle).overlap is False  # auto: off on a CPU model
     assert EngineConfig.build(bundle, overlap=True).overlap is True
+    assert EngineConfig.build(bundle, overlap="on").overlap is True  # the CLI's words work in the API too
+    assert EngineConfig.build(bundle, overlap="off").overlap is False
     with pytest.raises(UserError, match="overlap"):
         EngineConfig.build(bundle, overlap="yes")
 
