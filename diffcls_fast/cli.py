@@ -210,10 +210,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if getattr(a, "task", "classify") == "swap":
         return cmd_eval_swap(a, noise)
     if a.ray:
-        from .integrations.ray import RayClassifier, require_ray
+        from .integrations.ray import RayClassifier, driver_output
 
-        require_ray()
-        summary = run_eval(a, lambda args: RayClassifier(args, noise), _progress)
+        with driver_output():  # Ray's own messages go to stderr; Ray is left before the summary is printed
+            summary = run_eval(a, lambda args: RayClassifier(args, noise), _progress)
     else:
         summary = run_eval(a, lambda args: classifier_from_args(args, noise), _progress)
     if a.json:

@@ -30,9 +30,11 @@ import io
 import logging
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -396,6 +398,31 @@ def classify_dataset(
 
 
 # -- eval --ray -------------------------------------------------------------------------------
+@contextmanager
+def driver_output() -> Iterator[None]:
+    """Run a Ray-driven CLI command with only its own output on stdout.
+
+    Ray's driver prints the cluster's error messages ("a worker died or was killed ...")
+    to ``sys.stdout`` from a thread of its own, at any time, even with
+    ``log_to_driver=False``. They are diagnostics, so while the command runs they
+    go to stderr. If this process started or joined Ray, it leaves Ray here, before
+    the caller prints its summary, so that no such line can follow the summary
+    (``--json``: the summary must be the last line).
+    """
+    ray = require_ray()
+    joined_here = not ray.is_initialized()
+    stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        try:
+            if joined_here and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            sys.stdout = stdout
+
+
 class RayClassifier:
     """What ``eval`` needs of a classifier (see :func:`diffcls_fast.evaluate.run_eval`), with the model in Ray actors.
 

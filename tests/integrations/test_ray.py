@@ -206,3 +206,44 @@ def test_eval_ray_refuses_more_than_the_cluster_has(ray_local, capsys):
         assert main(["eval", "--limit", "1", "--ray", "--ray-address", address, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("diffcls-fast: error: ") and want in err and err.count("\n") == 1, err
+
+
+class _FakeRay:
+    def __init__(self, up):
+        self.up, self.shutdowns = up, 0
+
+    def is_initialized(self):
+        return self.up
+
+    def init(self):
+        self.up = True
+
+    def shutdown(self):
+        self.up, self.shutdowns = False, self.shutdowns + 1
+
+
+@pytest.mark.parametrize("already_up", [False, True])
+def test_driver_output_sends_prints_to_stderr_and_leaves_only_a_ray_it_joined(monkeypatch, capsys, already_up):
+    import diffcls_fast.integrations.ray as ray_mod
+
+    fake = _FakeRay(already_up)
+    monkeypatch.setattr(ray_mod, "require_ray", lambda: fake)
+    with ray_mod.driver_output():
+        fake.init()  # what RayClassifier does when Ray is not up
+        print("(raylet) A worker died or was killed")  # what Ray's error thread prints, to sys.stdout
+    print("summary")
+    out, err = capsys.readouterr()
+    assert out == "summary\n" and "worker died" in err
+    assert fake.shutdowns == (0 if already_up else 1) and fake.up == already_up
+
+
+def test_driver_output_restores_stdout_when_the_run_fails(monkeypatch, capsys):
+    import diffcls_fast.integrations.ray as ray_mod
+
+    fake = _FakeRay(False)
+    monkeypatch.setattr(ray_mod, "require_ray", lambda: fake)
+    with pytest.raises(UserError), ray_mod.driver_output():
+        fake.init()
+        raise UserError("bad")
+    print("after")
+    assert capsys.readouterr().out == "after\n" and fake.shutdowns == 1
