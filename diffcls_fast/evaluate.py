@@ -21,6 +21,20 @@ from .image_folder import load_image_folder
 DATA_OF = {"numbers-flow": "numbers"}
 
 
+def split_name_of(model_name: str) -> str:
+    """The bundled data a model is measured on: its own name, or, for a model folder a bundled recipe wrote
+    (a retrained or snapshot ``numbers3``, say), the ``name`` in its ``diffcls.json``."""
+    meta = Path(model_name) / "diffcls.json"
+    if meta.is_file():
+        try:
+            name = json.loads(meta.read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            name = None  # the loader reports a broken diffcls.json; here it only means "no bundled split"
+        if isinstance(name, str):
+            model_name = name
+    return DATA_OF.get(model_name, model_name)
+
+
 def load_eval_split(model_name: str, split: str, data: str | None = None):
     """(images, labels, class names, ids): an image folder, or the labelled split shipped with the package."""
     if data:
@@ -31,7 +45,7 @@ def load_eval_split(model_name: str, split: str, data: str | None = None):
         return paths, labels, classes, ids
     from .data import digits, fashion, numbers, numbers3
 
-    data_name = DATA_OF.get(model_name, model_name)
+    data_name = split_name_of(model_name)
     if split == "tune" and data_name != "fashion":
         raise UserError(
             f"no 'tune' split ships for {model_name!r} (only fashion has images that are neither trained on nor"
