@@ -122,6 +122,11 @@ NUMBERS3_CONFIGS = [
     ("halving 1 3 11 / 25 5 1", "halving", dict(rounds=[1, 3, 11], keep=[25, 5, 1])),
     ("halving 1 2 4 12 / 50 10 3 1", "halving", dict(rounds=[1, 2, 4, 12], keep=[50, 10, 3, 1])),
     ("halving 1 3 11 / 25 5 1 band 0.0-1.0", "halving", dict(rounds=[1, 3, 11], keep=[25, 5, 1], t_band=[0.0, 1.0])),
+    # more one-sample first rounds for the large-label choice (measured on the train split first: --split train)
+    ("halving 1 3 11 / 50 5 1", "halving", dict(rounds=[1, 3, 11], keep=[50, 5, 1])),
+    ("halving 1 2 4 12 / 100 20 5 1", "halving", dict(rounds=[1, 2, 4, 12], keep=[100, 20, 5, 1])),
+    ("halving 1 4 12 / 50 5 1", "halving", dict(rounds=[1, 4, 12], keep=[50, 5, 1])),
+    ("halving 1 3 11 / 25 5 1 band 0.1-0.5", "halving", dict(rounds=[1, 3, 11], keep=[25, 5, 1], t_band=[0.1, 0.5])),
 ]
 # fashion has ten classes too: the digits list, so the two fronts compare row by row
 CONFIGS = {
@@ -143,7 +148,23 @@ QUICK = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="digits", choices=sorted(CONFIGS), help="bundled model and its held-out split")
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="the first N images (after --every)")
+    ap.add_argument(
+        "--split",
+        default="heldout",
+        choices=("heldout", "train"),
+        help="heldout (the front) or train (choosing among rules: held-out images are for measuring only)",
+    )
+    ap.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="K",
+        help=(
+            "every K-th image of the split: an even subset where a prefix is not (numbers3's splits are ordered by"
+            " class, so its first 200 images have first digit 0 or 1)"
+        ),
+    )
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
     ap.add_argument("--skip", nargs="*", default=[], help="configuration names to leave out")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -185,6 +206,8 @@ def main() -> None:
         help="where the JSON, PNG and per_image/ NPZ are read (--resume) and written (default: bench/results)",
     )
     a = ap.parse_args()
+    if a.every < 1:
+        ap.error(f"--every must be >= 1, got {a.every}")
     if a.chunk < 0:
         ap.error(f"--chunk must be >= 0 (0: a configuration in one part), got {a.chunk}")
     if a.replot:
@@ -200,11 +223,13 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
     model = apply_backend(load_model(a.model, device=a.device, dtype=a.dtype), a.backend, batch_sizes=[a.batch_size])
-    pil, y, class_names, _ = load_eval_split(a.model, "heldout")
+    pil, y, class_names, _ = load_eval_split(a.model, a.split)
+    pil, y = pil[:: a.every], y[:: a.every]
     if a.limit:
         pil, y = pil[: a.limit], y[: a.limit]
     env = environment(model.device)
-    tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}_{device_tag(model.device)}_{env['date']}")
+    subset = ("" if a.split == "heldout" else f"_{a.split}") + ("" if a.every == 1 else f"_every{a.every}")
+    tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}{subset}_{device_tag(model.device)}_{env['date']}")
     per_image_path = results / "per_image" / (tag + ".npz")
     memo = ScoreMemo() if a.memo else None
     rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
@@ -266,7 +291,8 @@ def main() -> None:
         payload = {
             "benchmark": "accuracy_vs_evals",
             "model": a.model,
-            "split": "heldout",
+            "split": a.split,
+            "every": a.every,
             "images": len(y),
             **env,
             "labels": [int(t) for t in y],

@@ -50,13 +50,21 @@ def render() -> str:
 def _per_size(prefix: str) -> list[dict]:
     """The newest result for each number of images, the most images first: a front measured in parts on
     the whole split is shown above a complete one on fewer images, not instead of it."""
-    best: dict[int, dict] = {}
+    best: dict[tuple[int, int], dict] = {}
     for f in (ROOT / "bench" / "results").glob(f"{prefix}_*.json"):
         p = json.loads(f.read_text()) | {"_file": f.name}
-        cur = best.get(p["images"])
+        if p.get("split", "heldout") != "heldout":  # train-split runs choose rules; they are not fronts
+            continue
+        size = (p["images"], p.get("every", 1))
+        cur = best.get(size)
         if cur is None or (p["date"], f.name) > (cur["date"], cur["_file"]):
-            best[p["images"]] = p
-    return [best[n] for n in sorted(best, reverse=True)]
+            best[size] = p
+    return [best[n] for n in sorted(best, key=lambda n: (-n[0], n[1]))]
+
+
+def _every(ave: dict) -> str:
+    k = ave.get("every", 1)
+    return "" if k == 1 else f" (every {k}th image of the split)"
 
 
 def _front(model: str, ave: dict) -> list[str]:
@@ -66,7 +74,8 @@ def _front(model: str, ave: dict) -> list[str]:
     dates = sorted({r.get("date", ave["date"]) for r in rows})
     out += [
         (
-            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images, {'; '.join(where)},"
+            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images"
+            f"{_every(ave)}, {'; '.join(where)},"
             f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}),"
             f" [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):"
         ),

@@ -138,3 +138,38 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
     np.testing.assert_array_equal(per_image("killed")["label"], whole["label"])
     row = json.loads((tmp_path / "accuracy_vs_evals_killed.json").read_text())["results"][0]
     assert row["parts_of"] == 1 and row["evals_per_image"] == float(np.mean(whole["evals"]))
+
+
+def test_accuracy_vs_evals_takes_every_kth_train_image_and_the_report_skips_it(tmp_path, monkeypatch):
+    """--split train --every K: an even subset of the train split, for choosing rules; the report shows only
+    held-out fronts, one per (images, every)."""
+    import json
+
+    cmd = [sys.executable, "-m", "bench.accuracy_vs_evals", "--model", "digits", "--split", "train", "--every", "50"]
+    cmd += ["--limit", "3", "--results-dir", str(tmp_path), "--no-plot", "--only", "exhaustive-5"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (f,) = tmp_path.glob("accuracy_vs_evals_digits_train_every50_*.json")
+    d = json.loads(f.read_text())
+    assert d["split"] == "train" and d["every"] == 50 and d["images"] == 3
+    from diffcls_fast.evaluate import load_eval_split
+
+    assert d["labels"] == [int(v) for v in load_eval_split("digits", "train")[1][::50][:3]]
+
+    import bench.report as report
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    heldout = {**d, "split": "heldout", "images": 3, "date": "2026-01-01"}
+    for name, payload in {
+        f.name: d,
+        "accuracy_vs_evals_digits_a.json": {**heldout, "every": 1},
+        "accuracy_vs_evals_digits_b.json": {**heldout, "every": 50},
+    }.items():
+        (tmp_path / "bench" / "results" / name).write_text(json.dumps(payload))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    fronts = report._per_size("accuracy_vs_evals_digits")
+    assert [(x["_file"], x.get("every")) for x in fronts] == [
+        ("accuracy_vs_evals_digits_a.json", 1),
+        ("accuracy_vs_evals_digits_b.json", 50),
+    ]
+    assert "(every 50th image of the split)" in "\n".join(report._front("digits", fronts[1]))
