@@ -322,6 +322,7 @@ def _render_rest(out: list[str]) -> str:
     out += _ood()
     out += _tuned()
     out += _host_scaling()
+    out += _class_hierarchy()
     kern = _latest("kernels")
     if kern:
         out += [
@@ -453,6 +454,39 @@ def _host_scaling() -> list[str]:
                 f"| {r['classes']:,} | {r['policy']} | {r['off']['wall_ms_per_batch']:.2f} |"
                 f" {r['on']['wall_ms_per_batch']:.2f} |"
             )
+    out.append("")
+    return out
+
+
+def _class_hierarchy() -> list[str]:
+    """Would clusters of condition vectors make a 1,000-class first round cheaper? (bench.class_hierarchy)"""
+    res = _latest("class_hierarchy")
+    if not res:
+        return []
+    f = res["flat"]
+    out = [
+        "### A class hierarchy for large label sets?",
+        "",
+        (
+            f"`python -m bench.class_hierarchy`: {res['model']}, {res['images']} {res['split']} images (every"
+            f" {res['every']}th), {res['classes']:,} classes, {res['samples']} shared sample(s) per class in the band;"
+            f" {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})). Flat: the true class ranks"
+            f" first for {f['in_top_1']:.1%} of the images, in the top 25 for {f['in_top_25']:.1%}, in the top 50 for"
+            f" {f['in_top_50']:.1%} (worst rank {f['rank_max'] + 1}). Two-level: clusters of the condition vectors"
+            " (k-means), each ranked by its medoid class's error."
+        ),
+        "",
+        "| clusters | sizes | true cluster first | worst rank | kept for 95% | kept for all"
+        " | first round, two-level (all kept) | flat first round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["results"]:
+        lo, hi = r["cluster_sizes"]
+        out.append(
+            f"| {r['k']} | {lo}–{hi} | {r['true_cluster_first']:.1%} | {r['true_cluster_rank_max'] + 1} |"
+            f" {r['clusters_kept_95']} | {r['clusters_kept_all']} | {r['first_round_evals_all']:,} |"
+            f" {r['flat_first_round_evals']:,} |"
+        )
     out.append("")
     return out
 
