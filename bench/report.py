@@ -189,7 +189,7 @@ def _render_rest(out: list[str]) -> str:
         ]
     out += _fashion_floors()
     out += _fashion_wording()
-    for model in ("digits", "numbers", "fashion"):
+    for model in ("digits", "numbers", "fashion", "numbers3"):
         rows = _calibration_rows(model)
         if not rows:
             continue
