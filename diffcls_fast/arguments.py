@@ -35,7 +35,10 @@ ENGINE_WIDE = (
     "noise_path",
 )
 BACKENDS = ("torch", "compile", "onnx", "tensorrt", "aoti")
-MODEL_HELP = "bundled model name (digits, numbers, fashion), preset:NAME, or a local diffusers folder (default: digits)"
+MODEL_HELP = (
+    "bundled model name (digits, numbers, fashion, numbers3, numbers-flow), preset:NAME, or a local diffusers folder"
+    " (default: digits)"
+)
 
 
 class Given(argparse.Action):

@@ -78,6 +78,7 @@ class Option:
     metavar: tuple[str, ...] | None = None
     what: str = ""  # what a value is, for the unknown-choice error ("timestep order")
     settings: bool = True
+    default_doc: str = ""  # the default in words, where the value itself says nothing ("" for "the model's own")
 
     @property
     def flag(self) -> str:
@@ -92,6 +93,8 @@ class Option:
         return list(self.default) if self.is_list else self.default
 
     def default_text(self) -> str:
+        if self.default_doc:
+            return self.default_doc
         return " ".join(_fmt(x) for x in self.default) if self.is_list else _fmt(self.default)
 
     def kind_text(self) -> str:

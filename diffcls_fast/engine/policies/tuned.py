@@ -95,8 +95,9 @@ TUNED = PolicySpec(
             "tuned",
             str,
             "",
-            "a 'diffcls-fast tune' output (default: the tuned rule in the model's diffcls.json)",
+            "a 'diffcls-fast tune' output",
             settings=False,  # resolved to the concrete policy before anything runs: that one is recorded
+            default_doc="the tuned rule in the model's diffcls.json",
         ),
     ),
     make=lambda o, n_classes, T, bank, key, cost: _inner(o).make(0, n_classes, T, bank, key, cost),
