@@ -367,7 +367,9 @@ class Engine:
         """Wait for a batch of this engine still running on the device thread (overlap only). The thread stays,
         for the next run and every other engine (:func:`device_thread`)."""
         if self._inflight is not None:
-            self._inflight[1].exception()  # waits; its error, if any, was the caller's to see in step()
+            # Waits, and drops its error: no step() will read this batch (it holds speculative queries of finished
+            # or cancelled images), or close() runs after another error that raising here would hide.
+            self._inflight[1].exception()
             self._inflight = None
 
     def _finish_event(self, req: Request, index: int, result: ClassificationResult) -> Event:
