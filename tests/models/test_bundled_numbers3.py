@@ -12,6 +12,9 @@ from diffcls_fast.data import numbers3
 from diffcls_fast.models.bundled import BUNDLED
 
 FOLDER = BUNDLED["numbers3"]
+pytestmark = pytest.mark.skipif(
+    not (FOLDER / "unet").is_dir(), reason="the numbers3 model is not exported yet (scripts/train_bundled.py)"
+)
 
 
 def test_ships_small_and_says_how_it_was_trained():
