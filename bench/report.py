@@ -322,6 +322,7 @@ def _render_rest(out: list[str]) -> str:
     out += _ood()
     out += _tuned()
     out += _host_scaling()
+    out += _train_choice()
     out += _class_hierarchy()
     kern = _latest("kernels")
     if kern:
@@ -454,6 +455,44 @@ def _host_scaling() -> list[str]:
                 f"| {r['classes']:,} | {r['policy']} | {r['off']['wall_ms_per_batch']:.2f} |"
                 f" {r['on']['wall_ms_per_batch']:.2f} |"
             )
+    out.append("")
+    return out
+
+
+def _train_choice(model: str = "numbers3") -> list[str]:
+    """The rules run on a bundled model's train split to choose its shipped rule (scripts/ship_rule.py)."""
+    files = sorted((ROOT / "bench" / "results").glob(f"accuracy_vs_evals_{model}_train*.json"))
+    if not files:
+        return []
+    res = json.loads(files[-1].read_text())
+    meta_path = ROOT / "diffcls_fast" / "models" / model / "diffcls.json"
+    rule = json.loads(meta_path.read_text()).get("tuned") if meta_path.is_file() else None
+    out = [
+        f"### Choosing {model}'s rule on its train split",
+        "",
+        (
+            f"`python -m bench.accuracy_vs_evals --model {model} --split train --every {res.get('every', 1)}`:"
+            f" {res['images']} train images (every {res.get('every', 1)}th), {res['device']}, {res['date']}"
+            f" ([json](../bench/results/{files[-1].name})). Training images flatter every rule; they choose among"
+            " rules, the held-out front above measures them."
+        ),
+        "",
+        "| rule | train accuracy | evals / image |",
+        "|---|---|---|",
+    ]
+    chosen = rule["tuning"]["chosen"]["name"] if rule else None
+    for r in sorted(res["results"], key=lambda r: r["evals_per_image"]):
+        name = f"**{r['name']}** (shipped)" if r["name"] == chosen else r["name"]
+        out.append(f"| {name} | {r['accuracy']:.4f} | {r['evals_per_image']:,.0f} |")
+    if rule:
+        cal = rule["calibration"]
+        out += [
+            "",
+            (
+                f"Shipped as `--model {model} --policy tuned` ({rule['tuning']['how']}), with temperature"
+                f" {cal['temperature']:.3g} and floor {cal['floor']:.3g} fitted on the same images."
+            ),
+        ]
     out.append("")
     return out
 

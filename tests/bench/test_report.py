@@ -112,3 +112,26 @@ def test_ood_table_sums_the_junk_and_names_each_kind(monkeypatch):
     assert text.startswith("### Out-of-distribution flag")
     assert "| policy | threshold | held-out false positives | junk detected | blank | fashion mnist |" in text
     assert "| halving | 0.3532 | 0.25% of 397 | 39/53 (88.9%) | 3/3 | 36/50 |" in text
+
+
+def test_train_choice_lists_the_candidates_and_marks_the_shipped_rule(tmp_path, monkeypatch):
+    import json
+
+    import bench.report as report
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    res = {"images": 50, "every": 40, "device": "cpu", "date": "2026-12-07", "split": "train"}
+    res["results"] = [_row("halving 1 3 11 / 25 5 1", 1090.0, 1.0), _row("halving 2 4 12 / 10 3 1", 2044.0, 2.0)]
+    (tmp_path / "bench" / "results" / "accuracy_vs_evals_numbers3_train_every40.json").write_text(json.dumps(res))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    assert "(shipped)" not in "\n".join(report._train_choice())  # no model folder: nothing marked
+    folder = tmp_path / "diffcls_fast" / "models" / "numbers3"
+    folder.mkdir(parents=True)
+    rule = {
+        "calibration": {"temperature": 0.01, "floor": 0.001},
+        "tuning": {"how": "the cheapest", "chosen": {"name": "halving 1 3 11 / 25 5 1"}},
+    }
+    (folder / "diffcls.json").write_text(json.dumps({"tuned": rule}))
+    table = "\n".join(report._train_choice())
+    assert "| **halving 1 3 11 / 25 5 1** (shipped) | 0.9900 | 1,090 |" in table
+    assert "| halving 2 4 12 / 10 3 1 | 0.9900 | 2,044 |" in table and "--policy tuned" in table
