@@ -474,7 +474,7 @@ def _train_choice(model: str = "numbers3") -> list[str]:
             f"`python -m bench.accuracy_vs_evals --model {model} --split train --every {res.get('every', 1)}`:"
             f" {res['images']} train images (every {res.get('every', 1)}th), {res['device']}, {res['date']}"
             f" ([json](../bench/results/{files[-1].name})). Training images flatter every rule; they choose among"
-            " rules, the held-out front above measures them."
+            " rules; held-out images only measure the chosen one."
         ),
         "",
         "| rule | train accuracy | evals / image |",

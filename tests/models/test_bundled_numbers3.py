@@ -38,6 +38,13 @@ def test_bundle(model):
     assert model.class_names[314] == "three one four"
 
 
+def test_ships_its_large_label_rule_as_policy_tuned(model, recwarn):
+    # chosen on the train split by scripts/ship_rule.py; calibrated on the same images, for these weights
+    clf = DiffusionClassifier(model, "tuned", use_cache=False)
+    assert clf.policy_cfg.describe() == "halving(rounds=[1, 3, 11], keep=[25, 5, 1], t_band=[0.15, 0.6])"
+    assert clf.options.temperature > 0 and not [w for w in recwarn if "fitted" in str(w.message)]
+
+
 @pytest.mark.slow
 def test_classifies_held_out_triples(model):
     # every 400th held-out triple: 5 of them, from five different hundreds; halving with a one-sample first
