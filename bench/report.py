@@ -64,7 +64,7 @@ def _per_size(prefix: str) -> list[dict]:
 
 def _every(ave: dict) -> str:
     k = ave.get("every", 1)
-    return "" if k == 1 else f" (every {k}th image of the split)"
+    return "" if k == 1 else f" (one image in {k} of the split)"
 
 
 def _front(model: str, ave: dict) -> list[str]:
@@ -472,7 +472,7 @@ def _train_choice(model: str = "numbers3") -> list[str]:
         "",
         (
             f"`python -m bench.accuracy_vs_evals --model {model} --split train --every {res.get('every', 1)}`:"
-            f" {res['images']} train images (every {res.get('every', 1)}th), {res['device']}, {res['date']}"
+            f" {res['images']} train images (one in {res.get('every', 1)}), {res['device']}, {res['date']}"
             f" ([json](../bench/results/{files[-1].name})). Training images flatter every rule; they choose among"
             " rules; held-out images only measure the chosen one."
         ),
@@ -507,8 +507,8 @@ def _class_hierarchy() -> list[str]:
         "### A class hierarchy for large label sets?",
         "",
         (
-            f"`python -m bench.class_hierarchy`: {res['model']}, {res['images']} {res['split']} images (every"
-            f" {res['every']}th), {res['classes']:,} classes, {res['samples']} shared sample(s) per class in the band;"
+            f"`python -m bench.class_hierarchy`: {res['model']}, {res['images']} {res['split']} images (one in"
+            f" {res['every']}), {res['classes']:,} classes, {res['samples']} shared sample(s) per class in the band;"
             f" {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})). Flat: the true class ranks"
             f" first for {f['in_top_1']:.1%} of the images, in the top 25 for {f['in_top_25']:.1%}, in the top 50 for"
             f" {f['in_top_50']:.1%} (worst rank {f['rank_max'] + 1}). Two-level: clusters of the condition vectors"

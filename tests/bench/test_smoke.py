@@ -172,4 +172,4 @@ def test_accuracy_vs_evals_takes_every_kth_train_image_and_the_report_skips_it(t
         ("accuracy_vs_evals_digits_a.json", 1),
         ("accuracy_vs_evals_digits_b.json", 50),
     ]
-    assert "(every 50th image of the split)" in "\n".join(report._front("digits", fronts[1]))
+    assert "(one image in 50 of the split)" in "\n".join(report._front("digits", fronts[1]))
