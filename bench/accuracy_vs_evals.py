@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, device_tag, environment
+from bench.common import RESULTS, device_tag, environment, weights_of
 from bench.score_memo import MemoClassifier, ScoreMemo
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
@@ -237,7 +237,7 @@ def main() -> None:
     tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}{subset}_{device_tag(model.device)}_{env['date']}")
     per_image_path = results / "per_image" / (tag + ".npz")
     memo = ScoreMemo() if a.memo else None
-    rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y)) if a.resume else ([], {})
+    rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y), model.fingerprint) if a.resume else ([], {})
     for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
         if (a.quick and name not in QUICK) or name in a.skip:
             continue
@@ -250,7 +250,7 @@ def main() -> None:
             clf = MemoClassifier(model, policy, batch_size=a.batch_size, use_cache=False, memo=memo, **opts)
             misses0 = memo.misses
         part_path = _part_path(per_image_path, name)
-        done = _load_part(part_path, name, len(y), env["device"]) if a.resume else None
+        done = _load_part(part_path, name, len(y), env["device"], model.fingerprint) if a.resume else None
         if done is not None:
             print(f"{name:34s} resumed at image {len(done['label'])} of {len(y)}", flush=True)
         step = a.chunk or len(y)
@@ -261,7 +261,7 @@ def main() -> None:
             st = clf.last_stats
             done = _extend(done, _per_image(res), wall, st.evaluations, st.padded_rows)
             if len(done["label"]) < len(y):
-                _save_part(part_path, name, done, env["device"])  # a run killed in the next part resumes here
+                _save_part(part_path, name, done, env["device"], model.fingerprint)  # a run killed in the next part resumes here
                 print(f"{name:34s} {len(done['label'])} of {len(y)} images, {float(done['seconds']):.0f} s", flush=True)
         wall = float(done["seconds"])
         acc = float(np.mean(done["label"] == np.asarray(y)))
@@ -299,6 +299,7 @@ def main() -> None:
             "split": a.split,
             "every": a.every,
             "images": len(y),
+            "weights": weights_of(model),
             **env,
             "labels": [int(t) for t in y],
             "results": rows,
@@ -369,23 +370,26 @@ def _part_path(per_image_path: Path, name: str) -> Path:
     )
 
 
-def _save_part(path: Path, name: str, done: dict, device: str) -> None:
+def _save_part(path: Path, name: str, done: dict, device: str, fingerprint: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, name=np.array(name), device=np.array(device), **done)
+    np.savez_compressed(tmp, name=np.array(name), device=np.array(device), weights=np.array(fingerprint), **done)
     tmp.replace(path)  # a kill while writing leaves the previous part intact
 
 
-def _load_part(path: Path, name: str, n: int, device: str) -> dict | None:
+def _load_part(path: Path, name: str, n: int, device: str, fingerprint: str = "") -> dict | None:
     """The finished first images of configuration ``name`` (an earlier run stopped between parts), or None.
 
-    Only parts run on this device are continued: a row records one device, and its seconds
+    Only parts run on this device, of these weights, are continued: a row records one device, and its seconds
     would mean nothing summed over two."""
     if not path.is_file():
         return None
     z = np.load(path)
-    done = {k: z[k] for k in z.files if k not in ("name", "device")}
+    done = {k: z[k] for k in z.files if k not in ("name", "device", "weights")}
     if str(z["name"]) != name or len(done["label"]) > n:
+        return None
+    if "weights" in z.files and str(z["weights"]) not in ("", fingerprint):
+        print(f"{name:34s} starts again: its saved part measured other weights ({z['weights']})", flush=True)
         return None
     if str(z["device"]) != device:
         print(f"{name:34s} starts again: its saved part ran on {z['device']}, this is {device}", flush=True)
@@ -393,10 +397,17 @@ def _load_part(path: Path, name: str, n: int, device: str) -> dict | None:
     return done
 
 
-def _resume(json_path: Path, npz_path: Path, n: int) -> tuple[list[dict], dict]:
+def _resume(json_path: Path, npz_path: Path, n: int, fingerprint: str) -> tuple[list[dict], dict]:
     if not (json_path.is_file() and npz_path.is_file()):
         return [], {}
-    rows = json.loads(json_path.read_text())["results"]
+    payload = json.loads(json_path.read_text())
+    had = payload.get("weights", {}).get("fingerprint")
+    if had is not None and had != fingerprint:  # a front mixing two checkpoints would compare nothing
+        raise SystemExit(
+            f"{json_path.name} measured other weights (fingerprint {had}, this model is {fingerprint}):"
+            " measure these under a new --tag"
+        )
+    rows = payload["results"]
     z = np.load(npz_path)
     names = list(z["names"])
     per_image = {nm: {k: z[f"c{i}_{k}"] for k in PER_IMAGE} for i, nm in enumerate(names)}

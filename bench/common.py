@@ -57,3 +57,22 @@ def write_json(name: str, payload: dict) -> Path:
     p = RESULTS / name
     p.write_text(json.dumps(payload, indent=2) + "\n")
     return p
+
+
+def weights_of(model) -> dict:
+    """Which weights a result measured: the model's fingerprint, and for a bundled model the training steps its
+    ``diffcls.json`` records, so a report can tell a front of an earlier checkpoint from one of the shipped weights."""
+    steps = trained_steps(model.name)
+    return {"fingerprint": model.fingerprint} | ({} if steps is None else {"training_steps": steps})
+
+
+def trained_steps(name: str) -> int | None:
+    """The training steps of a bundled model's shipped weights (``unet_steps`` for a latent model), or None."""
+    from diffcls_fast.models.bundled import BUNDLED
+
+    meta = BUNDLED.get(name, Path("/nonexistent")) / "diffcls.json"
+    if not meta.is_file():
+        return None
+    training = json.loads(meta.read_text()).get("training", {})
+    steps = training.get("unet_steps", training.get("steps"))
+    return int(steps) if steps is not None else None

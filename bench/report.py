@@ -62,6 +62,18 @@ def _per_size(prefix: str) -> list[dict]:
     return [best[n] for n in sorted(best, key=lambda n: (-n[0], n[1]))]
 
 
+def _weights(model: str, ave: dict) -> str:
+    """Which checkpoint a front measured, and a warning when it is not the one the bundled model ships."""
+    from bench.common import trained_steps
+
+    steps, now = ave.get("weights", {}).get("training_steps"), trained_steps(model)
+    if steps is None:
+        return ""
+    if now is not None and steps != now:
+        return f", **earlier weights: training step {steps:,}** (the bundled model ships step {now:,})"
+    return f", weights of training step {steps:,}"
+
+
 def _every(ave: dict) -> str:
     k = ave.get("every", 1)
     return "" if k == 1 else f" (one image in {k} of the split)"
@@ -75,7 +87,7 @@ def _front(model: str, ave: dict) -> list[str]:
     out += [
         (
             f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images"
-            f"{_every(ave)}, {'; '.join(where)},"
+            f"{_every(ave)}{_weights(model, ave)}, {'; '.join(where)},"
             f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}),"
             f" [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):"
         ),

@@ -47,6 +47,19 @@ def test_front_without_memo_rows_has_no_footnote():
     assert "--memo" not in "\n".join(_front("numbers", ave))
 
 
+def test_front_names_its_checkpoint_and_flags_an_earlier_one():
+    from bench.common import trained_steps
+
+    now = trained_steps("numbers")
+    ave = {"results": [_row("exhaustive-5", 500.0, 339.0)], "images": 2, "device": "cpu", "date": "2026-12-02"}
+    ave["_file"] = "x.json"
+    assert "weights" not in "\n".join(_front("numbers", ave))  # an old file that did not record them
+    shipped = "\n".join(_front("numbers", ave | {"weights": {"fingerprint": "f", "training_steps": now}}))
+    assert f"weights of training step {now:,}," in shipped and "earlier" not in shipped
+    early = "\n".join(_front("numbers", ave | {"weights": {"fingerprint": "e", "training_steps": 623}}))
+    assert f"**earlier weights: training step 623** (the bundled model ships step {now:,})" in early
+
+
 def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monkeypatch):
     """A later fit of one policy (--policies adaptive) adds its row; the other policies' rows stay."""
     import json

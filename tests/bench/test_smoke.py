@@ -84,7 +84,7 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
 
     name = "halving 1 3 7 / 10 3 1"
 
-    def run(tag, *extra):
+    def run(tag, *extra, ok=True):
         cmd = [
             sys.executable,
             "-m",
@@ -104,6 +104,9 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
             *extra,
         ]
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if not ok:
+            assert p.returncode != 0
+            return p.stderr
         assert p.returncode == 0, p.stderr[-2000:]
         return p.stdout
 
@@ -138,6 +141,18 @@ def test_accuracy_vs_evals_resumes_a_configuration_between_parts(tmp_path):
     np.testing.assert_array_equal(per_image("killed")["label"], whole["label"])
     row = json.loads((tmp_path / "accuracy_vs_evals_killed.json").read_text())["results"][0]
     assert row["parts_of"] == 1 and row["evals_per_image"] == float(np.mean(whole["evals"]))
+
+    # the front records its weights; a part or a front of other weights is not continued with these
+    payload = json.loads((tmp_path / "accuracy_vs_evals_killed.json").read_text())
+    assert payload["weights"]["fingerprint"] and payload["weights"]["training_steps"] > 0
+    _save_part(part, name, first, here, "other-weights")
+    (tmp_path / "accuracy_vs_evals_killed.json").unlink()
+    out = run("killed", "--chunk", "1")
+    assert "starts again: its saved part measured other weights (other-weights)" in out
+    payload["weights"]["fingerprint"] = "other-weights"
+    (tmp_path / "accuracy_vs_evals_killed.json").write_text(json.dumps(payload))
+    err = run("killed", ok=False)
+    assert "measured other weights (fingerprint other-weights" in err and "new --tag" in err
 
 
 def test_accuracy_vs_evals_takes_every_kth_train_image_and_the_report_skips_it(tmp_path, monkeypatch):
