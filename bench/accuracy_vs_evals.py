@@ -237,7 +237,9 @@ def main() -> None:
     tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}{subset}_{device_tag(model.device)}_{env['date']}")
     per_image_path = results / "per_image" / (tag + ".npz")
     memo = ScoreMemo() if a.memo else None
-    rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y), model.fingerprint) if a.resume else ([], {})
+    rows, per_image = ([], {})
+    if a.resume:
+        rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y), model.fingerprint)
     for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
         if (a.quick and name not in QUICK) or name in a.skip:
             continue
@@ -261,7 +263,8 @@ def main() -> None:
             st = clf.last_stats
             done = _extend(done, _per_image(res), wall, st.evaluations, st.padded_rows)
             if len(done["label"]) < len(y):
-                _save_part(part_path, name, done, env["device"], model.fingerprint)  # a run killed in the next part resumes here
+                # a run killed in the next part resumes here
+                _save_part(part_path, name, done, env["device"], model.fingerprint)
                 print(f"{name:34s} {len(done['label'])} of {len(y)} images, {float(done['seconds']):.0f} s", flush=True)
         wall = float(done["seconds"])
         acc = float(np.mean(done["label"] == np.asarray(y)))
