@@ -3,6 +3,9 @@
     python scripts/fit_calibration.py --model numbers --policies halving ttest exhaustive --train 300 --heldout 1000
     python scripts/fit_calibration.py --model digits --policies halving ttest exhaustive --train 300 --heldout 400
     python scripts/fit_calibration.py --model numbers --policies adaptive --train 100 --heldout 200 --backend aoti
+    # held-out metrics from a front's saved errors (all its images), no held-out run
+    python scripts/fit_calibration.py --model fashion --policies halving exhaustive --train 400 \
+        --heldout-front bench/results/accuracy_vs_evals_fashion_heldout2000.json
 
 For each policy (with its default options; exhaustive on ``--exhaustive-grid``
 points, since the posterior's scale is a mean error, not a count), the policy
@@ -77,6 +80,43 @@ def run(model, policy: str, split: str, limit: int, opts: dict, every: int = 1) 
     return res, labels, info
 
 
+def from_front(json_path: Path, policy: str, limit: int | None = None) -> tuple[list, np.ndarray, dict]:
+    """The held-out results of ``policy`` (its ``describe()``) as a front measured them: the per-image mean errors
+    and score counts that ``bench.accuracy_vs_evals`` saved, so the calibration is measured on the front's images
+    (all 2,000, say) without running the policy again."""
+    from types import SimpleNamespace
+
+    payload = json.loads(Path(json_path).read_text())
+    if payload.get("split", "heldout") != "heldout":
+        raise SystemExit(f"{Path(json_path).name} is a {payload['split']} front; --heldout-front takes held-out ones")
+    rows = [r for r in payload["results"] if r["policy"] == policy]
+    if not rows:
+        have = "; ".join(r["policy"] for r in payload["results"])
+        raise SystemExit(f"{Path(json_path).name} has no row of {policy} (it has: {have})")
+    npz = Path(json_path).parent / "per_image" / (Path(json_path).stem + ".npz")
+    z = np.load(npz)
+    i = list(z["names"]).index(rows[0]["name"])
+    n = len(z[f"c{i}_label"]) if limit is None else min(limit, len(z[f"c{i}_label"]))
+    res = [
+        SimpleNamespace(
+            label=int(z[f"c{i}_label"][k]),
+            mean_errors=z[f"c{i}_mean_errors"][k],
+            n_scores=z[f"c{i}_n_scores"][k],
+            evaluations=float(z[f"c{i}_evals"][k]),
+        )
+        for k in range(n)
+    ]
+    labels = np.asarray(payload["labels"][:n])
+    info = {
+        "policy": policy,
+        "images": n,
+        "from_front": Path(json_path).name,
+        "accuracy": float(np.mean([r.label == y for r, y in zip(res, labels)])),
+        "evals_per_image": float(np.mean([r.evaluations for r in res])),
+    }
+    return res, labels, info
+
+
 def metrics(res: list, labels: np.ndarray, temperature: float, floor: float) -> dict:
     probs = [posterior(r.mean_errors, r.n_scores, r.label, temperature, floor) for r in res]
     conf = np.array([p.max() for p in probs])
@@ -95,13 +135,24 @@ def main() -> None:
     ap.add_argument("--model", required=True, choices=["digits", "numbers", "fashion", "numbers3"])
     ap.add_argument("--policies", nargs="+", default=["halving", "ttest", "exhaustive"])
     ap.add_argument("--train", type=int, default=300, help="train images the fit uses")
-    ap.add_argument("--heldout", type=int, default=400, help="held-out images the report uses")
+    ap.add_argument(
+        "--heldout", type=int, default=None, help="held-out images the report uses (400; with --heldout-front: all)"
+    )
     ap.add_argument("--exhaustive-grid", type=int, default=10)
     ap.add_argument(
         "--every",
         type=int,
         default=1,
         help="every K-th image of each split (numbers3's splits are ordered by class: use 10 or 20 there)",
+    )
+    ap.add_argument(
+        "--heldout-front",
+        default=None,
+        metavar="JSON",
+        help=(
+            "measure held-out ECE/NLL on the images of this accuracy_vs_evals result (its saved per-image errors of"
+            " the same policy) instead of running the policy on the first --heldout images"
+        ),
     )
     ap.add_argument("--no-write", action="store_true", help="report only; leave diffcls.json as it is")
     ap.add_argument(
@@ -137,7 +188,10 @@ def main() -> None:
             "fitted_with": tr_info["policy"],
             "command": "python " + " ".join(sys.argv),
         }
-        ho, yho, ho_info = run(model, policy, "heldout", a.heldout, opts, a.every)
+        if a.heldout_front:
+            ho, yho, ho_info = from_front(Path(a.heldout_front), tr_info["policy"], a.heldout)
+        else:
+            ho, yho, ho_info = run(model, policy, "heldout", a.heldout or 400, opts, a.every)
         row = {
             "policy": policy,
             "train": tr_info,
