@@ -1,26 +1,18 @@
 """scripts/fit_calibration.py --heldout-front: held-out calibration measured from a front's saved per-image errors."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from diffcls_fast.engine.results import posterior
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..scripts_import import script_module
 
 
 @pytest.fixture(scope="module")
 def fit_calibration():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import fit_calibration
-
-        yield fit_calibration
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    yield from script_module("fit_calibration")
 
 
 def _front(tmp_path, split="heldout"):

@@ -12,18 +12,14 @@ import pytest
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
 
+from ..scripts_import import script_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def ship_rule():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import ship_rule
-
-        yield ship_rule
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    yield from script_module("ship_rule")
 
 
 def test_choose_takes_the_cheapest_row_within_the_tolerance_under_the_budget(ship_rule):
