@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench.common import RESULTS, environment, write_json
+from bench.common import RESULTS, environment, weights_of, write_json
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.data import fashion
 from diffcls_fast.engine.prompts import ClassSpec
@@ -75,10 +75,13 @@ def main() -> None:
     env = environment("cpu")
     name = f"fashion_wording_cpu_{env['date']}.json"
     path = RESULTS / name
-    result = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fashion_wording", "rows": []}
-    result.update(env | {"images": a.limit, "policy": f"exhaustive(grid={a.n_grid})"})
-    done = {r["set"] for r in result["rows"]}
     model = load_model("fashion")
+    result = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fashion_wording", "rows": []}
+    if result.get("weights", {}).get("fingerprint", model.fingerprint) != model.fingerprint:
+        print(f"{name}: its rows measured other weights; measuring again")  # rows of two checkpoints compare nothing
+        result["rows"] = []
+    result.update(env | {"images": a.limit, "policy": f"exhaustive(grid={a.n_grid})", "weights": weights_of(model)})
+    done = {r["set"] for r in result["rows"]}
     pil, labels, _ = fashion.load_split("heldout")
     pil, labels = pil[: a.limit], labels[: a.limit]
     clf = DiffusionClassifier(model, "exhaustive", n_grid=a.n_grid, use_cache=False)

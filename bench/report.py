@@ -149,7 +149,8 @@ def _fashion_wording() -> list[str]:
     out = [
         (
             f"**fashion, zero-shot wording** — {res['policy']} on the first {res['images']} held-out images, the"
-            f" same noise for every row; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
+            f" same noise for every row{_weights('fashion', res)}; {res['device']}, {res['date']}"
+            f" ([json](../bench/results/{res['_file']})):"
         ),
         "",
         "| class prompts | example (t-shirt; bag) | accuracy | evals / image | weakest class |",
