@@ -148,3 +148,37 @@ def test_train_choice_lists_the_candidates_and_marks_the_shipped_rule(tmp_path, 
     table = "\n".join(report._train_choice())
     assert "| **halving 1 3 11 / 25 5 1** (shipped) | 0.9900 | 1,090 |" in table
     assert "| halving 2 4 12 / 10 3 1 | 0.9900 | 2,044 |" in table and "--policy tuned" in table
+
+
+def test_best_measured_reads_a_longer_front_on_its_first_images_and_skips_other_weights(tmp_path, monkeypatch):
+    """The best row on the first N held-out images: a front on more images counts on its first N (its per-image
+    picks); a one-in-K subset and a front of earlier weights do not count."""
+    import json
+
+    import numpy as np
+
+    import bench.report as report
+    from bench.common import trained_steps
+
+    res = tmp_path / "bench" / "results"
+    (res / "per_image").mkdir(parents=True)
+    now = trained_steps("numbers")
+
+    def front(tag, images, rows, every=1, steps=now, picks=None):
+        labels = [0, 1, 2, 3, 0, 1][:images]
+        payload = {"images": images, "every": every, "date": "2026-12-07", "labels": labels, "results": rows}
+        payload["weights"] = {"fingerprint": tag, "training_steps": steps}
+        (res / f"accuracy_vs_evals_numbers_{tag}.json").write_text(json.dumps(payload))
+        z = {"names": np.array([r["name"] for r in rows])}
+        for i, p in enumerate(picks or []):
+            z |= {f"c{i}_label": np.array(p), f"c{i}_evals": np.full(images, 10.0 * (i + 1))}
+        np.savez(res / "per_image" / f"accuracy_vs_evals_numbers_{tag}.npz", **z)
+
+    # six images; on the first four, "b" is exact and "a" misses one, though "a" is better on all six
+    front("long", 6, [_row("a", 10.0, 1.0), _row("b", 20.0, 1.0)], picks=[[0, 1, 2, 0, 0, 1], [0, 1, 2, 3, 1, 0]])
+    front("subset", 4, [_row("c", 1.0, 1.0) | {"accuracy": 1.0}], every=10)
+    front("early", 4, [_row("d", 1.0, 1.0) | {"accuracy": 1.0}], steps=now - 1)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    best = report._best_measured("numbers", 4)
+    assert best["name"] == "b" and best["accuracy"] == 1.0 and best["evals_per_image"] == 20.0
+    assert report._best_measured("numbers", 7) is None
