@@ -4,6 +4,8 @@ when a model is given.
     python -m bench.numbers3_floors                                         # the RBF SVC floor (seconds)
     python -m bench.numbers3_floors --policy halving --limit 1000           # and the bundled model, 1 per class
     python -m bench.numbers3_floors --model runs/numbers3-step8000 --policy halving --limit 1000 --tag step8000
+    # every row of held-out fronts, digit by digit, beside the SVC on the same triples (no denoiser call)
+    python -m bench.numbers3_floors --from-front bench/results/accuracy_vs_evals_numbers3_heldout_every8.json
 
 Reports triple accuracy (all three digits right) and per-position accuracy (first, second, third digit) of
 
@@ -12,7 +14,9 @@ Reports triple accuracy (all three digits right) and per-position accuracy (firs
   first 1,000 (one per class: the held-out order is round-robin) and the same triples as the diffusion run;
   with the SVC's accuracy on the 397 single held-out digits, and that accuracy cubed (the triple accuracy
   if its errors were independent);
-* with ``--policy``: the diffusion classifier over the 1,000 classes on the first ``--limit`` triples.
+* with ``--policy``: the diffusion classifier over the 1,000 classes on the first ``--limit`` triples;
+* with ``--from-front``: every row of ``bench.accuracy_vs_evals`` held-out fronts of numbers3 (their saved
+  per-image picks, so no denoiser call), with the SVC on the same triples (a front's one-in-K subset included).
 
 Writes bench/results/numbers3_floors_<device>_<date>[_<tag>].json.
 """
@@ -49,6 +53,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default=None)
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument(
+        "--from-front",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="accuracy_vs_evals results of numbers3 on held-out triples: each row digit by digit, SVC beside",
+    )
     a = ap.parse_args()
 
     triples = numbers3.split_triples("heldout")
@@ -67,6 +78,8 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     payload = {"benchmark": "numbers3_floors", "model": None, "svc_baseline": baseline}
+    if a.from_front:
+        payload["fronts"] = [front_by_digit(f, svc, y) for f in a.from_front]
 
     if a.policy:
         from diffcls_fast import DiffusionClassifier, load_model
@@ -105,7 +118,41 @@ def main() -> None:
             f"  third {d['third']:.4f}  ({d['images']} triples, {d['evals_per_image']:.0f} evals/image,"
             f" {d['seconds']:.0f} s); SVC on the same triples {baseline['same_triples']['triple']:.4f}"
         )
+    for f in payload.get("fronts", []):
+        print(f"{f['from']} ({f['images']} triples): SVC {f['svc_same_triples']['triple']:.4f}", end="")
+        print("".join(f"; {r['name']} {r['triple']:.4f}" for r in f["rows"]))
     print(f"wrote {path}")
+
+
+def front_by_digit(path: str, svc: np.ndarray, y: np.ndarray) -> dict:
+    """Every row of a held-out numbers3 front, digit by digit, and the SVC on the same triples."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    payload = json.loads(p.read_text())
+    if payload.get("benchmark") != "accuracy_vs_evals" or payload.get("model") != "numbers3":
+        raise SystemExit(f"{p}: not a bench.accuracy_vs_evals result on numbers3")
+    if payload.get("split", "heldout") != "heldout":
+        raise SystemExit(f"{p}: a {payload['split']} front; the floors are on held-out triples")
+    idx = np.arange(0, len(y), payload.get("every", 1))[: payload["images"]]
+    if not np.array_equal(y[idx], np.asarray(payload["labels"])):
+        raise SystemExit(f"{p}: its labels are not those of the held-out split's triples {idx[0]}, {idx[1]}, ...")
+    z = np.load(p.parent / "per_image" / (p.stem + ".npz"))
+    names = list(z["names"])
+    rows = []
+    for r in payload["results"]:
+        if r["name"] in names:
+            k = names.index(r["name"])
+            acc = digit_accuracy(z[f"c{k}_label"], y[idx])
+            rows.append({"name": r["name"], **acc, "evals_per_image": r["evals_per_image"]})
+    return {
+        "from": p.name,
+        "every": payload.get("every", 1),
+        "images": len(idx),
+        "svc_same_triples": digit_accuracy(svc[idx], y[idx]),
+        "rows": sorted(rows, key=lambda r: r["evals_per_image"]),
+    }
 
 
 def _progress(total: int):
