@@ -141,6 +141,41 @@ def _fashion_floors() -> list[str]:
     return out + [""]
 
 
+def _numbers3_floors() -> list[str]:
+    """numbers3 (1,000 classes): each held-out front's rows digit by digit, beside the SVC on the same triples
+    (bench.numbers3_floors --from-front)."""
+    files = sorted((ROOT / "bench" / "results").glob("numbers3_floors_*.json"))
+    res = next(
+        (json.loads(f.read_text()) | {"_file": f.name} for f in reversed(files) if "fronts" in f.read_text()), None
+    )
+    if not res:
+        return []
+    b = res["svc_baseline"]["all_2000"]
+    out = [
+        (
+            f"**numbers3 floors** (1,000 classes; a triple is right when all three digits are) — `python -m"
+            f" bench.numbers3_floors --from-front ...`, {res['device']}, {res['date']}"
+            f" ([json](../bench/results/{res['_file']})):"
+        ),
+        "",
+        "| triples | classifier | triple accuracy | first digit | second digit | third digit | evals / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in sorted(res["fronts"], key=lambda f: (-f["images"], f["every"])):
+        where = f"{f['images']:,}" + ("" if f["every"] == 1 else f" (one in {f['every']})")
+        for r in [{"name": "RBF SVC per digit", "evals_per_image": None, **f["svc_same_triples"]}, *f["rows"]]:
+            evals = "--" if r["evals_per_image"] is None else f"{r['evals_per_image']:,.0f}"
+            out.append(
+                f"| {where} | {r['name']} | {r['triple']:.4f} | {r['first']:.4f} | {r['second']:.4f} |"
+                f" {r['third']:.4f} | {evals} |"
+            )
+    out.append(
+        f"| {b['images']:,} (all) | RBF SVC per digit | {b['triple']:.4f} | {b['first']:.4f} | {b['second']:.4f} |"
+        f" {b['third']:.4f} | -- |"
+    )
+    return out + [""]
+
+
 def _fashion_wording() -> list[str]:
     """Zero-shot wording on the fashion model: unseen prompts against the trained ones (bench.fashion_wording)."""
     res = _latest("fashion_wording")
@@ -200,6 +235,7 @@ def _render_rest(out: list[str]) -> str:
             ),
             "",
         ]
+    out += _numbers3_floors()
     out += _fashion_floors()
     out += _fashion_wording()
     for model in ("digits", "numbers", "fashion", "numbers3"):

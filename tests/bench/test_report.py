@@ -182,3 +182,23 @@ def test_best_measured_reads_a_longer_front_on_its_first_images_and_skips_other_
     best = report._best_measured("numbers", 4)
     assert best["name"] == "b" and best["accuracy"] == 1.0 and best["evals_per_image"] == 20.0
     assert report._best_measured("numbers", 7) is None
+
+
+def test_numbers3_floors_table_lists_each_fronts_rows_beside_the_svc(tmp_path, monkeypatch):
+    import json
+
+    import bench.report as report
+
+    res = tmp_path / "bench" / "results"
+    res.mkdir(parents=True)
+    acc = {"triple": 0.9, "first": 0.99, "second": 0.98, "third": 0.93, "images": 250}
+    front = {"from": "f.json", "every": 8, "images": 250, "svc_same_triples": acc}
+    front["rows"] = [acc | {"name": "halving 1 3 11 / 25 5 1", "triple": 0.992, "evals_per_image": 1090.0}]
+    payload = {"svc_baseline": {"all_2000": acc | {"images": 2000}}, "fronts": [front]}
+    (res / "numbers3_floors_cpu_2026-12-07.json").write_text(json.dumps(payload | {"device": "cpu", "date": "d"}))
+    (res / "numbers3_floors_cpu_2026-12-08.json").write_text(json.dumps({"svc_baseline": {}}))  # no fronts: skipped
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    text = "\n".join(report._numbers3_floors())
+    assert "| 250 (one in 8) | RBF SVC per digit | 0.9000 | 0.9900 | 0.9800 | 0.9300 | -- |" in text
+    assert "| 250 (one in 8) | halving 1 3 11 / 25 5 1 | 0.9920 |" in text and "| 1,090 |" in text
+    assert "| 2,000 (all) | RBF SVC per digit | 0.9000 |" in text and "numbers3_floors_cpu_2026-12-07.json" in text
