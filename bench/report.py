@@ -145,9 +145,8 @@ def _numbers3_floors() -> list[str]:
     """numbers3 (1,000 classes): each held-out front's rows digit by digit, beside the SVC on the same triples
     (bench.numbers3_floors --from-front)."""
     files = sorted((ROOT / "bench" / "results").glob("numbers3_floors_*.json"))
-    res = next(
-        (json.loads(f.read_text()) | {"_file": f.name} for f in reversed(files) if "fronts" in f.read_text()), None
-    )
+    loaded = [json.loads(f.read_text()) | {"_file": f.name} for f in files]
+    res = next((p for p in reversed(loaded) if p.get("fronts")), None)  # the newest with fronts
     if not res:
         return []
     b = res["svc_baseline"]["all_2000"]
