@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, device_tag, environment, weights_of
+from bench.common import RESULTS, device_tag, environment, other_weights, weights_of
 from bench.score_memo import MemoClassifier, ScoreMemo
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.evaluate import load_eval_split
@@ -239,7 +239,7 @@ def main() -> None:
     memo = ScoreMemo() if a.memo else None
     rows, per_image = ([], {})
     if a.resume:
-        rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y), model.fingerprint)
+        rows, per_image = _resume(results / (tag + ".json"), per_image_path, len(y), weights_of(model))
     for name, policy, opts in _ordered(CONFIGS[a.model], a.only):
         if (a.quick and name not in QUICK) or name in a.skip:
             continue
@@ -400,16 +400,15 @@ def _load_part(path: Path, name: str, n: int, device: str, fingerprint: str = ""
     return done
 
 
-def _resume(json_path: Path, npz_path: Path, n: int, fingerprint: str) -> tuple[list[dict], dict]:
+def _resume(json_path: Path, npz_path: Path, n: int, weights: dict) -> tuple[list[dict], dict]:
+    """The rows (and per-image arrays) of ``json_path`` measured on all ``n`` images; a front of weights other
+    than ``weights`` (:func:`bench.common.weights_of`) is refused: its rows would be relabelled as these."""
     if not (json_path.is_file() and npz_path.is_file()):
         return [], {}
     payload = json.loads(json_path.read_text())
-    had = payload.get("weights", {}).get("fingerprint")
-    if had is not None and had != fingerprint:  # a front mixing two checkpoints would compare nothing
-        raise SystemExit(
-            f"{json_path.name} measured other weights (fingerprint {had}, this model is {fingerprint}):"
-            " measure these under a new --tag"
-        )
+    why = other_weights(payload.get("weights"), weights)
+    if why:  # a front mixing two checkpoints would compare nothing
+        raise SystemExit(f"{json_path.name} measured other weights ({why}): measure these under a new --tag")
     rows = payload["results"]
     z = np.load(npz_path)
     names = list(z["names"])

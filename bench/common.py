@@ -66,6 +66,21 @@ def weights_of(model) -> dict:
     return {"fingerprint": model.fingerprint} | ({} if steps is None else {"training_steps": steps})
 
 
+def other_weights(recorded: dict | None, current: dict) -> str | None:
+    """Why a result that recorded ``recorded`` (a :func:`weights_of` dict; None for an older file) measured other
+    weights than ``current``, in words, or None (the same weights, or nothing recorded to tell). The fingerprints
+    decide where both have one; else the training steps (a front annotated afterwards with its step only)."""
+    if not recorded:
+        return None
+    had, now = recorded.get("fingerprint"), current.get("fingerprint")
+    if had is not None and now is not None:
+        return None if had == now else f"fingerprint {had}, this model is {now}"
+    had, now = recorded.get("training_steps"), current.get("training_steps")
+    if had is not None and now is not None and had != now:
+        return f"training step {had:,}, this model is step {now:,}"
+    return None
+
+
 def trained_steps(name: str) -> int | None:
     """The training steps of a bundled model's shipped weights (``unet_steps`` for a latent model), or None."""
     from diffcls_fast.models.bundled import BUNDLED

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench.common import RESULTS, environment, weights_of, write_json
+from bench.common import RESULTS, environment, other_weights, weights_of, write_json
 from diffcls_fast import DiffusionClassifier, load_model
 from diffcls_fast.data import fashion
 from diffcls_fast.engine.prompts import ClassSpec
@@ -77,8 +77,9 @@ def main() -> None:
     path = RESULTS / name
     model = load_model("fashion")
     result = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fashion_wording", "rows": []}
-    if result.get("weights", {}).get("fingerprint", model.fingerprint) != model.fingerprint:
-        print(f"{name}: its rows measured other weights; measuring again")  # rows of two checkpoints compare nothing
+    why = other_weights(result.get("weights"), weights_of(model))
+    if why:
+        print(f"{name}: its rows measured other weights ({why}); measuring again")  # two checkpoints compare nothing
         result["rows"] = []
     result.update(env | {"images": a.limit, "policy": f"exhaustive(grid={a.n_grid})", "weights": weights_of(model)})
     done = {r["set"] for r in result["rows"]}

@@ -137,7 +137,9 @@ def front_by_digit(path: str, svc: np.ndarray, y: np.ndarray) -> dict:
         raise SystemExit(f"{p}: a {payload['split']} front; the floors are on held-out triples")
     idx = np.arange(0, len(y), payload.get("every", 1))[: payload["images"]]
     if not np.array_equal(y[idx], np.asarray(payload["labels"])):
-        raise SystemExit(f"{p}: its labels are not those of the held-out split's triples {idx[0]}, {idx[1]}, ...")
+        raise SystemExit(
+            f"{p}: its labels are not those of the held-out split's triples {', '.join(map(str, idx[:2]))}, ..."
+        )
     z = np.load(p.parent / "per_image" / (p.stem + ".npz"))
     names = list(z["names"])
     rows = []

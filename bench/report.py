@@ -74,6 +74,12 @@ def _weights(model: str, ave: dict) -> str:
     return f", weights of training step {steps:,}"
 
 
+def _one_in(info: dict) -> str:
+    """The note of results on a one-in-K subset of a split (fit_calibration --heldout-front of such a front)."""
+    k = info.get("every", 1)
+    return "" if k == 1 else f" (one in {k})"
+
+
 def _every(ave: dict) -> str:
     k = ave.get("every", 1)
     return "" if k == 1 else f" (one image in {k} of the split)"
@@ -259,7 +265,8 @@ def _render_rest(out: list[str]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         out += [
-            f"| {r['heldout']['policy']} | {r['heldout']['images']} | {r['heldout_after']['accuracy']:.4f} |"
+            f"| {r['heldout']['policy']} | {r['heldout']['images']}{_one_in(r['heldout'])} |"
+            f" {r['heldout_after']['accuracy']:.4f} |"
             f" {r['temperature']:.3g} | {r['floor']:.3g} | {r['heldout_before']['ece']:.4f} |"
             f" **{r['heldout_after']['ece']:.4f}** | {r['heldout_before']['nll']:.4f} |"
             f" **{r['heldout_after']['nll']:.4f}** | {f.removesuffix('.json').rsplit('_', 1)[-1]} |"

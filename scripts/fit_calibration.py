@@ -14,7 +14,8 @@ training digits only; digits: the training digits), and the temperature T and
 floor alpha of :mod:`diffcls_fast.engine.calibration` that minimise the NLL of
 the true class are written to the model folder's ``diffcls.json`` under
 ``"calibration"``. Then the same policy runs on the first ``--heldout`` held-out
-images, and the expected calibration error (15 bins) and NLL are reported with
+images (with ``--heldout-front``: its row of that front is read instead, every image
+of the front, or its first ``--heldout``), and the expected calibration error (15 bins) and NLL are reported with
 the uncalibrated default (T = 1e-2, no floor) and with the fitted values.
 Held-out images never enter the fit.
 
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, device_tag, environment, write_json  # noqa: E402
+from bench.common import RESULTS, device_tag, environment, other_weights, weights_of, write_json  # noqa: E402
 from diffcls_fast import DiffusionClassifier, load_model  # noqa: E402
 from diffcls_fast.engine.calibration import ece, fit_calibration, nll  # noqa: E402
 from diffcls_fast.engine.options import DEFAULT_TEMPERATURE  # noqa: E402
@@ -80,21 +81,34 @@ def run(model, policy: str, split: str, limit: int, opts: dict, every: int = 1) 
     return res, labels, info
 
 
-def from_front(json_path: Path, policy: str, limit: int | None = None) -> tuple[list, np.ndarray, dict]:
+def from_front(
+    json_path: Path, policy: str, limit: int | None = None, model: str | None = None, weights: dict | None = None
+) -> tuple[list, np.ndarray, dict]:
     """The held-out results of ``policy`` (its ``describe()``) as a front measured them: the per-image mean errors
     and score counts that ``bench.accuracy_vs_evals`` saved, so the calibration is measured on the front's images
-    (all 2,000, say) without running the policy again."""
+    (all 2,000, say) without running the policy again. A front of another ``model``, or of other ``weights``
+    (:func:`bench.common.weights_of`) than the fit's, is refused: its errors would not be of the calibrated model."""
     from types import SimpleNamespace
 
+    name = Path(json_path).name
     payload = json.loads(Path(json_path).read_text())
     if payload.get("split", "heldout") != "heldout":
-        raise SystemExit(f"{Path(json_path).name} is a {payload['split']} front; --heldout-front takes held-out ones")
+        raise SystemExit(f"{name} is a {payload['split']} front; --heldout-front takes held-out ones")
+    if model is not None and payload.get("model", model) != model:
+        raise SystemExit(f"{name} is a front of {payload['model']}; this fit calibrates {model}")
+    why = other_weights(payload.get("weights"), weights or {})
+    if why:
+        raise SystemExit(f"{name} measured other weights ({why}); measure a front of these weights first")
     rows = [r for r in payload["results"] if r["policy"] == policy]
     if not rows:
         have = "; ".join(r["policy"] for r in payload["results"])
-        raise SystemExit(f"{Path(json_path).name} has no row of {policy} (it has: {have})")
+        raise SystemExit(f"{name} has no row of {policy} (it has: {have})")
     npz = Path(json_path).parent / "per_image" / (Path(json_path).stem + ".npz")
+    if not npz.is_file():
+        raise SystemExit(f"{name}: its per-image errors ({npz}) are missing; --heldout-front reads them")
     z = np.load(npz)
+    if rows[0]["name"] not in list(z["names"]):
+        raise SystemExit(f"{name}: {npz.name} has no per-image errors of its row {rows[0]['name']!r}")
     i = list(z["names"]).index(rows[0]["name"])
     n = len(z[f"c{i}_label"]) if limit is None else min(limit, len(z[f"c{i}_label"]))
     res = [
@@ -110,10 +124,12 @@ def from_front(json_path: Path, policy: str, limit: int | None = None) -> tuple[
     info = {
         "policy": policy,
         "images": n,
-        "from_front": Path(json_path).name,
+        "from_front": name,
         "accuracy": float(np.mean([r.label == y for r, y in zip(res, labels)])),
         "evals_per_image": float(np.mean([r.evaluations for r in res])),
     }
+    if payload.get("every", 1) > 1:  # the front's one-in-K subset of the split
+        info["every"] = payload["every"]
     return res, labels, info
 
 
@@ -143,7 +159,10 @@ def main() -> None:
         "--every",
         type=int,
         default=1,
-        help="every K-th image of each split (numbers3's splits are ordered by class: use 10 or 20 there)",
+        help=(
+            "every K-th image of each split (numbers3's splits are ordered by class: use 10 or 20 there); with"
+            " --heldout-front, of the train split only: the held-out images are the front's"
+        ),
     )
     ap.add_argument(
         "--heldout-front",
@@ -162,6 +181,8 @@ def main() -> None:
         help="denoiser runtime (aoti: compiled, CPU fp32, about 1.5x eager here; same results within 1e-4)",
     )
     a = ap.parse_args()
+    if a.heldout is not None and a.heldout < 1:
+        ap.error(f"--heldout must be >= 1, got {a.heldout}")
 
     model = load_model(a.model)
     if a.backend != "torch":
@@ -189,7 +210,9 @@ def main() -> None:
             "command": "python " + " ".join(sys.argv),
         }
         if a.heldout_front:
-            ho, yho, ho_info = from_front(Path(a.heldout_front), tr_info["policy"], a.heldout)
+            ho, yho, ho_info = from_front(
+                Path(a.heldout_front), tr_info["policy"], a.heldout, model=a.model, weights=weights_of(model)
+            )
         else:
             ho, yho, ho_info = run(model, policy, "heldout", a.heldout or 400, opts, a.every)
         row = {

@@ -15,7 +15,7 @@ def fit_calibration():
     yield from script_module("fit_calibration")
 
 
-def _front(tmp_path, split="heldout"):
+def _front(tmp_path, split="heldout", **extra):
     rng = np.random.default_rng(0)
     n, c = 7, 4
     errors = rng.random((n, c)).astype(np.float32)
@@ -29,6 +29,7 @@ def _front(tmp_path, split="heldout"):
         "images": n,
         "labels": labels,
         "results": [{"name": "other", "policy": "exhaustive(grid=5)"}, {"name": "h", "policy": "halving(x)"}],
+        **extra,
     }
     (tmp_path / "per_image").mkdir()
     (tmp_path / "f.json").write_text(json.dumps(payload))
@@ -61,3 +62,28 @@ def test_heldout_front_refuses_train_fronts_and_missing_policies(fit_calibration
     train.mkdir()
     with pytest.raises(SystemExit, match="is a train front; --heldout-front takes held-out ones"):
         fit_calibration.from_front(_front(train, split="train")[0], "halving(x)")
+
+
+def test_heldout_front_refuses_a_front_of_another_model_or_of_other_weights(fit_calibration, tmp_path):
+    """The fit calibrates these weights: held-out errors of another model or checkpoint would measure nothing."""
+    now = {"fingerprint": "abc", "training_steps": 16000}
+    path, *_ = _front(tmp_path, model="digits", weights={"fingerprint": "abc", "training_steps": 16000})
+    with pytest.raises(SystemExit, match="^f.json is a front of digits; this fit calibrates fashion$"):
+        fit_calibration.from_front(path, "halving(x)", model="fashion", weights=now)
+    assert len(fit_calibration.from_front(path, "halving(x)", model="digits", weights=now)[0]) == 7
+    for k, weights in enumerate(({"fingerprint": "old", "training_steps": 16000}, {"training_steps": 2142})):
+        d = tmp_path / f"w{k}"
+        d.mkdir()
+        path, *_ = _front(d, model="fashion", weights=weights)
+        with pytest.raises(SystemExit, match=r"^f.json measured other weights \((fingerprint old|training step 2,142)"):
+            fit_calibration.from_front(path, "halving(x)", model="fashion", weights=now)
+
+
+def test_heldout_front_of_a_one_in_k_subset_says_so_and_a_missing_npz_is_one_line(fit_calibration, tmp_path):
+    path, *_ = _front(tmp_path, every=8)
+    assert fit_calibration.from_front(path, "halving(x)")[2]["every"] == 8
+    (tmp_path / "e1").mkdir()
+    assert "every" not in fit_calibration.from_front(_front(tmp_path / "e1", every=1)[0], "halving(x)")[2]
+    (tmp_path / "per_image" / "f.npz").unlink()
+    with pytest.raises(SystemExit, match=r"^f.json: its per-image errors \(.*f.npz\) are missing"):
+        fit_calibration.from_front(path, "halving(x)")

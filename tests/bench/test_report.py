@@ -82,6 +82,10 @@ def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monke
     for date, rows in (
         ("2026-11-23", [cal_row("ttest", 0.05), cal_row("halving", 0.02)]),
         ("2026-12-06", [cal_row("adaptive", 0.01), cal_row("ttest", 0.03)]),
+        (
+            "2026-12-07",
+            [cal_row("exhaustive", 0.04) | {"heldout": {"policy": "exhaustive(...)", "images": 250, "every": 8}}],
+        ),
     ):
         (res / f"calibration_digits_cpu_{date}.json").write_text(
             json.dumps({"device": "cpu", "date": date, "results": rows})
@@ -92,10 +96,12 @@ def test_calibration_table_takes_each_policy_from_its_newest_fit(tmp_path, monke
         "ttest": (0.03, "calibration_digits_cpu_2026-12-06.json"),
         "halving": (0.02, "calibration_digits_cpu_2026-11-23.json"),
         "adaptive": (0.01, "calibration_digits_cpu_2026-12-06.json"),
+        "exhaustive": (0.04, "calibration_digits_cpu_2026-12-07.json"),
     }
     text = report._render_rest([])
     assert (
         "| adaptive(...) | 400 |" in text
+        and "| exhaustive(...) | 250 (one in 8) | 0.9900 |" in text  # a --heldout-front of a one-in-K front
         and "| 2026-11-23 |" in text
         and "[2026-12-06](../bench/results/calibration_digits_cpu_2026-12-06.json)" in text
     )
@@ -202,3 +208,37 @@ def test_numbers3_floors_table_lists_each_fronts_rows_beside_the_svc(tmp_path, m
     assert "| 250 (one in 8) | RBF SVC per digit | 0.9000 | 0.9900 | 0.9800 | 0.9300 | -- |" in text
     assert "| 250 (one in 8) | halving 1 3 11 / 25 5 1 | 0.9920 |" in text and "| 1,090 |" in text
     assert "| 2,000 (all) | RBF SVC per digit | 0.9000 |" in text and "numbers3_floors_cpu_2026-12-07.json" in text
+
+
+def test_other_weights_compares_fingerprints_else_training_steps():
+    from bench.common import other_weights
+
+    now = {"fingerprint": "abc", "training_steps": 16000}
+    assert other_weights(None, now) is None and other_weights({}, now) is None  # an older file: nothing to tell
+    assert other_weights({"fingerprint": "abc", "training_steps": 1}, now) is None  # the fingerprint decides
+    assert other_weights({"fingerprint": "old"}, now) == "fingerprint old, this model is abc"
+    # a front annotated afterwards with its checkpoint's step only (fashion's first front: step 2,142)
+    assert other_weights({"training_steps": 2142}, now) == "training step 2,142, this model is step 16,000"
+    assert other_weights({"training_steps": 16000}, now) is None
+    assert other_weights({"training_steps": 2142}, {"fingerprint": "abc"}) is None  # a model of no known step
+
+
+def test_resume_refuses_a_front_of_other_weights_even_one_recorded_by_its_step_only(tmp_path):
+    """--resume on fashion's first front (step 2,142, no fingerprint) with the shipped weights would relabel its
+    rows as these weights'."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from bench.accuracy_vs_evals import _resume
+
+    js, npz = tmp_path / "f.json", tmp_path / "f.npz"
+    row = {"name": "a", "policy": "p"}
+    js.write_text(json.dumps({"weights": {"training_steps": 2142}, "results": [row]}))
+    arrays = {"c0_label": np.zeros(3), "c0_evals": np.zeros(3), "c0_mean_errors": np.zeros((3, 2))}
+    np.savez(npz, names=np.array(["a"]), c0_n_scores=np.zeros((3, 2)), **arrays)
+    with pytest.raises(SystemExit, match=r"^f.json measured other weights \(training step 2,142, this model is step"):
+        _resume(js, npz, 3, {"fingerprint": "new", "training_steps": 16000})
+    rows, per_image = _resume(js, npz, 3, {"fingerprint": "new", "training_steps": 2142})
+    assert rows == [row] and list(per_image) == ["a"]
