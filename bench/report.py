@@ -80,6 +80,12 @@ def _one_in(info: dict) -> str:
     return "" if k == 1 else f" (one in {k})"
 
 
+def _plot_link(json_file: str) -> str:
+    """ ", [plot](...)" when the front's PNG exists (a run with --no-plot, or one still going, has none yet)."""
+    png = json_file.replace(".json", ".png")
+    return f", [plot](../bench/results/{png})" if (ROOT / "bench" / "results" / png).is_file() else ""
+
+
 def _every(ave: dict) -> str:
     k = ave.get("every", 1)
     return "" if k == 1 else f" (one image in {k} of the split)"
@@ -94,8 +100,7 @@ def _front(model: str, ave: dict) -> list[str]:
         (
             f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images"
             f"{_every(ave)}{_weights(model, ave)}, {'; '.join(where)},"
-            f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}),"
-            f" [plot](../bench/results/{ave['_file'].replace('.json', '.png')})):"
+            f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}){_plot_link(ave['_file'])}):"
         ),
         "",
         "| policy | accuracy | evals / image (needed) | spent | seconds | batch fill |",
