@@ -232,6 +232,7 @@ def main() -> None:
     pil, y = pil[:: a.every], y[:: a.every]
     if a.limit:
         pil, y = pil[: a.limit], y[: a.limit]
+    check_subset_classes(y, len(class_names), a.every)
     env = environment(model.device)
     subset = ("" if a.split == "heldout" else f"_{a.split}") + ("" if a.every == 1 else f"_every{a.every}")
     tag = "accuracy_vs_evals_" + (a.tag or f"{a.model}{subset}_{device_tag(model.device)}_{env['date']}")
@@ -319,6 +320,17 @@ def main() -> None:
     print(f"wrote {results / (tag + '.json')} and {per_image_path}")
     if not a.no_plot:
         plot(rows, results / (tag + ".png"), env, len(y), a.model)
+
+
+def check_subset_classes(y, n_classes: int, every: int) -> None:
+    """Refuse a one-in-K subset that covers few classes: a split ordered round-robin over C classes gives only
+    the classes of one residue when K shares a factor with C (fashion --every 10 is all t-shirts)."""
+    covered, want = len(set(np.asarray(y).tolist())), min(n_classes, len(y))
+    if every > 1 and covered < want / 2:
+        raise SystemExit(
+            f"--every {every} takes {len(y)} images of only {covered} of {n_classes} classes (the split is ordered"
+            f" round-robin over its classes): choose a K that shares no factor with {n_classes}, e.g. 7 or 11"
+        )
 
 
 def replot(json_path: str | Path) -> Path:

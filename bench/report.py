@@ -80,6 +80,13 @@ def _one_in(info: dict) -> str:
     return "" if k == 1 else f" (one in {k})"
 
 
+def _classes(ave: dict) -> str:
+    """ " of N classes" from the front's labels; a one-in-K subset of a round-robin split may cover few of them."""
+    labels = ave.get("labels")
+    n = len(set(labels or []))
+    return f" of {n} class{'es' if n != 1 else ''}" if labels else ""
+
+
 def _plot_link(json_file: str) -> str:
     """ ", [plot](...)" when the front's PNG exists (a run with --no-plot, or one still going, has none yet)."""
     png = json_file.replace(".json", ".png")
@@ -98,7 +105,7 @@ def _front(model: str, ave: dict) -> list[str]:
     dates = sorted({r.get("date", ave["date"]) for r in rows})
     out += [
         (
-            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images"
+            f"**Accuracy vs evaluations** — {model}, {ave['images']} held-out images{_classes(ave)}"
             f"{_every(ave)}{_weights(model, ave)}, {'; '.join(where)},"
             f" {', '.join(dates)} ([json](../bench/results/{ave['_file']}){_plot_link(ave['_file'])}):"
         ),

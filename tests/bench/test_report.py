@@ -242,3 +242,23 @@ def test_resume_refuses_a_front_of_other_weights_even_one_recorded_by_its_step_o
         _resume(js, npz, 3, {"fingerprint": "new", "training_steps": 16000})
     rows, per_image = _resume(js, npz, 3, {"fingerprint": "new", "training_steps": 2142})
     assert rows == [row] and list(per_image) == ["a"]
+
+
+def test_front_heading_counts_the_classes_of_its_images():
+    ave = {"results": [_row("exhaustive-5", 50.0, 1.0)], "images": 3, "device": "cpu", "date": "d", "_file": "x.json"}
+    assert "3 held-out images of 2 classes" in "\n".join(_front("numbers", ave | {"labels": [0, 1, 1]}))
+    assert "3 held-out images," in "\n".join(_front("numbers", ave))  # an old file without labels
+
+
+def test_every_k_refuses_a_subset_of_few_classes():
+    import pytest
+
+    from bench.accuracy_vs_evals import check_subset_classes
+
+    round_robin = [i % 10 for i in range(2000)]
+    with pytest.raises(SystemExit, match="--every 10 takes 200 images of only 1 of 10 classes .* e.g. 7 or 11"):
+        check_subset_classes(round_robin[::10], 10, 10)
+    check_subset_classes(round_robin[::7], 10, 7)  # every class
+    check_subset_classes(round_robin[:4], 10, 1)  # a prefix is the user's choice
+    three = [i % 1000 for i in range(2000)]
+    check_subset_classes(three[::8], 1000, 8)  # numbers3, one in 8: 125 classes in 250 images
