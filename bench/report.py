@@ -74,6 +74,14 @@ def _weights(model: str, ave: dict) -> str:
     return f", weights of training step {steps:,}"
 
 
+def _earlier(model: str, ave: dict) -> bool:
+    """Whether a front recorded a training step other than the one the bundled model ships."""
+    from bench.common import trained_steps
+
+    steps, now = ave.get("weights", {}).get("training_steps"), trained_steps(model)
+    return steps is not None and now is not None and steps != now
+
+
 def _one_in(info: dict) -> str:
     """The note of results on a one-in-K subset of a split (fit_calibration --heldout-front of such a front)."""
     k = info.get("every", 1)
@@ -419,7 +427,7 @@ def _best_measured(model: str, images: int) -> dict | None:
 
     best = None
     for ave in _per_size(f"accuracy_vs_evals_{model}"):
-        if ave.get("every", 1) != 1 or ave["images"] < images or "earlier weights" in _weights(model, ave):
+        if ave.get("every", 1) != 1 or ave["images"] < images or _earlier(model, ave):
             continue
         npz = ROOT / "bench" / "results" / "per_image" / ave["_file"].replace(".json", ".npz")
         z = np.load(npz) if ave["images"] > images and npz.is_file() else None
