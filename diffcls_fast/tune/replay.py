@@ -20,6 +20,7 @@ from ..engine.policies import halving_evaluations
 LOWS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 HIGHS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 EXHAUSTIVE_SAMPLES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+LAST_TOTALS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 100)
 
 
 @dataclass(frozen=True)
@@ -50,28 +51,33 @@ def bands(min_width: float = 0.2) -> list[tuple[float, float]]:
 
 def schedules(n_classes: int, max_samples: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(rounds, keep) pairs to try: exhaustive in the band, and two- and three-round halving whose first keep
-    is a few classes or a fraction of them. Cumulative ``rounds`` never exceed ``max_samples``."""
+    is a few classes or a fraction of them. Cumulative ``rounds`` never exceed ``max_samples``.
+
+    The last round's total is drawn from ``LAST_TOTALS`` and the band's whole grid, not only from multiples of
+    the first: the shape that helps look-alike classes is Li et al.'s (a few samples of every class, then many
+    of the two or three that lead), e.g. rounds 5 50 / keep 2 1, and a fine grid has room for it."""
     out: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
     c = n_classes
     for s in EXHAUSTIVE_SAMPLES:
         if s <= max_samples:
             out.add(((s,), (1,)))
     firsts = sorted({k for k in (2, 3, 5, c // 10, c // 5, c // 3, c // 2) if 2 <= k < c})
-    for s1 in (1, 2, 3, 4, 6):
+    lasts = sorted({s for s in LAST_TOTALS if s <= max_samples} | {max_samples})
+    for s1 in (1, 2, 3, 4, 5, 6, 8):
         for k1 in firsts:
-            for m in (2, 3, 4, 6, 8):
-                if s1 * m <= max_samples:
-                    out.add(((s1, s1 * m), (k1, 1)))
-    for s1 in (1, 2, 4):
+            for s2 in {s1 * m for m in (2, 3, 4, 6, 8)} | set(lasts):
+                if 2 * s1 <= s2 <= max_samples:
+                    out.add(((s1, s2), (k1, 1)))
+    for s1 in (1, 2, 3, 4, 6):
         for k1 in firsts:
             for k2 in (2, 3, 5):
                 if k2 >= k1:
                     continue
-                for m2 in (2, 3):
-                    for m3 in (2, 3, 4):
-                        s3 = s1 * m2 * m3
-                        if s3 <= max_samples:
-                            out.add(((s1, s1 * m2, s3), (k1, k2, 1)))
+                for m2 in (2, 3, 4):
+                    s2 = s1 * m2
+                    for s3 in {s2 * m for m in (2, 3, 4)} | set(lasts):
+                        if 2 * s2 <= s3 <= max_samples:
+                            out.add(((s1, s2, s3), (k1, k2, 1)))
     return sorted(out)
 
 

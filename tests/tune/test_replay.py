@@ -60,6 +60,16 @@ def test_schedules_fit_the_band_and_end_with_one_class():
     assert all(hi - lo >= 0.2 - 1e-9 for lo, hi in bands())
 
 
+def test_schedules_on_a_fine_grid_include_li_et_al_s_shape():
+    """A few samples of every class, then many of the two or three that lead (Li et al.'s 5 50 / 2 1); the last
+    round may take the band's whole grid, which is not a multiple of the first."""
+    s50 = schedules(10, 50)
+    assert ((5, 50), (2, 1)) in s50 and ((4, 12, 40), (3, 2, 1)) in s50
+    assert ((3, 37), (2, 1)) in schedules(10, 37)  # the whole band
+    assert all(r[-1] <= 25 for r, _ in schedules(10, 25)) and ((5, 50), (2, 1)) not in schedules(10, 25)
+    assert {s for s in schedules(10, 25) if s[0][-1] < 25} <= set(s50)  # a finer grid only adds rules
+
+
 def test_sweep_finds_the_informative_band():
     """Classes differ only at the middle timesteps of a 20-point grid: the best rules sit in that band."""
     rng = np.random.default_rng(0)
