@@ -448,55 +448,67 @@ def _tuned() -> list[str]:
     """diffcls-fast tune's rules on held-out images, by number of tuning images (bench.tune_study)."""
     out = []
     for model in ("digits", "numbers", "fashion"):
-        res = _latest(f"tune_{model}")
-        if not res or not res.get("rows"):
-            continue
-        if not out:
-            out += ["### Tuned rules", ""]
-        n = res["heldout_images"]
-        best = _best_measured(model, n)
-        d = res["default_halving"]
-        out += [
-            (
-                f"**{model}** — `diffcls-fast tune --split {res['split']} --grid {res['grid']}` on the first N tuning"
-                f" images, the rule measured on the first {n} held-out images; {res['device']}, {res['date']}"
-                f" ([json](../bench/results/{res['_file']})):"
-            ),
-            "",
-            "| tuning images | chosen rule | accuracy on the tuning images (replayed) | held-out accuracy"
-            " | evals / image | held-out ECE | tuning CPU seconds |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        scored = [r for r in res["rows"] if r["images_scored"]]
-        cost = res.get("tables_cost") or (
-            {"images": scored[0]["images_scored"], "seconds": scored[0]["tables_seconds"]} if scored else None
-        )
-        per_image = cost["seconds"] / cost["images"] if cost else float("nan")
-        for r in res["rows"]:
-            h = r["heldout"]
-            seconds = per_image * r["tuning_images"] + r["replay_seconds"]
-            out.append(
-                f"| {r['tuning_images']} | {r['rule']} | {r['tuning_accuracy']:.4f} | **{h['accuracy']:.4f}** |"
-                f" {h['evals_per_image']:.0f} | {h['ece']:.3f} | {seconds:.0f} |"
+        for res in _latest_per_grid(f"tune_{model}"):
+            if not res.get("rows"):
+                continue
+            if not out:
+                out += ["### Tuned rules", ""]
+            n = res["heldout_images"]
+            best = _best_measured(model, n)
+            d = res["default_halving"]
+            out += [
+                (
+                    f"**{model}** — `diffcls-fast tune --split {res['split']} --grid {res['grid']}"
+                    + (f" --budget {res['budget']:g}" if res.get("budget") else "")
+                    + f"` on the first N tuning"
+                    f" images, the rule measured on the first {n} held-out images; {res['device']}, {res['date']}"
+                    f" ([json](../bench/results/{res['_file']})):"
+                ),
+                "",
+                "| tuning images | chosen rule | accuracy on the tuning images (replayed) | held-out accuracy"
+                " | evals / image | held-out ECE | tuning CPU seconds |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            scored = [r for r in res["rows"] if r["images_scored"]]
+            cost = res.get("tables_cost") or (
+                {"images": scored[0]["images_scored"], "seconds": scored[0]["tables_seconds"]} if scored else None
             )
-        out.append(
-            f"| -- | halving defaults | -- | {d['accuracy']:.4f} | {d['evals_per_image']:.0f} | {d['ece']:.3f} | -- |"
-        )
-        if best:
+            per_image = cost["seconds"] / cost["images"] if cost else float("nan")
+            for r in res["rows"]:
+                h = r["heldout"]
+                seconds = per_image * r["tuning_images"] + r["replay_seconds"]
+                out.append(
+                    f"| {r['tuning_images']} | {r['rule']} | {r['tuning_accuracy']:.4f} | **{h['accuracy']:.4f}** |"
+                    f" {h['evals_per_image']:.0f} | {h['ece']:.3f} | {seconds:.0f} |"
+                )
             out.append(
-                f"| -- | best measured: {best['name']} | -- | {best['accuracy']:.4f} | {best['evals_per_image']:.0f}"
-                " | -- | -- |"
+                f"| -- | halving defaults | -- | {d['accuracy']:.4f} | {d['evals_per_image']:.0f} | {d['ece']:.3f}"
+                " | -- |"
             )
-        if cost:
-            note = f"; {cost['note']}" if cost.get("note") else ""
+            if best:
+                out.append(
+                    f"| -- | best measured: {best['name']} | -- | {best['accuracy']:.4f} |"
+                    f" {best['evals_per_image']:.0f} | -- | -- |"
+                )
+            if cost:
+                note = f"; {cost['note']}" if cost.get("note") else ""
+                out.append("")
+                out.append(
+                    f"Tuning CPU seconds: scoring the tables ({per_image:.2f} s an image: {cost['images']} images in"
+                    f" {cost['seconds']:.0f} s{note}; the sizes share one set of tables) plus the replay of every"
+                    " candidate."
+                )
             out.append("")
-            out.append(
-                f"Tuning CPU seconds: scoring the tables ({per_image:.2f} s an image: {cost['images']} images in"
-                f" {cost['seconds']:.0f} s{note}; the sizes share one set of tables) plus the replay of every"
-                " candidate."
-            )
-        out.append("")
     return out
+
+
+def _latest_per_grid(prefix: str) -> list[dict]:
+    """The newest result of each tune grid (a finer grid is another study, not a newer one), coarsest first."""
+    by_grid: dict[int, dict] = {}
+    for f in sorted((ROOT / "bench" / "results").glob(f"{prefix}_*.json")):
+        res = json.loads(f.read_text()) | {"_file": f.name}
+        by_grid[res.get("grid", 0)] = res
+    return [by_grid[g] for g in sorted(by_grid)]
 
 
 def _host_scaling() -> list[str]:

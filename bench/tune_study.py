@@ -3,6 +3,8 @@
     python -m bench.tune_study --model fashion --split tune --limits 50 100 200 --heldout 200
     python -m bench.tune_study --model numbers --split train --limits 200 --heldout 1000
     python -m bench.tune_study --model digits --split train --limits 50 100 200 --heldout 397
+    # a finer grid leaves room for Li et al.'s shape (a few samples of all, many of the leaders), at 140 at most
+    python -m bench.tune_study --model fashion --split tune --grid 50 --budget 140 --heldout 200 --tag fashion_g50
 
 For each ``--limits`` N: ``tune`` on the first N tuning images (their score tables are shared between the
 sizes: a part is keyed by its images), then ``eval`` of the chosen rule on the first ``--heldout`` held-out
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--limits", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--heldout", type=int, required=True, help="held-out images to measure on (the front's count)")
     ap.add_argument("--grid", type=int, default=25)
+    ap.add_argument("--budget", type=float, default=None, help="tune --budget: most evaluations a rule may cost")
     ap.add_argument("--work", default="bench/cache/tune", help="where the rule files and score tables go")
     ap.add_argument("--tag", default=None)
     a = ap.parse_args()
@@ -56,7 +59,10 @@ def main() -> None:
     result = (
         json.loads(path.read_text()) if path.is_file() else {"benchmark": "tune_study", "model": a.model, "rows": []}
     )
-    result.update({k: v for k, v in env.items()} | {"split": a.split, "grid": a.grid, "heldout_images": a.heldout})
+    result.update(
+        {k: v for k, v in env.items()}
+        | {"split": a.split, "grid": a.grid, "budget": a.budget, "heldout_images": a.heldout}
+    )
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if "default_halving" not in result:
@@ -69,6 +75,7 @@ def main() -> None:
         tables = work / f"{a.model}-{a.split}.tables"
         t0 = time.perf_counter()
         args = ["--limit", str(n), "--grid", str(a.grid), "--out", str(out), "--tables", str(tables)]
+        args += [] if a.budget is None else ["--budget", f"{a.budget:g}"]
         r = _cli("tune", "--model", a.model, "--split", a.split, *args)
         tune_seconds = time.perf_counter() - t0
         t = r["tuning"]
