@@ -633,33 +633,50 @@ def _ood() -> list[str]:
     """The out-of-distribution flag's held-out false positives and junk detection (scripts/fit_ood.py)."""
     out = []
     for model in ("digits", "numbers", "fashion"):
-        res = _latest(f"ood_{model}")
-        if not res:
-            continue
-        if not out:
-            out += ["### Out-of-distribution flag", ""]
-        kinds = list(res["results"][0]["junk"])
-        out += [
-            (
-                f"**{model}** — threshold = {res['results'][0].get('margin', 2)} x the train split's 99th percentile"
-                f" of the winner's error; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
-            ),
-            "",
-            "| policy | threshold | held-out false positives | junk detected | "
-            + " | ".join(k.replace("_", " ") for k in kinds)
-            + " |",
-            "|---" * (4 + len(kinds)) + "|",
-        ]
-        for r in res["results"]:
-            total = sum(d["images"] for d in r["junk"].values())
-            found = sum(d["detected"] for d in r["junk"].values())
-            out.append(
-                f"| {r['policy']} | {r['threshold']:.4f} | {r['false_positive_rate']:.2%} of {r['heldout_images']} |"
-                f" {found}/{total} ({r['junk_detection_rate']:.1%}) | "
-                + " | ".join(f"{r['junk'][k]['detected']}/{r['junk'][k]['images']}" for k in kinds)
-                + " |"
-            )
-        out.append("")
+        for res in _latest_per_fit(f"ood_{model}"):
+            out += _ood_table(model, res, first=not out)
+    return out
+
+
+def _latest_per_fit(prefix: str) -> list[dict]:
+    """The newest OOD result of each way of fitting it (the split and margin), oldest way first."""
+    newest: dict[tuple, dict] = {}
+    for f in sorted((ROOT / "bench" / "results").glob(f"{prefix}_*.json")):
+        res = json.loads(f.read_text()) | {"_file": f.name}
+        r0 = res["results"][0]
+        key = (r0.get("fit_split", "train"), r0.get("margin", 2))
+        newest.pop(key, None)
+        newest[key] = res
+    return list(newest.values())
+
+
+def _ood_table(model: str, res: dict, first: bool) -> list[str]:
+    out = []
+    if first:
+        out += ["### Out-of-distribution flag", ""]
+    kinds = list(res["results"][0]["junk"])
+    out += [
+        (
+            f"**{model}** — threshold = {res['results'][0].get('margin', 2):g} x the"
+            f" {res['results'][0].get('fit_split', 'train')} split's 99th percentile"
+            f" of the winner's error; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
+        ),
+        "",
+        "| policy | threshold | held-out false positives | junk detected | "
+        + " | ".join(k.replace("_", " ") for k in kinds)
+        + " |",
+        "|---" * (4 + len(kinds)) + "|",
+    ]
+    for r in res["results"]:
+        total = sum(d["images"] for d in r["junk"].values())
+        found = sum(d["detected"] for d in r["junk"].values())
+        out.append(
+            f"| {r['policy']} | {r['threshold']:.4f} | {r['false_positive_rate']:.2%} of {r['heldout_images']} |"
+            f" {found}/{total} ({r['junk_detection_rate']:.1%}) | "
+            + " | ".join(f"{r['junk'][k]['detected']}/{r['junk'][k]['images']}" for k in kinds)
+            + " |"
+        )
+    out.append("")
     return out
 
 
