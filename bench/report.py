@@ -396,6 +396,7 @@ def _render_rest(out: list[str]) -> str:
         out.append("")
     out += _ood()
     out += _tuned()
+    out += _flow_check()
     out += _host_scaling()
     out += _train_choice()
     out += _class_hierarchy()
@@ -499,6 +500,42 @@ def _tuned() -> list[str]:
                     " candidate."
                 )
             out.append("")
+    return out
+
+
+FLOW_RUNS = {
+    "numbers": "`numbers` (DDPM, ε objective), scored as DDPM",
+    "numbers-flow": "`numbers-flow` (rectified flow), scored as flow: σ noising, velocity target",
+    "numbers-flow naive": "`numbers-flow` scored the naive way: DDPM noising with `numbers`' ᾱ, ε target",
+}
+
+
+def _flow_check() -> list[str]:
+    """Issue 28's method check: the flow-matching numbers model against the DDPM one (bench.flow_check)."""
+    res = _latest("flow_check")
+    if not res:
+        return []
+    s = res["summary"]
+    out = [
+        "### Flow matching: `numbers-flow` against `numbers`",
+        "",
+        (
+            f"`python -m bench.flow_check`: one policy ({next(iter(s.values()))['policy']}), seed and set of"
+            f" held-out pairs (the first {res['pairs']}); {res['device']}, {res['date']}"
+            f" ([json](../bench/results/{res['_file']})):"
+        ),
+        "",
+        "| model, scored as | pairs | accuracy | evals / image |",
+        "|---|---|---|---|",
+    ]
+    for run, label in FLOW_RUNS.items():
+        if run in s:
+            r = s[run]
+            done = "" if r["complete"] else " (so far)"
+            out.append(f"| {label} | {r['images']}{done} | **{r['accuracy']:.4f}** | {r['evals_per_image']:.0f} |")
+    for k, v in res.get("agreement", {}).items():
+        out += ["", f"Same label, {k}: {v:.1%} of the pairs both ran."]
+    out.append("")
     return out
 
 

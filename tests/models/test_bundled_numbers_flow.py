@@ -63,3 +63,19 @@ def test_scored_as_flow_it_classifies_like_the_ddpm_model(accuracies):
 
 def test_naive_ddpm_scoring_is_far_worse(accuracies):
     assert accuracies["naive"] <= accuracies["flow"] - 0.2
+
+
+def test_the_onnx_backend_gives_the_same_errors(models, tmp_path):
+    """The exported network runs the flow path unchanged: the σ input, noising and target stay in the engine."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'diffcls-fast[onnx]')")
+    from diffcls_fast.export import apply_backend
+
+    flow, _ = models
+    ort = apply_backend(flow, "onnx", cache_dir=tmp_path)
+    images = numbers.load_split("heldout")[0][:3]
+    classes = numbers.CLASS_NAMES[:12]
+    eager = DiffusionClassifier(flow, "exhaustive", n_grid=5, use_cache=False).classify(images, classes)
+    onnx = DiffusionClassifier(ort, "exhaustive", n_grid=5, use_cache=False).classify(images, classes)
+    for a, b in zip(eager, onnx):
+        np.testing.assert_allclose(b.mean_errors, a.mean_errors, rtol=1e-4, atol=1e-6)
+        assert a.label == b.label
