@@ -126,11 +126,33 @@ def test_ood_table_sums_the_junk_and_names_each_kind(monkeypatch):
             }
         ],
     }
-    monkeypatch.setattr(report, "_latest", lambda prefix: res if prefix == "ood_digits" else None)
+    monkeypatch.setattr(report, "_latest_per_fit", lambda prefix: [res] if prefix == "ood_digits" else [])
     text = "\n".join(report._ood())
     assert text.startswith("### Out-of-distribution flag")
     assert "| policy | threshold | held-out false positives | junk detected | blank | fashion mnist |" in text
     assert "| halving | 0.3532 | 0.25% of 397 | 39/53 (88.9%) | 3/3 | 36/50 |" in text
+    assert "threshold = 2 x the train split's 99th percentile" in text
+
+
+def test_ood_shows_the_newest_result_of_each_way_of_fitting(tmp_path, monkeypatch):
+    import json
+
+    import bench.report as report
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+
+    def write(name, split, margin, fpr):
+        row = {"policy": "halving", "margin": margin, "false_positive_rate": fpr}
+        if split:
+            row["fit_split"] = split
+        (tmp_path / "bench" / "results" / name).write_text(json.dumps({"results": [row]}))
+
+    write("ood_fashion_cpu_2026-12-06.json", None, 2.0, 0.1)  # older files have no fit_split: the train split
+    write("ood_fashion_cpu_2026-12-07.json", "tune", 1.0, 0.2)
+    write("ood_fashion_cpu_2026-12-07_train.json", "train", 2.0, 0.3)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    got = report._latest_per_fit("ood_fashion")
+    assert [r["_file"] for r in got] == ["ood_fashion_cpu_2026-12-07.json", "ood_fashion_cpu_2026-12-07_train.json"]
 
 
 def test_train_choice_lists_the_candidates_and_marks_the_shipped_rule(tmp_path, monkeypatch):
@@ -262,3 +284,31 @@ def test_every_k_refuses_a_subset_of_few_classes():
     check_subset_classes(round_robin[:4], 10, 1)  # a prefix is the user's choice
     three = [i % 1000 for i in range(2000)]
     check_subset_classes(three[::8], 1000, 8)  # numbers3, one in 8: 125 classes in 250 images
+
+
+def test_flow_check_table_marks_an_unfinished_run(monkeypatch):
+    import bench.report as report
+
+    pol = "halving(rounds=[2, 4, 12], keep=[10, 3, 1], t_band=[0.15, 0.6])"
+    res = {
+        "device": "cpu",
+        "date": "2026-12-07",
+        "pairs": 1000,
+        "_file": "flow_check_cpu_2026-12-07.json",
+        "summary": {
+            "numbers-flow": {
+                "accuracy": 0.991,
+                "images": 1000,
+                "complete": True,
+                "evals_per_image": 244.0,
+                "policy": pol,
+            },
+            "numbers": {"accuracy": 0.99, "images": 100, "complete": False, "evals_per_image": 244.0, "policy": pol},
+        },
+        "agreement": {"numbers vs numbers-flow": 0.99},
+    }
+    monkeypatch.setattr(report, "_latest", lambda prefix: res if prefix == "flow_check" else None)
+    text = "\n".join(report._flow_check())
+    assert "| `numbers` (DDPM, ε objective), scored as DDPM | 100 (so far) | **0.9900** | 244 |" in text
+    assert "scored as flow: σ noising, velocity target | 1000 | **0.9910** | 244 |" in text
+    assert text.index("`numbers` (DDPM") < text.index("`numbers-flow` (rectified")  # the table's fixed order
