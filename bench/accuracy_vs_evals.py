@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -327,9 +328,11 @@ def check_subset_classes(y, n_classes: int, every: int) -> None:
     the classes of one residue when K shares a factor with C (fashion --every 10 is all t-shirts)."""
     covered, want = len(set(np.asarray(y).tolist())), min(n_classes, len(y))
     if every > 1 and covered < want / 2:
+        coprime = [k for k in (7, 11, 13, 17, 19, 23, 29) if math.gcd(k, n_classes) == 1][:2]
         raise SystemExit(
             f"--every {every} takes {len(y)} images of only {covered} of {n_classes} classes (the split is ordered"
-            f" round-robin over its classes): choose a K that shares no factor with {n_classes}, e.g. 7 or 11"
+            f" round-robin over its classes): choose a K that shares no factor with {n_classes}, e.g."
+            f" {' or '.join(map(str, coprime))}"
         )
 
 

@@ -15,7 +15,9 @@ Three runs of one policy, seed and set of held-out pairs:
 
 Accuracy on the same pairs, evaluations per image, and how often the runs agree. Resumable: the pairs run in
 parts of ``--chunk``, each part's picks kept in the result file, and a finished run is skipped; the weights of
-each model are recorded and a resume with other weights starts that run over.
+each model are recorded, and a saved run of other weights is measured again (or dropped, when not asked for). One
+file holds one policy: another policy needs another ``--tag``. A smaller ``--limit`` reports the first pairs of
+longer runs.
 
 Writes bench/results/flow_check_<device>_<date>[_<tag>].json.
 """
@@ -39,6 +41,11 @@ def naive_port(flow, ddpm):
     if flow.prediction_type != "flow":
         raise SystemExit(f"{flow.name} is not a flow-matching model (prediction {flow.prediction_type!r})")
     return dataclasses.replace(flow, prediction_type="epsilon", sigmas=None, alphas_cumprod=ddpm.alphas_cumprod)
+
+
+def policy_args(a) -> list:
+    """What a saved run must share with this one to be resumed or reported beside it."""
+    return [a.policy, a.n_grid if a.policy == "exhaustive" else None]
 
 
 def policy_options(a) -> dict:
@@ -71,14 +78,23 @@ def main() -> None:
     ddpm = load_model("numbers", device="cpu")
     flow = load_model("numbers-flow", device="cpu")
     bundles = {"numbers": ddpm, "numbers-flow": flow, "numbers-flow naive": naive_port(flow, ddpm)}
+    weights = {run: weights_of(ddpm if run == "numbers" else flow) for run in RUNS}
+    kept = {}
+    for run, row in old.get("runs", {}).items():
+        if row.get("policy_args") != policy_args(a):
+            raise SystemExit(
+                f"{path.name} holds runs of policy {row.get('policy_args')}, not {policy_args(a)}: use another --tag"
+            )
+        if row.get("weights") == weights.get(run):
+            kept[run] = row
+        else:
+            print(f"{run}: the saved run measured other weights; {'measuring again' if run in a.runs else 'dropped'}")
 
     runs = {}
     for run in a.runs:
         bundle = bundles[run]
-        weights = weights_of(ddpm if run == "numbers" else flow)
-        prev = old.get("runs", {}).get(run, {})
-        same = prev.get("weights") == weights and prev.get("policy_args") == [a.policy, a.n_grid]
-        row = prev if same else {"weights": weights, "policy_args": [a.policy, a.n_grid], "picks": [], "evals": []}
+        prev = kept.get(run)
+        row = prev or {"weights": weights[run], "policy_args": policy_args(a), "picks": [], "evals": []}
         clf = DiffusionClassifier(bundle, a.policy, batch_size=a.batch_size, use_cache=False, **policy_options(a))
         row["policy"] = clf.policy_cfg.describe()
         row.setdefault("seconds", 0.0)
@@ -91,12 +107,12 @@ def main() -> None:
             row["picks"] += [int(r.label) for r in results]
             row["evals"] += [float(r.evaluations) for r in results]
             runs[run] = row
-            write_json(path.name, _payload(a, env, {**old.get("runs", {}), **runs}, labels))
+            write_json(path.name, _payload(a, env, {**kept, **runs}, labels))
             print(
                 f"{run}: {len(row['picks'])}/{len(images)} pairs, accuracy so far {_acc(row, labels):.4f}", flush=True
             )
         runs[run] = row
-    payload = _payload(a, env, {**old.get("runs", {}), **runs}, labels)
+    payload = _payload(a, env, {**kept, **runs}, labels)
     write_json(path.name, payload)
     for run, s in payload["summary"].items():
         print(
@@ -107,26 +123,28 @@ def main() -> None:
 
 
 def _acc(row: dict, labels: np.ndarray) -> float:
-    picks = np.asarray(row["picks"])
-    return float(np.mean(picks == labels[: len(picks)]))
+    """Accuracy on the pairs both the run and ``labels`` cover (a run saved by a longer --limit is cut)."""
+    picks = np.asarray(row["picks"][: len(labels)])
+    return float(np.mean(picks == labels[: len(picks)])) if len(picks) else float("nan")
 
 
 def _payload(a, env: dict, runs: dict, labels: np.ndarray) -> dict:
     summary = {}
     for run, row in runs.items():
-        n = len(row["picks"])
+        n = min(len(row["picks"]), len(labels))
+        evals = row["evals"][:n]
         summary[run] = {
             "accuracy": round(_acc(row, labels), 5),
             "images": n,
             "complete": n >= len(labels),
-            "evals_per_image": float(np.mean(row["evals"])) if row["evals"] else None,
+            "evals_per_image": float(np.mean(evals)) if evals else None,
             "policy": row.get("policy"),
             "seconds": row.get("seconds"),
         }
     agreement = {}
     if {"numbers", "numbers-flow"} <= runs.keys():
         p, q = np.asarray(runs["numbers"]["picks"]), np.asarray(runs["numbers-flow"]["picks"])
-        n = min(len(p), len(q))
+        n = min(len(p), len(q), len(labels))
         if n:
             agreement["numbers vs numbers-flow"] = float(np.mean(p[:n] == q[:n]))
     return {

@@ -47,6 +47,18 @@ def render() -> str:
     return _render_rest(out)
 
 
+def _on_longer_fronts(model: str, ave: dict) -> set[str]:
+    """Configurations that a longer front of the same weights measured on images this (prefix) front starts
+    with: the first N images of the split are the same images in both, so its rows cover these too."""
+    if ave.get("every", 1) != 1:
+        return set()
+    names: set[str] = set()
+    for other in _per_size(f"accuracy_vs_evals_{model}"):
+        if other.get("every", 1) == 1 and other["images"] > ave["images"] and not _earlier(model, other):
+            names |= {r["name"] for r in other.get("results", [])}
+    return names
+
+
 def _per_size(prefix: str) -> list[dict]:
     """The newest result for each number of images, the most images first: a front measured in parts on
     the whole split is shown above a complete one on fewer images, not instead of it."""
@@ -136,6 +148,11 @@ def _front(model: str, ave: dict) -> list[str]:
             ),
         ]
     missing = _not_measured(model, rows)
+    longer = _on_longer_fronts(model, ave)
+    elsewhere = [m for m in missing if m in longer]
+    missing = [m for m in missing if m not in longer]
+    if elsewhere:
+        out += ["", f"On a longer front that starts with these images: {'; '.join(elsewhere)}."]
     if missing:
         out += ["", f"Not measured yet on these {ave['images']} images: {'; '.join(missing)}."]
     out.append("")
@@ -521,7 +538,7 @@ def _flow_check() -> list[str]:
         "",
         (
             f"`python -m bench.flow_check`: one policy ({next(iter(s.values()))['policy']}), seed and set of"
-            f" held-out pairs (the first {res['pairs']}); {res['device']}, {res['date']}"
+            f" held-out pairs (the first {res['pairs']:,}); {res['device']}, {res['date']}"
             f" ([json](../bench/results/{res['_file']})):"
         ),
         "",
@@ -676,7 +693,7 @@ def _ood() -> list[str]:
 
 
 def _latest_per_fit(prefix: str) -> list[dict]:
-    """The newest OOD result of each way of fitting it (the split and margin), oldest way first."""
+    """The newest OOD result of each way of fitting it (the split and margin), in the order of those files' names."""
     newest: dict[tuple, dict] = {}
     for f in sorted((ROOT / "bench" / "results").glob(f"{prefix}_*.json")):
         res = json.loads(f.read_text()) | {"_file": f.name}
@@ -685,6 +702,18 @@ def _latest_per_fit(prefix: str) -> list[dict]:
         newest.pop(key, None)
         newest[key] = res
     return list(newest.values())
+
+
+def _shipped(model: str, res: dict) -> str:
+    """Whether the model folder's diffcls.json ships these thresholds (a result may be a fit that was kept out)."""
+    meta = ROOT / "diffcls_fast" / "models" / model / "diffcls.json"
+    if not meta.is_file():
+        return ""
+    cal = json.loads(meta.read_text()).get("calibration", {})
+    ship = [cal.get(r["policy"], {}).get("out_of_distribution", {}).get("threshold") for r in res["results"]]
+    if all(t is not None and abs(t - r["threshold"]) < 1e-9 for t, r in zip(ship, res["results"])):
+        return " (the thresholds the model ships)"
+    return " (not the thresholds the model ships)"
 
 
 def _ood_table(model: str, res: dict, first: bool) -> list[str]:
@@ -696,7 +725,8 @@ def _ood_table(model: str, res: dict, first: bool) -> list[str]:
         (
             f"**{model}** — threshold = {res['results'][0].get('margin', 2):g} x the"
             f" {res['results'][0].get('fit_split', 'train')} split's 99th percentile"
-            f" of the winner's error; {res['device']}, {res['date']} ([json](../bench/results/{res['_file']})):"
+            f" of the winner's error{_shipped(model, res)}; {res['device']}, {res['date']}"
+            f" ([json](../bench/results/{res['_file']})):"
         ),
         "",
         "| policy | threshold | held-out false positives | junk detected | "

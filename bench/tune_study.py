@@ -59,6 +59,9 @@ def main() -> None:
     result = (
         json.loads(path.read_text()) if path.is_file() else {"benchmark": "tune_study", "model": a.model, "rows": []}
     )
+    had = {k: result.get(k) for k in ("grid", "budget")}
+    if result["rows"] and had != {"grid": a.grid, "budget": a.budget}:
+        raise SystemExit(f"{name} holds rows tuned with {had}; another grid or budget needs another --tag")
     result.update(
         {k: v for k, v in env.items()}
         | {"split": a.split, "grid": a.grid, "budget": a.budget, "heldout_images": a.heldout}

@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, choices=["digits", "numbers", "fashion"])
     ap.add_argument("--policies", nargs="+", default=["halving", "ttest", "exhaustive"])
-    ap.add_argument("--train", type=int, default=300, help="train images the fit uses")
+    ap.add_argument("--train", type=int, default=300, help="images of --fit-split the fit uses")
     ap.add_argument("--heldout", type=int, default=400, help="held-out images the false-positive rate uses")
     ap.add_argument("--other", type=int, default=50, help="images of each other dataset in the junk set")
     ap.add_argument("--exhaustive-grid", type=int, default=10)
@@ -100,6 +100,8 @@ def main() -> None:
     )
     ap.add_argument("--no-write", action="store_true", help="report only; leave diffcls.json as it is")
     a = ap.parse_args()
+    if a.fit_split == "tune" and a.model != "fashion":
+        ap.error(f"--fit-split tune: only fashion ships a tune split; {a.model} fits on train")
     if a.margin is None:
         a.margin = 2.0 if a.fit_split == "train" else 1.0
 

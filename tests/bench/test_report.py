@@ -281,6 +281,8 @@ def test_every_k_refuses_a_subset_of_few_classes():
     with pytest.raises(SystemExit, match="--every 10 takes 200 images of only 1 of 10 classes .* e.g. 7 or 11"):
         check_subset_classes(round_robin[::10], 10, 10)
     check_subset_classes(round_robin[::7], 10, 7)  # every class
+    with pytest.raises(SystemExit, match="e.g. 13 or 17"):  # 7 and 11 divide 77
+        check_subset_classes([i % 77 for i in range(770)][::7], 77, 7)
     check_subset_classes(round_robin[:4], 10, 1)  # a prefix is the user's choice
     three = [i % 1000 for i in range(2000)]
     check_subset_classes(three[::8], 1000, 8)  # numbers3, one in 8: 125 classes in 250 images
